@@ -1,0 +1,431 @@
+//! The default backend: the whole key space in memory for reads, made
+//! durable in a redb file before any write is acknowledged.
+//!
+//! One writer thread applies transactions in batches (group commit): every
+//! transaction in a batch is checked against the state left by the ones
+//! before it, the batch is committed to redb with one fsync, and only then
+//! are the new values published to readers and watchers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::model::{Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
+use crate::{Result, Store, StoreError, WatchStream};
+
+/// key -> (create_revision, mod_revision, value)
+const KV: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+
+/// How many events are kept for watches that resume from an older revision.
+const HISTORY_EVENTS: usize = 100_000;
+/// How far a live watcher may fall behind before it is re-fed from history.
+const BROADCAST_CAPACITY: usize = 16_384;
+/// Upper bound of transactions committed with one fsync.
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    create_revision: Revision,
+    mod_revision: Revision,
+}
+
+struct State {
+    kv: BTreeMap<String, Entry>,
+    revision: Revision,
+    history: VecDeque<Arc<Event>>,
+    /// Every event with a revision at or above this one is in `history`.
+    history_start: Revision,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A poisoned lock means a panic in the writer while publishing; the
+        // map itself is always left consistent, so keep serving it.
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The retained events after `after` under `prefix`, plus a live
+    /// subscription taken under the same lock, so nothing falls between.
+    fn open_watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<(VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+        let state = self.read();
+        if after.saturating_add(1) < state.history_start {
+            return Err(StoreError::Compacted { requested: after, oldest: state.history_start - 1 });
+        }
+        let backlog = state
+            .history
+            .iter()
+            .filter(|e| e.revision > after && e.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        Ok((backlog, self.events.subscribe()))
+    }
+}
+
+struct WriteRequest {
+    txn: Txn,
+    reply: oneshot::Sender<Result<TxnOutcome>>,
+}
+
+/// The embedded store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread; dropping the last handle closes the database file.
+struct Writer {
+    requests: Option<mpsc::Sender<WriteRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file at `path` and loads it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = redb::Database::create(path).map_err(backend)?;
+        let (kv, revision) = load(&db)?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                kv,
+                revision,
+                history: VecDeque::new(),
+                history_start: revision + 1,
+            }),
+            events,
+        });
+        let (sender, requests) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wharf-store-writer".into())
+            .spawn(move || write_loop(db, writer_shared, requests))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let writer = Arc::new(Writer { requests: Some(sender), thread: Some(thread) });
+        Ok(Self { shared, writer })
+    }
+}
+
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
+}
+
+fn load(db: &redb::Database) -> Result<(BTreeMap<String, Entry>, Revision)> {
+    // Make sure both tables exist so that read transactions can open them.
+    let init = db.begin_write().map_err(backend)?;
+    init.open_table(KV).map_err(backend)?;
+    init.open_table(META).map_err(backend)?;
+    init.commit().map_err(backend)?;
+
+    let read = db.begin_read().map_err(backend)?;
+    let meta = read.open_table(META).map_err(backend)?;
+    let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let table = read.open_table(KV).map_err(backend)?;
+    let mut kv = BTreeMap::new();
+    for row in table.iter().map_err(backend)? {
+        let (key, value) = row.map_err(backend)?;
+        let (create_revision, mod_revision, bytes) = value.value();
+        kv.insert(
+            key.value().to_string(),
+            Entry { value: Bytes::copy_from_slice(bytes), create_revision, mod_revision },
+        );
+    }
+    Ok((kv, revision))
+}
+
+fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&db, &shared, batch);
+    }
+}
+
+/// What one batch changes: the final state of every touched key (None =
+/// deleted) and the events in commit order.
+struct Staged {
+    changes: HashMap<String, Option<Entry>>,
+    events: Vec<Arc<Event>>,
+    revision: Revision,
+}
+
+impl Staged {
+    fn current<'a>(&'a self, state: &'a State, key: &str) -> Option<&'a Entry> {
+        match self.changes.get(key) {
+            Some(staged) => staged.as_ref(),
+            None => state.kv.get(key),
+        }
+    }
+
+    fn apply(&mut self, state: &State, txn: &Txn) -> TxnOutcome {
+        let holds = txn
+            .compares
+            .iter()
+            .all(|c| c.holds(self.current(state, c.key()).map(|e| e.mod_revision)));
+        if !holds {
+            return TxnOutcome::Failed;
+        }
+        if txn.ops.is_empty() {
+            return TxnOutcome::Committed(self.revision);
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        for op in &txn.ops {
+            let prev = self.current(state, op.key()).cloned();
+            let event = match op {
+                Op::Put { key, value } => {
+                    let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);
+                    let entry =
+                        Entry { value: value.clone(), create_revision, mod_revision: revision };
+                    self.changes.insert(key.clone(), Some(entry));
+                    Event {
+                        kind: EventKind::Put,
+                        key: key.clone(),
+                        value: value.clone(),
+                        revision,
+                        create_revision,
+                        prev: prev.map(|p| p.value),
+                    }
+                }
+                Op::Delete { key } => {
+                    let Some(prev) = prev else { continue };
+                    self.changes.insert(key.clone(), None);
+                    Event {
+                        kind: EventKind::Delete,
+                        key: key.clone(),
+                        value: Bytes::new(),
+                        revision,
+                        create_revision: prev.create_revision,
+                        prev: Some(prev.value),
+                    }
+                }
+            };
+            self.events.push(Arc::new(event));
+        }
+        TxnOutcome::Committed(revision)
+    }
+}
+
+fn commit_batch(db: &redb::Database, shared: &Shared, batch: Vec<WriteRequest>) {
+    let (staged, outcomes) = {
+        let state = shared.read();
+        let mut staged =
+            Staged { changes: HashMap::new(), events: Vec::new(), revision: state.revision };
+        let outcomes: Vec<TxnOutcome> = batch.iter().map(|r| staged.apply(&state, &r.txn)).collect();
+        (staged, outcomes)
+    };
+
+    if !staged.changes.is_empty() {
+        if let Err(e) = persist(db, &staged) {
+            tracing::error!(error = %e, "store commit failed; batch rejected");
+            for request in batch {
+                let _ = request.reply.send(Err(StoreError::Backend(e.to_string())));
+            }
+            return;
+        }
+        publish(shared, staged);
+    }
+    for (request, outcome) in batch.into_iter().zip(outcomes) {
+        let _ = request.reply.send(Ok(outcome));
+    }
+}
+
+fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        for (key, entry) in &staged.changes {
+            match entry {
+                Some(e) => {
+                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, e.value.as_ref()))
+                        .map_err(backend)?;
+                }
+                None => {
+                    kv.remove(key.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(META_REVISION, staged.revision).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
+fn publish(shared: &Shared, staged: Staged) {
+    let mut state = shared.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (key, entry) in staged.changes {
+        match entry {
+            Some(e) => state.kv.insert(key, e),
+            None => state.kv.remove(&key),
+        };
+    }
+    state.revision = staged.revision;
+    for event in staged.events {
+        state.history.push_back(event.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = shared.events.send(event);
+    }
+    trim_history(&mut state);
+}
+
+/// Drops the oldest events beyond the retention, whole revisions at a time.
+fn trim_history(state: &mut State) {
+    while state.history.len() > HISTORY_EVENTS {
+        let Some(oldest) = state.history.pop_front() else { break };
+        while state.history.front().is_some_and(|e| e.revision == oldest.revision) {
+            state.history.pop_front();
+        }
+        state.history_start = oldest.revision + 1;
+    }
+}
+
+fn key_value(key: &str, entry: &Entry) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: entry.value.clone(),
+        create_revision: entry.create_revision,
+        mod_revision: entry.mod_revision,
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    fn revision(&self) -> Revision {
+        self.shared.read().revision
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.shared.read().kv.get(key).map(|e| key_value(key, e)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let state = self.shared.read();
+        let items = state
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| key_value(k, e))
+            .collect();
+        Ok((items, state.revision))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        let requests = self.writer.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(WriteRequest { txn, reply }).map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        let (backlog, live) = self.shared.open_watch(prefix, after)?;
+        let cursor = WatchCursor {
+            shared: self.shared.clone(),
+            prefix: prefix.to_string(),
+            last: after,
+            delivered_at_last: 0,
+            skip: 0,
+            backlog,
+            live,
+            failed: false,
+        };
+        Ok(futures::stream::unfold(cursor, |mut c| async move {
+            let item = c.next().await?;
+            Some((item, c))
+        })
+        .boxed())
+    }
+}
+
+/// Position of one watcher: first the retained backlog, then live events.
+/// A watcher that lags behind the live channel is re-fed from history.
+struct WatchCursor {
+    shared: Arc<Shared>,
+    prefix: String,
+    /// Revision of the last delivered event, and how many events of that
+    /// revision (one transaction may touch several keys) were delivered.
+    last: Revision,
+    delivered_at_last: usize,
+    /// Events of revision `last` to drop because they were delivered
+    /// before a re-feed from history.
+    skip: usize,
+    backlog: VecDeque<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    failed: bool,
+}
+
+impl WatchCursor {
+    async fn next(&mut self) -> Option<Result<Event>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(event) => event,
+                None => match self.live.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(e) = self.refeed() {
+                            self.failed = true;
+                            return Some(Err(e));
+                        }
+                        continue;
+                    }
+                },
+            };
+            if !event.key.starts_with(&self.prefix) {
+                continue;
+            }
+            if event.revision == self.last && self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            if event.revision == self.last {
+                self.delivered_at_last += 1;
+            } else {
+                self.last = event.revision;
+                self.delivered_at_last = 1;
+            }
+            return Some(Ok((*event).clone()));
+        }
+    }
+
+    fn refeed(&mut self) -> Result<()> {
+        let from = if self.delivered_at_last > 0 { self.last - 1 } else { self.last };
+        let (backlog, live) = self.shared.open_watch(&self.prefix, from)?;
+        self.backlog = backlog;
+        self.live = live;
+        self.skip = self.delivered_at_last;
+        Ok(())
+    }
+}

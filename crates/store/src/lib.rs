@@ -1,0 +1,48 @@
+//! The store: a key-value space shaped after etcd's v3 model.
+//!
+//! Keys are strings, every committed transaction gets the next global
+//! revision, writes are compare-and-swap transactions over the keys'
+//! modification revisions, and a watch delivers every event after a given
+//! revision, in order. The API server relies only on this interface, so
+//! the embedded backend (default, one machine) and an etcd backend (several
+//! machines) are interchangeable.
+
+mod embedded;
+mod model;
+
+pub use embedded::EmbeddedStore;
+pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
+
+use futures::stream::BoxStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The requested start revision is older than the retained history.
+    #[error("required revision {requested} has been compacted (oldest available is {oldest})")]
+    Compacted { requested: Revision, oldest: Revision },
+    /// A watcher fell too far behind the event stream and was dropped.
+    #[error("watch fell behind and was closed")]
+    WatcherLagged,
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    #[error("store is shut down")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stream of events for one watch; ends with an error if the watcher lags.
+pub type WatchStream = BoxStream<'static, Result<Event>>;
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The revision of the last committed transaction.
+    fn revision(&self) -> Revision;
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// Every key under `prefix`, sorted, and the revision the listing reflects.
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
+    /// Applies `txn.ops` atomically if all `txn.compares` hold.
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
+    /// Every event on keys under `prefix` with a revision above `after`.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
+}

@@ -1,0 +1,108 @@
+use bytes::Bytes;
+
+/// A global, strictly increasing transaction counter (etcd's revision).
+pub type Revision = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Bytes,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+}
+
+/// A precondition of a transaction, on a key's modification revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists and was last modified at exactly this revision.
+    ModRevision(String, Revision),
+    /// The key does not exist.
+    Absent(String),
+}
+
+impl Compare {
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision(key, _) | Compare::Absent(key) => key,
+        }
+    }
+
+    /// Whether the precondition holds for a key last modified at `current`
+    /// (`None` when the key is absent).
+    pub fn holds(&self, current: Option<Revision>) -> bool {
+        match self {
+            Compare::ModRevision(_, want) => current == Some(*want),
+            Compare::Absent(_) => current.is_none(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Bytes },
+    Delete { key: String },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn when(mut self, compare: Compare) -> Self {
+        self.compares.push(compare);
+        self
+    }
+
+    pub fn then(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+
+    pub fn put(self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.then(Op::Put { key: key.into(), value: value.into() })
+    }
+
+    pub fn delete(self, key: impl Into<String>) -> Self {
+        self.then(Op::Delete { key: key.into() })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// The compares held and the ops were committed at this revision.
+    Committed(Revision),
+    /// A compare failed; nothing was written.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key. For a delete, `value` is empty and `prev` holds
+/// the last state, as etcd reports it with `prev_kv`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: String,
+    pub value: Bytes,
+    pub revision: Revision,
+    pub create_revision: Revision,
+    pub prev: Option<Bytes>,
+}
