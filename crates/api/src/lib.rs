@@ -1,1 +1,17 @@
-pub fn x(){}
+//! API types and rules: which kinds wharf serves, their defaulting and
+//! validation (as Kubernetes does them, on the `k8s-openapi` types), and
+//! label and field selectors.
+
+pub mod cluster;
+pub mod endpoints;
+pub mod field;
+pub mod kinds;
+pub mod meta;
+pub mod names;
+pub mod object;
+pub mod pod;
+pub mod selector;
+pub mod service;
+
+pub use k8s_openapi;
+pub use object::ApiObject;
