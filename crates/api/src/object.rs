@@ -19,6 +19,10 @@ pub trait ApiObject:
     /// Rules that hold for any stored object of the kind.
     fn validate(&self) -> FieldErrors;
 
+    /// Carries over what an update may leave out but must keep, before
+    /// defaulting (Kubernetes keeps allocated cluster IPs and node ports).
+    fn prepare_for_update(&mut self, _old: &Self) {}
+
     /// Extra rules for changing `old` into `self`.
     fn validate_update(&self, _old: &Self) -> FieldErrors {
         Vec::new()

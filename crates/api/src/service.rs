@@ -105,6 +105,27 @@ pub fn prepare_type_change(new: &mut ServiceSpec, old: &ServiceSpec) {
     }
 }
 
+/// An update that leaves out the cluster IP or node ports keeps the
+/// allocated ones, as Kubernetes' `patchAllocatedValues` does, so that
+/// `kubectl replace` of a manifest without them works.
+fn keep_allocated_values(new: &mut ServiceSpec, old: &ServiceSpec) {
+    if needs_cluster_ip(new) && needs_cluster_ip(old) && new.cluster_ip.as_deref().unwrap_or_default().is_empty() {
+        new.cluster_ip = old.cluster_ip.clone();
+        new.cluster_ips = old.cluster_ips.clone();
+    }
+    if needs_node_ports(new) && needs_node_ports(old) {
+        let old_ports = old.ports.as_deref().unwrap_or_default();
+        for port in new.ports.iter_mut().flatten().filter(|p| p.node_port.unwrap_or(0) == 0) {
+            let protocol = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let same = old_ports.iter().find(|o| o.port == port.port && protocol(o) == protocol(port));
+            port.node_port = same.and_then(|o| o.node_port);
+        }
+    }
+    if needs_health_check_node_port(new) && new.health_check_node_port.unwrap_or(0) == 0 {
+        new.health_check_node_port = old.health_check_node_port;
+    }
+}
+
 impl ApiObject for Service {
     fn info() -> &'static KindInfo {
         &SERVICE
@@ -144,6 +165,12 @@ impl ApiObject for Service {
         }
         let status = self.status.get_or_insert_with(Default::default);
         status.load_balancer.get_or_insert_with(Default::default);
+    }
+
+    fn prepare_for_update(&mut self, old: &Self) {
+        let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref()) else { return };
+        prepare_type_change(new, old);
+        keep_allocated_values(new, old);
     }
 
     fn validate(&self) -> FieldErrors {

@@ -1,1 +1,30 @@
+//! The API server: the Kubernetes REST API over HTTPS, backed by a
+//! [`wharf_store::Store`]. Stock kubectl and any Kubernetes client talk to
+//! it unchanged.
 
+pub mod alloc;
+mod bootstrap;
+mod discovery;
+pub mod error;
+mod handlers;
+mod http;
+pub mod object;
+pub mod patch;
+pub mod pki;
+mod protobuf;
+pub mod registry;
+mod request;
+mod server;
+pub mod table;
+
+pub use bootstrap::bootstrap;
+pub use registry::Registry;
+pub use server::{serve, ApiServerConfig, RunningApiServer};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct App {
+    pub registry: Registry,
+    /// The admin bearer token; requests without it get 401.
+    pub token: std::sync::Arc<str>,
+}

@@ -1,1 +1,30 @@
-fn main(){}
+//! The `wharf` command: parses flags and wires the parts together.
+
+mod cli;
+mod up;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        cli::Command::Up(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(up::run(args))
+        }
+        cli::Command::Kubeconfig(args) => {
+            let path = up::kubeconfig_path(&args.data_dir);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!("cannot read {}: {e}; start `wharf up --data-dir {}` first", path.display(), args.data_dir.display())
+            })?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! What exists from the start: the system namespaces, the `kubernetes`
+//! service (the API itself, at the first service IP) with its endpoints,
+//! and the cluster DNS service `kube-dns` at the tenth service IP.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use wharf_api::kinds::{self, KindInfo};
+
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{Registry, WriteOptions, SYSTEM_NAMESPACES};
+
+async fn ensure(registry: &Registry, info: &KindInfo, namespace: &str, obj: Value) -> ApiResult<()> {
+    match registry.create(info, namespace, obj, &WriteOptions::default()).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the built-in objects that are missing; `api_endpoint` is where
+/// clients reach the API server.
+pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResult<()> {
+    for ns in SYSTEM_NAMESPACES {
+        ensure(registry, &kinds::NAMESPACE, "", json!({"metadata": {"name": ns}})).await?;
+    }
+    let allocator = registry.allocator();
+    let api_port = api_endpoint.port();
+    ensure(registry, &kinds::SERVICE, "default", json!({
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": allocator.nth_ip(1).to_string(),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]},
+    }))
+    .await?;
+    ensure(registry, &kinds::SERVICE, "kube-system", json!({
+        "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "wharf-dns"}},
+        "spec": {"clusterIP": allocator.nth_ip(10).to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+        ]},
+    }))
+    .await?;
+    let ip = api_endpoint.ip().to_string();
+    ensure(registry, &kinds::ENDPOINTS, "default", json!({
+        "metadata": {"name": "kubernetes"},
+        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
+    }))
+    .await?;
+    ensure(registry, &kinds::ENDPOINT_SLICE, "default", json!({
+        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "wharf-apiserver"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}],
+    }))
+    .await?;
+    registry.resume_namespace_deletions().await
+}

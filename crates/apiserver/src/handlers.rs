@@ -1,0 +1,262 @@
+//! The REST endpoints of the served resources: one handler that maps the
+//! method and URL onto the registry's verbs and renders the answer as an
+//! object, a list, a Table or a watch stream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use wharf_api::kinds::KindInfo;
+use wharf_api::selector::{FieldSelector, LabelSelector};
+
+use crate::error::{ApiError, ApiResult};
+use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
+use crate::object::{self, FieldValidation};
+use crate::patch::{self, PatchKind};
+use crate::registry::{check_field_selector, DeletePreconditions, Filter, Registry, WatchEvent, WriteOptions};
+use crate::request::{self, Target};
+use crate::table::{self, IncludeObject};
+use crate::App;
+
+type Query = HashMap<String, String>;
+
+/// Whether the client asked for server-side printing.
+fn wants_table(headers: &HeaderMap) -> bool {
+    header_str(headers, header::ACCEPT).contains("as=Table")
+}
+
+fn include_object(q: &Query) -> IncludeObject {
+    match q.get("includeObject").map(String::as_str) {
+        Some("Object") => IncludeObject::Object,
+        Some("None") => IncludeObject::None,
+        _ => IncludeObject::Metadata,
+    }
+}
+
+fn write_options(q: &Query) -> ApiResult<WriteOptions> {
+    Ok(WriteOptions {
+        validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+    })
+}
+
+fn filter(info: &KindInfo, q: &Query) -> ApiResult<Filter> {
+    let bad = |e: wharf_api::selector::SelectorError| ApiError::BadRequest(e.to_string());
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(bad)?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(bad)?;
+    check_field_selector(info, &fields)?;
+    Ok(Filter { labels, fields })
+}
+
+pub async fn resource(State(app): State<App>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    match serve(&app.registry, method, &uri, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve(registry: &Registry, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let target = request::parse(uri.path())?;
+    let q: Query = uri.query().map(url_decode_pairs).unwrap_or_default();
+    let ns = target.namespace.clone().unwrap_or_default();
+    let info = target.info;
+    match (&method, target.name.as_deref()) {
+        (&Method::GET, Some(name)) => {
+            let obj = registry.get(info, &ns, name).await?;
+            if wants_table(headers) {
+                let rv = object::resource_version(&obj).to_string();
+                return Ok(ok(table::table(info, &[obj], &rv, include_object(&q), true)));
+            }
+            Ok(ok(obj))
+        }
+        (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            watch(registry, &target, &q, wants_table(headers)).await
+        }
+        (&Method::GET, None) => {
+            let (items, rv) = registry.list(info, target.namespace.as_deref(), &filter(info, &q)?).await?;
+            if wants_table(headers) {
+                return Ok(ok(table::table(info, &items, &rv.to_string(), include_object(&q), true)));
+            }
+            Ok(ok(list(info, items, rv)))
+        }
+        (&Method::POST, None) => {
+            let obj = decode_body(headers, &body)?;
+            let written = registry.create(info, &ns, obj, &write_options(&q)?).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
+        }
+        (&Method::PUT, Some(name)) => {
+            let obj = decode_body(headers, &body)?;
+            let opts = write_options(&q)?;
+            let written = registry
+                .update_with(info, &ns, name, target.subresource.as_deref(), &opts, |_| Ok(obj.clone()))
+                .await?;
+            Ok(with_warnings(ok(written.object), &written.warnings))
+        }
+        (&Method::PATCH, Some(name)) => patch(registry, &target, name, headers, &body, &q).await,
+        (&Method::DELETE, Some(name)) => {
+            let (pre, dry_run) = delete_options(&body, &q)?;
+            let obj = registry.delete(info, &ns, name, &pre, dry_run).await?;
+            Ok(ok(obj))
+        }
+        (&Method::DELETE, None) => {
+            let (pre, dry_run) = delete_options(&body, &q)?;
+            let (items, _) = registry.list(info, target.namespace.as_deref(), &filter(info, &q)?).await?;
+            let mut deleted = Vec::new();
+            for item in items {
+                match registry.delete(info, object::namespace(&item), object::name(&item), &pre, dry_run).await {
+                    Ok(obj) => deleted.push(obj),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ok(list(info, deleted, registry.store().revision())))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn url_decode_pairs(raw: &str) -> Query {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn ok(body: Value) -> Response {
+    json_response(StatusCode::OK, &body)
+}
+
+fn list(info: &KindInfo, items: Vec<Value>, revision: u64) -> Value {
+    json!({
+        "kind": info.list_kind,
+        "apiVersion": info.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    })
+}
+
+/// Reads a create or update body: JSON, YAML, or the protobuf envelope
+/// `kubectl create namespace` and `kubectl create service` send.
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type = header_str(headers, header::CONTENT_TYPE);
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return crate::protobuf::decode(body);
+    }
+    if content_type.starts_with("application/yaml") {
+        return serde_norway::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding request body: {e}")))
+}
+
+fn delete_options(body: &[u8], q: &Query) -> ApiResult<(DeletePreconditions, bool)> {
+    let opts: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
+    };
+    let pre = DeletePreconditions {
+        uid: opts["preconditions"]["uid"].as_str().map(String::from),
+        resource_version: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
+    };
+    let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
+        || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
+    Ok((pre, dry_run))
+}
+
+async fn patch(registry: &Registry, target: &Target, name: &str, headers: &HeaderMap, body: &[u8], q: &Query) -> ApiResult<Response> {
+    let kind = PatchKind::from_content_type(header_str(headers, header::CONTENT_TYPE))?;
+    let patch_doc = patch::parse_body(kind, body)?;
+    let ns = target.namespace.clone().unwrap_or_default();
+    let opts = write_options(q)?;
+    let sub = target.subresource.as_deref();
+    let result = registry
+        .update_with(target.info, &ns, name, sub, &opts, |current| patch::apply(kind, current, &patch_doc))
+        .await;
+    match result {
+        Ok(written) => Ok(with_warnings(ok(written.object), &written.warnings)),
+        // Server-side apply creates what does not exist yet.
+        Err(ApiError::NotFound { .. }) if kind == PatchKind::Apply => {
+            let mut obj = patch_doc.clone();
+            object::metadata_mut(&mut obj).insert("name".into(), json!(name));
+            let written = registry.create(target.info, &ns, obj, &opts).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One line of a watch stream: `{"type":..,"object":..}\n`.
+fn watch_line(event: &WatchEvent, info: &KindInfo, as_table: bool, first: bool) -> Bytes {
+    let object = if as_table {
+        let rv = object::resource_version(&event.object).to_string();
+        table::table(info, std::slice::from_ref(&event.object), &rv, IncludeObject::Metadata, first)
+    } else {
+        event.object.clone()
+    };
+    let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Kubernetes keeps a watch without `timeoutSeconds` open for 30 to 60 minutes.
+const DEFAULT_WATCH_SECONDS: u64 = 1800;
+
+async fn watch(registry: &Registry, target: &Target, q: &Query, as_table: bool) -> ApiResult<Response> {
+    let info = target.info;
+    let mut filter = filter(info, q)?;
+    if let Some(name) = &target.name {
+        filter.fields.0.push(wharf_api::selector::FieldRequirement { field: "metadata.name".into(), value: name.clone(), equal: true });
+    }
+    let since = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?),
+    };
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_WATCH_SECONDS);
+    let lines = match registry.watch(info, target.namespace.as_deref(), filter, since).await {
+        Ok(events) => {
+            // Columns go with the first event only; an error event ends the stream.
+            events
+                .scan((true, false), move |(first, failed), event| {
+                    let line = match event {
+                        _ if *failed => None,
+                        Ok(event) => Some(watch_line(&event, info, as_table, std::mem::take(first))),
+                        Err(e) => {
+                            *failed = true;
+                            Some(error_line(&e))
+                        }
+                    };
+                    futures::future::ready(line)
+                })
+                .boxed()
+        }
+        // A resource version that is too old ends the stream with an ERROR
+        // event, as kube-apiserver answers it; reflectors then relist.
+        Err(e @ ApiError::Gone(_)) => futures::stream::once(async move { error_line(&e) }).boxed(),
+        Err(e) => return Err(e),
+    };
+    let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+    let body = lines.take_until(deadline).map(Ok::<_, Infallible>);
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, CACHE_CONTROL)
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(response)
+}

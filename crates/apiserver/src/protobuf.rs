@@ -1,0 +1,225 @@
+//! The protobuf request bodies that `kubectl create namespace` and
+//! `kubectl create service` send (they have no JSON fallback): the
+//! `k8s\0` magic, then a `runtime.Unknown` envelope around the object.
+//! Only the fields those commands set are decoded; the result is the same
+//! JSON object a `-f` manifest would give.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ApiResult};
+
+const MAGIC: &[u8] = b"k8s\0";
+
+#[derive(Clone, PartialEq, Message)]
+struct Unknown {
+    #[prost(message, optional, tag = "1")]
+    type_meta: Option<TypeMeta>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TypeMeta {
+    #[prost(string, optional, tag = "1")]
+    api_version: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    kind: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ObjectMeta {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    generate_name: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    namespace: Option<String>,
+    #[prost(btree_map = "string, string", tag = "11")]
+    labels: BTreeMap<String, String>,
+    #[prost(btree_map = "string, string", tag = "12")]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Namespace and Service share this outer shape (metadata=1, spec=2).
+#[derive(Clone, PartialEq, Message)]
+struct Envelope {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    spec: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServiceSpec {
+    #[prost(message, repeated, tag = "1")]
+    ports: Vec<ServicePort>,
+    #[prost(btree_map = "string, string", tag = "2")]
+    selector: BTreeMap<String, String>,
+    #[prost(string, optional, tag = "3")]
+    cluster_ip: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    type_: Option<String>,
+    #[prost(string, repeated, tag = "5")]
+    external_ips: Vec<String>,
+    #[prost(string, optional, tag = "7")]
+    session_affinity: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    external_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServicePort {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    protocol: Option<String>,
+    #[prost(int32, optional, tag = "3")]
+    port: Option<i32>,
+    #[prost(message, optional, tag = "4")]
+    target_port: Option<IntOrString>,
+    #[prost(int32, optional, tag = "5")]
+    node_port: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct IntOrString {
+    #[prost(int64, optional, tag = "1")]
+    kind: Option<i64>,
+    #[prost(int32, optional, tag = "2")]
+    int_val: Option<i32>,
+    #[prost(string, optional, tag = "3")]
+    str_val: Option<String>,
+}
+
+fn bad(what: &str) -> ApiError {
+    ApiError::BadRequest(format!("unable to decode protobuf body: {what}"))
+}
+
+/// Inserts `value` under `key` unless it is empty, as JSON omits it.
+fn set(map: &mut Map<String, Value>, key: &str, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        map.insert(key.into(), json!(v));
+    }
+}
+
+fn metadata(meta: &ObjectMeta) -> Value {
+    let mut m = Map::new();
+    set(&mut m, "name", meta.name.as_deref());
+    set(&mut m, "generateName", meta.generate_name.as_deref());
+    set(&mut m, "namespace", meta.namespace.as_deref());
+    if !meta.labels.is_empty() {
+        m.insert("labels".into(), json!(meta.labels));
+    }
+    if !meta.annotations.is_empty() {
+        m.insert("annotations".into(), json!(meta.annotations));
+    }
+    Value::Object(m)
+}
+
+fn service_spec(spec: &ServiceSpec) -> Value {
+    let mut s = Map::new();
+    let ports: Vec<Value> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let mut port = Map::new();
+            set(&mut port, "name", p.name.as_deref());
+            set(&mut port, "protocol", p.protocol.as_deref());
+            port.insert("port".into(), json!(p.port.unwrap_or(0)));
+            if let Some(t) = &p.target_port {
+                let target = if t.kind == Some(1) { json!(t.str_val.clone().unwrap_or_default()) } else { json!(t.int_val.unwrap_or(0)) };
+                port.insert("targetPort".into(), target);
+            }
+            if let Some(n) = p.node_port.filter(|n| *n != 0) {
+                port.insert("nodePort".into(), json!(n));
+            }
+            Value::Object(port)
+        })
+        .collect();
+    s.insert("ports".into(), json!(ports));
+    if !spec.selector.is_empty() {
+        s.insert("selector".into(), json!(spec.selector));
+    }
+    set(&mut s, "clusterIP", spec.cluster_ip.as_deref());
+    set(&mut s, "type", spec.type_.as_deref());
+    if !spec.external_ips.is_empty() {
+        s.insert("externalIPs".into(), json!(spec.external_ips));
+    }
+    set(&mut s, "sessionAffinity", spec.session_affinity.as_deref());
+    set(&mut s, "externalName", spec.external_name.as_deref());
+    Value::Object(s)
+}
+
+/// Decodes a protobuf body into the JSON form of the object.
+pub fn decode(body: &[u8]) -> ApiResult<Value> {
+    let payload = body.strip_prefix(MAGIC).ok_or_else(|| bad("missing k8s magic"))?;
+    let unknown = Unknown::decode(payload).map_err(|e| bad(&e.to_string()))?;
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    let kind = type_meta.kind.unwrap_or_default();
+    let api_version = type_meta.api_version.unwrap_or_default();
+    let envelope = Envelope::decode(unknown.raw.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
+    let mut obj = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata(&envelope.metadata.unwrap_or_default())});
+    match kind.as_str() {
+        "Namespace" => {}
+        "Service" => {
+            let spec = ServiceSpec::decode(envelope.spec.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["spec"] = service_spec(&spec);
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "protobuf bodies are accepted for Namespace and Service only, not {other:?}; send JSON"
+            )))
+        }
+    }
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = Unknown {
+            type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }),
+            raw: Some(raw),
+        };
+        [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    #[test]
+    fn namespace_as_kubectl_sends_it() {
+        // Bytes recorded from `kubectl create namespace team-a`.
+        let body = b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x1e\x0a\x16\x0a\x06team-a\x12\x00\x1a\x00\x22\x00\x2a\x00\x32\x00\x38\x00\x42\x00\x12\x00\x1a\x02\x0a\x00\x1a\x00\x22\x00";
+        let v = decode(body).unwrap();
+        assert_eq!(v["kind"], "Namespace");
+        assert_eq!(v["metadata"]["name"], "team-a");
+    }
+
+    #[test]
+    fn service_with_named_target_port() {
+        let spec = ServiceSpec {
+            ports: vec![ServicePort {
+                name: Some("80-8080".into()),
+                protocol: Some("TCP".into()),
+                port: Some(80),
+                target_port: Some(IntOrString { kind: Some(0), int_val: Some(8080), str_val: Some(String::new()) }),
+                node_port: Some(0),
+            }],
+            selector: [("app".to_string(), "web".to_string())].into(),
+            type_: Some("ClusterIP".into()),
+            ..Default::default()
+        };
+        let outer = Envelope {
+            metadata: Some(ObjectMeta { name: Some("web".into()), ..Default::default() }),
+            spec: Some(spec.encode_to_vec()),
+        };
+        let v = decode(&envelope("Service", outer.encode_to_vec())).unwrap();
+        assert_eq!(v["spec"]["ports"][0], json!({"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}));
+        assert_eq!(v["spec"]["selector"]["app"], "web");
+        assert!(decode(b"nope").is_err());
+        assert!(decode(&envelope("Pod", Vec::new())).is_err());
+    }
+}

@@ -1,0 +1,548 @@
+//! The generic object store of the API: keys, resource versions, the
+//! create / update / delete paths with their Kubernetes semantics, and
+//! watches. Kind-specific rules come from the codecs; Services also take
+//! and release their allocations in the same transaction as the object.
+
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{json, Value};
+use wharf_api::kinds::{self, KindInfo};
+use wharf_api::selector::{FieldSelector, LabelSelector};
+use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Store, Txn, TxnOutcome};
+
+use crate::alloc::Allocator;
+use crate::error::{ApiError, ApiResult};
+use crate::object::{self, codec_for, FieldValidation};
+
+/// How often a write is retried when another writer got in between.
+const MAX_ATTEMPTS: usize = 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub validation: FieldValidation,
+    pub dry_run: bool,
+}
+
+/// The result of a write: the object as stored, and warnings for the client.
+#[derive(Debug)]
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Which objects a list or watch returns.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, obj: &Value) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&object::labels(obj)))
+            && self.fields.matches(|f| object::field_string(obj, f))
+    }
+}
+
+/// Fields a field selector may name, per kind (beyond `metadata.name`
+/// and `metadata.namespace`), as Kubernetes supports them.
+pub fn check_field_selector(info: &KindInfo, sel: &FieldSelector) -> ApiResult<()> {
+    let extra: &[&str] = match info.kind {
+        "Pod" => &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        "Event" => &[
+            "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+            "reason", "reportingComponent", "source", "type",
+        ],
+        "Namespace" => &["status.phase"],
+        "Node" => &["spec.unschedulable"],
+        _ => &[],
+    };
+    for req in &sel.0 {
+        let f = req.field.as_str();
+        if f != "metadata.name" && f != "metadata.namespace" && !extra.contains(&f) {
+            return Err(ApiError::BadRequest(format!("field label not supported: {f}")));
+        }
+    }
+    Ok(())
+}
+
+/// One event of a watch, as sent to clients.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// Preconditions of a delete (`DeleteOptions.preconditions`).
+#[derive(Clone, Debug, Default)]
+pub struct DeletePreconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
+    if info.namespaced {
+        format!("/registry/{}/{namespace}/{name}", info.resource)
+    } else {
+        format!("/registry/{}/{name}", info.resource)
+    }
+}
+
+pub fn list_prefix(info: &KindInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if info.namespaced => format!("/registry/{}/{ns}/", info.resource),
+        _ => format!("/registry/{}/", info.resource),
+    }
+}
+
+fn decode(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
+    let mut obj: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("corrupt object in store: {e}")))?;
+    object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
+    Ok(obj)
+}
+
+fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
+    decode(&kv.value, kv.mod_revision)
+}
+
+/// The stored form: the object without its resource version, which is
+/// the store's revision and is filled in on every read.
+fn encode(obj: &Value) -> ApiResult<bytes::Bytes> {
+    let mut stored = obj.clone();
+    object::metadata_mut(&mut stored).remove("resourceVersion");
+    serde_json::to_vec(&stored).map(Into::into).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn without_version(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    object::metadata_mut(&mut v).remove("resourceVersion");
+    v
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// Kinds whose status a create may not set (the system fills it).
+fn resets_status_on_create(info: &KindInfo) -> bool {
+    matches!(info.kind, "Service" | "Pod" | "Namespace")
+}
+
+/// Namespaces that always exist and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    allocator: Allocator,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, allocator: Allocator) -> Self {
+        Self { store, allocator }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    pub async fn get(&self, info: &KindInfo, namespace: &str, name: &str) -> ApiResult<Value> {
+        let kv = self.store.get(&object_key(info, namespace, name)).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
+        decode_kv(&kv)
+    }
+
+    pub async fn list(&self, info: &KindInfo, namespace: Option<&str>, filter: &Filter) -> ApiResult<(Vec<Value>, Revision)> {
+        let (kvs, revision) = self.store.list(&list_prefix(info, namespace)).await?;
+        let mut items = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let obj = decode_kv(kv)?;
+            if filter.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        Ok((items, revision))
+    }
+
+    /// Fills `apiVersion` and `kind`, refusing a body of another kind.
+    fn check_type(info: &KindInfo, body: &mut Value) -> ApiResult<()> {
+        let api_version = info.api_version();
+        for (field, want) in [("apiVersion", api_version.as_str()), ("kind", info.kind)] {
+            match body.get(field).and_then(Value::as_str) {
+                None | Some("") => body[field] = json!(want),
+                Some(got) if got == want => {}
+                Some(got) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the API version in the data ({}) does not match the expected API version ({api_version}) or kind ({got}) does not match {}",
+                        body.get("apiVersion").and_then(Value::as_str).unwrap_or_default(),
+                        info.kind
+                    )))
+                }
+            }
+        }
+        if !body.is_object() {
+            return Err(ApiError::BadRequest("the object must be a JSON object".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads the namespace an object goes into, refusing a missing or
+    /// terminating one; the returned compare keeps it so until commit.
+    async fn live_namespace(&self, namespace: &str) -> ApiResult<Compare> {
+        let key = object_key(&kinds::NAMESPACE, "", namespace);
+        let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::namespace_not_found(namespace))?;
+        let ns = decode_kv(&kv)?;
+        if !ns["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(Compare::ModRevision(key, kv.mod_revision))
+    }
+
+    pub async fn create(&self, info: &KindInfo, namespace: &str, mut body: Value, opts: &WriteOptions) -> ApiResult<Written> {
+        Self::check_type(info, &mut body)?;
+        let meta = object::metadata_mut(&mut body);
+        if info.namespaced {
+            match meta.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    meta.insert("namespace".into(), json!(namespace));
+                }
+                Some(ns) if ns == namespace => {}
+                Some(_) => {
+                    return Err(ApiError::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ))
+                }
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        if !has_name {
+            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+                let name = format!("{prefix}{}", random_suffix());
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"] {
+            meta.remove(field);
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if resets_status_on_create(info) {
+            if let Some(obj) = body.as_object_mut() {
+                obj.remove("status");
+            }
+        }
+        let (prepared, warnings) = codec_for(info).prepare(body, None, opts.validation)?;
+        let name = object::name(&prepared).to_string();
+        let key = object_key(info, namespace, &name);
+
+        for _ in 0..MAX_ATTEMPTS {
+            let mut obj = prepared.clone();
+            let mut txn = Txn::new().when(Compare::Absent(key.clone()));
+            if info.namespaced {
+                txn = txn.when(self.live_namespace(namespace).await?);
+            }
+            if info == &kinds::SERVICE {
+                txn = self.allocate(&key, &mut obj, None, txn).await?;
+            }
+            if opts.dry_run {
+                return Ok(Written { object: obj, warnings });
+            }
+            let txn = txn.put(key.clone(), encode(&obj)?);
+            match self.store.txn(txn).await? {
+                TxnOutcome::Committed(revision) => {
+                    object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
+                    return Ok(Written { object: obj, warnings });
+                }
+                TxnOutcome::Failed if self.store.get(&key).await?.is_some() => {
+                    return Err(ApiError::already_exists(info, &name));
+                }
+                // The namespace changed or an allocation was taken meanwhile.
+                TxnOutcome::Failed => continue,
+            }
+        }
+        Err(ApiError::Internal(format!("too many concurrent changes while creating {}", info.resource)))
+    }
+
+    /// Takes and releases the Service's allocations within `txn`.
+    async fn allocate(&self, key: &str, obj: &mut Value, old: Option<&Value>, mut txn: Txn) -> ApiResult<Txn> {
+        let typed = |v: &Value| {
+            serde_json::from_value::<Service>(v.clone()).map_err(|e| ApiError::Internal(format!("service decode: {e}")))
+        };
+        let mut svc = typed(obj)?;
+        let old = old.map(typed).transpose()?;
+        let plan = self.allocator.plan(self.store.as_ref(), key, &mut svc, old.as_ref()).await?;
+        let rv = obj["metadata"]["resourceVersion"].clone();
+        *obj = serde_json::to_value(&svc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !rv.is_null() {
+            object::metadata_mut(obj).insert("resourceVersion".into(), rv);
+        }
+        txn.compares.extend(plan.compares);
+        txn.ops.extend(plan.ops);
+        Ok(txn)
+    }
+
+    /// Reads the object, lets `mutate` compute its new state, and writes it
+    /// if it changed, retrying from a fresh read when another writer got in
+    /// between. A resourceVersion in the new state is a precondition.
+    pub async fn update_with<F>(
+        &self,
+        info: &KindInfo,
+        namespace: &str,
+        name: &str,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+        mutate: F,
+    ) -> ApiResult<Written>
+    where
+        F: Fn(&Value) -> ApiResult<Value>,
+    {
+        let key = object_key(info, namespace, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(info, name))?;
+            let current = decode_kv(&kv)?;
+            let mut desired = mutate(&current)?;
+            Self::check_type(info, &mut desired)?;
+            let wanted_rv = object::resource_version(&desired);
+            if !wanted_rv.is_empty() && wanted_rv != object::resource_version(&current) {
+                return Err(ApiError::conflict(info, name));
+            }
+            if object::name(&desired) != name && !object::name(&desired).is_empty() {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    object::name(&desired)
+                )));
+            }
+            let candidate = carry_over(info, desired, &current, subresource);
+            let (mut obj, warnings) = codec_for(info).prepare(candidate, Some(&current), opts.validation)?;
+            object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+            let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision));
+            if info == &kinds::SERVICE {
+                txn = self.allocate(&key, &mut obj, Some(&current), txn).await?;
+            }
+            if without_version(&obj) == without_version(&current) || opts.dry_run {
+                return Ok(Written { object: obj, warnings });
+            }
+            match self.store.txn(txn.put(key.clone(), encode(&obj)?)).await? {
+                TxnOutcome::Committed(revision) => {
+                    object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
+                    return Ok(Written { object: obj, warnings });
+                }
+                TxnOutcome::Failed => continue,
+            }
+        }
+        Err(ApiError::conflict(info, name))
+    }
+
+    /// Deletes the object (a Namespace: starts its finalization).
+    pub async fn delete(
+        &self,
+        info: &KindInfo,
+        namespace: &str,
+        name: &str,
+        pre: &DeletePreconditions,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        if info != &kinds::NAMESPACE {
+            return self.delete_now(info, namespace, name, pre, dry_run).await;
+        }
+        if SYSTEM_NAMESPACES.contains(&name) {
+            return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        }
+        let current = self.get(info, "", name).await?;
+        check_preconditions(info, name, &current, pre)?;
+        if dry_run {
+            return Ok(current);
+        }
+        self.begin_namespace_deletion(name).await
+    }
+
+    /// Removes the object from the store at once, with its allocations.
+    async fn delete_now(
+        &self,
+        info: &KindInfo,
+        namespace: &str,
+        name: &str,
+        pre: &DeletePreconditions,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let key = object_key(info, namespace, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(info, name))?;
+            let current = decode_kv(&kv)?;
+            check_preconditions(info, name, &current, pre)?;
+            if dry_run {
+                return Ok(current);
+            }
+            let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision)).delete(key.clone());
+            if info == &kinds::SERVICE {
+                let svc: Service = serde_json::from_value(current.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+                for held in self.allocator.held(&svc) {
+                    txn = txn.delete(held);
+                }
+            }
+            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
+                return Ok(current);
+            }
+        }
+        Err(ApiError::conflict(info, name))
+    }
+
+    /// Marks a namespace Terminating and removes its contents in the
+    /// background; the namespace itself goes last.
+    async fn begin_namespace_deletion(&self, name: &str) -> ApiResult<Value> {
+        let opts = WriteOptions::default();
+        let written = self
+            .update_with(&kinds::NAMESPACE, "", name, Some("status"), &opts, |cur| {
+                let mut ns = cur.clone();
+                let meta = object::metadata_mut(&mut ns);
+                if meta.get("deletionTimestamp").is_none_or(Value::is_null) {
+                    meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                }
+                ns["status"]["phase"] = json!("Terminating");
+                Ok(ns)
+            })
+            .await?;
+        let registry = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = registry.finalize_namespace(&name).await {
+                tracing::warn!(namespace = %name, error = %e, "namespace finalization failed; retried at next start");
+            }
+        });
+        Ok(written.object)
+    }
+
+    /// Deletes everything in a terminating namespace, then the namespace.
+    pub async fn finalize_namespace(&self, name: &str) -> ApiResult<()> {
+        for info in kinds::ALL.iter().filter(|k| k.namespaced) {
+            let (items, _) = self.list(info, Some(name), &Filter::default()).await?;
+            for item in items {
+                match self.delete_now(info, name, object::name(&item), &DeletePreconditions::default(), false).await {
+                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let key = object_key(&kinds::NAMESPACE, "", name);
+        self.store.txn(Txn::new().delete(key)).await?;
+        Ok(())
+    }
+
+    /// Resumes the deletion of namespaces left Terminating by a restart.
+    pub async fn resume_namespace_deletions(&self) -> ApiResult<()> {
+        let (namespaces, _) = self.list(&kinds::NAMESPACE, None, &Filter::default()).await?;
+        for ns in namespaces.iter().filter(|ns| !ns["metadata"]["deletionTimestamp"].is_null()) {
+            self.finalize_namespace(object::name(ns)).await?;
+        }
+        Ok(())
+    }
+
+    /// Events after `since` (or, without it, the current objects as ADDED
+    /// followed by every later change), filtered like a list.
+    pub async fn watch(
+        &self,
+        info: &'static KindInfo,
+        namespace: Option<&str>,
+        filter: Filter,
+        since: Option<Revision>,
+    ) -> ApiResult<BoxStream<'static, ApiResult<WatchEvent>>> {
+        let prefix = list_prefix(info, namespace);
+        let (initial, from) = match since {
+            Some(rv) => (Vec::new(), rv),
+            None => {
+                let (items, rv) = self.list(info, namespace, &filter).await?;
+                (items.into_iter().map(|object| Ok(WatchEvent { kind: "ADDED", object })).collect(), rv)
+            }
+        };
+        let live = self.store.watch(&prefix, from).await?;
+        let live = live.filter_map(move |event| {
+            let filter = filter.clone();
+            async move {
+                match event {
+                    Ok(event) => to_watch_event(&event, &filter).transpose(),
+                    Err(e) => Some(Err(e.into())),
+                }
+            }
+        });
+        Ok(stream::iter(initial).chain(live).boxed())
+    }
+}
+
+fn check_preconditions(info: &KindInfo, name: &str, current: &Value, pre: &DeletePreconditions) -> ApiResult<()> {
+    let uid_differs = pre.uid.as_deref().is_some_and(|u| u != object::uid(current));
+    let rv_differs = pre.resource_version.as_deref().is_some_and(|rv| rv != object::resource_version(current));
+    if uid_differs || rv_differs {
+        return Err(ApiError::conflict(info, name));
+    }
+    Ok(())
+}
+
+/// What an update keeps from the stored object: identity and system
+/// metadata always; the status on a main-resource write; everything but
+/// the status on a status write.
+fn carry_over(info: &KindInfo, desired: Value, current: &Value, subresource: Option<&str>) -> Value {
+    let mut out = if subresource == Some("status") {
+        let mut obj = current.clone();
+        obj["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
+        obj
+    } else {
+        let mut obj = desired;
+        if info.has_status {
+            match current.get("status") {
+                Some(status) => obj["status"] = status.clone(),
+                None => {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        }
+        obj
+    };
+    let meta = object::metadata_mut(&mut out);
+    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generateName"] {
+        match current["metadata"].get(field) {
+            Some(v) => meta.insert(field.into(), v.clone()),
+            None => meta.remove(field),
+        };
+    }
+    meta.remove("resourceVersion");
+    meta.remove("managedFields");
+    out
+}
+
+/// Turns a store event into the watch event a filtered watcher sees: an
+/// object that starts or stops matching is ADDED or DELETED for it.
+fn to_watch_event(event: &Event, filter: &Filter) -> ApiResult<Option<WatchEvent>> {
+    let prev = event.prev.as_ref().map(|p| decode(p, event.revision)).transpose()?;
+    let prev_matches = prev.as_ref().is_some_and(|p| filter.matches(p));
+    Ok(match event.kind {
+        EventKind::Delete => prev.filter(|_| prev_matches).map(|object| WatchEvent { kind: "DELETED", object }),
+        EventKind::Put => {
+            let object = decode(&event.value, event.revision)?;
+            match (prev_matches, filter.matches(&object)) {
+                (true, true) => Some(WatchEvent { kind: "MODIFIED", object }),
+                (false, true) => Some(WatchEvent { kind: "ADDED", object }),
+                (true, false) => Some(WatchEvent { kind: "DELETED", object }),
+                (false, false) => None,
+            }
+        }
+    })
+}

@@ -1,0 +1,102 @@
+//! Command-line flags. Every default makes one machine work without root
+//! networking (see DESIGN.md).
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+
+#[derive(Parser)]
+#[command(name = "wharf", version, about = "Kubernetes Services, cluster IPs, DNS and the service proxy, in one program")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start everything on this machine with embedded defaults.
+    Up(UpArgs),
+    /// Print the admin kubeconfig of a data dir.
+    Kubeconfig(DataDirArgs),
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".wharf")
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wharf-node".into())
+}
+
+#[derive(Args)]
+pub struct DataDirArgs {
+    /// Where state, certificates and the kubeconfig live.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Address of the Kubernetes API (HTTPS). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub api_listen: SocketAddr,
+    /// Range cluster IPs come from; the first address is the `kubernetes`
+    /// service, the tenth the cluster DNS.
+    #[arg(long, default_value = "127.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
+    /// Range node ports come from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: RangeInclusive<u16>,
+    /// DNS domain of the cluster.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Name of this node (default: the host name).
+    #[arg(long, default_value_t = default_node_name())]
+    pub node_name: String,
+    /// This node's IP: pod IPs of its pods and the address of node ports.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_ip: IpAddr,
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let low: u16 = low.trim().parse().map_err(|e| format!("bad low port: {e}"))?;
+    let high: u16 = high.trim().parse().map_err(|e| format!("bad high port: {e}"))?;
+    if low == 0 || low > high {
+        return Err(format!("{low}-{high} is not a range of ports"));
+    }
+    Ok(low..=high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
+        assert!(parse_port_range("32767-30000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("30000").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_single_machine_ones() {
+        let cli = Cli::parse_from(["wharf", "up"]);
+        let Command::Up(args) = cli.command else { panic!("not up") };
+        assert_eq!(args.api_listen.to_string(), "127.0.0.1:6443");
+        assert_eq!(args.service_cidr.to_string(), "127.96.0.0/12");
+        assert_eq!(args.service_node_port_range, 30000..=32767);
+        assert_eq!(args.cluster_domain, "cluster.local");
+        assert_eq!(args.node_ip.to_string(), "127.0.0.1");
+    }
+}

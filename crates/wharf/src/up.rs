@@ -1,0 +1,95 @@
+//! `wharf up`: the store, the API server and (as they land) the
+//! controllers, DNS and proxy, on one machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use wharf_apiserver::alloc::Allocator;
+use wharf_apiserver::{pki, App, Registry};
+use wharf_store::EmbeddedStore;
+
+use crate::cli::UpArgs;
+
+pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.kubeconfig")
+}
+
+/// The address clients use: the listen address, or the node IP when
+/// listening on all addresses.
+fn advertised(listen: SocketAddr, args: &UpArgs) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(args.node_ip, listen.port())
+    } else {
+        listen
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = &args.data.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store = EmbeddedStore::open(&data_dir.join("state.redb")).context("opening the store")?;
+    let store: Arc<dyn wharf_store::Store> = Arc::new(store);
+
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), args.node_ip.to_string()];
+    hosts.insert(0, advertised(args.api_listen, &args).ip().to_string());
+    let creds = pki::load_or_create(&data_dir.join("pki"), &hosts).context("preparing certificates")?;
+
+    let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone());
+    let registry = Registry::new(store, allocator.clone());
+    let app = App { registry: registry.clone(), token: creds.admin_token.clone().into() };
+    let server = wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen }, app, &creds)
+        .await
+        .context("--api-listen")?;
+    let endpoint = advertised(server.local_addr, &args);
+    wharf_apiserver::bootstrap(&registry, endpoint).await.context("creating built-in objects")?;
+
+    let kubeconfig = kubeconfig_path(data_dir);
+    std::fs::write(&kubeconfig, pki::kubeconfig(&creds, &format!("https://{endpoint}")))
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    print_notes(&args, endpoint, &allocator, &kubeconfig);
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        result = server.task => result.context("API server stopped")?,
+    }
+    Ok(())
+}
+
+fn print_notes(args: &UpArgs, endpoint: SocketAddr, allocator: &Allocator, kubeconfig: &Path) {
+    let range = &args.service_node_port_range;
+    println!(
+        "wharf is up.
+
+  API server:    https://{endpoint}
+  Service CIDR:  {cidr} (cluster DNS service at {dns})
+  Node ports:    {low}-{high} on {node_ip} (node {node})
+  Data dir:      {data}
+
+To use it with kubectl:
+
+  export KUBECONFIG={kubeconfig}
+  kubectl get services --all-namespaces
+",
+        cidr = allocator.cidr(),
+        dns = allocator.nth_ip(10),
+        low = range.start(),
+        high = range.end(),
+        node_ip = args.node_ip,
+        node = args.node_name,
+        data = args.data.data_dir.display(),
+        kubeconfig = kubeconfig.display(),
+    );
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
