@@ -1,0 +1,231 @@
+//! The seed story's kubectl commands against a real `wharf up`.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{example, Wharf};
+
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    ip.parse::<Ipv4Addr>().is_ok_and(|ip| net.contains(&ip))
+}
+
+fn cidr_of(w: &Wharf) -> String {
+    let i = w.args.iter().position(|a| a == "--service-cidr").unwrap();
+    w.args[i + 1].clone()
+}
+
+#[test]
+fn seed_services_through_kubectl() {
+    let w = Wharf::start(&[]);
+    let services = example("kolide-fleet/services.yaml");
+    let services = services.to_str().unwrap();
+
+    let out = w.kubectl_ok(&["apply", "-f", services]);
+    assert_eq!(
+        out,
+        "service/kolide-fleet-mysql created\nservice/kolide-fleet-redis created\nservice/kolide-fleet-fleet created\n"
+    );
+    let out = w.kubectl_ok(&["apply", "-f", services]);
+    assert!(out.contains("service/kolide-fleet-mysql unchanged"), "{out}");
+
+    // A second apply with a change: the port moves and affinity is added.
+    let changed = std::fs::read_to_string(services)
+        .unwrap()
+        .replace("port: 3306", "port: 3307")
+        .replace("sessionAffinity: None", "sessionAffinity: ClientIP");
+    let out = w.apply_text(&changed);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("service/kolide-fleet-mysql configured"), "{out:?}");
+    let port = w.kubectl_ok(&["get", "svc", "kolide-fleet-mysql", "-o", "jsonpath={.spec.ports[0].port} {.spec.sessionAffinityConfig.clientIP.timeoutSeconds}"]);
+    assert_eq!(port, "3307 10800");
+
+    // The table, as kube-apiserver prints it.
+    let table = w.kubectl_ok(&["get", "svc"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
+    let fleet: Vec<&str> = table.lines().find(|l| l.starts_with("kolide-fleet-fleet")).unwrap().split_whitespace().collect();
+    assert_eq!(fleet[1], "LoadBalancer");
+    assert!(in_cidr(fleet[2], &cidr_of(&w)), "{table}");
+    assert!(fleet[4].starts_with("443:") && fleet[4].ends_with("/TCP"), "{table}");
+    let node_port: u16 = fleet[4][4..fleet[4].len() - 4].parse().unwrap();
+    assert!((30000..=32767).contains(&node_port));
+
+    let wide = w.kubectl_ok(&["get", "svc", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().ends_with("SELECTOR"), "{wide}");
+    assert!(wide.lines().any(|l| l.starts_with("kolide-fleet-redis") && l.ends_with("app=kolide-fleet-redis")), "{wide}");
+
+    let yaml = w.kubectl_ok(&["get", "svc", "kolide-fleet-mysql", "--output=yaml"]);
+    let ip = yaml.lines().find_map(|l| l.trim().strip_prefix("clusterIP: ")).unwrap();
+    assert!(in_cidr(ip, &cidr_of(&w)), "{yaml}");
+    assert!(yaml.contains("targetPort: mysql") && yaml.contains("type: ClusterIP"), "{yaml}");
+
+    let all = w.kubectl_ok(&["get", "svc", "-A"]);
+    assert!(all.lines().any(|l| l.starts_with("kube-system") && l.contains("kube-dns")), "{all}");
+    let dns_ip = w.kubectl_ok(&["get", "svc", "kube-dns", "-n", "kube-system", "-o", "jsonpath={.spec.clusterIP}"]);
+    let net: ipnet::Ipv4Net = cidr_of(&w).parse().unwrap();
+    assert_eq!(dns_ip, Ipv4Addr::from(u32::from(net.network()) + 10).to_string());
+
+    // Pods by selector.
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet/pods.yaml").to_str().unwrap()]);
+    let pods = w.kubectl_ok(&["get", "pods", "--selector", "app=kolide-fleet-fleet", "-o", "name"]);
+    assert_eq!(pods, "pod/kolide-fleet-fleet-a\npod/kolide-fleet-fleet-b\n");
+    let pods = w.kubectl_ok(&["get", "pods", "--selector", "app=kolide-fleet-mysql"]);
+    assert!(pods.starts_with("NAME") && pods.contains("kolide-fleet-mysql-0") && pods.lines().count() == 2, "{pods}");
+
+    let describe = w.kubectl_ok(&["describe", "svc", "kolide-fleet-fleet"]);
+    for want in ["Name:                     kolide-fleet-fleet", "Type:                     LoadBalancer", "TargetPort:               http/TCP", "External Traffic Policy:  Local", "HealthCheck NodePort:"] {
+        assert!(describe.contains(want), "missing {want:?} in\n{describe}");
+    }
+
+    // label, and the three patch types.
+    assert_eq!(w.kubectl_ok(&["label", "svc", "kolide-fleet-redis", "tier=cache"]), "service/kolide-fleet-redis labeled\n");
+    let err = w.kubectl_err(&["label", "svc", "kolide-fleet-redis", "tier=db"]);
+    assert!(err.contains("--overwrite is false"), "{err}");
+    assert_eq!(w.kubectl_ok(&["get", "svc", "-l", "tier=cache", "-o", "name"]), "service/kolide-fleet-redis\n");
+    w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "-p", r#"{"spec":{"ports":[{"port":6379,"name":"redis","targetPort":6380}]}}"#]);
+    let out = w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "-p", r#"{"spec":{"ports":[{"port":6379,"name":"redis","targetPort":6380}]}}"#]);
+    assert!(out.contains("patched (no change)"), "{out}");
+    w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":null,"merged":"yes"}}}"#]);
+    w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=json", "-p", r#"[{"op":"add","path":"/metadata/labels/json","value":"yes"}]"#]);
+    let got = w.kubectl_ok(&["get", "svc", "kolide-fleet-redis", "-o", "jsonpath={.spec.ports[0].targetPort} {.metadata.labels.merged} {.metadata.labels.json} {.metadata.labels.tier}"]);
+    assert_eq!(got.trim_end(), "6380 yes yes");
+
+    // delete -f removes them all.
+    let out = w.kubectl_ok(&["delete", "-f", services]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let left = w.kubectl_ok(&["get", "svc", "-o", "name"]);
+    assert_eq!(left, "service/kubernetes\n");
+}
+
+#[test]
+fn watch_sees_an_update() {
+    let w = Wharf::start(&[]);
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet/services.yaml").to_str().unwrap()]);
+    let mut watch = Command::new(support::KUBECTL)
+        .args(["get", "svc", "-w", "--output-watch-events"])
+        .env("KUBECONFIG", w.kubeconfig())
+        .env("KUBECACHEDIR", w.dir.path().join("kube-cache"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("MODIFIED") && line.contains("kolide-fleet-redis");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    // Let the watch print its list, then change a service.
+    std::thread::sleep(Duration::from_millis(1500));
+    w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=merge", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]);
+    let seen = support::eventually(Duration::from_secs(20), || lines.is_finished().then_some(())).map(|_| lines.join().unwrap());
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen = seen.expect("the watch never showed the update");
+    assert!(seen.iter().filter(|l| l.starts_with("ADDED")).count() >= 4, "{seen:?}");
+    assert!(seen.last().unwrap().starts_with("MODIFIED"), "{seen:?}");
+}
+
+#[test]
+fn invalid_manifests_name_the_field_and_store_nothing() {
+    let w = Wharf::start(&[]);
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad-port\nspec:\n  ports:\n  - port: 70000\n",
+            "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: no-ports\nspec:\n  selector:\n    app: x\n", "spec.ports: Required value"),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n  ports:\n  - port: 80\n", "metadata.name: Invalid value: \"Bad_Name\""),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad-proto\nspec:\n  ports:\n  - port: 80\n    protocol: FOO\n",
+            "spec.ports[0].protocol: Unsupported value: \"FOO\"",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: dup\nspec:\n  ports:\n  - {name: a, port: 80}\n  - {name: a, port: 81}\n",
+            "spec.ports[1].name: Duplicate value: \"a\"",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\nspec:\n  type: ExternalName\n", "spec.externalName: Required value"),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: out-of-range\nspec:\n  clusterIP: 127.1.2.3\n  ports:\n  - port: 80\n",
+            "is not in the valid range",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad-nodeport\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: 80\n",
+            "spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: unknown-field\nspec:\n  portz: []\n", "unknown field \"spec.portz\""),
+    ];
+    for (manifest, want) in cases {
+        let out = w.apply_text(manifest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(want), "manifest:\n{manifest}\nwanted {want:?}, got: {stderr}");
+    }
+    let names = w.kubectl_ok(&["get", "svc", "-o", "name"]);
+    assert_eq!(names, "service/kubernetes\n", "an invalid manifest left something behind");
+
+    // Taken IPs and node ports are refused; cluster IP is immutable.
+    let ok = "apiVersion: v1\nkind: Service\nmetadata:\n  name: first\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n";
+    assert!(w.apply_text(ok).status.success());
+    let ip = w.kubectl_ok(&["get", "svc", "first", "-o", "jsonpath={.spec.clusterIP}"]);
+    let np = w.kubectl_ok(&["get", "svc", "first", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let taken = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: second\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n");
+    let err = String::from_utf8_lossy(&w.apply_text(&taken).stderr).into_owned();
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    let taken = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: third\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: {np}\n");
+    let err = String::from_utf8_lossy(&w.apply_text(&taken).stderr).into_owned();
+    assert!(err.contains("provided port is already allocated"), "{err}");
+    let err = w.kubectl_err(&["patch", "svc", "first", "-p", r#"{"spec":{"clusterIP":"127.0.0.99"}}"#]);
+    assert!(err.contains("may not change once set"), "{err}");
+    assert_eq!(w.kubectl_ok(&["get", "svc", "-o", "name"]), "service/first\nservice/kubernetes\n");
+}
+
+#[test]
+fn stale_resource_version_is_a_conflict() {
+    let w = Wharf::start(&[]);
+    w.kubectl_ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let stale = w.kubectl_ok(&["get", "svc", "web", "-o", "json"]);
+    w.kubectl_ok(&["label", "svc", "web", "changed=yes"]);
+    let path = w.dir.path().join("stale.json");
+    std::fs::write(&path, stale).unwrap();
+    let err = w.kubectl_err(&["replace", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
+}
+
+#[test]
+fn namespaces_create_and_delete_with_their_contents() {
+    let w = Wharf::start(&[]);
+    assert_eq!(w.kubectl_ok(&["create", "namespace", "team-a"]), "namespace/team-a created\n");
+    w.kubectl_ok(&["create", "service", "nodeport", "web", "--tcp=80:8080", "-n", "team-a"]);
+    let err = w.kubectl_err(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "nope"]);
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+    w.kubectl_ok(&["delete", "namespace", "team-a"]);
+    assert!(w.kubectl_ok(&["get", "ns", "-o", "name"]).lines().all(|l| l != "namespace/team-a"));
+    let all = w.kubectl_ok(&["get", "svc", "-A", "-o", "name"]);
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let err = w.kubectl_err(&["delete", "namespace", "default"]);
+    assert!(err.contains("may not be deleted"), "{err}");
+}
+
+#[test]
+fn requests_without_credentials_are_refused() {
+    let w = Wharf::start(&[]);
+    let err = w.kubectl_err(&["--token=not-the-token", "create", "namespace", "intruder"]);
+    assert!(err.contains("Unauthorized"), "{err}");
+    // The same through plain HTTPS without any credential.
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
+        .args(["--data", r#"{"metadata":{"name":"intruder"}}"#, &format!("{}/api/v1/namespaces", w.server)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    assert!(w.kubectl_ok(&["get", "ns", "-o", "name"]).lines().all(|l| l != "namespace/intruder"));
+}

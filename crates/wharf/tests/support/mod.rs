@@ -1,0 +1,179 @@
+//! Test harness: runs the real `wharf` binary in a temporary data dir on a
+//! free port and drives it with the real `kubectl` and a `kube` client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// Path of the shared examples (the seed story's manifests).
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples").join(name)
+}
+
+static NEXT_RANGE: AtomicU32 = AtomicU32::new(0);
+
+/// A /16 of 127/8 for one test's service CIDR, distinct from the other
+/// tests of this process, so their listeners never collide.
+pub fn private_service_cidr() -> String {
+    let n = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
+    let octet = 32 + (std::process::id().wrapping_mul(7).wrapping_add(n) % 200);
+    format!("127.{octet}.0.0/16")
+}
+
+pub struct Wharf {
+    pub dir: tempfile::TempDir,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub server: String,
+    pub stdout: String,
+}
+
+impl Wharf {
+    /// Starts `wharf up` with a private data dir, a free API port and a
+    /// private service CIDR, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Wharf {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--api-listen".into(),
+            "127.0.0.1:0".into(),
+            "--node-name".into(),
+            "test-node".into(),
+        ];
+        if !extra.iter().any(|a| *a == "--service-cidr") {
+            args.push("--service-cidr".into());
+            args.push(private_service_cidr());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut w = Wharf { dir, args, child: None, server: String::new(), stdout: String::new() };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wharf");
+        // The notes end with the first kubectl command; by then the
+        // kubeconfig is written and the API answers.
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut notes = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read wharf output");
+            assert!(n > 0, "wharf exited before it was up: {notes}");
+            notes.push_str(&line);
+            if line.contains("kubectl get services") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "wharf did not come up: {notes}");
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        self.server = notes
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("API server:").map(|s| s.trim().to_string()))
+            .expect("API server line");
+        self.stdout = notes;
+        self.child = Some(child);
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data/admin.kubeconfig")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs kubectl against this server with its own discovery cache.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.dir.path().join("kube-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test if it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure and returns stderr.
+    pub fn kubectl_err(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(!out.status.success(), "kubectl {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Applies a manifest given as text.
+    pub fn apply_text(&self, yaml: &str) -> Output {
+        let path = self.dir.path().join(format!("manifest-{}.yaml", rand::random::<u32>()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.kubectl(&["apply", "-f", path.to_str().expect("path")])
+    }
+
+    /// A `kube` client with the admin credentials.
+    pub async fn client(&self) -> kube::Client {
+        let config = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.expect("client config");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// SIGKILLs the server: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns Some or the timeout passes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
