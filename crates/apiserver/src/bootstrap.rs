@@ -17,6 +17,24 @@ async fn ensure(registry: &Registry, info: &KindInfo, namespace: &str, obj: Valu
     }
 }
 
+/// Creates the object, or brings an existing one back to `obj`'s content
+/// (the API endpoint moves when the server restarts on another address).
+async fn reconcile(registry: &Registry, info: &KindInfo, namespace: &str, obj: Value) -> ApiResult<()> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    match registry.create(info, namespace, obj.clone(), &WriteOptions::default()).await {
+        Ok(_) => Ok(()),
+        Err(ApiError::AlreadyExists { .. }) => {
+            let update = |current: &Value| {
+                let mut desired = obj.clone();
+                desired["metadata"] = current["metadata"].clone();
+                Ok(desired)
+            };
+            registry.update_with(info, namespace, &name, None, &WriteOptions::default(), update).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates the built-in objects that are missing; `api_endpoint` is where
 /// clients reach the API server.
 pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResult<()> {
@@ -25,7 +43,7 @@ pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResu
     }
     let allocator = registry.allocator();
     let api_port = api_endpoint.port();
-    ensure(registry, &kinds::SERVICE, "default", json!({
+    reconcile(registry, &kinds::SERVICE, "default", json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": allocator.nth_ip(1).to_string(),
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]},
@@ -40,12 +58,12 @@ pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResu
     }))
     .await?;
     let ip = api_endpoint.ip().to_string();
-    ensure(registry, &kinds::ENDPOINTS, "default", json!({
+    reconcile(registry, &kinds::ENDPOINTS, "default", json!({
         "metadata": {"name": "kubernetes"},
         "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
     }))
     .await?;
-    ensure(registry, &kinds::ENDPOINT_SLICE, "default", json!({
+    reconcile(registry, &kinds::ENDPOINT_SLICE, "default", json!({
         "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "wharf-apiserver"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],

@@ -253,6 +253,11 @@ impl Registry {
         let key = object_key(info, namespace, &name);
 
         for _ in 0..MAX_ATTEMPTS {
+            // Checked first so that a duplicate is reported as such, not as
+            // an allocation clash with its own cluster IP.
+            if self.store.get(&key).await?.is_some() {
+                return Err(ApiError::already_exists(info, &name));
+            }
             let mut obj = prepared.clone();
             let mut txn = Txn::new().when(Compare::Absent(key.clone()));
             if info.namespaced {
