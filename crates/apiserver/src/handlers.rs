@@ -79,11 +79,15 @@ async fn serve(registry: &Registry, method: Method, uri: &Uri, headers: &HeaderM
             watch(registry, &target, &q, wants_table(headers)).await
         }
         (&Method::GET, None) => {
-            let (items, rv) = registry.list(info, target.namespace.as_deref(), &filter(info, &q)?).await?;
-            if wants_table(headers) {
-                return Ok(ok(table::table(info, &items, &rv.to_string(), include_object(&q), true)));
-            }
-            Ok(ok(list(info, items, rv)))
+            let filter = filter(info, &q)?;
+            let (stored, rv) = registry.list_stored(info, target.namespace.as_deref()).await?;
+            let objects = stored.decode(&filter);
+            let body = if wants_table(headers) {
+                table::write_table(info, objects, &rv.to_string(), include_object(&q))?
+            } else {
+                write_list(info, objects, rv)?
+            };
+            Ok(raw_json(body))
         }
         (&Method::POST, None) => {
             let obj = decode_body(headers, &body)?;
@@ -134,6 +138,31 @@ fn url_decode_pairs(raw: &str) -> Query {
 
 fn ok(body: Value) -> Response {
     json_response(StatusCode::OK, &body)
+}
+
+fn raw_json(body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static(CACHE_CONTROL));
+    response
+}
+
+/// A `<Kind>List`, serialized while the items are decoded one by one.
+fn write_list(info: &KindInfo, items: impl Iterator<Item = ApiResult<Value>>, revision: u64) -> ApiResult<Vec<u8>> {
+    let head = format!(
+        r#"{{"kind":{},"apiVersion":{},"metadata":{{"resourceVersion":"{revision}"}},"items":["#,
+        json!(info.list_kind),
+        json!(info.api_version())
+    );
+    let mut out = head.into_bytes();
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &item?).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 fn list(info: &KindInfo, items: Vec<Value>, revision: u64) -> Value {

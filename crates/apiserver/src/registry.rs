@@ -46,6 +46,16 @@ impl Filter {
     }
 }
 
+/// Encoded objects as the store returned them.
+pub struct Stored(Vec<KeyValue>);
+
+impl Stored {
+    /// Decodes the objects one at a time, keeping those `filter` selects.
+    pub fn decode<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
+        self.0.iter().map(decode_kv).filter(move |obj| obj.as_ref().map_or(true, |o| filter.matches(o)))
+    }
+}
+
 /// Fields a field selector may name, per kind (beyond `metadata.name`
 /// and `metadata.namespace`), as Kubernetes supports them.
 pub fn check_field_selector(info: &KindInfo, sel: &FieldSelector) -> ApiResult<()> {
@@ -166,15 +176,16 @@ impl Registry {
     }
 
     pub async fn list(&self, info: &KindInfo, namespace: Option<&str>, filter: &Filter) -> ApiResult<(Vec<Value>, Revision)> {
-        let (kvs, revision) = self.store.list(&list_prefix(info, namespace)).await?;
-        let mut items = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            let obj = decode_kv(kv)?;
-            if filter.matches(&obj) {
-                items.push(obj);
-            }
-        }
+        let (stored, revision) = self.list_stored(info, namespace).await?;
+        let items = stored.decode(filter).collect::<ApiResult<Vec<_>>>()?;
         Ok((items, revision))
+    }
+
+    /// The stored objects of a list, still encoded: large lists are
+    /// rendered one object at a time from this.
+    pub async fn list_stored(&self, info: &KindInfo, namespace: Option<&str>) -> ApiResult<(Stored, Revision)> {
+        let (kvs, revision) = self.store.list(&list_prefix(info, namespace)).await?;
+        Ok((Stored(kvs), revision))
     }
 
     /// Fills `apiVersion` and `kind`, refusing a body of another kind.

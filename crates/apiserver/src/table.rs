@@ -361,7 +361,7 @@ fn row(info: &KindInfo, obj: &Value, include: IncludeObject, now: jiff::Timestam
     json!({"cells": cells(info.kind, obj, now), "object": object})
 }
 
-/// A Table of the given objects, as one `kubectl get` response.
+/// A Table of the given objects, as one `kubectl get` or watch event.
 pub fn table(info: &KindInfo, objects: &[Value], resource_version: &str, include: IncludeObject, with_columns: bool) -> Value {
     let now = jiff::Timestamp::now();
     let rows: Vec<Value> = objects.iter().map(|o| row(info, o, include, now)).collect();
@@ -375,6 +375,34 @@ pub fn table(info: &KindInfo, objects: &[Value], resource_version: &str, include
         table["columnDefinitions"] = json!(column_definitions(info.kind));
     }
     table
+}
+
+/// The same Table as [`table`], serialized while the objects are decoded
+/// one by one, so a list of thousands never holds them all at once.
+pub fn write_table<E>(
+    info: &KindInfo,
+    objects: impl Iterator<Item = Result<Value, E>>,
+    resource_version: &str,
+    include: IncludeObject,
+) -> Result<Vec<u8>, E> {
+    let now = jiff::Timestamp::now();
+    let head = json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": column_definitions(info.kind),
+    });
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.pop(); // reopen the object for "rows"
+    out.extend_from_slice(b",\"rows\":[");
+    for (i, obj) in objects.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, &row(info, &obj?, include, now));
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -409,6 +437,14 @@ mod tests {
         assert_eq!(cells[6], "a=1,b=2");
         assert_eq!(t["columnDefinitions"][6]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn streamed_table_equals_built_table() {
+        let objs = vec![json!({"metadata": {"name": "a"}}), json!({"metadata": {"name": "b"}})];
+        let built = table(&kinds::NAMESPACE, &objs, "3", IncludeObject::Metadata, true);
+        let streamed = write_table::<()>(&kinds::NAMESPACE, objs.into_iter().map(Ok), "3", IncludeObject::Metadata).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&streamed).unwrap(), built);
     }
 
     #[test]

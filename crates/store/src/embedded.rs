@@ -27,6 +27,7 @@ const META_REVISION: &str = "revision";
 const HISTORY_EVENTS: usize = 100_000;
 /// How far a live watcher may fall behind before it is re-fed from history.
 const BROADCAST_CAPACITY: usize = 16_384;
+const REDB_CACHE_BYTES: usize = 16 << 20;
 /// Upper bound of transactions committed with one fsync.
 const MAX_BATCH: usize = 512;
 
@@ -108,7 +109,9 @@ impl Drop for Writer {
 impl EmbeddedStore {
     /// Opens (or creates) the database file at `path` and loads it.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = redb::Database::create(path).map_err(backend)?;
+        // Reads are served from memory; redb's page cache only has to help
+        // the writer, so keep it small.
+        let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
         let (kv, revision) = load(&db)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let shared = Arc::new(Shared {

@@ -5,6 +5,11 @@ mod up;
 
 use clap::Parser;
 
+/// mimalloc returns memory after a large list response; glibc's
+/// per-thread arenas kept several times the live size.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
