@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y "${missing[@]}"
