@@ -12,6 +12,7 @@ pub mod object;
 pub mod pod;
 pub mod selector;
 pub mod service;
+pub mod service_env;
 
 pub use k8s_openapi;
 pub use object::ApiObject;

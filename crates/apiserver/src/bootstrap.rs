@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use wharf_api::kinds::{self, KindInfo};
 
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{Registry, WriteOptions, SYSTEM_NAMESPACES};
+use crate::registry::{Registry, WriteOptions, WriteTarget, SYSTEM_NAMESPACES};
 
 async fn ensure(registry: &Registry, info: &KindInfo, namespace: &str, obj: Value) -> ApiResult<()> {
     match registry.create(info, namespace, obj, &WriteOptions::default()).await {
@@ -29,7 +29,7 @@ async fn reconcile(registry: &Registry, info: &KindInfo, namespace: &str, obj: V
                 desired["metadata"] = current["metadata"].clone();
                 Ok(desired)
             };
-            registry.update_with(info, namespace, &name, None, &WriteOptions::default(), update).await.map(|_| ())
+            registry.update_with(info, namespace, &name, WriteTarget::Main, &WriteOptions::default(), update).await.map(|_| ())
         }
         Err(e) => Err(e),
     }

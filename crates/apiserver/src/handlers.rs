@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
-use crate::registry::{check_field_selector, DeletePreconditions, Filter, Registry, WatchEvent, WriteOptions};
+use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WriteOptions, WriteTarget};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
 use crate::App;
@@ -98,22 +98,22 @@ async fn serve(registry: &Registry, method: Method, uri: &Uri, headers: &HeaderM
             let obj = decode_body(headers, &body)?;
             let opts = write_options(&q)?;
             let written = registry
-                .update_with(info, &ns, name, target.subresource.as_deref(), &opts, |_| Ok(obj.clone()))
+                .update_with(info, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| Ok(obj.clone()))
                 .await?;
             Ok(with_warnings(ok(written.object), &written.warnings))
         }
         (&Method::PATCH, Some(name)) => patch(registry, &target, name, headers, &body, &q).await,
         (&Method::DELETE, Some(name)) => {
-            let (pre, dry_run) = delete_options(&body, &q)?;
-            let obj = registry.delete(info, &ns, name, &pre, dry_run).await?;
+            let opts = delete_options(&body, &q)?;
+            let obj = registry.delete(info, &ns, name, &opts).await?;
             Ok(ok(obj))
         }
         (&Method::DELETE, None) => {
-            let (pre, dry_run) = delete_options(&body, &q)?;
+            let opts = delete_options(&body, &q)?;
             let (items, _) = registry.list(info, target.namespace.as_deref(), &filter(info, &q)?).await?;
             let mut deleted = Vec::new();
             for item in items {
-                match registry.delete(info, object::namespace(&item), object::name(&item), &pre, dry_run).await {
+                match registry.delete(info, object::namespace(&item), object::name(&item), &opts).await {
                     Ok(obj) => deleted.push(obj),
                     Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -187,19 +187,20 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding request body: {e}")))
 }
 
-fn delete_options(body: &[u8], q: &Query) -> ApiResult<(DeletePreconditions, bool)> {
+fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
     let opts: Value = if body.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
     };
-    let pre = DeletePreconditions {
+    let grace_query = q.get("gracePeriodSeconds").and_then(|g| g.parse().ok());
+    Ok(DeleteOptions {
         uid: opts["preconditions"]["uid"].as_str().map(String::from),
         resource_version: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
-    };
-    let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
-        || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
-    Ok((pre, dry_run))
+        grace_period: opts["gracePeriodSeconds"].as_i64().or(grace_query),
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All")
+            || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")),
+    })
 }
 
 async fn patch(registry: &Registry, target: &Target, name: &str, headers: &HeaderMap, body: &[u8], q: &Query) -> ApiResult<Response> {
@@ -207,7 +208,7 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
     let patch_doc = patch::parse_body(kind, body)?;
     let ns = target.namespace.clone().unwrap_or_default();
     let opts = write_options(q)?;
-    let sub = target.subresource.as_deref();
+    let sub = WriteTarget::from_subresource(target.subresource.as_deref());
     let result = registry
         .update_with(target.info, &ns, name, sub, &opts, |current| patch::apply(kind, current, &patch_doc))
         .await;

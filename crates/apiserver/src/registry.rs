@@ -86,11 +86,36 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
-/// Preconditions of a delete (`DeleteOptions.preconditions`).
+/// What an update may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// The object without its status (`PUT/PATCH .../NAME`).
+    Main,
+    /// Only the status (`.../NAME/status`).
+    Status,
+    /// Anything but identity: the registry's own writes, such as marking
+    /// an object for deletion.
+    System,
+}
+
+impl WriteTarget {
+    /// The target a URL's subresource names.
+    pub fn from_subresource(subresource: Option<&str>) -> Self {
+        match subresource {
+            Some("status") => WriteTarget::Status,
+            _ => WriteTarget::Main,
+        }
+    }
+}
+
+/// `DeleteOptions`: preconditions and the grace period.
 #[derive(Clone, Debug, Default)]
-pub struct DeletePreconditions {
+pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// Seconds a pod stays Terminating; None takes the pod's own setting.
+    pub grace_period: Option<i64>,
+    pub dry_run: bool,
 }
 
 pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
@@ -154,11 +179,19 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 pub struct Registry {
     store: Arc<dyn Store>,
     allocator: Allocator,
+    /// Where pods without `spec.nodeName` are bound.
+    default_node: Option<Arc<str>>,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, allocator: Allocator) -> Self {
-        Self { store, allocator }
+        Self { store, allocator, default_node: None }
+    }
+
+    /// Binds pods created without `spec.nodeName` to `node`.
+    pub fn with_default_node(mut self, node: &str) -> Self {
+        self.default_node = Some(node.into());
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -254,6 +287,13 @@ impl Registry {
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if info == &kinds::POD {
+            if let (Some(node), Some(spec)) = (&self.default_node, body.get_mut("spec").and_then(Value::as_object_mut)) {
+                if spec.get("nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    spec.insert("nodeName".into(), json!(node.as_ref()));
+                }
+            }
+        }
         if resets_status_on_create(info) {
             if let Some(obj) = body.as_object_mut() {
                 obj.remove("status");
@@ -322,7 +362,7 @@ impl Registry {
         info: &KindInfo,
         namespace: &str,
         name: &str,
-        subresource: Option<&str>,
+        target: WriteTarget,
         opts: &WriteOptions,
         mutate: F,
     ) -> ApiResult<Written>
@@ -345,7 +385,7 @@ impl Registry {
                     object::name(&desired)
                 )));
             }
-            let candidate = carry_over(info, desired, &current, subresource);
+            let candidate = carry_over(info, desired, &current, target);
             let (mut obj, warnings) = codec_for(info).prepare(candidate, Some(&current), opts.validation)?;
             object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
             let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision));
@@ -372,21 +412,59 @@ impl Registry {
         info: &KindInfo,
         namespace: &str,
         name: &str,
-        pre: &DeletePreconditions,
-        dry_run: bool,
+        pre: &DeleteOptions,
     ) -> ApiResult<Value> {
+        if info == &kinds::POD {
+            return self.delete_pod(namespace, name, pre).await;
+        }
         if info != &kinds::NAMESPACE {
-            return self.delete_now(info, namespace, name, pre, dry_run).await;
+            return self.delete_now(info, namespace, name, pre).await;
         }
         if SYSTEM_NAMESPACES.contains(&name) {
             return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
         }
         let current = self.get(info, "", name).await?;
         check_preconditions(info, name, &current, pre)?;
-        if dry_run {
+        if pre.dry_run {
             return Ok(current);
         }
         self.begin_namespace_deletion(name).await
+    }
+
+    /// Pods are deleted gracefully, as a kubelet-backed API server does: a
+    /// pod bound to a node is marked Terminating for its grace period, and
+    /// its node agent removes it when the period ends or the workload stops.
+    async fn delete_pod(&self, namespace: &str, name: &str, pre: &DeleteOptions) -> ApiResult<Value> {
+        let current = self.get(&kinds::POD, namespace, name).await?;
+        check_preconditions(&kinds::POD, name, &current, pre)?;
+        let grace = pre
+            .grace_period
+            .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0);
+        let bound = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+        if grace == 0 || !bound {
+            return self.delete_now(&kinds::POD, namespace, name, pre).await;
+        }
+        let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+        let opts = WriteOptions { dry_run: pre.dry_run, ..Default::default() };
+        let written = self
+            .update_with(&kinds::POD, namespace, name, WriteTarget::System, &opts, |cur| {
+                let mut pod = cur.clone();
+                let meta = object::metadata_mut(&mut pod);
+                let earlier = meta
+                    .get("deletionTimestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| t <= deadline);
+                if !earlier {
+                    meta.insert("deletionTimestamp".into(), json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                Ok(pod)
+            })
+            .await?;
+        Ok(written.object)
     }
 
     /// Removes the object from the store at once, with its allocations.
@@ -395,15 +473,14 @@ impl Registry {
         info: &KindInfo,
         namespace: &str,
         name: &str,
-        pre: &DeletePreconditions,
-        dry_run: bool,
+        pre: &DeleteOptions,
     ) -> ApiResult<Value> {
         let key = object_key(info, namespace, name);
         for _ in 0..MAX_ATTEMPTS {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(info, name))?;
             let current = decode_kv(&kv)?;
             check_preconditions(info, name, &current, pre)?;
-            if dry_run {
+            if pre.dry_run {
                 return Ok(current);
             }
             let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision)).delete(key.clone());
@@ -425,7 +502,7 @@ impl Registry {
     async fn begin_namespace_deletion(&self, name: &str) -> ApiResult<Value> {
         let opts = WriteOptions::default();
         let written = self
-            .update_with(&kinds::NAMESPACE, "", name, Some("status"), &opts, |cur| {
+            .update_with(&kinds::NAMESPACE, "", name, WriteTarget::System, &opts, |cur| {
                 let mut ns = cur.clone();
                 let meta = object::metadata_mut(&mut ns);
                 if meta.get("deletionTimestamp").is_none_or(Value::is_null) {
@@ -450,7 +527,7 @@ impl Registry {
         for info in kinds::ALL.iter().filter(|k| k.namespaced) {
             let (items, _) = self.list(info, Some(name), &Filter::default()).await?;
             for item in items {
-                match self.delete_now(info, name, object::name(&item), &DeletePreconditions::default(), false).await {
+                match self.delete_now(info, name, object::name(&item), &DeleteOptions::default()).await {
                     Ok(_) | Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -501,7 +578,7 @@ impl Registry {
     }
 }
 
-fn check_preconditions(info: &KindInfo, name: &str, current: &Value, pre: &DeletePreconditions) -> ApiResult<()> {
+fn check_preconditions(info: &KindInfo, name: &str, current: &Value, pre: &DeleteOptions) -> ApiResult<()> {
     let uid_differs = pre.uid.as_deref().is_some_and(|u| u != object::uid(current));
     let rv_differs = pre.resource_version.as_deref().is_some_and(|rv| rv != object::resource_version(current));
     if uid_differs || rv_differs {
@@ -510,17 +587,18 @@ fn check_preconditions(info: &KindInfo, name: &str, current: &Value, pre: &Delet
     Ok(())
 }
 
-/// What an update keeps from the stored object: identity and system
-/// metadata always; the status on a main-resource write; everything but
-/// the status on a status write.
-fn carry_over(info: &KindInfo, desired: Value, current: &Value, subresource: Option<&str>) -> Value {
-    let mut out = if subresource == Some("status") {
-        let mut obj = current.clone();
-        obj["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
-        obj
-    } else {
-        let mut obj = desired;
-        if info.has_status {
+/// What an update keeps from the stored object: identity always; system
+/// metadata and the status on a main-resource write; everything but the
+/// status on a status write.
+fn carry_over(info: &KindInfo, desired: Value, current: &Value, target: WriteTarget) -> Value {
+    let mut out = match target {
+        WriteTarget::Status => {
+            let mut obj = current.clone();
+            obj["status"] = desired.get("status").cloned().unwrap_or(Value::Null);
+            obj
+        }
+        WriteTarget::Main if info.has_status => {
+            let mut obj = desired;
             match current.get("status") {
                 Some(status) => obj["status"] = status.clone(),
                 None => {
@@ -529,14 +607,18 @@ fn carry_over(info: &KindInfo, desired: Value, current: &Value, subresource: Opt
                     }
                 }
             }
+            obj
         }
-        obj
+        WriteTarget::Main | WriteTarget::System => desired,
     };
+    let identity: &[&str] = &["name", "namespace", "uid", "creationTimestamp", "generateName"];
+    let system: &[&str] = &["deletionTimestamp", "deletionGracePeriodSeconds"];
+    let kept = identity.iter().chain(if target == WriteTarget::System { &[][..] } else { system });
     let meta = object::metadata_mut(&mut out);
-    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generateName"] {
-        match current["metadata"].get(field) {
-            Some(v) => meta.insert(field.into(), v.clone()),
-            None => meta.remove(field),
+    for field in kept {
+        match current["metadata"].get(*field) {
+            Some(v) => meta.insert((*field).into(), v.clone()),
+            None => meta.remove(*field),
         };
     }
     meta.remove("resourceVersion");

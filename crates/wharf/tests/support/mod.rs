@@ -12,7 +12,7 @@ pub const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// Path of the shared examples (the seed story's manifests).
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
 }
 
 static NEXT_RANGE: AtomicU32 = AtomicU32::new(0);

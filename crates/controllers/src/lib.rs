@@ -1,0 +1,8 @@
+//! Controllers: turn watch events on Services and Pods into the objects
+//! that follow from them. They speak only the Kubernetes API (list/watch
+//! and writes through `kube`), like kube-controller-manager does.
+
+pub mod cache;
+pub mod endpointslice;
+
+pub use endpointslice::EndpointSliceController;
