@@ -21,6 +21,20 @@ pub enum Command {
     Up(UpArgs),
     /// Print the admin kubeconfig of a data dir.
     Kubeconfig(DataDirArgs),
+    /// Print the service environment variables a pod of a namespace gets.
+    Env(ClientArgs),
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Kubeconfig to use (default: $KUBECONFIG, then the data dir's).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the pod.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -1,6 +1,8 @@
 //! The `wharf` command: parses flags and wires the parts together.
 
 mod cli;
+mod client;
+mod env;
 mod up;
 
 use clap::Parser;
@@ -22,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Up(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up::run(args))
+        }
+        cli::Command::Env(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(env::print(args))
         }
         cli::Command::Kubeconfig(args) => {
             let path = up::kubeconfig_path(&args.data_dir);

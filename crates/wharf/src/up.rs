@@ -11,6 +11,10 @@ use wharf_apiserver::{pki, App, Registry};
 use wharf_store::EmbeddedStore;
 
 use crate::cli::UpArgs;
+use wharf_agent::AgentConfig;
+
+/// How often the node agent refreshes its Node's Ready condition.
+const NODE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.kubeconfig")
@@ -37,7 +41,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let creds = pki::load_or_create(&data_dir.join("pki"), &hosts).context("preparing certificates")?;
 
     let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone());
-    let registry = Registry::new(store, allocator.clone());
+    let registry = Registry::new(store, allocator.clone()).with_default_node(&args.node_name);
     let app = App { registry: registry.clone(), token: creds.admin_token.clone().into() };
     let server = wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen }, app, &creds)
         .await
@@ -46,13 +50,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     wharf_apiserver::bootstrap(&registry, endpoint).await.context("creating built-in objects")?;
 
     let kubeconfig = kubeconfig_path(data_dir);
-    std::fs::write(&kubeconfig, pki::kubeconfig(&creds, &format!("https://{endpoint}")))
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    print_notes(&args, endpoint, &allocator, &kubeconfig);
+    let kubeconfig_text = pki::kubeconfig(&creds, &format!("https://{endpoint}"));
+    std::fs::write(&kubeconfig, &kubeconfig_text).with_context(|| format!("writing {}", kubeconfig.display()))?;
 
+    // Controllers and the node agent are API clients like any other.
+    let client = crate::client::from_kubeconfig_text(&kubeconfig_text).await?;
+    let controller = tokio::spawn(wharf_controllers::EndpointSliceController::new(client.clone()).run());
+    let agent_config = AgentConfig { node_name: args.node_name.clone(), node_ip: args.node_ip, heartbeat: NODE_HEARTBEAT };
+    let agent = tokio::spawn(wharf_agent::run(client, agent_config));
+
+    print_notes(&args, endpoint, &allocator, &kubeconfig);
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         result = server.task => result.context("API server stopped")?,
+        result = controller => result.context("endpointslice controller stopped")?,
+        result = agent => result.context("node agent stopped")?.context("node agent")?,
     }
     Ok(())
 }

@@ -17,12 +17,11 @@ pub fn example(name: &str) -> PathBuf {
 
 static NEXT_RANGE: AtomicU32 = AtomicU32::new(0);
 
-/// A /16 of 127/8 for one test's service CIDR, distinct from the other
-/// tests of this process, so their listeners never collide.
-pub fn private_service_cidr() -> String {
+/// A number distinct for each wharf a test process starts, so that their
+/// addresses never collide.
+fn next_slot() -> u32 {
     let n = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
-    let octet = 32 + (std::process::id().wrapping_mul(7).wrapping_add(n) % 200);
-    format!("127.{octet}.0.0/16")
+    32 + (std::process::id().wrapping_mul(7).wrapping_add(n) % 200)
 }
 
 pub struct Wharf {
@@ -31,6 +30,8 @@ pub struct Wharf {
     child: Option<Child>,
     pub server: String,
     pub stdout: String,
+    /// This wharf's node IP: backends of its pods listen here.
+    pub node_ip: String,
 }
 
 impl Wharf {
@@ -47,12 +48,21 @@ impl Wharf {
             "--node-name".into(),
             "test-node".into(),
         ];
-        if !extra.iter().any(|a| *a == "--service-cidr") {
-            args.push("--service-cidr".into());
-            args.push(private_service_cidr());
+        // A /16 of 127/8 for the service CIDR and a node IP outside it.
+        let slot = next_slot();
+        if !extra.contains(&"--service-cidr") {
+            args.extend(["--service-cidr".into(), format!("127.{slot}.0.0/16")]);
         }
+        let node_ip = match extra.iter().position(|a| *a == "--node-ip") {
+            Some(i) => extra[i + 1].to_string(),
+            None => {
+                let ip = format!("127.254.{slot}.1");
+                args.extend(["--node-ip".into(), ip.clone()]);
+                ip
+            }
+        };
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut w = Wharf { dir, args, child: None, server: String::new(), stdout: String::new() };
+        let mut w = Wharf { dir, args, child: None, server: String::new(), stdout: String::new(), node_ip };
         w.spawn();
         w
     }
@@ -161,6 +171,61 @@ impl Wharf {
 impl Drop for Wharf {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A backend process stand-in: accepts TCP connections on `addr` and,
+/// when `http` is set, answers every request with 200 and its own port
+/// (so tests can tell backends apart). Dropping it closes the listener.
+pub struct Backend {
+    pub addr: std::net::SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn start(addr: &str, http: bool) -> Backend {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || loop {
+            if !matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
+                return;
+            }
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    if http {
+                        std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                let body = addr.port().to_string();
+                                let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                                if conn.write_all(reply.as_bytes()).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        });
+        Backend { addr, stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -1,0 +1,30 @@
+//! The node agent: what runs on every node. It registers the Node and
+//! keeps its Ready condition fresh, gives the pods bound to the node their
+//! status (wharf runs no containers: a pod registers a workload that
+//! already runs), and runs their readiness probes. It speaks only the
+//! Kubernetes API (list/watch and status writes through `kube`).
+
+pub mod node;
+pub mod pods;
+pub mod probe;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    /// How often the Node's Ready condition is refreshed.
+    pub heartbeat: Duration,
+}
+
+/// Registers the node, then runs the heartbeat and the pod manager until
+/// the task is dropped.
+pub async fn run(client: kube::Client, config: AgentConfig) -> Result<(), kube::Error> {
+    node::register(&client, &config).await?;
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), config.clone()));
+    pods::PodManager::new(client, config).run().await;
+    heartbeat.abort();
+    Ok(())
+}

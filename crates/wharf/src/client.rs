@@ -1,0 +1,25 @@
+//! Kubernetes clients for the in-process controllers and the CLI helpers.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub async fn from_kubeconfig_text(text: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).context("parsing kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.context("kubeconfig")?;
+    kube::Client::try_from(config).context("building a Kubernetes client")
+}
+
+/// The kubeconfig a CLI helper uses: `--kubeconfig`, else `$KUBECONFIG`,
+/// else the data dir's admin kubeconfig.
+pub fn kubeconfig_file(explicit: Option<&Path>, data_dir: &Path) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| crate::up::kubeconfig_path(data_dir))
+}
+
+pub async fn from_file(path: &Path) -> anyhow::Result<kube::Client> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    from_kubeconfig_text(&text).await
+}

@@ -1,0 +1,189 @@
+//! Pods, nodes and endpoints: readiness-probed pods with real backends
+//! become EndpointSlices and Endpoints.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
+use support::{example, Backend, Wharf};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn endpoints_of(w: &Wharf, svc: &str) -> String {
+    w.kubectl_ok(&["get", "endpoints", svc, "-o", "jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{\",\"}{end}{.ports[0].port}{\";\"}{end}"])
+}
+
+/// `kubectl get endpoints NAME`'s ENDPOINTS column.
+fn endpoints_column(w: &Wharf, svc: &str) -> String {
+    let out = w.kubectl_ok(&["get", "endpoints", svc, "--no-headers"]);
+    out.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+fn wait_for(w: &Wharf, what: &str, mut check: impl FnMut(&Wharf) -> bool) {
+    let ok = support::eventually(WAIT, || check(w).then_some(()));
+    assert!(ok.is_some(), "timed out waiting for {what}");
+}
+
+/// Slices of a service as (port, [(pod, ready, serving, terminating)]).
+fn slices(w: &Wharf, svc: &str) -> Vec<(i64, Vec<(String, bool, bool, bool)>)> {
+    let out = w.kubectl_ok(&["get", "endpointslices", "-l", &format!("kubernetes.io/service-name={svc}"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut slices: Vec<(i64, Vec<(String, bool, bool, bool)>)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let port = s["ports"][0]["port"].as_i64().unwrap_or(0);
+            let eps = s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let c = &e["conditions"];
+                    let b = |k: &str| c[k].as_bool().unwrap_or(false);
+                    (e["targetRef"]["name"].as_str().unwrap().to_string(), b("ready"), b("serving"), b("terminating"))
+                })
+                .collect();
+            (port, eps)
+        })
+        .collect();
+    slices.sort();
+    slices
+}
+
+#[test]
+fn seed_pods_become_endpoints_by_readiness() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let _mysql = Backend::start(&format!("{ip}:3306"), false);
+    let _redis = Backend::start(&format!("{ip}:6379"), false);
+    let _fleet_a = Backend::start(&format!("{ip}:8080"), true);
+    let fleet_b = Backend::start(&format!("{ip}:8081"), true);
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+
+    wait_for(&w, "all endpoints", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080,{ip}:8081"));
+    assert_eq!(endpoints_column(&w, "kolide-fleet-mysql"), format!("{ip}:3306"));
+    assert_eq!(endpoints_column(&w, "kolide-fleet-redis"), format!("{ip}:6379"));
+    // The named target port resolved per pod: two slices, one per number.
+    let fleet = slices(&w, "kolide-fleet-fleet");
+    assert_eq!(fleet, vec![
+        (8080, vec![("kolide-fleet-fleet-a".into(), true, true, false)]),
+        (8081, vec![("kolide-fleet-fleet-b".into(), true, true, false)]),
+    ]);
+    let pods = w.kubectl_ok(&["get", "pods", "-o", "wide", "--no-headers"]);
+    for line in pods.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[1], cols[2], cols[5], cols[6]), ("1/1", "Running", ip.as_str(), "test-node"), "{pods}");
+    }
+    let nodes = w.kubectl_ok(&["get", "nodes", "-o", "wide", "--no-headers"]);
+    let node: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!((node[0], node[1], node[5]), ("test-node", "Ready", ip.as_str()), "{nodes}");
+
+    // A backend stops: its pod turns unready and leaves the ready endpoints.
+    drop(fleet_b);
+    wait_for(&w, "fleet-b to turn unready", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080"));
+    assert_eq!(slices(&w, "kolide-fleet-fleet")[1].1, vec![("kolide-fleet-fleet-b".to_string(), false, false, false)]);
+    let legacy = endpoints_of(&w, "kolide-fleet-fleet");
+    assert!(legacy.contains(&format!("{ip},8080")), "{legacy}");
+    // And comes back when it restarts.
+    let _fleet_b = Backend::start(&format!("{ip}:8081"), true);
+    wait_for(&w, "fleet-b to come back", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080,{ip}:8081"));
+
+    // Deleting a pod passes through terminating: serving, not ready.
+    w.kubectl_ok(&["delete", "pod", "kolide-fleet-fleet-a", "--grace-period=3", "--wait=false"]);
+    wait_for(&w, "fleet-a terminating", |w| {
+        slices(w, "kolide-fleet-fleet")[0].1 == vec![("kolide-fleet-fleet-a".to_string(), false, true, true)]
+    });
+    let status = w.kubectl_ok(&["get", "pod", "kolide-fleet-fleet-a", "--no-headers"]);
+    assert!(status.contains("Terminating"), "{status}");
+    assert_eq!(endpoints_column(&w, "kolide-fleet-fleet"), format!("{ip}:8081"));
+    // When the grace period ends the pod and its endpoint are gone.
+    wait_for(&w, "fleet-a removed", |w| slices(w, "kolide-fleet-fleet").len() == 1);
+    assert!(w.kubectl(&["get", "pod", "kolide-fleet-fleet-a"]).status.code() == Some(1));
+
+    // A selector change moves the endpoints.
+    w.kubectl_ok(&["create", "service", "clusterip", "moving", "--tcp=80:80"]);
+    w.kubectl_ok(&["patch", "svc", "moving", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-fleet"},"ports":[{"port":80,"targetPort":"http","name":"80-80"}]}}"#]);
+    wait_for(&w, "moving -> fleet", |w| endpoints_column(w, "moving") == format!("{ip}:8081"));
+    w.kubectl_ok(&["patch", "svc", "moving", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"},"ports":[{"port":80,"targetPort":"mysql","name":"80-80"}]}}"#]);
+    wait_for(&w, "moving -> mysql", |w| endpoints_column(w, "moving") == format!("{ip}:3306"));
+    // Deleting the service deletes its slices and Endpoints.
+    w.kubectl_ok(&["delete", "svc", "moving"]);
+    wait_for(&w, "moving's slices gone", |w| slices(w, "moving").is_empty());
+    assert!(w.kubectl(&["get", "endpoints", "moving"]).status.code() == Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_hundred_pods_split_into_slices() {
+    let w = Wharf::start(&[]);
+    let client = w.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    w.kubectl_ok(&["create", "service", "clusterip", "many", "--tcp=80:8080"]);
+    w.kubectl_ok(&["patch", "svc", "many", "-p", r#"{"spec":{"selector":{"app":"many"}}}"#]);
+    for i in 0..250 {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("many-{i:03}"), "labels": {"app": "many"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let sizes = async || {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=many")).await.unwrap();
+        let mut sizes: Vec<usize> = list.items.iter().map(|s| s.endpoints.len()).collect();
+        sizes.sort();
+        sizes
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sizes().await.iter().sum::<usize>() < 250 {
+        assert!(tokio::time::Instant::now() < deadline, "slices never reached 250 endpoints: {:?}", sizes().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sizes = sizes().await;
+    assert!(sizes.iter().all(|s| *s <= 100), "{sizes:?}");
+    assert_eq!(sizes.len(), 3, "{sizes:?}");
+}
+
+#[test]
+fn env_prints_the_kubelet_variables() {
+    let w = Wharf::start(&[]);
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet/services.yaml").to_str().unwrap()]);
+    let ip = |svc: &str| w.kubectl_ok(&["get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["env", "-n", "default", "--kubeconfig", w.kubeconfig().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mysql = ip("kolide-fleet-mysql");
+    for line in [
+        format!("KOLIDE_FLEET_MYSQL_SERVICE_HOST={mysql}"),
+        "KOLIDE_FLEET_MYSQL_SERVICE_PORT=3306".to_string(),
+        "KOLIDE_FLEET_MYSQL_SERVICE_PORT_MYSQL=3306".to_string(),
+        format!("KOLIDE_FLEET_MYSQL_PORT=tcp://{mysql}:3306"),
+        format!("KOLIDE_FLEET_MYSQL_PORT_3306_TCP=tcp://{mysql}:3306"),
+        "KOLIDE_FLEET_MYSQL_PORT_3306_TCP_PROTO=tcp".to_string(),
+        "KOLIDE_FLEET_MYSQL_PORT_3306_TCP_PORT=3306".to_string(),
+        format!("KOLIDE_FLEET_MYSQL_PORT_3306_TCP_ADDR={mysql}"),
+        format!("KOLIDE_FLEET_FLEET_PORT=tcp://{}:443", ip("kolide-fleet-fleet")),
+        format!("KUBERNETES_SERVICE_HOST={}", ip("kubernetes")),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+    }
+    // Each service's block is contiguous and in the kubelet's order.
+    let mysql_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("KOLIDE_FLEET_MYSQL_")).collect();
+    assert_eq!(mysql_lines.len(), 8);
+    assert!(mysql_lines[0].starts_with("KOLIDE_FLEET_MYSQL_SERVICE_HOST="));
+    // Another namespace sees only `kubernetes`.
+    w.kubectl_ok(&["create", "namespace", "other"]);
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["env", "-n", "other", "--kubeconfig", w.kubeconfig().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let other = String::from_utf8(other.stdout).unwrap();
+    assert!(!other.is_empty() && other.lines().all(|l| l.starts_with("KUBERNETES_")), "{other}");
+}
