@@ -1,10 +1,14 @@
-//! Creates objects through the Kubernetes API as fast as a client can:
-//! the setup step of the API and endpoints benchmarks.
+//! Load generators for the benchmark scripts in `bench/`, talking to
+//! wharf through the Kubernetes API like any client (`$KUBECONFIG`).
+
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use futures::{stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
 
 #[derive(Parser)]
 struct Cli {
@@ -17,12 +21,137 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create N ClusterIP services named svc-0 .. svc-N-1 in a namespace.
-    Services {
-        count: usize,
-        #[arg(long, default_value = "default")]
-        namespace: String,
+    /// Create N ClusterIP services named svc-0 .. svc-N-1.
+    Services { count: usize },
+    /// Create SERVICES services with PODS_PER_SERVICE ready pods each
+    /// (bound to a node without an agent; status set as a kubelet would),
+    /// then flip single pods' readiness and time each flip until the
+    /// EndpointSlice shows it.
+    EndpointLatency {
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        pods_per_service: usize,
+        #[arg(long, default_value_t = 300)]
+        flips: usize,
     },
+}
+
+fn service(i: usize) -> anyhow::Result<Service> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("svc-{i}"), "labels": {"app": format!("app-{i}")}},
+        "spec": {"selector": {"app": format!("app-{i}")}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))?)
+}
+
+async fn create_services(api: &Api<Service>, count: usize, concurrency: usize) -> anyhow::Result<()> {
+    stream::iter(0..count)
+        .map(|i| async move {
+            api.create(&PostParams::default(), &service(i)?).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await
+}
+
+fn pod_ip(n: usize) -> String {
+    format!("127.1.{}.{}", n / 250, n % 250 + 1)
+}
+
+fn ready_status(n: usize, ready: bool) -> serde_json::Value {
+    let flag = if ready { "True" } else { "False" };
+    serde_json::json!({"status": {"phase": "Running", "podIP": pod_ip(n), "hostIP": "127.0.0.1",
+        "conditions": [{"type": "Ready", "status": flag}, {"type": "ContainersReady", "status": flag}]}})
+}
+
+async fn create_pods(api: &Api<Pod>, services: usize, per: usize, concurrency: usize) -> anyhow::Result<()> {
+    stream::iter(0..services * per)
+        .map(|n| async move {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("pod-{n}"), "labels": {"app": format!("app-{}", n / per)}},
+                "spec": {"nodeName": "bench-node", "containers": [{"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            }))?;
+            api.create(&PostParams::default(), &pod).await?;
+            api.patch_status(&format!("pod-{n}"), &PatchParams::default(), &Patch::Merge(&ready_status(n, true))).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await
+}
+
+/// Readiness of every endpoint in a slice event: (pod name, ready).
+fn slice_readiness(slice: &EndpointSlice) -> Vec<(String, bool)> {
+    slice
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let name = e.target_ref.as_ref()?.name.clone()?;
+            Some((name, e.conditions.as_ref()?.ready == Some(true)))
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn endpoint_latency(client: kube::Client, services: usize, per: usize, flips: usize, concurrency: usize) -> anyhow::Result<()> {
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    create_services(&svc_api, services, concurrency).await?;
+    create_pods(&pod_api, services, per, concurrency).await?;
+    println!("created {services} services and {} pods in {:.1}s", services * per, started.elapsed().as_secs_f64());
+
+    // Follow every managed slice; forward each endpoint state with its arrival time.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<(String, bool)>)>();
+    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    tokio::spawn(async move {
+        let cfg = watcher::Config::default().labels("endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io");
+        let events = watcher::watcher(slices, cfg);
+        futures::pin_mut!(events);
+        while let Some(Ok(event)) = events.next().await {
+            if let Event::Apply(s) | Event::InitApply(s) = event {
+                let _ = tx.send((Instant::now(), slice_readiness(&s)));
+            }
+        }
+    });
+    // Wait until the controller has caught up with every pod.
+    let mut ready = std::collections::HashMap::new();
+    let settle = Instant::now();
+    while ready.values().filter(|r| **r).count() < services * per {
+        let (_, states) = rx.recv().await.ok_or_else(|| anyhow::anyhow!("slice watch ended"))?;
+        ready.extend(states);
+    }
+    println!("all {} endpoints ready in slices {:.1}s after the last pod write", services * per, settle.elapsed().as_secs_f64());
+
+    let mut latencies = Vec::with_capacity(flips);
+    for k in 0..flips {
+        let n = (k * 7919) % (services * per);
+        let name = format!("pod-{n}");
+        let want = !ready[&name];
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        pod_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready_status(n, want))).await?;
+        loop {
+            let (at, states) = rx.recv().await.ok_or_else(|| anyhow::anyhow!("slice watch ended"))?;
+            if states.iter().any(|(p, r)| p == &name && *r == want) {
+                latencies.push(at - t0);
+                ready.insert(name.clone(), want);
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    println!(
+        "readiness change -> EndpointSlice, {flips} flips: median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -30,26 +159,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client = kube::Client::try_default().await?;
     match cli.command {
-        Command::Services { count, namespace } => {
-            let api: Api<Service> = Api::namespaced(client, &namespace);
-            let started = std::time::Instant::now();
-            stream::iter(0..count)
-                .map(|i| {
-                    let api = api.clone();
-                    async move {
-                        let svc: Service = serde_json::from_value(serde_json::json!({
-                            "metadata": {"name": format!("svc-{i}"), "labels": {"app": format!("app-{i}")}},
-                            "spec": {"selector": {"app": format!("app-{i}")}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-                        }))?;
-                        api.create(&PostParams::default(), &svc).await?;
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(cli.concurrency)
-                .try_collect::<()>()
-                .await?;
+        Command::Services { count } => {
+            let api: Api<Service> = Api::namespaced(client, "default");
+            let started = Instant::now();
+            create_services(&api, count, cli.concurrency).await?;
             let secs = started.elapsed().as_secs_f64();
             println!("created {count} services in {secs:.2}s ({:.0}/s)", count as f64 / secs);
+        }
+        Command::EndpointLatency { services, pods_per_service, flips } => {
+            endpoint_latency(client, services, pods_per_service, flips, cli.concurrency).await?;
         }
     }
     Ok(())
