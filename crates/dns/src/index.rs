@@ -1,0 +1,293 @@
+//! The cluster's DNS data, kept current by watch events: services,
+//! their endpoints (from EndpointSlices), pod IPs and namespaces. Every
+//! change bumps `generation`, which invalidates any answer built before.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub type Key = (String, String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    ClusterIp(Ipv4Addr),
+    Headless,
+    ExternalName(String),
+}
+
+/// A named port: (name, protocol in lower case, number).
+pub type NamedPort = (String, String, u16);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub kind: ServiceKind,
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub ip: Ipv4Addr,
+    /// The endpoint's hostname, or its dashed IP.
+    pub hostname: String,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SliceEntry {
+    service: String,
+    endpoints: Vec<EndpointEntry>,
+    ports: Vec<NamedPort>,
+}
+
+#[derive(Default)]
+pub struct Index {
+    services: HashMap<Key, ServiceEntry>,
+    slices: HashMap<Key, SliceEntry>,
+    slices_of: HashMap<Key, HashSet<String>>,
+    by_cluster_ip: HashMap<Ipv4Addr, HashSet<Key>>,
+    pods: HashMap<Key, Ipv4Addr>,
+    pod_ips: HashMap<(String, Ipv4Addr), usize>,
+    namespaces: HashSet<String>,
+    /// Bumped on every change; answers built at another generation are stale.
+    pub generation: u64,
+    /// Unix time of the last change (the SOA serial).
+    pub serial: u32,
+    synced: HashSet<&'static str>,
+}
+
+/// The watches whose initial lists must be complete before the index
+/// answers negatively.
+pub const SOURCES: [&str; 4] = ["services", "endpointslices", "pods", "namespaces"];
+
+pub fn dashed(ip: Ipv4Addr) -> String {
+    ip.to_string().replace('.', "-")
+}
+
+fn key(ns: Option<&String>, name: Option<&String>) -> Key {
+    (ns.cloned().unwrap_or_default(), name.cloned().unwrap_or_default())
+}
+
+fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<NamedPort> {
+    ports
+        .filter_map(|(name, protocol, port)| {
+            let name = name.filter(|n| !n.is_empty())?;
+            let port = u16::try_from(port?).ok()?;
+            Some((name.to_lowercase(), protocol.map_or("tcp".into(), |p| p.to_lowercase()), port))
+        })
+        .collect()
+}
+
+impl Index {
+    fn changed(&mut self) {
+        self.generation += 1;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.serial = u32::try_from(now).unwrap_or(u32::MAX);
+    }
+
+    pub fn mark_synced(&mut self, source: &'static str) {
+        self.synced.insert(source);
+        self.changed();
+    }
+
+    pub fn is_synced(&self) -> bool {
+        SOURCES.iter().all(|s| self.synced.contains(s))
+    }
+
+    pub fn service(&self, ns: &str, name: &str) -> Option<&ServiceEntry> {
+        self.services.get(&(ns.to_string(), name.to_string()))
+    }
+
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        self.namespaces.contains(ns)
+    }
+
+    pub fn services_with_ip(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Key> {
+        self.by_cluster_ip.get(&ip).into_iter().flatten()
+    }
+
+    pub fn has_pod_ip(&self, ns: &str, ip: Ipv4Addr) -> bool {
+        self.pod_ips.contains_key(&(ns.to_string(), ip))
+    }
+
+    /// Endpoints of a service from all its slices, de-duplicated by IP and
+    /// hostname, in a stable order.
+    pub fn endpoints(&self, ns: &str, service: &str) -> Vec<EndpointEntry> {
+        let key = (ns.to_string(), service.to_string());
+        let mut seen = BTreeMap::new();
+        for slice in self.slices_of.get(&key).into_iter().flatten() {
+            if let Some(entry) = self.slices.get(&(ns.to_string(), slice.clone())) {
+                for ep in &entry.endpoints {
+                    seen.entry((ep.ip, ep.hostname.clone())).or_insert_with(|| ep.clone());
+                }
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    /// Named ports of a service's endpoints (headless SRV uses these).
+    pub fn endpoint_ports(&self, ns: &str, service: &str) -> Vec<NamedPort> {
+        let key = (ns.to_string(), service.to_string());
+        let mut ports: Vec<NamedPort> = self
+            .slices_of
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.slices.get(&(ns.to_string(), s.clone())))
+            .flat_map(|s| s.ports.iter().cloned())
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    /// Headless services with an endpoint at `ip`, with its hostname.
+    pub fn headless_with_endpoint(&self, ip: Ipv4Addr) -> Vec<(Key, String)> {
+        let mut out = Vec::new();
+        for ((ns, _), slice) in &self.slices {
+            let svc_key = (ns.clone(), slice.service.clone());
+            if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
+                continue;
+            }
+            for ep in slice.endpoints.iter().filter(|e| e.ip == ip && e.ready) {
+                out.push((svc_key.clone(), ep.hostname.clone()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    pub fn apply_service(&mut self, svc: &Service) {
+        let key = key(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref());
+        let Some(spec) = &svc.spec else { return };
+        let kind = if spec.type_.as_deref() == Some("ExternalName") {
+            ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
+        } else {
+            match spec.cluster_ip.as_deref().map(str::parse::<Ipv4Addr>) {
+                Some(Ok(ip)) => ServiceKind::ClusterIp(ip),
+                _ => ServiceKind::Headless,
+            }
+        };
+        let ports = named_ports(spec.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port))));
+        let entry = ServiceEntry { kind, ports };
+        if self.services.get(&key) == Some(&entry) {
+            return;
+        }
+        self.delete_service(&key);
+        if let ServiceKind::ClusterIp(ip) = entry.kind {
+            self.by_cluster_ip.entry(ip).or_default().insert(key.clone());
+        }
+        self.services.insert(key, entry);
+        self.changed();
+    }
+
+    pub fn delete_service(&mut self, key: &Key) {
+        if let Some(old) = self.services.remove(key) {
+            if let ServiceKind::ClusterIp(ip) = old.kind {
+                if let Some(set) = self.by_cluster_ip.get_mut(&ip) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_cluster_ip.remove(&ip);
+                    }
+                }
+            }
+            self.changed();
+        }
+    }
+
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        let key = key(slice.metadata.namespace.as_ref(), slice.metadata.name.as_ref());
+        let service = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned();
+        let Some(service) = service.filter(|_| slice.address_type == "IPv4") else {
+            self.delete_slice(&key);
+            return;
+        };
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flat_map(|e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let hostname = e.hostname.clone().map(|h| h.to_lowercase());
+                e.addresses.iter().filter_map(move |a| {
+                    let ip: Ipv4Addr = a.parse().ok()?;
+                    Some(EndpointEntry { ip, hostname: hostname.clone().unwrap_or_else(|| dashed(ip)), ready })
+                })
+            })
+            .collect();
+        let ports = named_ports(slice.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), p.port)));
+        let entry = SliceEntry { service, endpoints, ports };
+        if self.slices.get(&key) == Some(&entry) {
+            return;
+        }
+        self.delete_slice(&key);
+        self.slices_of.entry((key.0.clone(), entry.service.clone())).or_default().insert(key.1.clone());
+        self.slices.insert(key, entry);
+        self.changed();
+    }
+
+    pub fn delete_slice(&mut self, key: &Key) {
+        if let Some(old) = self.slices.remove(key) {
+            let owner = (key.0.clone(), old.service);
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+            self.changed();
+        }
+    }
+
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let key = key(pod.metadata.namespace.as_ref(), pod.metadata.name.as_ref());
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+        if self.pods.get(&key).copied() == ip {
+            return;
+        }
+        self.delete_pod(&key);
+        if let Some(ip) = ip {
+            *self.pod_ips.entry((key.0.clone(), ip)).or_default() += 1;
+            self.pods.insert(key, ip);
+            self.changed();
+        }
+    }
+
+    pub fn delete_pod(&mut self, key: &Key) {
+        if let Some(ip) = self.pods.remove(key) {
+            let slot = (key.0.clone(), ip);
+            if let Some(n) = self.pod_ips.get_mut(&slot) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pod_ips.remove(&slot);
+                }
+            }
+            self.changed();
+        }
+    }
+
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = &ns.metadata.name {
+            if self.namespaces.insert(name.clone()) {
+                self.changed();
+            }
+        }
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name) {
+            self.changed();
+        }
+    }
+
+    /// Keys of everything of one source, for relists.
+    pub fn keys(&self, source: &str) -> Vec<Key> {
+        match source {
+            "services" => self.services.keys().cloned().collect(),
+            "endpointslices" => self.slices.keys().cloned().collect(),
+            "pods" => self.pods.keys().cloned().collect(),
+            _ => self.namespaces.iter().map(|n| (String::new(), n.clone())).collect(),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Answers from the index, by the Kubernetes DNS-Based Service Discovery
+//! specification and CoreDNS's behaviour: which records a name has, and
+//! where NXDOMAIN, NODATA and the synthesized SOA go. Pure: no I/O.
+
+use std::net::Ipv4Addr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use ipnet::Ipv4Net;
+
+use crate::index::{dashed, EndpointEntry, Index, ServiceKind};
+
+/// The schema version `dns-version.<zone>` reports.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+/// TTL of the `dns-version` record, as in the specification's example.
+const VERSION_TTL: u32 = 28800;
+
+#[derive(Clone, Debug)]
+pub struct ZoneConfig {
+    /// The cluster domain, lower case, without trailing dot.
+    pub domain: String,
+    pub ttl: u32,
+    /// The DNS server's own service IP, the NS glue.
+    pub dns_ip: Ipv4Addr,
+    pub service_cidr: Ipv4Net,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additional: Vec<Record>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Resolution {
+    /// Authoritative: the cluster zone or a reverse name it owns.
+    Local(Answer),
+    /// Not the cluster's name: ask the upstream resolvers.
+    Forward,
+}
+
+fn name(s: &str) -> Option<Name> {
+    let fqdn = if s.ends_with('.') { s.to_string() } else { format!("{s}.") };
+    Name::from_ascii(fqdn).ok()
+}
+
+fn record(owner: &str, ttl: u32, rdata: RData) -> Option<Record> {
+    Some(Record::from_rdata(name(owner)?, ttl, rdata))
+}
+
+fn srv_weight(count: usize) -> u16 {
+    u16::try_from(100 / count.max(1)).unwrap_or(100)
+}
+
+/// Parses `d.c.b.a.in-addr.arpa` into a.b.c.d.
+fn reverse_v4(qname: &str) -> Option<Ipv4Addr> {
+    let rest = qname.strip_suffix(".in-addr.arpa")?;
+    let octets: Vec<u8> = rest.split('.').map(|o| o.parse().ok()).collect::<Option<_>>()?;
+    let [d, c, b, a] = octets.as_slice() else { return None };
+    Some(Ipv4Addr::new(*a, *b, *c, *d))
+}
+
+struct Zone<'a> {
+    index: &'a Index,
+    cfg: &'a ZoneConfig,
+    qname: &'a str,
+    qtype: RecordType,
+}
+
+impl Zone<'_> {
+    fn soa(&self, apex: &str) -> Vec<Record> {
+        let mname = name(&format!("ns.dns.{apex}"));
+        let rname = name(&format!("hostmaster.{apex}"));
+        let (Some(mname), Some(rname)) = (mname, rname) else { return Vec::new() };
+        let soa = SOA::new(mname, rname, self.index.serial, 7200, 1800, 86400, self.cfg.ttl);
+        record(apex, self.cfg.ttl, RData::SOA(soa)).into_iter().collect()
+    }
+
+    fn negative(&self, rcode: ResponseCode, apex: &str) -> Answer {
+        Answer { rcode, authority: self.soa(apex), ..Default::default() }
+    }
+
+    fn nxdomain(&self) -> Answer {
+        self.negative(ResponseCode::NXDomain, &self.cfg.domain)
+    }
+
+    fn nodata(&self) -> Answer {
+        self.negative(ResponseCode::NoError, &self.cfg.domain)
+    }
+
+    /// Records of one type at the query name; NODATA when there are none.
+    fn answer(&self, records: Vec<Record>, additional: Vec<Record>) -> Answer {
+        if records.is_empty() {
+            return self.nodata();
+        }
+        Answer { rcode: ResponseCode::NoError, answers: records, additional, ..Default::default() }
+    }
+
+    fn a(&self, owner: &str, ip: Ipv4Addr) -> Option<Record> {
+        record(owner, self.cfg.ttl, RData::A(A(ip)))
+    }
+
+    fn resolve(&self) -> Answer {
+        if !self.index.is_synced() {
+            return self.negative(ResponseCode::ServFail, &self.cfg.domain);
+        }
+        let domain = &self.cfg.domain;
+        let relative = if self.qname == domain { "" } else { &self.qname[..self.qname.len() - domain.len() - 1] };
+        let labels: Vec<&str> = if relative.is_empty() { Vec::new() } else { relative.split('.').collect() };
+        match labels.as_slice() {
+            [] => self.apex(),
+            ["dns-version"] => match self.qtype {
+                RecordType::TXT => {
+                    let txt = record(self.qname, VERSION_TTL, RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])));
+                    self.answer(txt.into_iter().collect(), Vec::new())
+                }
+                _ => self.nodata(),
+            },
+            ["dns"] | ["svc"] | ["pod"] => self.nodata(),
+            ["ns", "dns"] => match self.qtype {
+                RecordType::A => self.answer(self.a(self.qname, self.cfg.dns_ip).into_iter().collect(), Vec::new()),
+                _ => self.nodata(),
+            },
+            [ns, "svc"] | [ns, "pod"] if self.index.has_namespace(ns) => self.nodata(),
+            [svc, ns, "svc"] => self.service(ns, svc),
+            [host, svc, ns, "svc"] => self.endpoint(ns, svc, host),
+            [port, proto, svc, ns, "svc"] => self.srv_port(ns, svc, port, proto),
+            [pod, ns, "pod"] => self.pod(ns, pod),
+            _ => self.nxdomain(),
+        }
+    }
+
+    fn apex(&self) -> Answer {
+        let domain = &self.cfg.domain;
+        match self.qtype {
+            RecordType::SOA => self.answer(self.soa(domain), Vec::new()),
+            RecordType::NS => {
+                let target = format!("ns.dns.{domain}");
+                let ns = name(&target).and_then(|t| record(domain, self.cfg.ttl, RData::NS(NS(t))));
+                self.answer(ns.into_iter().collect(), self.a(&target, self.cfg.dns_ip).into_iter().collect())
+            }
+            _ => self.nodata(),
+        }
+    }
+
+    fn fqdn(&self, svc: &str, ns: &str) -> String {
+        format!("{svc}.{ns}.svc.{}", self.cfg.domain)
+    }
+
+    fn ready_endpoints(&self, ns: &str, svc: &str) -> Vec<EndpointEntry> {
+        self.index.endpoints(ns, svc).into_iter().filter(|e| e.ready).collect()
+    }
+
+    fn service(&self, ns: &str, svc: &str) -> Answer {
+        let Some(entry) = self.index.service(ns, svc) else { return self.nxdomain() };
+        let fqdn = self.fqdn(svc, ns);
+        match &entry.kind {
+            ServiceKind::ClusterIp(ip) => match self.qtype {
+                RecordType::A => self.answer(self.a(self.qname, *ip).into_iter().collect(), Vec::new()),
+                RecordType::SRV => {
+                    let srv = entry.ports.iter().filter_map(|(_, _, port)| {
+                        let target = name(&fqdn)?;
+                        record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, 100, *port, target)))
+                    });
+                    self.answer(srv.collect(), self.a(&fqdn, *ip).into_iter().collect())
+                }
+                _ => self.nodata(),
+            },
+            ServiceKind::Headless => {
+                let ready = self.ready_endpoints(ns, svc);
+                if ready.is_empty() {
+                    return self.nxdomain();
+                }
+                match self.qtype {
+                    RecordType::A => {
+                        let mut ips: Vec<Ipv4Addr> = ready.iter().map(|e| e.ip).collect();
+                        ips.sort();
+                        ips.dedup();
+                        self.answer(ips.into_iter().filter_map(|ip| self.a(self.qname, ip)).collect(), Vec::new())
+                    }
+                    RecordType::SRV => self.headless_srv(ns, svc, &ready, None),
+                    _ => self.nodata(),
+                }
+            }
+            ServiceKind::ExternalName(target) => self.external_name(target),
+        }
+    }
+
+    /// SRV records for a headless service's ready endpoints, all named
+    /// ports or one (`only` = (name, protocol)).
+    fn headless_srv(&self, ns: &str, svc: &str, ready: &[EndpointEntry], only: Option<(&str, &str)>) -> Answer {
+        let fqdn = self.fqdn(svc, ns);
+        let ports: Vec<_> = self
+            .index
+            .endpoint_ports(ns, svc)
+            .into_iter()
+            .filter(|(n, p, _)| only.is_none_or(|(on, op)| n == on && p == op))
+            .collect();
+        let weight = srv_weight(ready.len());
+        let mut answers = Vec::new();
+        let mut additional = Vec::new();
+        for ep in ready {
+            let target = format!("{}.{fqdn}", ep.hostname);
+            for (_, _, port) in &ports {
+                if let Some(t) = name(&target) {
+                    answers.extend(record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, weight, *port, t))));
+                }
+            }
+            additional.extend(self.a(&target, ep.ip));
+        }
+        self.answer(answers, additional)
+    }
+
+    fn external_name(&self, target: &str) -> Answer {
+        let Some(cname) = name(target).and_then(|t| record(self.qname, self.cfg.ttl, RData::CNAME(CNAME(t)))) else {
+            return self.nodata();
+        };
+        let mut answers = vec![cname];
+        // Follow a target inside the cluster zone, as CoreDNS does.
+        let suffix = format!(".{}", self.cfg.domain);
+        if self.qtype != RecordType::CNAME && target.ends_with(&suffix) && target != self.qname {
+            let chased = Zone { index: self.index, cfg: self.cfg, qname: target, qtype: self.qtype }.resolve();
+            answers.extend(chased.answers.into_iter().filter(|r| r.record_type() != RecordType::CNAME));
+        }
+        Answer { rcode: ResponseCode::NoError, answers, ..Default::default() }
+    }
+
+    fn endpoint(&self, ns: &str, svc: &str, host: &str) -> Answer {
+        if host.starts_with('_') {
+            // `_port._proto` prefixes are empty non-terminals of a named port.
+            let known = self.index.service(ns, svc).is_some_and(|s| s.ports.iter().any(|(n, _, _)| format!("_{n}") == host));
+            return if known { self.nodata() } else { self.nxdomain() };
+        }
+        if !matches!(self.index.service(ns, svc).map(|s| &s.kind), Some(ServiceKind::Headless)) {
+            return self.nxdomain();
+        }
+        let matching: Vec<EndpointEntry> = self.ready_endpoints(ns, svc).into_iter().filter(|e| e.hostname == host).collect();
+        if matching.is_empty() {
+            return self.nxdomain();
+        }
+        match self.qtype {
+            RecordType::A => self.answer(matching.iter().filter_map(|e| self.a(self.qname, e.ip)).collect(), Vec::new()),
+            _ => self.nodata(),
+        }
+    }
+
+    fn srv_port(&self, ns: &str, svc: &str, port: &str, proto: &str) -> Answer {
+        let (Some(port), Some(proto)) = (port.strip_prefix('_'), proto.strip_prefix('_')) else { return self.nxdomain() };
+        if !matches!(proto, "tcp" | "udp" | "sctp") {
+            return self.nxdomain();
+        }
+        let Some(entry) = self.index.service(ns, svc) else { return self.nxdomain() };
+        let Some((_, _, number)) = entry.ports.iter().find(|(n, p, _)| n == port && p == proto) else {
+            return self.nxdomain();
+        };
+        if self.qtype != RecordType::SRV {
+            return self.nodata();
+        }
+        match &entry.kind {
+            ServiceKind::ClusterIp(ip) => {
+                let fqdn = self.fqdn(svc, ns);
+                let srv = name(&fqdn).and_then(|t| record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, 100, *number, t))));
+                self.answer(srv.into_iter().collect(), self.a(&fqdn, *ip).into_iter().collect())
+            }
+            ServiceKind::Headless => {
+                let ready = self.ready_endpoints(ns, svc);
+                if ready.is_empty() {
+                    return self.nxdomain();
+                }
+                self.headless_srv(ns, svc, &ready, Some((port, proto)))
+            }
+            ServiceKind::ExternalName(_) => self.nodata(),
+        }
+    }
+
+    fn pod(&self, ns: &str, pod: &str) -> Answer {
+        let Ok(ip) = pod.replace('-', ".").parse::<Ipv4Addr>() else { return self.nxdomain() };
+        if dashed(ip) != pod || !self.index.has_pod_ip(ns, ip) {
+            return self.nxdomain();
+        }
+        match self.qtype {
+            RecordType::A => self.answer(self.a(self.qname, ip).into_iter().collect(), Vec::new()),
+            _ => self.nodata(),
+        }
+    }
+
+    fn reverse(&self, ip: Ipv4Addr) -> Option<Answer> {
+        let mut targets: Vec<String> = self.index.services_with_ip(ip).map(|(ns, svc)| self.fqdn(svc, ns)).collect();
+        targets.extend(self.index.headless_with_endpoint(ip).into_iter().map(|((ns, svc), host)| format!("{host}.{}", self.fqdn(&svc, &ns))));
+        targets.sort();
+        targets.dedup();
+        let apex = reverse_apex(&self.cfg.service_cidr);
+        if targets.is_empty() {
+            // Authoritative for the service range only; other IPs go upstream.
+            return self.cfg.service_cidr.contains(&ip).then(|| self.negative(ResponseCode::NXDomain, &apex));
+        }
+        if self.qtype != RecordType::PTR {
+            return Some(self.negative(ResponseCode::NoError, &apex));
+        }
+        let ptrs = targets.iter().filter_map(|t| record(self.qname, self.cfg.ttl, RData::PTR(PTR(name(t)?))));
+        Some(self.answer(ptrs.collect(), Vec::new()))
+    }
+}
+
+/// The reverse zone covering the service range, on an octet boundary.
+fn reverse_apex(cidr: &Ipv4Net) -> String {
+    let octets = cidr.network().octets();
+    let whole = usize::from(cidr.prefix_len() / 8).max(1);
+    let mut parts: Vec<String> = octets[..whole].iter().rev().map(u8::to_string).collect();
+    parts.push("in-addr.arpa".into());
+    parts.join(".")
+}
+
+/// Resolves a lower-case name without trailing dot.
+pub fn resolve(index: &Index, cfg: &ZoneConfig, qname: &str, qtype: RecordType) -> Resolution {
+    let zone = Zone { index, cfg, qname, qtype };
+    if qname == cfg.domain || qname.ends_with(&format!(".{}", cfg.domain)) {
+        return Resolution::Local(zone.resolve());
+    }
+    if let Some(ip) = reverse_v4(qname) {
+        if !index.is_synced() {
+            return Resolution::Local(zone.negative(ResponseCode::ServFail, &reverse_apex(&cfg.service_cidr)));
+        }
+        if let Some(answer) = zone.reverse(ip) {
+            return Resolution::Local(answer);
+        }
+    }
+    Resolution::Forward
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SOURCES;
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    fn cfg() -> ZoneConfig {
+        ZoneConfig { domain: "cluster.local".into(), ttl: 5, dns_ip: "127.96.0.10".parse().unwrap(), service_cidr: "127.96.0.0/12".parse().unwrap() }
+    }
+
+    fn index() -> Index {
+        let mut idx = Index::default();
+        for s in SOURCES {
+            idx.mark_synced(s);
+        }
+        idx.apply_namespace(&serde_json::from_value::<Namespace>(json!({"metadata": {"name": "testns"}})).unwrap());
+        let svc = |v| serde_json::from_value::<Service>(v).unwrap();
+        idx.apply_service(&svc(json!({"metadata": {"name": "svc1", "namespace": "testns"},
+            "spec": {"clusterIP": "127.96.0.100", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})));
+        idx.apply_service(&svc(json!({"metadata": {"name": "hdls1", "namespace": "testns"},
+            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}})));
+        idx.apply_service(&svc(json!({"metadata": {"name": "empty", "namespace": "testns"},
+            "spec": {"clusterIP": "None"}})));
+        idx.apply_service(&svc(json!({"metadata": {"name": "ext", "namespace": "testns"},
+            "spec": {"type": "ExternalName", "externalName": "svc1.testns.svc.cluster.local"}})));
+        idx.apply_slice(&serde_json::from_value::<EndpointSlice>(json!({
+            "metadata": {"name": "hdls1-abc", "namespace": "testns", "labels": {"kubernetes.io/service-name": "hdls1"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["172.0.0.2"], "conditions": {"ready": true}},
+                {"addresses": ["172.0.0.3"], "hostname": "web-0", "conditions": {"ready": true}},
+                {"addresses": ["172.0.0.4"], "conditions": {"ready": false}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})).unwrap());
+        idx.apply_pod(&serde_json::from_value::<Pod>(json!({"metadata": {"name": "p", "namespace": "testns"},
+            "status": {"podIP": "10.240.0.1"}})).unwrap());
+        idx
+    }
+
+    fn ask(idx: &Index, q: &str, t: RecordType) -> Answer {
+        match resolve(idx, &cfg(), q, t) {
+            Resolution::Local(a) => a,
+            Resolution::Forward => panic!("{q} was forwarded"),
+        }
+    }
+
+    fn rdata(a: &Answer) -> Vec<String> {
+        a.answers.iter().map(|r| r.data.to_string()).collect()
+    }
+
+    #[test]
+    fn cluster_ip_service() {
+        let idx = index();
+        let a = ask(&idx, "svc1.testns.svc.cluster.local", RecordType::A);
+        assert_eq!((a.rcode, rdata(&a)), (ResponseCode::NoError, vec!["127.96.0.100".to_string()]));
+        let aaaa = ask(&idx, "svc1.testns.svc.cluster.local", RecordType::AAAA);
+        assert!(aaaa.answers.is_empty() && aaaa.rcode == ResponseCode::NoError && aaaa.authority.len() == 1);
+        let srv = ask(&idx, "_http._tcp.svc1.testns.svc.cluster.local", RecordType::SRV);
+        assert_eq!(rdata(&srv), ["0 100 80 svc1.testns.svc.cluster.local."]);
+        assert_eq!(srv.additional.len(), 1);
+        assert_eq!(ask(&idx, "_http._udp.svc1.testns.svc.cluster.local", RecordType::SRV).rcode, ResponseCode::NXDomain);
+        assert_eq!(ask(&idx, "_http._bogus.svc1.testns.svc.cluster.local", RecordType::SRV).rcode, ResponseCode::NXDomain);
+        let ptr = ask(&idx, "100.0.96.127.in-addr.arpa", RecordType::PTR);
+        assert_eq!(rdata(&ptr), ["svc1.testns.svc.cluster.local."]);
+    }
+
+    #[test]
+    fn headless_service() {
+        let idx = index();
+        let a = ask(&idx, "hdls1.testns.svc.cluster.local", RecordType::A);
+        assert_eq!(rdata(&a), ["172.0.0.2", "172.0.0.3"]);
+        assert_eq!(rdata(&ask(&idx, "web-0.hdls1.testns.svc.cluster.local", RecordType::A)), ["172.0.0.3"]);
+        assert_eq!(rdata(&ask(&idx, "172-0-0-2.hdls1.testns.svc.cluster.local", RecordType::A)), ["172.0.0.2"]);
+        assert_eq!(ask(&idx, "172-0-0-4.hdls1.testns.svc.cluster.local", RecordType::A).rcode, ResponseCode::NXDomain);
+        let srv = ask(&idx, "_http._tcp.hdls1.testns.svc.cluster.local", RecordType::SRV);
+        assert_eq!(rdata(&srv), ["0 50 8080 172-0-0-2.hdls1.testns.svc.cluster.local.", "0 50 8080 web-0.hdls1.testns.svc.cluster.local."]);
+        assert_eq!(srv.additional.len(), 2);
+        assert_eq!(ask(&idx, "empty.testns.svc.cluster.local", RecordType::A).rcode, ResponseCode::NXDomain);
+        assert_eq!(rdata(&ask(&idx, "3.0.0.172.in-addr.arpa", RecordType::PTR)), ["web-0.hdls1.testns.svc.cluster.local."]);
+    }
+
+    #[test]
+    fn negative_answers_follow_coredns() {
+        let idx = index();
+        for (q, t, rcode) in [
+            ("svc0.testns.svc.cluster.local", RecordType::A, ResponseCode::NXDomain),
+            ("svc1.nsnoexist.svc.cluster.local", RecordType::A, ResponseCode::NXDomain),
+            ("testns.svc.cluster.local", RecordType::A, ResponseCode::NoError),
+            ("svc.cluster.local", RecordType::A, ResponseCode::NoError),
+            ("pod.cluster.local", RecordType::A, ResponseCode::NoError),
+            ("cluster.local", RecordType::A, ResponseCode::NoError),
+            ("bogus.hdls1.testns.svc.cluster.local", RecordType::A, ResponseCode::NXDomain),
+            ("api.example.com.default.svc.cluster.local", RecordType::A, ResponseCode::NXDomain),
+            ("*.testns.svc.cluster.local", RecordType::A, ResponseCode::NXDomain),
+            ("101.0.96.127.in-addr.arpa", RecordType::PTR, ResponseCode::NXDomain),
+        ] {
+            let a = ask(&idx, q, t);
+            assert_eq!(a.rcode, rcode, "{q}");
+            assert!(a.answers.is_empty(), "{q}");
+            assert_eq!(a.authority.len(), 1, "{q} needs the SOA");
+        }
+        assert_eq!(resolve(&idx, &cfg(), "example.com", RecordType::A), Resolution::Forward);
+        assert_eq!(resolve(&idx, &cfg(), "1.1.168.192.in-addr.arpa", RecordType::PTR), Resolution::Forward);
+    }
+
+    #[test]
+    fn apex_version_pods_external_names() {
+        let idx = index();
+        let soa = ask(&idx, "cluster.local", RecordType::SOA);
+        assert!(rdata(&soa)[0].starts_with("ns.dns.cluster.local. hostmaster.cluster.local."), "{:?}", rdata(&soa));
+        let ns = ask(&idx, "cluster.local", RecordType::NS);
+        assert_eq!((rdata(&ns), ns.additional.len()), (vec!["ns.dns.cluster.local.".to_string()], 1));
+        assert_eq!(rdata(&ask(&idx, "dns-version.cluster.local", RecordType::TXT)), ["1.1.0"]);
+        assert_eq!(rdata(&ask(&idx, "10-240-0-1.testns.pod.cluster.local", RecordType::A)), ["10.240.0.1"]);
+        assert_eq!(ask(&idx, "10-240-0-2.testns.pod.cluster.local", RecordType::A).rcode, ResponseCode::NXDomain);
+        let ext = ask(&idx, "ext.testns.svc.cluster.local", RecordType::A);
+        assert_eq!(rdata(&ext), ["svc1.testns.svc.cluster.local.", "127.96.0.100"]);
+    }
+
+    #[test]
+    fn servfail_before_sync() {
+        let idx = Index::default();
+        assert_eq!(ask(&idx, "svc0.testns.svc.cluster.local", RecordType::A).rcode, ResponseCode::ServFail);
+    }
+}
