@@ -23,6 +23,21 @@ pub enum Command {
     Kubeconfig(DataDirArgs),
     /// Print the service environment variables a pod of a namespace gets.
     Env(ClientArgs),
+    /// Print the resolv.conf a pod of a namespace gets.
+    ResolvConf(ClientArgs),
+    /// Run a command as if in a pod of a namespace: that pod's
+    /// /etc/resolv.conf (in a private mount namespace; needs root) and its
+    /// service environment variables.
+    Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -35,6 +50,9 @@ pub struct ClientArgs {
     /// Namespace of the pod.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
+    /// DNS domain of the cluster.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -79,6 +97,23 @@ pub struct UpArgs {
     /// This node's IP: pod IPs of its pods and the address of node ports.
     #[arg(long, default_value = "127.0.0.1")]
     pub node_ip: IpAddr,
+    /// Cluster DNS address, UDP and TCP (default: the tenth address of
+    /// the service CIDR, port 53).
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
+    /// TTL of cluster DNS records, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub dns_ttl: u32,
+    /// Resolvers for names outside the cluster: `IP[:PORT],...`, `none`
+    /// (answer REFUSED), or empty for the host's /etc/resolv.conf.
+    #[arg(long, default_value = "")]
+    pub dns_upstream: String,
+    /// UDP worker threads of the DNS server (default: one per CPU).
+    #[arg(long)]
+    pub dns_workers: Option<usize>,
+    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    pub metrics_listen: SocketAddr,
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -101,6 +136,14 @@ mod tests {
         assert!(parse_port_range("32767-30000").is_err());
         assert!(parse_port_range("0-10").is_err());
         assert!(parse_port_range("30000").is_err());
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_dashes() {
+        let cli = Cli::parse_from(["wharf", "exec", "-n", "team", "--", "getent", "hosts", "web"]);
+        let Command::Exec(args) = cli.command else { panic!("not exec") };
+        assert_eq!(args.client.namespace, "team");
+        assert_eq!(args.command, ["getent", "hosts", "web"]);
     }
 
     #[test]

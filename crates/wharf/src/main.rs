@@ -3,6 +3,8 @@
 mod cli;
 mod client;
 mod env;
+mod metrics;
+mod pod_view;
 mod up;
 
 use clap::Parser;
@@ -29,6 +31,11 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(env::print(args))
         }
+        cli::Command::ResolvConf(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(pod_view::print_resolv_conf(args))
+        }
+        cli::Command::Exec(args) => pod_view::exec(args),
         cli::Command::Kubeconfig(args) => {
             let path = up::kubeconfig_path(&args.data_dir);
             let text = std::fs::read_to_string(&path).map_err(|e| {

@@ -53,14 +53,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let kubeconfig_text = pki::kubeconfig(&creds, &format!("https://{endpoint}"));
     std::fs::write(&kubeconfig, &kubeconfig_text).with_context(|| format!("writing {}", kubeconfig.display()))?;
 
-    // Controllers and the node agent are API clients like any other.
+    // Controllers, the node agent and the DNS are API clients like any other.
     let client = crate::client::from_kubeconfig_text(&kubeconfig_text).await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dns_metrics = wharf_dns::DnsMetrics::default();
+    dns_metrics.register(&mut registry);
+    let dns = wharf_dns::start(dns_config(&args, &allocator)?, client.clone(), dns_metrics).await?;
+    let (metrics_addr, metrics) = crate::metrics::serve(args.metrics_listen, registry).await?;
     let controller = tokio::spawn(wharf_controllers::EndpointSliceController::new(client.clone()).run());
     let agent_config = AgentConfig { node_name: args.node_name.clone(), node_ip: args.node_ip, heartbeat: NODE_HEARTBEAT };
     let agent = tokio::spawn(wharf_agent::run(client, agent_config));
 
-    print_notes(&args, endpoint, &allocator, &kubeconfig);
+    print_notes(&args, endpoint, &allocator, &kubeconfig, metrics_addr);
+    let dns_tasks = futures::future::select_all(dns.tasks);
     tokio::select! {
+        _ = dns_tasks => anyhow::bail!("DNS server stopped"),
+        _ = metrics => anyhow::bail!("metrics endpoint stopped"),
         _ = shutdown_signal() => tracing::info!("shutting down"),
         result = server.task => result.context("API server stopped")?,
         result = controller => result.context("endpointslice controller stopped")?,
@@ -69,14 +77,52 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_notes(args: &UpArgs, endpoint: SocketAddr, allocator: &Allocator, kubeconfig: &Path) {
+/// Where the cluster DNS listens: `--dns-listen`, else the DNS service IP.
+fn dns_listen(args: &UpArgs, allocator: &Allocator) -> SocketAddr {
+    args.dns_listen.unwrap_or_else(|| SocketAddr::new(allocator.nth_ip(10).into(), 53))
+}
+
+fn dns_config(args: &UpArgs, allocator: &Allocator) -> anyhow::Result<wharf_dns::DnsConfig> {
+    let listen = dns_listen(args, allocator);
+    let upstreams = match args.dns_upstream.trim() {
+        "none" => Vec::new(),
+        "" => {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            wharf_dns::forward::upstreams_from_resolv_conf(&text, &[listen.ip(), allocator.nth_ip(10).into()])
+        }
+        list => list
+            .split(',')
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .with_context(|| format!("--dns-upstream: {s:?} is not IP[:PORT]"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    Ok(wharf_dns::DnsConfig {
+        listen,
+        zone: wharf_dns::ZoneConfig {
+            domain: args.cluster_domain.trim_end_matches('.').to_lowercase(),
+            ttl: args.dns_ttl,
+            dns_ip: allocator.nth_ip(10),
+            service_cidr: allocator.cidr(),
+        },
+        upstreams,
+        workers: args.dns_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    })
+}
+
+fn print_notes(args: &UpArgs, endpoint: SocketAddr, allocator: &Allocator, kubeconfig: &Path, metrics: SocketAddr) {
     let range = &args.service_node_port_range;
     println!(
         "wharf is up.
 
   API server:    https://{endpoint}
-  Service CIDR:  {cidr} (cluster DNS service at {dns})
+  Service CIDR:  {cidr}
+  Cluster DNS:   {dns} (domain {domain})
   Node ports:    {low}-{high} on {node_ip} (node {node})
+  Metrics:       http://{metrics}/metrics
   Data dir:      {data}
 
 To use it with kubectl:
@@ -85,7 +131,8 @@ To use it with kubectl:
   kubectl get services --all-namespaces
 ",
         cidr = allocator.cidr(),
-        dns = allocator.nth_ip(10),
+        dns = dns_listen(args, allocator),
+        domain = args.cluster_domain,
         low = range.start(),
         high = range.end(),
         node_ip = args.node_ip,

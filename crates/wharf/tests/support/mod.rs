@@ -61,6 +61,12 @@ impl Wharf {
                 ip
             }
         };
+        // Tests never ask the host's resolvers; metrics on a free port.
+        for (flag, value) in [("--dns-upstream", "none"), ("--metrics-listen", "127.0.0.1:0")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut w = Wharf { dir, args, child: None, server: String::new(), stdout: String::new(), node_ip };
         w.spawn();

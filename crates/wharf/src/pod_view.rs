@@ -1,0 +1,76 @@
+//! What a pod of a namespace sees: its resolv.conf and service variables;
+//! `wharf exec` runs a program with both.
+
+use std::os::unix::process::CommandExt;
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+
+use crate::cli::{ClientArgs, ExecArgs};
+
+/// The pod resolv.conf: the cluster DNS and the namespace's search list.
+pub fn resolv_conf(dns_ip: &str, namespace: &str, domain: &str) -> String {
+    format!("nameserver {dns_ip}\nsearch {namespace}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n")
+}
+
+async fn cluster_dns_ip(client: &kube::Client) -> anyhow::Result<String> {
+    let svc = Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns").await.context("reading service kube-system/kube-dns")?;
+    svc.spec.and_then(|s| s.cluster_ip).context("kube-dns has no cluster IP")
+}
+
+async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
+    crate::client::from_file(&crate::client::kubeconfig_file(args.kubeconfig.as_deref(), &args.data.data_dir)).await
+}
+
+pub async fn print_resolv_conf(args: ClientArgs) -> anyhow::Result<()> {
+    let client = client(&args).await?;
+    print!("{}", resolv_conf(&cluster_dns_ip(&client).await?, &args.namespace, &args.cluster_domain));
+    Ok(())
+}
+
+/// Gathers the pod's view, then replaces this process with the command
+/// in a private mount namespace whose /etc/resolv.conf is the pod's.
+pub fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (resolv, env) = runtime.block_on(async {
+        let client = client(&args.client).await?;
+        let dns = cluster_dns_ip(&client).await?;
+        let env = crate::env::lookup(client, &args.client.namespace).await?;
+        anyhow::Ok((resolv_conf(&dns, &args.client.namespace, &args.client.cluster_domain), env))
+    })?;
+    drop(runtime);
+    enter_mount_namespace(&resolv)?;
+    let (program, rest) = args.command.split_first().context("no command given")?;
+    let err = std::process::Command::new(program).args(rest).envs(env).exec();
+    bail!("cannot run {program}: {err}")
+}
+
+fn enter_mount_namespace(resolv: &str) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let file = tempfile_path();
+    std::fs::write(&file, resolv).with_context(|| format!("writing {}", file.display()))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("wharf exec needs root (CAP_SYS_ADMIN) to give the command its own /etc/resolv.conf")?;
+    // Keep the new mounts out of the host's mount namespace.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).context("making / private")?;
+    mount(Some(&file), "/etc/resolv.conf", None::<&str>, MsFlags::MS_BIND, None::<&str>).context("bind-mounting resolv.conf")?;
+    // The mount holds the file; its name is no longer needed.
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
+fn tempfile_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wharf-resolv-{}.conf", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resolv_conf_is_the_pod_one() {
+        assert_eq!(
+            super::resolv_conf("127.96.0.10", "default", "cluster.local"),
+            "nameserver 127.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+    }
+}
