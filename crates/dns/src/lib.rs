@@ -7,6 +7,7 @@
 //! codec), `server` (UDP and TCP transports), `forward` (upstreams),
 //! `metrics`.
 
+pub mod batch;
 pub mod encode;
 pub mod forward;
 pub mod index;

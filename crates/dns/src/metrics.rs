@@ -70,7 +70,7 @@ pub fn rcode_name(rcode: hickory_proto::op::ResponseCode) -> String {
 /// one atomic add instead of a labelled lookup.
 #[derive(Default)]
 pub struct LocalMetrics {
-    handles: std::collections::HashMap<(u8, u16), (Counter, Histogram)>,
+    handles: rustc_hash::FxHashMap<(u8, u16), (Counter, Histogram)>,
 }
 
 impl LocalMetrics {

@@ -1,27 +1,32 @@
 //! Serving: UDP workers on dedicated threads (one socket each, spread by
 //! SO_REUSEPORT), TCP on the async runtime, and the shared answering logic.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use hickory_proto::op::ResponseCode;
+use rustc_hash::FxHashMap;
 use hickory_proto::rr::RecordType;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::batch::{Batch, BATCH};
 use crate::forward::Forwarder;
 use crate::index::Index;
 use crate::metrics::{DnsMetrics, LocalMetrics};
 use crate::resolve::{self, Resolution, ZoneConfig};
 use crate::wire::{self, Prepared, Query, Rejected};
 
-/// Answers built at one index generation; cleared when it moves on.
+/// A worker's reusable state: answers built at one index generation
+/// (cleared when it moves on) and scratch buffers, so the hot path does
+/// not allocate.
 #[derive(Default)]
 pub struct AnswerCache {
     generation: u64,
-    answers: HashMap<(String, u16), Arc<Prepared>>,
+    answers: FxHashMap<Vec<u8>, Arc<Prepared>>,
+    query: Query,
+    key: Vec<u8>,
 }
 
 const CACHE_LIMIT: usize = 100_000;
@@ -49,8 +54,9 @@ impl Handler {
 
     /// Answers `packet` from the index into `out`, or says where it goes.
     pub fn handle(&self, packet: &[u8], limit: impl Fn(&Query) -> Option<usize>, cache: &mut AnswerCache, out: &mut Vec<u8>) -> Handled {
-        let query = match wire::parse(packet) {
-            Ok(q) => q,
+        let query = &mut cache.query;
+        match wire::parse_into(packet, query) {
+            Ok(()) => {}
             Err(rejected) => {
                 return if wire::write_error(packet, &rejected, self.recursion_available(), out) {
                     Handled::Reply(0)
@@ -65,10 +71,13 @@ impl Handler {
                 cache.answers.clear();
                 cache.generation = index.generation;
             }
-            match cache.answers.get(&(query.qname.clone(), query.qtype)) {
+            cache.key.clear();
+            cache.key.extend_from_slice(query.qname.as_bytes());
+            cache.key.extend_from_slice(&query.qtype.to_be_bytes());
+            match cache.answers.get(cache.key.as_slice()) {
                 Some(hit) => hit.clone(),
                 None => match resolve::resolve(&index, &self.zone, &query.qname, RecordType::from(query.qtype)) {
-                    Resolution::Forward => return self.forward_or_refuse(query, packet, out),
+                    Resolution::Forward => return self.forward_or_refuse(query.clone(), packet, out),
                     Resolution::Local(answer) => {
                         let Some(prepared) = wire::prepare(&query.qname, query.qtype, &answer) else {
                             let rejected = Rejected::Error {
@@ -85,13 +94,14 @@ impl Handler {
                         if cache.answers.len() >= CACHE_LIMIT {
                             cache.answers.clear();
                         }
-                        cache.answers.insert((query.qname.clone(), query.qtype), prepared.clone());
+                        cache.answers.insert(cache.key.clone(), prepared.clone());
                         prepared
                     }
                 },
             }
         };
-        wire::write_response(&query, packet, &prepared, true, self.recursion_available(), limit(&query), out);
+        let query = &cache.query;
+        wire::write_response(query, packet, &prepared, true, self.recursion_available(), limit(query), out);
         Handled::Reply(query.qtype)
     }
 
@@ -147,16 +157,18 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// One UDP worker: receive, answer, send, until the socket fails.
+/// One UDP worker: receive a batch, answer it, send the replies in one
+/// call, until the socket fails.
 pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runtime::Handle) {
     let socket = Arc::new(socket);
     let mut cache = AnswerCache::default();
     let mut local = LocalMetrics::default();
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let mut batch = Batch::default();
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
+    let mut ready: Vec<usize> = Vec::with_capacity(BATCH);
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
+        let n = match batch.receive(socket.as_ref()) {
+            Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "DNS UDP socket failed; worker stops");
@@ -164,30 +176,40 @@ pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runt
             }
         };
         let started = Instant::now();
-        let packet = &buf[..n];
-        match handler.handle(packet, |q| Some(wire::udp_limit(q.edns)), &mut cache, &mut out) {
-            Handled::Reply(qtype) => {
-                let _ = socket.send_to(&out, peer);
-                local.observe(&handler.metrics, rcode_of(&out), qtype, started.elapsed().as_secs_f64());
+        ready.clear();
+        for (i, out) in outs.iter_mut().enumerate().take(n) {
+            let Some(packet) = batch.packet(i) else { continue };
+            match handler.handle(packet, |q| Some(wire::udp_limit(q.edns)), &mut cache, out) {
+                Handled::Reply(qtype) => {
+                    ready.push(i);
+                    local.observe(&handler.metrics, rcode_of(out), qtype, started.elapsed().as_secs_f64());
+                }
+                Handled::Forward(query) => {
+                    let Some(peer) = batch.peer(i) else { continue };
+                    forward_udp(handler.clone(), socket.clone(), &runtime, query, packet.to_vec(), peer, started);
+                }
+                Handled::Drop => {}
             }
-            Handled::Forward(query) => {
-                let handler = handler.clone();
-                let socket = socket.clone();
-                let packet = packet.to_vec();
-                runtime.spawn(async move {
-                    let reply = handler.forwarded(&query, &packet, Some(wire::udp_limit(query.edns))).await;
-                    let _ = socket.send_to(&reply, peer);
-                    let labels = crate::metrics::QueryLabels {
-                        rcode: crate::metrics::rcode_name(rcode_of(&reply)),
-                        r#type: RecordType::from(query.qtype).to_string(),
-                    };
-                    handler.metrics.requests.get_or_create(&labels).inc();
-                    handler.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-                });
-            }
-            Handled::Drop => {}
+        }
+        let replies: Vec<(usize, &[u8])> = ready.iter().map(|&i| (i, outs[i].as_slice())).collect();
+        if let Err(e) = batch.send(socket.as_ref(), &replies) {
+            tracing::debug!(error = %e, "DNS UDP send failed");
         }
     }
+}
+
+/// Answers a forwarded query from the async runtime, off the hot loop.
+fn forward_udp(handler: Arc<Handler>, socket: Arc<UdpSocket>, runtime: &tokio::runtime::Handle, query: Query, packet: Vec<u8>, peer: SocketAddr, started: Instant) {
+    runtime.spawn(async move {
+        let reply = handler.forwarded(&query, &packet, Some(wire::udp_limit(query.edns))).await;
+        let _ = socket.send_to(&reply, peer);
+        let labels = crate::metrics::QueryLabels {
+            rcode: crate::metrics::rcode_name(rcode_of(&reply)),
+            r#type: RecordType::from(query.qtype).to_string(),
+        };
+        handler.metrics.requests.get_or_create(&labels).inc();
+        handler.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    });
 }
 
 /// Serves DNS over TCP (length-prefixed messages) until the listener fails.

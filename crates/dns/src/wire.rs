@@ -16,7 +16,7 @@ const OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 
 /// A parsed query.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Query {
     pub id: u16,
     pub flags: u16,
@@ -44,10 +44,11 @@ fn be16(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
 }
 
-/// Reads an uncompressed name at `at`: (lower-case text, end offset).
-fn read_question_name(p: &[u8], mut at: usize) -> Option<(String, usize)> {
+/// Reads an uncompressed name at `at` into `name` (lower case); returns
+/// the end offset.
+fn read_name_into(p: &[u8], mut at: usize, name: &mut String) -> Option<usize> {
     let start = at;
-    let mut name = String::with_capacity(64);
+    name.clear();
     loop {
         let len = usize::from(*p.get(at)?);
         at += 1;
@@ -73,7 +74,13 @@ fn read_question_name(p: &[u8], mut at: usize) -> Option<(String, usize)> {
             return None;
         }
     }
-    Some((name, at))
+    Some(at)
+}
+
+fn read_question_name(p: &[u8], at: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    let end = read_name_into(p, at, &mut name)?;
+    Some((name, end))
 }
 
 /// Skips a possibly compressed name of a resource record.
@@ -113,6 +120,13 @@ fn read_edns(p: &[u8], mut at: usize, count: u16) -> Result<Option<u16>, ()> {
 
 /// Parses a query packet.
 pub fn parse(p: &[u8]) -> Result<Query, Rejected> {
+    let mut query = Query::default();
+    parse_into(p, &mut query)?;
+    Ok(query)
+}
+
+/// Parses a query packet into `query`, reusing its name buffer.
+pub fn parse_into(p: &[u8], query: &mut Query) -> Result<(), Rejected> {
     if p.len() < HEADER_LEN {
         return Err(Rejected::Drop);
     }
@@ -130,7 +144,7 @@ pub fn parse(p: &[u8]) -> Result<Query, Rejected> {
     if counts[0] != 1 || counts[1] != 0 || counts[2] != 0 {
         return error(ResponseCode::FormErr, None, None);
     }
-    let Some((qname, name_end)) = read_question_name(p, HEADER_LEN) else {
+    let Some(name_end) = read_name_into(p, HEADER_LEN, &mut query.qname) else {
         return error(ResponseCode::FormErr, None, None);
     };
     let (Some(qtype), Some(qclass)) = (be16(p, name_end), be16(p, name_end + 2)) else {
@@ -143,7 +157,13 @@ pub fn parse(p: &[u8]) -> Result<Query, Rejected> {
     if qclass != CLASS_IN {
         return error(ResponseCode::Refused, Some(question_end), edns);
     }
-    Ok(Query { id, flags, question_end, qname, qtype, qclass, edns })
+    query.id = id;
+    query.flags = flags;
+    query.question_end = question_end;
+    query.qtype = qtype;
+    query.qclass = qclass;
+    query.edns = edns;
+    Ok(())
 }
 
 /// An answer encoded once, without header and question: what follows the
@@ -166,10 +186,6 @@ pub struct Prepared {
 pub fn prepare(qname: &str, _qtype: u16, answer: &Answer) -> Option<Prepared> {
     let (body, counts, essential, truncated) = crate::encode::encode(qname, answer);
     Some(Prepared { rcode: answer.rcode, counts, body, essential, truncated })
-}
-
-fn counts_of(message: &[u8]) -> Option<[u16; 3]> {
-    Some([be16(message, 6)?, be16(message, 8)?, be16(message, 10)?])
 }
 
 fn header(out: &mut Vec<u8>, q_id: u16, q_flags: u16, rcode: ResponseCode, aa: bool, tc: bool, ra: bool, counts: [u16; 4]) {
