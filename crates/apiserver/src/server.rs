@@ -56,6 +56,8 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
 }
 
+const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;
+
 fn token_matches(given: &str, expected: &str) -> bool {
     // Constant time in the token's length, so timing reveals nothing.
     given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -66,6 +68,9 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
     if is_public(request.uri().path()) || token_matches(given, &app.token) {
         next.run(request).await
     } else {
+        // Read (a bounded amount of) the body first: an HTTP/2 stream reset
+        // while the client is still sending makes some clients lose the 401.
+        let _ = axum::body::to_bytes(request.into_body(), UNAUTHENTICATED_BODY_LIMIT).await;
         ApiError::Unauthorized.into_response()
     }
 }

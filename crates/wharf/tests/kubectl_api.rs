@@ -222,10 +222,10 @@ fn requests_without_credentials_are_refused() {
     assert!(err.contains("Unauthorized"), "{err}");
     // The same through plain HTTPS without any credential.
     let out = Command::new("curl")
-        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
+        .args(["-sSk", "--retry", "3", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
         .args(["--data", r#"{"metadata":{"name":"intruder"}}"#, &format!("{}/api/v1/namespaces", w.server)])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{}", String::from_utf8_lossy(&out.stderr));
     assert!(w.kubectl_ok(&["get", "ns", "-o", "name"]).lines().all(|l| l != "namespace/intruder"));
 }
