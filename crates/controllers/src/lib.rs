@@ -4,5 +4,7 @@
 
 pub mod cache;
 pub mod endpointslice;
+pub mod loadbalancer;
 
 pub use endpointslice::EndpointSliceController;
+pub use loadbalancer::LoadBalancerController;

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -114,6 +115,35 @@ pub struct UpArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9153")]
     pub metrics_listen: SocketAddr,
+    /// Addresses for LoadBalancer services (written to
+    /// status.loadBalancer.ingress).
+    #[arg(long, default_value = "127.240.0.0/16")]
+    pub lb_pool: Ipv4Net,
+    /// Open connections to a removed endpoint are closed after this
+    /// (e.g. 30s, 5m); 0 keeps them until they end.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// UDP flows idle this long are forgotten.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub udp_idle_timeout: Duration,
+    /// Threads of the proxy's data plane (default: one per CPU).
+    #[arg(long)]
+    pub proxy_workers: Option<usize>,
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -129,6 +159,14 @@ fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 minutes").is_err());
+    }
 
     #[test]
     fn port_ranges() {

@@ -58,7 +58,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let dns_metrics = wharf_dns::DnsMetrics::default();
     dns_metrics.register(&mut registry);
-    let dns = wharf_dns::start(dns_config(&args, &allocator)?, client.clone(), dns_metrics).await?;
+    let dns_config = dns_config(&args, &allocator)?;
+    let proxy_config = proxy_config(&args, dns_config.listen);
+    let dns = wharf_dns::start(dns_config, client.clone(), dns_metrics).await?;
+    let proxy_metrics = wharf_proxy::ProxyMetrics::default();
+    proxy_metrics.register(&mut registry);
+    let proxy = tokio::spawn(wharf_proxy::run(client.clone(), proxy_config, proxy_metrics));
+    let load_balancers = tokio::spawn(wharf_controllers::LoadBalancerController::new(client.clone(), args.lb_pool).run());
     let (metrics_addr, metrics) = crate::metrics::serve(args.metrics_listen, registry).await?;
     let controller = tokio::spawn(wharf_controllers::EndpointSliceController::new(client.clone()).run());
     let agent_config = AgentConfig { node_name: args.node_name.clone(), node_ip: args.node_ip, heartbeat: NODE_HEARTBEAT };
@@ -69,6 +75,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = dns_tasks => anyhow::bail!("DNS server stopped"),
         _ = metrics => anyhow::bail!("metrics endpoint stopped"),
+        result = proxy => result.context("service proxy stopped")?.context("service proxy")?,
+        result = load_balancers => result.context("load balancer controller stopped")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
         result = server.task => result.context("API server stopped")?,
         result = controller => result.context("endpointslice controller stopped")?,
@@ -80,6 +88,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// Where the cluster DNS listens: `--dns-listen`, else the DNS service IP.
 fn dns_listen(args: &UpArgs, allocator: &Allocator) -> SocketAddr {
     args.dns_listen.unwrap_or_else(|| SocketAddr::new(allocator.nth_ip(10).into(), 53))
+}
+
+fn proxy_config(args: &UpArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
+    use wharf_proxy::model::Protocol;
+    wharf_proxy::ProxyConfig {
+        node_name: args.node_name.clone(),
+        node_ip: args.node_ip,
+        drain_timeout: args.drain_timeout,
+        udp_idle: args.udp_idle_timeout,
+        workers: args.proxy_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // The DNS server answers on its own service address.
+        reserved: [(dns, Protocol::Udp), (dns, Protocol::Tcp)].into(),
+    }
 }
 
 fn dns_config(args: &UpArgs, allocator: &Allocator) -> anyhow::Result<wharf_dns::DnsConfig> {
@@ -122,6 +143,7 @@ fn print_notes(args: &UpArgs, endpoint: SocketAddr, allocator: &Allocator, kubec
   Service CIDR:  {cidr}
   Cluster DNS:   {dns} (domain {domain})
   Node ports:    {low}-{high} on {node_ip} (node {node})
+  Load balancer: {lb_pool}
   Metrics:       http://{metrics}/metrics
   Data dir:      {data}
 
@@ -137,6 +159,7 @@ To use it with kubectl:
         high = range.end(),
         node_ip = args.node_ip,
         node = args.node_name,
+        lb_pool = args.lb_pool,
         data = args.data.data_dir.display(),
         kubeconfig = kubeconfig.display(),
     );

@@ -61,8 +61,10 @@ impl Wharf {
                 ip
             }
         };
-        // Tests never ask the host's resolvers; metrics on a free port.
-        for (flag, value) in [("--dns-upstream", "none"), ("--metrics-listen", "127.0.0.1:0")] {
+        // Tests never ask the host's resolvers; metrics on a free port;
+        // load balancer addresses of their own.
+        let lb_pool = format!("127.253.{slot}.0/24");
+        for (flag, value) in [("--dns-upstream", "none"), ("--metrics-listen", "127.0.0.1:0"), ("--lb-pool", lb_pool.as_str())] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_string(), value.to_string()]);
             }
@@ -182,10 +184,11 @@ impl Drop for Wharf {
 
 /// A backend process stand-in: accepts TCP connections on `addr` and,
 /// when `http` is set, answers every request with 200 and its own port
-/// (so tests can tell backends apart). Dropping it closes the listener.
+/// (so tests can tell backends apart). Dropping it closes the listener at
+/// once, as a killed process would; connections already accepted finish.
 pub struct Backend {
     pub addr: std::net::SocketAddr,
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    listener: std::net::TcpListener,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -193,44 +196,92 @@ impl Backend {
     pub fn start(addr: &str, http: bool) -> Backend {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || loop {
-            if !matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
-                return;
-            }
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    if http {
-                        std::thread::spawn(move || {
-                            let _ = conn.set_nonblocking(false);
-                            let mut buf = [0u8; 4096];
-                            while let Ok(n) = conn.read(&mut buf) {
-                                if n == 0 {
-                                    break;
-                                }
-                                let body = addr.port().to_string();
-                                let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                                if conn.write_all(reply.as_bytes()).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
+        let acceptor = listener.try_clone().expect("clone");
+        let thread = std::thread::spawn(move || {
+            // Ends when the listener is shut down.
+            while let Ok((mut conn, _)) = acceptor.accept() {
+                if !http {
+                    continue;
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let body = addr.port().to_string();
+                        let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         });
-        Backend { addr, stop: Some(stop), thread: Some(thread) }
+        Backend { addr, listener, thread: Some(thread) }
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.take();
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A UDP backend: answers every datagram with its own port.
+pub struct UdpBackend {
+    pub addr: std::net::SocketAddr,
+    socket: std::net::UdpSocket,
+}
+
+impl UdpBackend {
+    pub fn start(addr: &str) -> UdpBackend {
+        let socket = std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = socket.local_addr().expect("addr");
+        let worker = socket.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, peer)) = worker.recv_from(&mut buf) {
+                let _ = worker.send_to(addr.port().to_string().as_bytes(), peer);
+            }
+        });
+        UdpBackend { addr, socket }
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        // Unblock the worker: it answers this last datagram, then the
+        // socket closes with the last handle.
+        let _ = self.socket.send_to(b"stop", self.addr);
+    }
+}
+
+/// One HTTP request to `addr`; the backend's answer body (its port).
+pub fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: wharf\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the answer"));
+        }
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            if body.len() >= len {
+                return Ok(body[..len].to_string());
+            }
         }
     }
 }

@@ -1,0 +1,149 @@
+//! Choosing an endpoint: least connections by the power of two random
+//! choices, ClientIP affinity, and retries that skip endpoints that
+//! already failed.
+//!
+//! Why P2C least-connections: a random pick ignores load, and a strict
+//! least-connections scan needs a global order and herds new
+//! connections onto whichever endpoint just freed up. Comparing two random
+//! endpoints' active counts gets most of least-connections' balance at
+//! O(1) and without herding (Mitzenmacher, "The Power of Two Choices").
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+/// An endpoint as the data plane tracks it: its open connections.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub active: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Backend { addr, active: AtomicUsize::new(0) })
+    }
+}
+
+/// Counts a connection on a backend while it lives.
+pub struct ActiveGuard(Arc<Backend>);
+
+impl ActiveGuard {
+    pub fn new(backend: Arc<Backend>) -> Self {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(backend)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks among `backends`, never one in `exclude`.
+pub fn pick(backends: &[Arc<Backend>], exclude: &[SocketAddr]) -> Option<Arc<Backend>> {
+    let candidates: Vec<&Arc<Backend>> = backends.iter().filter(|b| !exclude.contains(&b.addr)).collect();
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0].clone()),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (candidates[a], candidates[b]);
+            let pick = if y.active.load(Ordering::Relaxed) < x.active.load(Ordering::Relaxed) { y } else { x };
+            Some(pick.clone())
+        }
+    }
+}
+
+/// ClientIP session affinity: a client keeps its endpoint while it keeps
+/// coming back within the timeout.
+pub struct Affinity {
+    timeout: Duration,
+    table: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
+}
+
+impl Affinity {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout, table: Mutex::new(HashMap::new()) }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (SocketAddr, Instant)>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client's endpoint if it has a live one among `backends`.
+    pub fn lookup(&self, client: IpAddr, backends: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let mut table = self.table();
+        let (addr, last) = table.get(&client).copied()?;
+        if last.elapsed() > self.timeout {
+            table.remove(&client);
+            return None;
+        }
+        backends.iter().find(|b| b.addr == addr).cloned()
+    }
+
+    /// Records (or refreshes) the client's endpoint.
+    pub fn remember(&self, client: IpAddr, backend: SocketAddr) {
+        let mut table = self.table();
+        if table.len() > 100_000 {
+            let timeout = self.timeout;
+            table.retain(|_, (_, t)| t.elapsed() <= timeout);
+        }
+        table.insert(client, (backend, Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(n: u16) -> Vec<Arc<Backend>> {
+        (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)))).collect()
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded() {
+        let b = backends(2);
+        b[0].active.store(10, Ordering::Relaxed);
+        for _ in 0..100 {
+            assert_eq!(pick(&b, &[]).unwrap().addr, b[1].addr);
+        }
+        assert_eq!(pick(&b, &[b[1].addr]).unwrap().addr, b[0].addr);
+        assert!(pick(&b, &[b[0].addr, b[1].addr]).is_none());
+    }
+
+    #[test]
+    fn spread_is_even_when_load_is_even() {
+        let b = backends(4);
+        let mut hits = HashMap::new();
+        for _ in 0..4000 {
+            let chosen = pick(&b, &[]).unwrap();
+            *hits.entry(chosen.addr).or_insert(0) += 1;
+            let _hold = ActiveGuard::new(chosen);
+        }
+        assert!(hits.values().all(|&h| h > 700), "{hits:?}");
+    }
+
+    #[test]
+    fn affinity_holds_then_expires() {
+        let b = backends(3);
+        let affinity = Affinity::new(Duration::from_millis(50));
+        let client: IpAddr = "127.0.0.9".parse().unwrap();
+        affinity.remember(client, b[2].addr);
+        assert_eq!(affinity.lookup(client, &b).unwrap().addr, b[2].addr);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(affinity.lookup(client, &b).is_none());
+        affinity.remember(client, b[1].addr);
+        assert!(affinity.lookup(client, &b[..1]).is_none(), "a gone endpoint is not reused");
+    }
+}

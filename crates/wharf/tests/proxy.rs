@@ -1,0 +1,250 @@
+//! The service proxy carrying real TCP and UDP traffic on loopback.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::{example, http_get, Backend, UdpBackend, Wharf};
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    assert!(support::eventually(Duration::from_secs(30), || check().then_some(())).is_some(), "timed out waiting for {what}");
+}
+
+fn svc_field(w: &Wharf, svc: &str, path: &str) -> String {
+    w.kubectl_ok(&["get", "svc", svc, "-o", &format!("jsonpath={{{path}}}")])
+}
+
+/// Pods named `name-i` labelled `app=name`, each listening on its own port.
+fn pods(name: &str, ports: &[u16], protocol: &str, probe: bool) -> String {
+    let mut out = String::new();
+    for (i, port) in ports.iter().enumerate() {
+        let probe = if probe { "\n    readinessProbe:\n      tcpSocket: {port: web}\n      periodSeconds: 1\n      failureThreshold: 1" } else { "" };
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-{i}\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{name: web, containerPort: {port}, protocol: {protocol}}}{probe}\n"
+        ));
+    }
+    out
+}
+
+fn service(name: &str, extra_spec: &str, protocol: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: web, port: 80, targetPort: web, protocol: {protocol}}}\n{extra_spec}")
+}
+
+fn applied(w: &Wharf, yaml: &str) {
+    let out = w.apply_text(yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ready_endpoints(w: &Wharf, svc: &str) -> usize {
+    let out = w.kubectl_ok(&["get", "endpoints", svc, "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
+    out.split_whitespace().count()
+}
+
+#[test]
+fn tcp_through_a_cluster_ip_reaches_every_ready_backend() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let backends: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("{ip}:{}", 18080 + i), true)).collect();
+    applied(&w, &pods("web", &[18080, 18081, 18082], "TCP", false));
+    applied(&w, &service("web", "", "TCP"));
+    wait_for("3 endpoints", || ready_endpoints(&w, "web") == 3);
+    let vip = format!("{}:80", svc_field(&w, "web", ".spec.clusterIP"));
+    wait_for("the listener", || http_get(&vip).is_ok());
+    let seen: BTreeSet<String> = (0..60).map(|_| http_get(&vip).expect("request through the cluster IP")).collect();
+    assert_eq!(seen, ["18080", "18081", "18082"].map(String::from).into(), "not every backend was reached");
+    drop(backends);
+
+    // A service with no endpoints refuses at once instead of hanging.
+    applied(&w, &service("empty", "", "TCP"));
+    let empty = format!("{}:80", svc_field(&w, "empty", ".spec.clusterIP"));
+    wait_for("the empty service's listener", || TcpStream::connect(&empty).is_ok());
+    let started = Instant::now();
+    let err = http_get(&empty).expect_err("no endpoints must refuse");
+    assert!(started.elapsed() < Duration::from_secs(1), "refusal took {:?}", started.elapsed());
+    assert!(matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionRefused), "{err:?}");
+}
+
+#[test]
+fn seed_story_end_to_end() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let _backends: Vec<Backend> = [3306, 6379, 8080, 8081].iter().map(|p| Backend::start(&format!("{ip}:{p}"), true)).collect();
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+    wait_for("fleet endpoints", || ready_endpoints(&w, "kolide-fleet-fleet") == 2);
+    wait_for("mysql endpoints", || ready_endpoints(&w, "kolide-fleet-mysql") == 1);
+    wait_for("redis endpoints", || ready_endpoints(&w, "kolide-fleet-redis") == 1);
+    let cluster = |svc: &str, port: u16| format!("{}:{port}", svc_field(&w, svc, ".spec.clusterIP"));
+    wait_for("mysql through its cluster IP", || http_get(&cluster("kolide-fleet-mysql", 3306)).is_ok_and(|b| b == "3306"));
+    wait_for("redis through its cluster IP", || http_get(&cluster("kolide-fleet-redis", 6379)).is_ok_and(|b| b == "6379"));
+    // The application: 443 → targetPort http, resolved per pod to 8080 and 8081.
+    let fleet = cluster("kolide-fleet-fleet", 443);
+    wait_for("fleet through its cluster IP", || http_get(&fleet).is_ok());
+    let seen: BTreeSet<String> = (0..40).map(|_| http_get(&fleet).unwrap()).collect();
+    assert_eq!(seen, ["8080", "8081"].map(String::from).into());
+    // The node port, as in `443:31525/TCP`, and the load balancer address kubectl shows.
+    let node_port = svc_field(&w, "kolide-fleet-fleet", ".spec.ports[0].nodePort");
+    wait_for("fleet through its node port", || http_get(&format!("{ip}:{node_port}")).is_ok());
+    wait_for("an EXTERNAL-IP", || !svc_field(&w, "kolide-fleet-fleet", ".status.loadBalancer.ingress[0].ip").is_empty());
+    let table = w.kubectl_ok(&["get", "svc", "kolide-fleet-fleet", "--no-headers"]);
+    let external = table.split_whitespace().nth(3).unwrap().to_string();
+    assert!(external.starts_with("127.253."), "EXTERNAL-IP should come from the pool: {table}");
+    wait_for("fleet through its load balancer", || http_get(&format!("{external}:443")).is_ok());
+}
+
+#[test]
+fn client_ip_affinity_holds_and_expires() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let _backends: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("{ip}:{}", 18090 + i), true)).collect();
+    applied(&w, &pods("sticky", &[18090, 18091, 18092], "TCP", false));
+    applied(&w, &service("sticky", "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n", "TCP"));
+    wait_for("3 endpoints", || ready_endpoints(&w, "sticky") == 3);
+    let vip = format!("{}:80", svc_field(&w, "sticky", ".spec.clusterIP"));
+    wait_for("the listener", || http_get(&vip).is_ok());
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut firsts = BTreeSet::new();
+    for _ in 0..10 {
+        let answers: BTreeSet<String> = (0..8).map(|_| http_get(&vip).unwrap()).collect();
+        assert_eq!(answers.len(), 1, "affinity did not hold: {answers:?}");
+        firsts.extend(answers);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    assert!(firsts.len() > 1, "affinity never expired: {firsts:?}");
+}
+
+#[test]
+fn a_killed_backend_costs_no_failed_connection() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let survivor = Backend::start(&format!("{ip}:18100"), true);
+    let victim = Backend::start(&format!("{ip}:18101"), true);
+    applied(&w, &pods("steady", &[18100, 18101], "TCP", true));
+    applied(&w, &service("steady", "", "TCP"));
+    wait_for("2 ready endpoints", || ready_endpoints(&w, "steady") == 2);
+    let vip = format!("{}:80", svc_field(&w, "steady", ".spec.clusterIP"));
+    wait_for("the listener", || http_get(&vip).is_ok());
+    // Requests keep coming while one backend dies without warning; its
+    // endpoint stays listed until the probe notices.
+    let target = vip.clone();
+    let requests = std::thread::spawn(move || -> Vec<String> {
+        (0..400).map(|i| http_get(&target).unwrap_or_else(|e| panic!("request {i} failed: {e}"))).collect()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(victim);
+    let answers = requests.join().expect("a request failed");
+    assert_eq!(answers.len(), 400);
+    wait_for("the dead endpoint to leave", || ready_endpoints(&w, "steady") == 1);
+    let after: Vec<String> = (0..100).map(|i| http_get(&vip).unwrap_or_else(|e| panic!("request {i} after the kill failed: {e}"))).collect();
+    assert!(after.iter().all(|a| a == "18100"), "{after:?}");
+    drop(survivor);
+}
+
+#[test]
+fn udp_through_a_cluster_ip_and_re_steering() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let first = UdpBackend::start(&format!("{ip}:18200"));
+    applied(&w, &pods("echo", &[18200], "UDP", false));
+    applied(&w, &service("echo", "", "UDP"));
+    wait_for("the endpoint", || ready_endpoints(&w, "echo") == 1);
+    let vip = format!("{}:80", svc_field(&w, "echo", ".spec.clusterIP"));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let ask = || {
+        client.send_to(b"ping", &vip).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, from) = client.recv_from(&mut buf).ok()?;
+        assert_eq!(from.to_string(), vip, "the reply must come from the service address");
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    wait_for("a UDP reply", || ask().as_deref() == Some("18200"));
+    // N→0: the endpoint goes; 0→N: a new one arrives; the same client flow follows.
+    w.kubectl_ok(&["delete", "pod", "echo-0", "--grace-period=0", "--force"]);
+    drop(first);
+    wait_for("no endpoints", || ready_endpoints(&w, "echo") == 0);
+    let _second = UdpBackend::start(&format!("{ip}:18201"));
+    applied(&w, &pods("echo", &[18201], "UDP", false));
+    wait_for("re-steered to the new endpoint", || ask().as_deref() == Some("18201"));
+}
+
+#[test]
+fn external_traffic_policy_local_and_its_health_check() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let _local = Backend::start(&format!("{ip}:18300"), true);
+    let _remote = Backend::start("127.0.0.1:18301", true);
+    applied(&w, &pods("lb", &[18300], "TCP", false));
+    // A pod on another node, with the IP a kubelet there would report.
+    applied(&w, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: lb-remote\n  labels: {app: lb}\nspec:\n  nodeName: other-node\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {name: web, containerPort: 18301}\n");
+    w.kubectl_ok(&["patch", "pod", "lb-remote", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"phase":"Running","podIP":"127.0.0.1","conditions":[{"type":"Ready","status":"True"}]}}"#]);
+    applied(&w, &service("lb", "  type: LoadBalancer\n  externalTrafficPolicy: Local\n", "TCP"));
+    wait_for("2 endpoints", || ready_endpoints(&w, "lb") == 2);
+    let hc = svc_field(&w, "lb", ".spec.healthCheckNodePort");
+    let health = || {
+        let out = std::process::Command::new("curl").args(["-s", "-i", &format!("http://{ip}:{hc}/healthz")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_for("the health check", || health().starts_with("HTTP/1.1 200"));
+    assert!(health().contains("\"localEndpoints\":1"), "{}", health());
+    // Node port traffic stays on this node; cluster IP traffic does not.
+    let node_port = svc_field(&w, "lb", ".spec.ports[0].nodePort");
+    wait_for("the node port", || http_get(&format!("{ip}:{node_port}")).is_ok());
+    let external: BTreeSet<String> = (0..30).map(|_| http_get(&format!("{ip}:{node_port}")).unwrap()).collect();
+    assert_eq!(external, ["18300".to_string()].into());
+    let vip = format!("{}:80", svc_field(&w, "lb", ".spec.clusterIP"));
+    let internal: BTreeSet<String> = (0..40).map(|_| http_get(&vip).unwrap()).collect();
+    assert_eq!(internal, ["18300", "18301"].map(String::from).into());
+    // Without local endpoints: 503.
+    w.kubectl_ok(&["delete", "pod", "lb-0", "--grace-period=0", "--force"]);
+    wait_for("the health check to fail", || health().starts_with("HTTP/1.1 503"));
+    assert!(health().contains("\"localEndpoints\":0"));
+}
+
+#[test]
+fn open_connections_drain_after_their_endpoint_leaves() {
+    let w = Wharf::start(&["--drain-timeout", "3s"]);
+    let ip = w.node_ip.clone();
+    let _a = Backend::start(&format!("{ip}:18400"), true);
+    applied(&w, &pods("drain", &[18400], "TCP", false));
+    applied(&w, &service("drain", "", "TCP"));
+    wait_for("the endpoint", || ready_endpoints(&w, "drain") == 1);
+    let vip = format!("{}:80", svc_field(&w, "drain", ".spec.clusterIP"));
+    wait_for("the listener", || http_get(&vip).is_ok());
+    let mut conn = TcpStream::connect(&vip).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = |conn: &mut TcpStream| -> std::io::Result<usize> {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut buf = [0u8; 256];
+        conn.read(&mut buf)
+    };
+    assert!(request(&mut conn).unwrap() > 0);
+    w.kubectl_ok(&["delete", "pod", "drain-0", "--grace-period=0", "--force"]);
+    wait_for("the endpoint to go", || ready_endpoints(&w, "drain") == 0);
+    // The open connection still works while draining...
+    assert!(request(&mut conn).unwrap() > 0, "the open connection died with its endpoint");
+    // ...new ones are refused...
+    assert!(http_get(&vip).is_err());
+    // ...and after the drain timeout it is closed.
+    std::thread::sleep(Duration::from_secs(4));
+    let closed = match request(&mut conn) {
+        Ok(0) | Err(_) => true,
+        Ok(_) => false,
+    };
+    assert!(closed, "the connection outlived --drain-timeout");
+    let metrics_url = w.stdout.lines().find_map(|l| l.trim().strip_prefix("Metrics:")).unwrap().trim().to_string();
+    let metrics = std::process::Command::new("curl").args(["-s", &metrics_url]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let counts: HashMap<&str, bool> = [
+        ("wharf_proxy_connections_total{service=\"default/drain:web\"", true),
+        ("wharf_proxy_bytes_total{service=\"default/drain:web\",direction=\"to_client\"}", true),
+        ("wharf_proxy_errors_total{service=\"default/drain:web\",reason=\"drained\"}", true),
+    ]
+    .into();
+    for (needle, _) in counts {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}
