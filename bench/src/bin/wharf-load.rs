@@ -27,6 +27,18 @@ enum Command {
     /// (bound to a node without an agent; status set as a kubelet would),
     /// then flip single pods' readiness and time each flip until the
     /// EndpointSlice shows it.
+    /// Keep-alive HTTP GETs at a fixed total rate over CONNECTIONS
+    /// connections; latency is measured from each request's scheduled
+    /// time (no coordinated omission). Prints p50/p99/p999 in µs.
+    HttpLatency {
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        connections: u64,
+    },
     EndpointLatency {
         #[arg(long, default_value_t = 1000)]
         services: usize,
@@ -154,9 +166,71 @@ async fn endpoint_latency(client: kube::Client, services: usize, per: usize, fli
     Ok(())
 }
 
+/// One connection's share of a fixed-rate load, on its own thread with
+/// blocking I/O: requests at `start + offset + k * interval`, each timed
+/// from its scheduled moment (no coordinated omission). Threads sleep
+/// with nanosleep and a 1 ns timer slack, so pacing is accurate to a few
+/// microseconds (tokio's timer wheel rounds to milliseconds).
+fn paced_connection(target: std::net::SocketAddr, start: Instant, offset: Duration, interval: Duration, end: Instant) -> anyhow::Result<Vec<Duration>> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(target)?;
+    conn.set_nodelay(true)?;
+    let mut buf = vec![0u8; 4096];
+    let mut latencies = Vec::new();
+    let mut due = start + offset;
+    while due < end {
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut got = Vec::new();
+        loop {
+            let n = conn.read(&mut buf)?;
+            anyhow::ensure!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+                let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                if got.len() >= head_end + 4 + len {
+                    break;
+                }
+            }
+        }
+        latencies.push(due.elapsed());
+        due += interval;
+    }
+    Ok(latencies)
+}
+
+async fn http_latency(target: std::net::SocketAddr, rate: u64, seconds: u64, connections: u64) -> anyhow::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK only changes this thread's (and its
+    // children's) timer slack; the arguments are plain integers.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+    let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let offset = interval.mul_f64(c as f64 / connections as f64);
+            std::thread::spawn(move || paced_connection(target, start, offset, interval, end))
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+    }
+    all.sort();
+    let us = |p: f64| percentile(&all, p).as_secs_f64() * 1e6;
+    println!("requests {} rate {rate}/s p50_us {:.0} p99_us {:.0} p999_us {:.0}", all.len(), us(0.5), us(0.99), us(0.999));
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::HttpLatency { target, rate, seconds, connections } = cli.command {
+        return http_latency(target, rate, seconds, connections).await;
+    }
     let client = kube::Client::try_default().await?;
     match cli.command {
         Command::Services { count } => {
@@ -166,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             println!("created {count} services in {secs:.2}s ({:.0}/s)", count as f64 / secs);
         }
+        Command::HttpLatency { target, rate, seconds, connections } => http_latency(target, rate, seconds, connections).await?,
         Command::EndpointLatency { services, pods_per_service, flips } => {
             endpoint_latency(client, services, pods_per_service, flips, cli.concurrency).await?;
         }

@@ -14,18 +14,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 
-/// An endpoint as the data plane tracks it: its open connections.
+/// An endpoint as the data plane tracks it: its open connections, and
+/// the counter of connections sent to it.
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
     pub active: AtomicUsize,
+    pub chosen: Counter,
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Arc::new(Backend { addr, active: AtomicUsize::new(0) })
+    pub fn new(addr: SocketAddr, chosen: Counter) -> Arc<Self> {
+        Arc::new(Backend { addr, active: AtomicUsize::new(0), chosen })
     }
 }
 
@@ -108,7 +111,7 @@ mod tests {
     use super::*;
 
     fn backends(n: u16) -> Vec<Arc<Backend>> {
-        (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)))).collect()
+        (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)), Counter::default())).collect()
     }
 
     #[test]

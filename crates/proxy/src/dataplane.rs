@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::balancer::{self, ActiveGuard, Affinity, Backend};
-use crate::metrics::{DirectionLabels, EndpointLabels, ProxyMetrics, ServiceLabels};
+use crate::metrics::{PortMetrics, ProxyMetrics};
 use crate::model::{Frontend, Protocol, Scope, ServicePort, ServicePortName};
 use crate::{copy, udp};
 
@@ -36,7 +36,7 @@ pub struct PortState {
     sets: RwLock<BackendSets>,
     all: RwLock<HashMap<SocketAddr, Arc<PortBackend>>>,
     affinity: RwLock<Option<Arc<Affinity>>>,
-    metrics: ProxyMetrics,
+    metrics: PortMetrics,
 }
 
 #[derive(Default, Clone)]
@@ -46,14 +46,15 @@ struct BackendSets {
 }
 
 impl PortState {
-    fn new(name: ServicePortName, metrics: ProxyMetrics) -> Arc<Self> {
+    fn new(name: ServicePortName, metrics: &ProxyMetrics) -> Arc<Self> {
+        let label = name.to_string();
         Arc::new(PortState {
-            label: name.to_string(),
+            metrics: PortMetrics::new(metrics, &label),
+            label,
             name,
             sets: RwLock::default(),
             all: RwLock::default(),
             affinity: RwLock::default(),
-            metrics,
         })
     }
 
@@ -77,7 +78,7 @@ impl PortState {
         &self.label
     }
 
-    pub fn metrics(&self) -> &ProxyMetrics {
+    pub fn metrics(&self) -> &PortMetrics {
         &self.metrics
     }
 
@@ -94,7 +95,7 @@ impl PortState {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
             all.entry(addr)
-                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr), closed: watch::channel(false).0 }))
+                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr, self.metrics.chosen(addr)), closed: watch::channel(false).0 }))
                 .backend
                 .clone()
         };
@@ -156,7 +157,7 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => return Some((stream, backend)),
             _ => {
-                state.metrics.error(&state.label, "connect");
+                state.metrics.connect_failed.inc();
                 tried.push(backend.addr);
             }
         }
@@ -167,7 +168,7 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
 async fn serve_tcp(state: Arc<PortState>, scope: Scope, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let Some((upstream, backend)) = connect(&state, scope, peer).await else {
-        state.metrics.error(&state.label, "no_endpoint");
+        state.metrics.no_endpoint.inc();
         reset(client);
         return;
     };
@@ -175,10 +176,8 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, client: TcpStream, peer:
     if let Some(affinity) = state.affinity() {
         affinity.remember(peer.ip(), backend.addr);
     }
-    let labels = EndpointLabels { service: state.label.clone(), endpoint: backend.addr.to_string() };
-    state.metrics.connections.get_or_create(&labels).inc();
-    let active = state.metrics.active.get_or_create(&ServiceLabels { service: state.label.clone() }).clone();
-    active.inc();
+    backend.chosen.inc();
+    state.metrics.active.inc();
     let _guard = ActiveGuard::new(backend.clone());
     let mut closed = state.closed_signal(backend.addr);
     let drained = async {
@@ -191,15 +190,14 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, client: TcpStream, peer:
     };
     tokio::select! {
         (up, down) = copy::bidirectional(&client, &upstream) => {
-            let bytes = |direction: &str| state.metrics.bytes.get_or_create(&DirectionLabels { service: state.label.clone(), direction: direction.into() }).clone();
-            bytes("to_endpoint").inc_by(up);
-            bytes("to_client").inc_by(down);
+            state.metrics.to_endpoint.inc_by(up);
+            state.metrics.to_client.inc_by(down);
         }
         _ = drained => {
-            state.metrics.error(&state.label, "drained");
+            state.metrics.drained.inc();
         }
     }
-    active.dec();
+    state.metrics.active.dec();
 }
 
 async fn tcp_listener(listener: TcpListener, state: Arc<PortState>, scope: Scope) {
@@ -216,24 +214,41 @@ async fn tcp_listener(listener: TcpListener, state: Arc<PortState>, scope: Scope
     }
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// One of a frontend's listeners; each worker has its own, and the kernel
+/// spreads connections over them (SO_REUSEPORT).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 struct Listener {
     port: ServicePortName,
     scope: Scope,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listener {
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.tasks.iter().all(|t| !t.is_finished())
+    }
 }
 
 /// All listeners of this node and the ports they serve.
 pub struct Dataplane {
-    runtime: Handle,
+    /// One single-threaded runtime per worker thread: a connection lives
+    /// on the worker that accepted it, with no cross-thread hand-offs.
+    workers: Vec<Handle>,
     node: String,
     drain: Duration,
     udp_idle: Duration,
@@ -245,8 +260,12 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn new(runtime: Handle, node: String, drain: Duration, udp_idle: Duration, metrics: ProxyMetrics) -> Self {
-        Self { runtime, node, drain, udp_idle, metrics, ports: HashMap::new(), listeners: HashMap::new(), by_service: HashMap::new() }
+    pub fn new(workers: Vec<Handle>, node: String, drain: Duration, udp_idle: Duration, metrics: ProxyMetrics) -> Self {
+        Self { workers, node, drain, udp_idle, metrics, ports: HashMap::new(), listeners: HashMap::new(), by_service: HashMap::new() }
+    }
+
+    fn first_worker(&self) -> &Handle {
+        &self.workers[0]
     }
 
     pub fn port(&self, name: &ServicePortName) -> Option<Arc<PortState>> {
@@ -257,8 +276,8 @@ impl Dataplane {
     pub fn apply(&mut self, service: (String, String), ports: &[ServicePort]) {
         let mut wanted: Vec<(SocketAddr, Protocol)> = Vec::new();
         for port in ports {
-            let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), self.metrics.clone())).clone();
-            state.update(port, &self.node, self.drain, &self.runtime);
+            let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), &self.metrics)).clone();
+            state.update(port, &self.node, self.drain, self.first_worker());
             for frontend in &port.frontends {
                 wanted.push((frontend.addr, frontend.protocol));
                 self.ensure_listener(frontend, &state);
@@ -268,7 +287,7 @@ impl Dataplane {
         let previous = self.by_service.remove(&service).unwrap_or_default();
         for key in previous.into_iter().filter(|k| !wanted.contains(k)) {
             if let Some(l) = self.listeners.remove(&key) {
-                l.task.abort();
+                l.stop();
             }
         }
         self.ports.retain(|name, _| (name.namespace != service.0 || name.service != service.1) || names.contains(name));
@@ -280,31 +299,39 @@ impl Dataplane {
     fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>) {
         let key = (frontend.addr, frontend.protocol);
         if let Some(existing) = self.listeners.get(&key) {
-            if existing.port == state.name && existing.scope == frontend.scope && !existing.task.is_finished() {
+            if existing.port == state.name && existing.scope == frontend.scope && existing.running() {
                 return;
             }
-            existing.task.abort();
+            existing.stop();
         }
-        let _guard = self.runtime.enter();
-        let task = match frontend.protocol {
-            Protocol::Tcp => match bind_tcp(frontend.addr) {
-                Ok(listener) => self.runtime.spawn(tcp_listener(listener, state.clone(), frontend.scope)),
-                Err(e) => {
-                    tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
-                    return;
+        match self.start_listener(frontend, state) {
+            Ok(tasks) => {
+                self.listeners.insert(key, Listener { port: state.name.clone(), scope: frontend.scope, tasks });
+            }
+            Err(e) => tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen"),
+        }
+    }
+
+    fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        match frontend.protocol {
+            Protocol::Tcp => {
+                let mut tasks = Vec::new();
+                for worker in &self.workers {
+                    let listener = bind_tcp(frontend.addr)?;
+                    let _entered = worker.enter();
+                    let listener = TcpListener::from_std(listener)?;
+                    tasks.push(worker.spawn(tcp_listener(listener, state.clone(), frontend.scope)));
                 }
-            },
-            Protocol::Udp => match std::net::UdpSocket::bind(frontend.addr).and_then(|s| {
-                s.set_nonblocking(true)?;
-                UdpSocket::from_std(s)
-            }) {
-                Ok(socket) => self.runtime.spawn(udp::frontend(Arc::new(socket), state.clone(), frontend.scope, self.udp_idle)),
-                Err(e) => {
-                    tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
-                    return;
-                }
-            },
-        };
-        self.listeners.insert(key, Listener { port: state.name.clone(), scope: frontend.scope, task });
+                Ok(tasks)
+            }
+            Protocol::Udp => {
+                let socket = std::net::UdpSocket::bind(frontend.addr)?;
+                socket.set_nonblocking(true)?;
+                let worker = self.first_worker();
+                let _entered = worker.enter();
+                let socket = Arc::new(UdpSocket::from_std(socket)?);
+                Ok(vec![worker.spawn(udp::frontend(socket, state.clone(), frontend.scope, self.udp_idle))])
+            }
+        }
     }
 }

@@ -52,13 +52,20 @@ pub fn is_local_address(ip: IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
-/// The data plane's own runtime, so forwarding never waits behind the
-/// control plane; it lives as long as the process.
-fn data_runtime(workers: usize) -> std::io::Result<tokio::runtime::Handle> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).thread_name("wharf-proxy").enable_all().build()?;
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new().name("wharf-proxy-runtime".into()).spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    Ok(handle)
+/// The data plane's worker threads, each running its own single-threaded
+/// runtime (thread per core, as HAProxy and nginx run), apart from the
+/// control plane; they live as long as the process.
+fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
+    (0..workers.max(1))
+        .map(|i| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("wharf-proxy-{i}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 type Key = (String, String);
@@ -140,9 +147,10 @@ enum Change {
 
 /// Runs the proxy until the watches end (never, unless dropped).
 pub async fn run(client: kube::Client, config: ProxyConfig, metrics: ProxyMetrics) -> std::io::Result<()> {
-    let runtime = data_runtime(config.workers)?;
+    let workers = data_workers(config.workers)?;
+    let runtime = workers[0].clone();
     let node = NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
-    let dataplane = dataplane::Dataplane::new(runtime.clone(), config.node_name.clone(), config.drain_timeout, config.udp_idle, metrics);
+    let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.drain_timeout, config.udp_idle, metrics);
     let mut state = State { config, node, services: HashMap::new(), slices: HashMap::new(), dataplane, health: HashMap::new(), runtime };
     let cfg = watcher::Config::default();
     let changes = stream::select_all([

@@ -47,7 +47,40 @@ impl ProxyMetrics {
         proxy.register("errors", "Failures, by service and reason", self.errors.clone());
     }
 
-    pub fn error(&self, service: &str, reason: &str) {
-        self.errors.get_or_create(&ErrorLabels { service: service.into(), reason: reason.into() }).inc();
+}
+
+/// One service port's metric handles, looked up once so the data path
+/// only does atomic adds.
+#[derive(Clone)]
+pub struct PortMetrics {
+    family: ProxyMetrics,
+    service: String,
+    pub active: Gauge,
+    pub to_endpoint: Counter,
+    pub to_client: Counter,
+    pub no_endpoint: Counter,
+    pub connect_failed: Counter,
+    pub drained: Counter,
+}
+
+impl PortMetrics {
+    pub fn new(family: &ProxyMetrics, service: &str) -> Self {
+        let bytes = |direction: &str| family.bytes.get_or_create(&DirectionLabels { service: service.into(), direction: direction.into() }).clone();
+        let error = |reason: &str| family.errors.get_or_create(&ErrorLabels { service: service.into(), reason: reason.into() }).clone();
+        PortMetrics {
+            active: family.active.get_or_create(&ServiceLabels { service: service.into() }).clone(),
+            to_endpoint: bytes("to_endpoint"),
+            to_client: bytes("to_client"),
+            no_endpoint: error("no_endpoint"),
+            connect_failed: error("connect"),
+            drained: error("drained"),
+            family: family.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    /// The counter of connections sent to one endpoint.
+    pub fn chosen(&self, endpoint: std::net::SocketAddr) -> Counter {
+        self.family.connections.get_or_create(&EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }).clone()
     }
 }

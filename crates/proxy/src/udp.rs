@@ -12,7 +12,6 @@ use tokio::net::UdpSocket;
 
 use crate::balancer::Backend;
 use crate::dataplane::PortState;
-use crate::metrics::{DirectionLabels, EndpointLabels};
 use crate::model::Scope;
 
 struct Flow {
@@ -33,7 +32,7 @@ async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Ba
     let upstream = Arc::new(UdpSocket::bind(bind).await?);
     upstream.connect(backend.addr).await?;
     let reply_socket = upstream.clone();
-    let to_client = state.metrics().bytes.get_or_create(&DirectionLabels { service: state.label().to_string(), direction: "to_client".into() }).clone();
+    let to_client = state.metrics().to_client.clone();
     let replies = tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         while let Ok(n) = reply_socket.recv(&mut buf).await {
@@ -41,7 +40,7 @@ async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Ba
             let _ = frontend.send_to(&buf[..n], client).await;
         }
     });
-    state.metrics().connections.get_or_create(&EndpointLabels { service: state.label().to_string(), endpoint: backend.addr.to_string() }).inc();
+    backend.chosen.inc();
     Ok(Flow { backend, upstream, last: Instant::now(), replies })
 }
 
@@ -49,7 +48,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; 65535];
     let mut sweep = tokio::time::interval(idle.max(Duration::from_secs(1)) / 2);
-    let to_endpoint = state.metrics().bytes.get_or_create(&DirectionLabels { service: state.label().to_string(), direction: "to_endpoint".into() }).clone();
+    let to_endpoint = state.metrics().to_endpoint.clone();
     loop {
         let (n, client) = tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
@@ -69,7 +68,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
         if steer {
             flows.remove(&client);
             let Some(backend) = state.choose(scope, client.ip(), &[]) else {
-                state.metrics().error(state.label(), "no_endpoint");
+                state.metrics().no_endpoint.inc();
                 continue;
             };
             if let Some(affinity) = state.affinity() {
@@ -80,7 +79,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
                     flows.insert(client, flow);
                 }
                 Err(_) => {
-                    state.metrics().error(state.label(), "connect");
+                    state.metrics().connect_failed.inc();
                     continue;
                 }
             }

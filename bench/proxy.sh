@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The service proxy against HAProxy (TCP mode) and nginx's stream module,
+# all on loopback, each with the same number of worker threads:
+# wrk keep-alive and Connection: close, iperf3 throughput, and the p99
+# added over direct at a fixed rate (half of HAProxy's keep-alive rate).
+# The proxies run on CPU 1; backend, wrk and iperf3 on CPU 0.
+# Usage: bench/proxy.sh            Env: WORKERS (default 1), DURATION (s, default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workers=${WORKERS:-1}
+duration=${DURATION:-10}
+
+need=()
+for pair in haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release -q -p wharf -p wharf-bench
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The backend: nginx answering 200 "ok", and an iperf3 server.
+cat >"$work/backend.conf" <<CONF
+worker_processes 1;
+pid $work/backend.pid;
+error_log $work/backend.err;
+events { worker_connections 20000; }
+http { access_log off; server { listen 127.0.0.1:18080 reuseport backlog=4096; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+CONF
+taskset -c 0 nginx -p "$work" -c "$work/backend.conf" -g 'daemon off;' & pids+=($!)
+taskset -c 0 iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 & pids+=($!)
+
+cat >"$work/haproxy.cfg" <<CONF
+global
+    nbthread $workers
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen web
+    bind 127.0.0.2:18080
+    server backend 127.0.0.1:18080
+listen iperf
+    bind 127.0.0.2:15201
+    server backend 127.0.0.1:15201
+CONF
+taskset -c 1 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+
+cat >"$work/stream.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $workers;
+pid $work/stream.pid;
+error_log $work/stream.err;
+events { worker_connections 20000; }
+stream {
+    server { listen 127.0.0.3:18080 backlog=4096; proxy_pass 127.0.0.1:18080; }
+    server { listen 127.0.0.3:15201; proxy_pass 127.0.0.1:15201; }
+}
+CONF
+taskset -c 1 nginx -p "$work" -c "$work/stream.conf" -g 'daemon off;' & pids+=($!)
+
+# wharf: services without selectors and hand-written EndpointSlices.
+taskset -c 1 ./target/release/wharf up --data-dir "$work/wharf" --api-listen 127.0.0.1:0 --node-name bench \
+  --service-cidr 127.101.0.0/16 --dns-workers 1 --proxy-workers "$workers" --dns-upstream none \
+  --metrics-listen 127.0.0.1:0 >"$work/wharf.out" 2>&1 & pids+=($!)
+until grep -q "kubectl get services" "$work/wharf.out" 2>/dev/null; do sleep 0.1; done
+export KUBECONFIG="$work/wharf/admin.kubeconfig"
+for svc in "web 18080 80" "iperf 15201 5201"; do
+  set -- $svc
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: $1}
+spec:
+  clusterIP: 127.101.0.$(( $2 == 18080 ? 80 : 81 ))
+  ports: [{name: p, port: $3}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $1, labels: {kubernetes.io/service-name: $1}}
+addressType: IPv4
+endpoints: [{addresses: [127.0.0.1], conditions: {ready: true}}]
+ports: [{name: p, port: $2, protocol: TCP}]
+YAML
+done
+until curl -s -o /dev/null http://127.101.0.80:80/; do sleep 0.2; done
+
+declare -A web=([direct]=127.0.0.1:18080 [haproxy]=127.0.0.2:18080 [nginx]=127.0.0.3:18080 [wharf]=127.101.0.80:80)
+declare -A perf=([direct]="127.0.0.1 15201" [haproxy]="127.0.0.2 15201" [nginx]="127.0.0.3 15201" [wharf]="127.101.0.81 5201")
+order=(direct haproxy nginx wharf)
+
+# wrk: requests/s, p50 and p99 in µs.
+run_wrk() {
+  taskset -c 0 wrk -t1 -c50 -d"${duration}s" --latency "$@" 2>&1 | awk '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1e6; return v }
+    /Requests\/sec/ {r=$2} $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} END {printf "%.0f %.0f %.0f", r, p50, p99}'
+}
+
+declare -A keep close gbit lat
+for s in "${order[@]}"; do
+  keep[$s]=$(run_wrk "http://${web[$s]}/")
+  close[$s]=$(run_wrk -H "Connection: close" "http://${web[$s]}/")
+  set -- ${perf[$s]}
+  gbit[$s]=$(taskset -c 0 iperf3 -c "$1" -p "$2" -t "$duration" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+done
+rate=$(( ${keep[haproxy]%% *} / 2 ))
+for s in "${order[@]}"; do
+  lat[$s]=$(taskset -c 0 ./target/release/wharf-load http-latency "${web[$s]}" --rate "$rate" --seconds "$duration" --connections 16 |
+    awk '{print $6, $8}')
+done
+
+echo "workers per proxy: $workers; fixed-rate latency at $rate req/s (half of HAProxy's keep-alive rate)"
+printf '%-8s %12s %8s %8s %12s %8s %8s %8s %14s %14s\n' proxy keepalive_rps p50_us p99_us close_rps p50_us p99_us Gbit/s fixed_p50_us fixed_p99_us
+for s in "${order[@]}"; do
+  read -r kr kp50 kp99 <<<"${keep[$s]}"; read -r cr cp50 cp99 <<<"${close[$s]}"; read -r fp50 fp99 <<<"${lat[$s]}"
+  printf '%-8s %12s %8s %8s %12s %8s %8s %8s %14s %14s\n' "$s" "$kr" "$kp50" "$kp99" "$cr" "$cp50" "$cp99" "${gbit[$s]}" "$fp50" "$fp99"
+done
+echo
+echo "wharf / peer (above 1: wharf ahead; for added p99 the peer's added p99 / wharf's):"
+read -r dkr _ <<<"${keep[direct]}"; read -r _ dp99 <<<"${lat[direct]}"
+read -r wkr _ <<<"${keep[wharf]}"; read -r wcr _ <<<"${close[wharf]}"; read -r _ wp99 <<<"${lat[wharf]}"
+for s in haproxy nginx; do
+  read -r kr _ <<<"${keep[$s]}"; read -r cr _ <<<"${close[$s]}"; read -r _ p99 <<<"${lat[$s]}"
+  echo "$s $wkr $kr $wcr $cr ${gbit[wharf]} ${gbit[$s]} $p99 $wp99 $dp99" | awk '{
+    added_peer = $8 - $10; added_wharf = $9 - $10; if (added_wharf < 1) added_wharf = 1
+    printf "  vs %-8s keep-alive %.2f  close %.2f  Gbit/s %.2f  added p99 %.2f\n", $1, $2/$3, $4/$5, $6/$7, added_peer/added_wharf }'
+done
+echo "added p99 over direct at the fixed rate: wharf $(( wp99 - dp99 )) µs"
