@@ -4,11 +4,15 @@
 # wrk keep-alive and Connection: close, iperf3 throughput, and the p99
 # added over direct at a fixed rate (half of HAProxy's keep-alive rate).
 # The proxies run on CPU 1; backend, wrk and iperf3 on CPU 0.
-# Usage: bench/proxy.sh            Env: WORKERS (default 1), DURATION (s, default 10)
+# Loopback numbers on a shared VM swing by ±15% between runs, so every
+# measurement is taken ROUNDS times, the proxies in rotating order, and
+# the median is reported.
+# Usage: bench/proxy.sh   Env: WORKERS (default 1), DURATION (s, default 10), ROUNDS (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${WORKERS:-1}
 duration=${DURATION:-10}
+rounds=${ROUNDS:-3}
 
 need=()
 for pair in haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3; do
@@ -102,20 +106,38 @@ run_wrk() {
     /Requests\/sec/ {r=$2} $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} END {printf "%.0f %.0f %.0f", r, p50, p99}'
 }
 
-declare -A keep close gbit lat
+median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+iperf_gbit() {
+  taskset -c 0 iperf3 -c "$1" -p "$2" -t "$duration" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+
+declare -A keep close gbit lat samples
+for round in $(seq "$rounds"); do
+  rotated=("${order[@]:$((round % 4))}" "${order[@]:0:$((round % 4))}")
+  for s in "${rotated[@]}"; do
+    samples[$s.keep]+="$(run_wrk "http://${web[$s]}/")"$'\n'
+    samples[$s.close]+="$(run_wrk -H "Connection: close" "http://${web[$s]}/")"$'\n'
+    samples[$s.gbit]+="$(iperf_gbit ${perf[$s]})"$'\n'
+  done
+done
+# The median round by requests/s, with that round's latencies.
 for s in "${order[@]}"; do
-  keep[$s]=$(run_wrk "http://${web[$s]}/")
-  close[$s]=$(run_wrk -H "Connection: close" "http://${web[$s]}/")
-  set -- ${perf[$s]}
-  gbit[$s]=$(taskset -c 0 iperf3 -c "$1" -p "$2" -t "$duration" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+  keep[$s]=$(printf '%s' "${samples[$s.keep]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+  close[$s]=$(printf '%s' "${samples[$s.close]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+  gbit[$s]=$(printf '%s' "${samples[$s.gbit]}" | median)
 done
 rate=$(( ${keep[haproxy]%% *} / 2 ))
+for round in $(seq "$rounds"); do
+  for s in "${order[@]}"; do
+    samples[$s.lat]+="$(taskset -c 0 ./target/release/wharf-load http-latency "${web[$s]}" --rate "$rate" --seconds "$duration" --connections 16 | awk '{print $8, $6}')"$'\n'
+  done
+done
 for s in "${order[@]}"; do
-  lat[$s]=$(taskset -c 0 ./target/release/wharf-load http-latency "${web[$s]}" --rate "$rate" --seconds "$duration" --connections 16 |
-    awk '{print $6, $8}')
+  # Median by p99; printed as "p50 p99".
+  lat[$s]=$(printf '%s' "${samples[$s.lat]}" | sort -n | awk '{a[NR]=$2 " " $1} END {print a[int((NR+1)/2)]}')
 done
 
-echo "workers per proxy: $workers; fixed-rate latency at $rate req/s (half of HAProxy's keep-alive rate)"
+echo "workers per proxy: $workers; medians of $rounds rounds of ${duration}s; fixed-rate latency at $rate req/s (half of HAProxy's keep-alive rate)"
 printf '%-8s %12s %8s %8s %12s %8s %8s %8s %14s %14s\n' proxy keepalive_rps p50_us p99_us close_rps p50_us p99_us Gbit/s fixed_p50_us fixed_p99_us
 for s in "${order[@]}"; do
   read -r kr kp50 kp99 <<<"${keep[$s]}"; read -r cr cp50 cp99 <<<"${close[$s]}"; read -r fp50 fp99 <<<"${lat[$s]}"

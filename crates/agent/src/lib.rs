@@ -4,6 +4,7 @@
 //! already runs), and runs their readiness probes. It speaks only the
 //! Kubernetes API (list/watch and status writes through `kube`).
 
+pub mod apiconn;
 pub mod node;
 pub mod pods;
 pub mod probe;

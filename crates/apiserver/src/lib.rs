@@ -5,6 +5,7 @@
 pub mod alloc;
 mod bootstrap;
 mod discovery;
+pub mod election;
 pub mod error;
 mod handlers;
 mod http;

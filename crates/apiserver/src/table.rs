@@ -275,11 +275,8 @@ fn node_cells(obj: &Value) -> Vec<Value> {
         .into_iter()
         .flatten()
         .find(|c| c["type"] == "Ready")
-        .map(|c| match c["status"].as_str() {
-            Some("True") => "Ready",
-            Some("False") => "NotReady",
-            _ => "Unknown",
-        })
+        // As kubectl prints it: anything but True (False, Unknown) is NotReady.
+        .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
         .unwrap_or("Unknown");
     let mut status = ready.to_string();
     if obj["spec"]["unschedulable"].as_bool() == Some(true) {

@@ -5,6 +5,8 @@
 pub mod cache;
 pub mod endpointslice;
 pub mod loadbalancer;
+pub mod nodelifecycle;
 
 pub use endpointslice::EndpointSliceController;
 pub use loadbalancer::LoadBalancerController;
+pub use nodelifecycle::NodeLifecycleController;

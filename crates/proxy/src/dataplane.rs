@@ -165,9 +165,9 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
     None
 }
 
-async fn serve_tcp(state: Arc<PortState>, scope: Scope, client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
-    let Some((upstream, backend)) = connect(&state, scope, peer).await else {
+async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, peer: SocketAddr) {
+    // TCP_NODELAY comes with the listening socket.
+    let Some((mut upstream, backend)) = connect(&state, scope, peer).await else {
         state.metrics.no_endpoint.inc();
         reset(client);
         return;
@@ -189,7 +189,7 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, client: TcpStream, peer:
         }
     };
     tokio::select! {
-        (up, down) = copy::bidirectional(&client, &upstream) => {
+        (up, down) = copy::bidirectional(&mut client, &mut upstream) => {
             state.metrics.to_endpoint.inc_by(up);
             state.metrics.to_client.inc_by(down);
         }
@@ -220,6 +220,8 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Inherited by every accepted connection: one system call less each.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;

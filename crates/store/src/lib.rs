@@ -8,9 +8,13 @@
 //! machines) are interchangeable.
 
 mod embedded;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod model;
 
 pub use embedded::EmbeddedStore;
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 
 use futures::stream::BoxStream;

@@ -20,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Start everything on this machine with embedded defaults.
     Up(UpArgs),
+    /// Run an API server and the cluster's controllers (several may share
+    /// one etcd).
+    Server(ServerCommandArgs),
+    /// Run a node: its agent, cluster DNS and service proxy, talking to
+    /// the API servers.
+    Agent(AgentArgs),
     /// Print the admin kubeconfig of a data dir.
     Kubeconfig(DataDirArgs),
     /// Print the service environment variables a pod of a namespace gets.
@@ -68,15 +74,16 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "wharf-node".into())
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct DataDirArgs {
     /// Where state, certificates and the kubeconfig live.
     #[arg(long, default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
 }
 
-#[derive(Args)]
-pub struct UpArgs {
+/// What an API server needs.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
     /// Address of the Kubernetes API (HTTPS). Port 0 picks a free port.
@@ -89,15 +96,27 @@ pub struct UpArgs {
     /// Range node ports come from.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
-    /// DNS domain of the cluster.
-    #[arg(long, default_value = "cluster.local")]
-    pub cluster_domain: String,
+    /// Addresses for LoadBalancer services (written to
+    /// status.loadBalancer.ingress).
+    #[arg(long, default_value = "127.240.0.0/16")]
+    pub lb_pool: Ipv4Net,
+    /// A node without a heartbeat for this long is marked NotReady.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+}
+
+/// What a node needs (its agent, DNS and proxy).
+#[derive(Args, Clone)]
+pub struct NodeArgs {
     /// Name of this node (default: the host name).
     #[arg(long, default_value_t = default_node_name())]
     pub node_name: String,
     /// This node's IP: pod IPs of its pods and the address of node ports.
     #[arg(long, default_value = "127.0.0.1")]
     pub node_ip: IpAddr,
+    /// DNS domain of the cluster.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Cluster DNS address, UDP and TCP (default: the tenth address of
     /// the service CIDR, port 53).
     #[arg(long)]
@@ -115,10 +134,6 @@ pub struct UpArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9153")]
     pub metrics_listen: SocketAddr,
-    /// Addresses for LoadBalancer services (written to
-    /// status.loadBalancer.ingress).
-    #[arg(long, default_value = "127.240.0.0/16")]
-    pub lb_pool: Ipv4Net,
     /// Open connections to a removed endpoint are closed after this
     /// (e.g. 30s, 5m); 0 keeps them until they end.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -129,6 +144,57 @@ pub struct UpArgs {
     /// Threads of the proxy's data plane (default: one per CPU).
     #[arg(long)]
     pub proxy_workers: Option<usize>,
+    /// How often the agent refreshes its Node's Ready condition.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub node_heartbeat: Duration,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The redb file in the data dir (one server).
+    Embedded,
+    /// An etcd cluster (`--etcd-endpoints`), shared by several servers.
+    Etcd,
+}
+
+#[derive(Args)]
+pub struct ServerCommandArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Where objects are kept.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    /// etcd client URLs, comma separated (with `--store etcd`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Extra names or addresses for the serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// API servers, `HOST:PORT` or `https://HOST:PORT`, comma separated;
+    /// the agent uses whichever answers.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
+    /// Kubeconfig with the cluster's CA and credentials (its server
+    /// address is replaced by `--server`).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// The cluster's service CIDR (for the DNS address and reverse zone).
+    #[arg(long, default_value = "127.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
@@ -188,10 +254,10 @@ mod tests {
     fn defaults_are_the_single_machine_ones() {
         let cli = Cli::parse_from(["wharf", "up"]);
         let Command::Up(args) = cli.command else { panic!("not up") };
-        assert_eq!(args.api_listen.to_string(), "127.0.0.1:6443");
-        assert_eq!(args.service_cidr.to_string(), "127.96.0.0/12");
-        assert_eq!(args.service_node_port_range, 30000..=32767);
-        assert_eq!(args.cluster_domain, "cluster.local");
-        assert_eq!(args.node_ip.to_string(), "127.0.0.1");
+        assert_eq!(args.server.api_listen.to_string(), "127.0.0.1:6443");
+        assert_eq!(args.server.service_cidr.to_string(), "127.96.0.0/12");
+        assert_eq!(args.server.service_node_port_range, 30000..=32767);
+        assert_eq!(args.node.cluster_domain, "cluster.local");
+        assert_eq!(args.node.node_ip.to_string(), "127.0.0.1");
     }
 }

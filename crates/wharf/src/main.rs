@@ -1,10 +1,14 @@
 //! The `wharf` command: parses flags and wires the parts together.
 
+mod agent_cmd;
 mod cli;
 mod client;
+mod control;
 mod env;
 mod metrics;
+mod node;
 mod pod_view;
+mod server_cmd;
 mod up;
 
 use clap::Parser;
@@ -13,6 +17,10 @@ use clap::Parser;
 /// per-thread arenas kept several times the live size.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
@@ -23,10 +31,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        cli::Command::Up(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(up::run(args))
-        }
+        cli::Command::Up(args) => runtime()?.block_on(up::run(args)),
+        cli::Command::Server(args) => runtime()?.block_on(server_cmd::run(args)),
+        cli::Command::Agent(args) => runtime()?.block_on(agent_cmd::run(args)),
         cli::Command::Env(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(env::print(args))

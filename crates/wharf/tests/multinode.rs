@@ -1,0 +1,321 @@
+//! Several nodes on one machine, out of network namespaces this test
+//! creates (addresses in 198.18.0.0/15 only): etcd, two API servers and
+//! three agents, then the faults a cluster must survive.
+#![cfg(feature = "etcd")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+const SERVICE_CIDR: &str = "127.96.0.0/16";
+const DNS_IP: &str = "127.96.0.10";
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A network of namespaces joined by a bridge in a namespace of its own.
+struct Net {
+    prefix: String,
+    subnet: u32,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Net {
+    fn new() -> Net {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let subnet = (std::process::id() * 3 + n) % 250 + 1;
+        let prefix = format!("wh{}-{n}", std::process::id());
+        let mut net = Net { prefix, subnet, namespaces: Vec::new(), children: Vec::new(), dir: tempfile::tempdir().unwrap() };
+        let switch = net.netns("sw");
+        run("ip", &["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        run("ip", &["-n", &switch, "link", "set", "br0", "up"]);
+        net
+    }
+
+    fn netns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        run("ip", &["netns", "add", &ns]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    /// A host on the bridge: its namespace and address.
+    fn host(&mut self, name: &str, octet: u32) -> (String, String) {
+        let ns = self.netns(name);
+        let switch = format!("{}-sw", self.prefix);
+        let ip = format!("198.18.{}.{octet}", self.subnet);
+        run("ip", &["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &format!("p-{name}"), "netns", &switch]);
+        run("ip", &["-n", &switch, "link", "set", &format!("p-{name}"), "master", "br0"]);
+        run("ip", &["-n", &switch, "link", "set", &format!("p-{name}"), "up"]);
+        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        (ns, ip)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a program in a namespace; returns its index for `kill`.
+    fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &str) -> usize {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    fn output(&self, ns: &str, program: &str, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", ns, program]).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn stdout(&self, ns: &str, program: &str, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.output(ns, program, args).stdout).trim().to_string()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    eprintln!("--- {} ---\n{}", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Cluster {
+    net: Net,
+    ctrl: String,
+    ctrl_ip: String,
+    nodes: Vec<(String, String)>,
+    etcd: usize,
+    servers: Vec<usize>,
+    agents: Vec<usize>,
+}
+
+impl Cluster {
+    fn kubeconfig(&self, server: usize) -> PathBuf {
+        self.net.path(&format!("server{server}/admin.kubeconfig"))
+    }
+
+    fn kubectl(&self, server: usize, args: &[&str]) -> Output {
+        let kubeconfig = self.kubeconfig(server);
+        let mut full = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Command::new("ip")
+            .args(["netns", "exec", &self.ctrl, "kubectl"])
+            .args(&full)
+            .env("KUBECACHEDIR", self.net.path(&format!("cache{server}")))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl_ok(&self, server: usize, args: &[&str]) -> String {
+        let out = self.kubectl(server, args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn apply(&self, server: usize, yaml: &str) {
+        let path = self.net.path(&format!("m{}.yaml", NEXT.fetch_add(1, Ordering::SeqCst)));
+        std::fs::write(&path, yaml).unwrap();
+        self.kubectl_ok(server, &["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    fn start_etcd(&mut self) -> usize {
+        let url = format!("http://{}:2379", self.ctrl_ip);
+        let peer = format!("http://{}:2380", self.ctrl_ip);
+        let data = self.net.path("etcd");
+        let ctrl = self.ctrl.clone();
+        let log = self.net.path("etcd.log");
+        let _ = std::fs::remove_file(&log);
+        let idx = self.net.spawn(
+            &ctrl,
+            "etcd",
+            &["--name", "e", "--data-dir", data.to_str().unwrap(), "--listen-client-urls", &url, "--advertise-client-urls", &url,
+              "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("e={peer}")],
+            "etcd.log",
+        );
+        eventually("etcd", Duration::from_secs(30), || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready to serve client requests")));
+        idx
+    }
+
+    fn start_server(&mut self, i: usize) -> usize {
+        let data = self.net.path(&format!("server{i}"));
+        let listen = format!("{}:{}", self.ctrl_ip, 6443 + i);
+        let etcd = format!("http://{}:2379", self.ctrl_ip);
+        let ctrl = self.ctrl.clone();
+        let log = format!("server{i}.log");
+        let idx = self.net.spawn(
+            &ctrl,
+            WHARF,
+            &["server", "--store", "etcd", "--etcd-endpoints", &etcd, "--data-dir", data.to_str().unwrap(), "--api-listen", &listen,
+              "--service-cidr", SERVICE_CIDR, "--lb-pool", &format!("198.18.{}.128/26", self.net.subnet), "--node-monitor-grace-period", "6s"],
+            &log,
+        );
+        let kubeconfig = data.join("admin.kubeconfig");
+        let ctrl_ip = self.ctrl_ip.clone();
+        eventually("the API server", Duration::from_secs(60), || {
+            std::fs::read_to_string(&kubeconfig).is_ok_and(|k| k.contains(&ctrl_ip))
+                && self.kubectl(i, &["get", "ns", "default"]).status.success()
+        });
+        idx
+    }
+
+    fn start_agent(&mut self, node: usize, servers: &[usize]) -> usize {
+        let (ns, ip) = self.nodes[node].clone();
+        let list: Vec<String> = servers.iter().map(|s| format!("{}:{}", self.ctrl_ip, 6443 + s)).collect();
+        let kubeconfig = self.kubeconfig(1);
+        let name = format!("node-{node}");
+        self.net.spawn(
+            &ns,
+            WHARF,
+            &["agent", "--server", &list.join(","), "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", &name, "--node-ip", &ip,
+              "--service-cidr", SERVICE_CIDR, "--dns-upstream", "none", "--metrics-listen", "127.0.0.1:0", "--node-heartbeat", "2s",
+              "--dns-workers", "1", "--proxy-workers", "1"],
+            &format!("agent{node}.log"),
+        )
+    }
+
+    fn dig(&self, node: usize, name: &str) -> String {
+        self.net.stdout(&self.nodes[node].0, "dig", &[&format!("@{DNS_IP}"), name, "+short", "+time=1", "+tries=1"])
+    }
+
+    fn curl(&self, node: usize, url: &str) -> bool {
+        self.net.output(&self.nodes[node].0, "curl", &["-sf", "-m", "3", "-o", "/dev/null", url]).status.success()
+    }
+
+    fn start() -> Cluster {
+        let mut net = Net::new();
+        let (ctrl, ctrl_ip) = net.host("ctrl", 2);
+        let nodes = (0..3).map(|i| net.host(&format!("n{i}"), 11 + i)).collect();
+        let mut c = Cluster { net, ctrl, ctrl_ip, nodes, etcd: 0, servers: Vec::new(), agents: Vec::new() };
+        c.etcd = c.start_etcd();
+        let first = c.start_server(1);
+        // The second server shares the first one's CA and token.
+        let pki1 = c.net.path("server1/pki");
+        let pki2 = c.net.path("server2/pki");
+        std::fs::create_dir_all(&pki2).unwrap();
+        for f in ["ca.crt", "ca.key", "admin.token"] {
+            std::fs::copy(pki1.join(f), pki2.join(f)).unwrap();
+        }
+        let second = c.start_server(2);
+        c.servers = vec![first, second];
+        c.agents = (0..3).map(|n| c.start_agent(n, &[1, 2])).collect();
+        eventually("3 ready nodes", Duration::from_secs(60), || {
+            c.kubectl_ok(1, &["get", "nodes", "--no-headers"]).lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count() == 3
+        });
+        c
+    }
+}
+
+fn web_service(name: &str, node: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  nodeName: node-{node}\n  containers:\n  - name: web\n    image: python\n    ports:\n    - {{name: http, containerPort: 8080}}\n    readinessProbe:\n      tcpSocket: {{port: http}}\n      periodSeconds: 1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{port: 80, targetPort: http}}\n"
+    )
+}
+
+fn cluster_ip(c: &Cluster, server: usize, svc: &str) -> String {
+    c.kubectl_ok(server, &["get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}"])
+}
+
+#[test]
+fn a_cluster_of_three_nodes_and_its_faults() {
+    let mut c = Cluster::start();
+    // A backend process on node 2, and a service created through server 1.
+    let (ns2, ip2) = c.nodes[2].clone();
+    c.net.spawn(&ns2, "python3", &["-m", "http.server", "8080", "--bind", &ip2], "backend.log");
+    c.apply(1, &web_service("web", 2));
+    let ip = cluster_ip(&c, 1, "web");
+    for node in 0..3 {
+        eventually(&format!("node {node}'s DNS"), Duration::from_secs(30), || c.dig(node, "web.default.svc.cluster.local") == ip);
+    }
+    eventually("node 0 reaching the pod on node 2", Duration::from_secs(30), || c.curl(0, &format!("http://{ip}/")));
+
+    // Stop server 1: clients of server 2 keep working, and so do agents.
+    c.net.kill(c.servers[0]);
+    c.apply(2, &web_service("web2", 2).replace("8080", "8081"));
+    let (ns2, ip2) = c.nodes[2].clone();
+    c.net.spawn(&ns2, "python3", &["-m", "http.server", "8081", "--bind", &ip2], "backend2.log");
+    let ip_web2 = cluster_ip(&c, 2, "web2");
+    eventually("node 1 learning web2 through server 2", Duration::from_secs(30), || c.dig(1, "web2.default.svc.cluster.local") == ip_web2);
+    eventually("node 0 reaching web2", Duration::from_secs(30), || c.curl(0, &format!("http://{ip_web2}/")));
+    c.servers[0] = c.start_server(1);
+
+    // Restart etcd: nothing acknowledged is lost.
+    c.net.kill(c.etcd);
+    c.etcd = c.start_etcd();
+    eventually("the API after the etcd restart", Duration::from_secs(60), || c.kubectl(2, &["get", "svc", "web", "web2"]).status.success());
+    assert_eq!(cluster_ip(&c, 2, "web"), ip);
+    assert_eq!(cluster_ip(&c, 1, "web2"), ip_web2);
+
+    // Cut node 0's agent off the API (it only knows server 1), change the
+    // cluster through server 2, then reconnect: it serves throughout and
+    // catches up.
+    c.net.kill(c.agents[0]);
+    c.agents[0] = c.start_agent(0, &[1]);
+    eventually("node 0 back", Duration::from_secs(30), || c.dig(0, "web.default.svc.cluster.local") == ip);
+    c.net.kill(c.servers[0]);
+    c.apply(2, "apiVersion: v1\nkind: Service\nmetadata:\n  name: late\nspec:\n  ports:\n  - {port: 80}\n");
+    let ip_late = cluster_ip(&c, 2, "late");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.dig(0, "web.default.svc.cluster.local"), ip, "DNS stopped serving without the API");
+    assert!(c.curl(0, &format!("http://{ip}/")), "the proxy stopped serving without the API");
+    assert_eq!(c.dig(0, "late.default.svc.cluster.local"), "", "node 0 cannot know yet");
+    c.servers[0] = c.start_server(1);
+    eventually("node 0 catching up", Duration::from_secs(60), || c.dig(0, "late.default.svc.cluster.local") == ip_late);
+
+    // Kill node 2: it turns NotReady and its pod leaves the endpoints.
+    c.net.kill(c.agents[2]);
+    eventually("node 2 NotReady", Duration::from_secs(40), || {
+        c.kubectl_ok(2, &["get", "node", "node-2", "--no-headers"]).split_whitespace().nth(1) == Some("NotReady")
+    });
+    eventually("web's endpoint gone", Duration::from_secs(30), || {
+        c.kubectl_ok(2, &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]).trim().is_empty()
+    });
+    eventually("node 0 no longer sending to node 2", Duration::from_secs(30), || !c.curl(0, &format!("http://{ip}/")));
+    let _ = Path::new("/");
+}
