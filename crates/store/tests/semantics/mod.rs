@@ -1,0 +1,92 @@
+//! What every store backend must do, as generic checks that each backend's
+//! test file runs against a live instance.
+
+use futures::StreamExt;
+use wharf_store::{Compare, EventKind, Store, Txn, TxnOutcome};
+
+fn committed(outcome: TxnOutcome) -> u64 {
+    match outcome {
+        TxnOutcome::Committed(rev) => rev,
+        TxnOutcome::Failed => panic!("the transaction failed"),
+    }
+}
+
+pub async fn compare_and_swap_guards_writes(store: &dyn Store, p: &str) {
+    let key = format!("{p}/a");
+    let first = committed(store.txn(Txn::new().when(Compare::Absent(key.clone())).put(key.clone(), "1")).await.unwrap());
+    let again = store.txn(Txn::new().when(Compare::Absent(key.clone())).put(key.clone(), "2")).await.unwrap();
+    assert_eq!(again, TxnOutcome::Failed);
+    let stale = store.txn(Txn::new().when(Compare::ModRevision(key.clone(), first - 1)).put(key.clone(), "3")).await.unwrap();
+    assert_eq!(stale, TxnOutcome::Failed);
+    let second = committed(store.txn(Txn::new().when(Compare::ModRevision(key.clone(), first)).put(key.clone(), "3")).await.unwrap());
+    assert!(second > first);
+    let kv = store.get(&key).await.unwrap().unwrap();
+    assert_eq!((&kv.value[..], kv.create_revision, kv.mod_revision), (&b"3"[..], first, second));
+}
+
+pub async fn failed_compare_writes_none_of_the_ops(store: &dyn Store, p: &str) {
+    let (obj, taken) = (format!("{p}/obj"), format!("{p}/taken"));
+    store.txn(Txn::new().put(taken.clone(), "x")).await.unwrap();
+    let outcome = store
+        .txn(Txn::new().when(Compare::Absent(obj.clone())).when(Compare::Absent(taken.clone())).put(obj.clone(), "o").put(taken.clone(), "o"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, TxnOutcome::Failed);
+    assert!(store.get(&obj).await.unwrap().is_none());
+    assert_eq!(&store.get(&taken).await.unwrap().unwrap().value[..], b"x");
+}
+
+pub async fn list_is_limited_to_the_prefix(store: &dyn Store, p: &str) {
+    let rev = committed(store.txn(Txn::new().put(format!("{p}/a/1"), "").put(format!("{p}/ab/1"), "").put(format!("{p}/a/2"), "")).await.unwrap());
+    let (items, at) = store.list(&format!("{p}/a/")).await.unwrap();
+    let keys: Vec<String> = items.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, [format!("{p}/a/1"), format!("{p}/a/2")]);
+    assert!(at >= rev);
+}
+
+pub async fn watch_replays_then_follows_in_order(store: &dyn Store, p: &str) {
+    let w = |k: &str| format!("{p}/w/{k}");
+    let start = committed(store.txn(Txn::new().put(w("a"), "1")).await.unwrap());
+    let r2 = committed(store.txn(Txn::new().put(w("b"), "1").put(format!("{p}/other"), "1")).await.unwrap());
+    let mut watch = store.watch(&format!("{p}/w/"), start).await.unwrap();
+    let r3 = committed(store.txn(Txn::new().put(w("a"), "2").put(w("c"), "1")).await.unwrap());
+    let r4 = committed(store.txn(Txn::new().delete(w("a"))).await.unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let e = watch.next().await.unwrap().unwrap();
+        seen.push((e.kind, e.key.clone(), e.revision, e.prev.clone()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Put, w("b"), r2, None),
+            (EventKind::Put, w("a"), r3, Some("1".into())),
+            (EventKind::Put, w("c"), r3, None),
+            (EventKind::Delete, w("a"), r4, Some("2".into())),
+        ]
+    );
+}
+
+pub async fn concurrent_writers_lose_no_update(store: std::sync::Arc<dyn Store>, p: &str) {
+    let key = format!("{p}/counter");
+    store.txn(Txn::new().put(key.clone(), "0")).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < 20 {
+                let kv = store.get(&key).await.unwrap().unwrap();
+                let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                let txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision)).put(key.clone(), (n + 1).to_string());
+                if let TxnOutcome::Committed(_) = store.txn(txn).await.unwrap() {
+                    done += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(&store.get(&key).await.unwrap().unwrap().value[..], b"80");
+}
