@@ -7,7 +7,8 @@
 # Loopback numbers on a shared VM swing by ±15% between runs, so every
 # measurement is taken ROUNDS times, the proxies in rotating order, and
 # the median is reported.
-# Usage: bench/proxy.sh   Env: WORKERS (default 1), DURATION (s, default 10), ROUNDS (default 3)
+# Usage: bench/proxy.sh   Env: WORKERS (default 1), DURATION (s, default 10), ROUNDS (default 3),
+#        RATE (req/s of the fixed-rate latency run; default half of HAProxy's keep-alive rate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=${WORKERS:-1}
@@ -126,10 +127,10 @@ for s in "${order[@]}"; do
   close[$s]=$(printf '%s' "${samples[$s.close]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
   gbit[$s]=$(printf '%s' "${samples[$s.gbit]}" | median)
 done
-rate=$(( ${keep[haproxy]%% *} / 2 ))
+rate=${RATE:-$(( ${keep[haproxy]%% *} / 2 ))}
 for round in $(seq "$rounds"); do
   for s in "${order[@]}"; do
-    samples[$s.lat]+="$(taskset -c 0 ./target/release/wharf-load http-latency "${web[$s]}" --rate "$rate" --seconds "$duration" --connections 16 | awk '{print $8, $6}')"$'\n'
+    samples[$s.lat]+="$(taskset -c 0 ./target/release/wharf-load http-latency "${web[$s]}" --rate "$rate" --seconds "$duration" --connections 32 | awk '{print $8, $6}')"$'\n'
   done
 done
 for s in "${order[@]}"; do
@@ -137,7 +138,7 @@ for s in "${order[@]}"; do
   lat[$s]=$(printf '%s' "${samples[$s.lat]}" | sort -n | awk '{a[NR]=$2 " " $1} END {print a[int((NR+1)/2)]}')
 done
 
-echo "workers per proxy: $workers; medians of $rounds rounds of ${duration}s; fixed-rate latency at $rate req/s (half of HAProxy's keep-alive rate)"
+echo "workers per proxy: $workers; medians of $rounds rounds of ${duration}s; fixed-rate latency at $rate req/s"
 printf '%-8s %12s %8s %8s %12s %8s %8s %8s %14s %14s\n' proxy keepalive_rps p50_us p99_us close_rps p50_us p99_us Gbit/s fixed_p50_us fixed_p99_us
 for s in "${order[@]}"; do
   read -r kr kp50 kp99 <<<"${keep[$s]}"; read -r cr cp50 cp99 <<<"${close[$s]}"; read -r fp50 fp99 <<<"${lat[$s]}"

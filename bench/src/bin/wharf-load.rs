@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         connections: u64,
     },
+    /// Creates one ClusterIP service and prints the wall-clock time (unix
+    /// ns) just before the request went out.
+    CreateService { name: String },
+    /// Waits until a DNS server answers NAME with an A record, then until
+    /// that address accepts TCP on PORT; prints the wall-clock times (unix
+    /// ns) of both.
+    WaitService {
+        #[arg(long)]
+        dns: std::net::SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
     EndpointLatency {
         #[arg(long, default_value_t = 1000)]
         services: usize,
@@ -166,6 +182,50 @@ async fn endpoint_latency(client: kube::Client, services: usize, per: usize, fli
     Ok(())
 }
 
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// The first A record of `name` from `dns`, if any.
+fn lookup_a(socket: &std::net::UdpSocket, dns: std::net::SocketAddr, name: &str) -> Option<std::net::Ipv4Addr> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(format!("{name}.")).ok()?, RecordType::A));
+    socket.send_to(&query.to_vec().ok()?, dns).ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    Message::from_vec(&buf[..n]).ok()?.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+fn rand_id() -> u16 {
+    (unix_ns() % 65_536) as u16
+}
+
+fn wait_service(dns: std::net::SocketAddr, name: &str, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let ip = loop {
+        if let Some(ip) = lookup_a(&socket, dns, name) {
+            break ip;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{name} never resolved");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let dns_at = unix_ns();
+    let target = std::net::SocketAddr::from((ip, port));
+    while std::net::TcpStream::connect_timeout(&target, Duration::from_millis(50)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{target} never listened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("{dns_at} {}", unix_ns());
+    Ok(())
+}
+
 /// One connection's share of a fixed-rate load, on its own thread with
 /// blocking I/O: requests at `start + offset + k * interval`, each timed
 /// from its scheduled moment (no coordinated omission). Threads sleep
@@ -231,6 +291,9 @@ async fn main() -> anyhow::Result<()> {
     if let Command::HttpLatency { target, rate, seconds, connections } = cli.command {
         return http_latency(target, rate, seconds, connections).await;
     }
+    if let Command::WaitService { dns, name, port, timeout_s } = &cli.command {
+        return wait_service(*dns, name, *port, Duration::from_secs(*timeout_s));
+    }
     let client = kube::Client::try_default().await?;
     match cli.command {
         Command::Services { count } => {
@@ -240,7 +303,14 @@ async fn main() -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             println!("created {count} services in {secs:.2}s ({:.0}/s)", count as f64 / secs);
         }
-        Command::HttpLatency { target, rate, seconds, connections } => http_latency(target, rate, seconds, connections).await?,
+        Command::HttpLatency { .. } | Command::WaitService { .. } => unreachable!("handled above"),
+        Command::CreateService { name } => {
+            let api: Api<Service> = Api::namespaced(client, "default");
+            let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}))?;
+            let sent = unix_ns();
+            api.create(&PostParams::default(), &svc).await?;
+            println!("{sent}");
+        }
         Command::EndpointLatency { services, pods_per_service, flips } => {
             endpoint_latency(client, services, pods_per_service, flips, cli.concurrency).await?;
         }

@@ -50,10 +50,19 @@ impl Drop for ActiveGuard {
 
 /// Picks among `backends`, never one in `exclude`.
 pub fn pick(backends: &[Arc<Backend>], exclude: &[SocketAddr]) -> Option<Arc<Backend>> {
+    if exclude.is_empty() {
+        return two_choices(backends.len(), |i| &backends[i]);
+    }
+    // Retries only: the rare path may allocate.
     let candidates: Vec<&Arc<Backend>> = backends.iter().filter(|b| !exclude.contains(&b.addr)).collect();
-    match candidates.len() {
+    two_choices(candidates.len(), |i| candidates[i])
+}
+
+/// The less loaded of two distinct random candidates out of `n`.
+fn two_choices<'a>(n: usize, candidate: impl Fn(usize) -> &'a Arc<Backend>) -> Option<Arc<Backend>> {
+    match n {
         0 => None,
-        1 => Some(candidates[0].clone()),
+        1 => Some(candidate(0).clone()),
         n => {
             let mut rng = rand::rng();
             let a = rng.random_range(0..n);
@@ -61,7 +70,7 @@ pub fn pick(backends: &[Arc<Backend>], exclude: &[SocketAddr]) -> Option<Arc<Bac
             if b >= a {
                 b += 1;
             }
-            let (x, y) = (candidates[a], candidates[b]);
+            let (x, y) = (candidate(a), candidate(b));
             let pick = if y.active.load(Ordering::Relaxed) < x.active.load(Ordering::Relaxed) { y } else { x };
             Some(pick.clone())
         }

@@ -26,17 +26,19 @@ pub async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Res
     let mut total = 0u64;
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        if buffer.is_empty() {
+        if buffer.capacity() == 0 {
             from.as_ref().readable().await?;
-            buffer = vec![0u8; BUFFER];
+            // Not zero-filled: `read_buf` writes into the spare capacity.
+            buffer = Vec::with_capacity(BUFFER);
         }
-        let n = from.read(&mut buffer).await?;
+        buffer.clear();
+        let n = from.read_buf(&mut buffer).await?;
         if n == 0 {
             break;
         }
-        to.write_all(&buffer[..n]).await?;
+        to.write_all(&buffer).await?;
         total += n as u64;
-        if n < buffer.len() {
+        if n < BUFFER {
             buffer = Vec::new();
         }
     }
