@@ -5,6 +5,7 @@
 //! Kubernetes API (list/watch and status writes through `kube`).
 
 pub mod apiconn;
+pub mod client;
 pub mod node;
 pub mod pods;
 pub mod probe;

@@ -23,7 +23,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.context("kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building a Kubernetes client")?;
+    let client = wharf_agent::client::build(config).context("building a Kubernetes client")?;
     let node = crate::node::start(client, &args.node, args.service_cidr).await?;
     println!(
         "wharf agent is up.\n\n  Node:         {} ({})\n  Cluster DNS:  {}\n  Metrics:      http://{}/metrics\n",

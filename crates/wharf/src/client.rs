@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 pub async fn from_kubeconfig_text(text: &str) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).context("parsing kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.context("kubeconfig")?;
-    kube::Client::try_from(config).context("building a Kubernetes client")
+    wharf_agent::client::from_kubeconfig_text(text).await.context("building a Kubernetes client from the kubeconfig")
 }
 
 /// The kubeconfig a CLI helper uses: `--kubeconfig`, else `$KUBECONFIG`,
