@@ -3,14 +3,13 @@
 # of the server holding them. Usage: bench/api-list.sh [COUNT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 count=${1:-10000}
 cargo build --release -q -p wharf -p wharf-bench
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
-./target/release/wharf up --data-dir "$work/data" --api-listen 127.0.0.1:0 --node-name bench >"$work/out" 2>"$work/err" &
-pid=$!
-until grep -q "kubectl get services" "$work/out" 2>/dev/null; do sleep 0.1; done
-export KUBECONFIG="$work/data/admin.kubeconfig" KUBECACHEDIR="$work/cache"
+trap 'kill $wharf_pid 2>/dev/null; rm -rf "$work"' EXIT
+start_wharf_up "$work" --dns-upstream none
+pid=$wharf_pid
 ./target/release/wharf-load services "$count"
 kubectl get svc -A >/dev/null # warm the discovery cache
 rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' /proc/$pid/status; }

@@ -7,15 +7,12 @@
 # fixed-rate run, default 50000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000)
 duration=${DURATION:-10}
 rate=${RATE:-50000}
 
-need=()
-for pair in knotd:knot unbound:unbound dnsmasq:dnsmasq dnsperf:dnsperf dig:dnsutils; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+need_packages knotd:knot unbound:unbound dnsmasq:dnsmasq dnsperf:dnsperf dig:dnsutils
 cargo build --release -q -p wharf -p wharf-bench
 
 work=$(mktemp -d)

@@ -5,11 +5,10 @@
 # Usage: bench/multinode.sh [SERVICES] [CHANGES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 services=${1:-1000}
 changes=${2:-20}
-for pair in etcd:etcd-server protoc:protobuf-compiler; do
-  command -v "${pair%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${pair#*:}" >/dev/null; }
-done
+need_packages etcd:etcd-server protoc:protobuf-compiler
 cargo build --release -q --features wharf/etcd -p wharf -p wharf-bench
 wharf=$PWD/target/release/wharf
 load=$PWD/target/release/wharf-load

@@ -11,16 +11,13 @@
 #        RATE (req/s of the fixed-rate latency run; default half of HAProxy's keep-alive rate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 workers=${WORKERS:-1}
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
 
-need=()
-for pair in haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
-done
-[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+need_packages haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 cargo build --release -q -p wharf -p wharf-bench
 
 work=$(mktemp -d)

@@ -80,13 +80,7 @@ impl Handler {
                     Resolution::Forward => return self.forward_or_refuse(query.clone(), packet, out),
                     Resolution::Local(answer) => {
                         let Some(prepared) = wire::prepare(&query.qname, query.qtype, &answer) else {
-                            let rejected = Rejected::Error {
-                                id: query.id,
-                                flags: query.flags,
-                                question_end: Some(query.question_end),
-                                rcode: ResponseCode::ServFail,
-                                edns: query.edns,
-                            };
+                            let rejected = Rejected::answer(query, ResponseCode::ServFail);
                             wire::write_error(packet, &rejected, self.recursion_available(), out);
                             return Handled::Reply(query.qtype);
                         };
@@ -109,13 +103,7 @@ impl Handler {
         if self.forwarder.is_some() {
             return Handled::Forward(query);
         }
-        let rejected = Rejected::Error {
-            id: query.id,
-            flags: query.flags,
-            question_end: Some(query.question_end),
-            rcode: ResponseCode::Refused,
-            edns: query.edns,
-        };
+        let rejected = Rejected::answer(&query, ResponseCode::Refused);
         wire::write_error(packet, &rejected, false, out);
         Handled::Reply(query.qtype)
     }
@@ -130,13 +118,7 @@ impl Handler {
                 }
             }
         }
-        let rejected = Rejected::Error {
-            id: query.id,
-            flags: query.flags,
-            question_end: Some(query.question_end),
-            rcode: ResponseCode::ServFail,
-            edns: query.edns,
-        };
+        let rejected = Rejected::answer(&query, ResponseCode::ServFail);
         wire::write_error(packet, &rejected, self.recursion_available(), &mut out);
         out
     }

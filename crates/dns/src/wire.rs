@@ -166,6 +166,13 @@ pub fn parse_into(p: &[u8], query: &mut Query) -> Result<(), Rejected> {
     Ok(())
 }
 
+impl Rejected {
+    /// An error answer to a parsed query.
+    pub fn answer(query: &Query, rcode: ResponseCode) -> Self {
+        Rejected::Error { id: query.id, flags: query.flags, question_end: Some(query.question_end), rcode, edns: query.edns }
+    }
+}
+
 /// An answer encoded once, without header and question: what follows the
 /// question in every response to the same name and type.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,23 @@
+# Shared by the benchmark scripts: source it after `cd` to the repository.
+
+# need_packages COMMAND:PACKAGE...: installs the Debian packages whose
+# command is missing.
+need_packages() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+}
+
+# start_wharf_up DIR [FLAGS...]: starts `wharf up` (release) in DIR on a free
+# API port, waits until it is up, exports KUBECONFIG, sets $wharf_pid.
+start_wharf_up() {
+  local dir=$1
+  shift
+  ./target/release/wharf up --data-dir "$dir/data" --api-listen 127.0.0.1:0 --node-name bench \
+    --metrics-listen 127.0.0.1:0 "$@" >"$dir/wharf.out" 2>&1 &
+  wharf_pid=$!
+  until grep -q "kubectl get services" "$dir/wharf.out" 2>/dev/null; do sleep 0.1; done
+  export KUBECONFIG="$dir/data/admin.kubeconfig" KUBECACHEDIR="$dir/cache"
+}
