@@ -8,6 +8,7 @@
 //! docs/BENCHMARKS.md), as did 64 KiB buffers.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -18,11 +19,13 @@ use tokio::net::TcpStream;
 const BUFFER: usize = 16 * 1024;
 
 /// Copies `from` to `to` until end of stream, then shuts down `to`'s
-/// sending side. Returns the bytes copied.
+/// sending side, unless the other direction has already ended (both
+/// sockets are about to close, which sends the FIN anyway). Returns the
+/// bytes copied.
 ///
 /// Reads go through tokio's `read`, which treats a short read as "drained"
 /// and so saves the extra read that would only say EAGAIN.
-pub async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<u64> {
+pub async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, ended: &AtomicBool) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buffer: Vec<u8> = Vec::new();
     loop {
@@ -42,7 +45,9 @@ pub async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Res
             buffer = Vec::new();
         }
     }
-    let _ = to.shutdown().await;
+    if !ended.swap(true, Ordering::AcqRel) {
+        let _ = to.shutdown().await;
+    }
     Ok(total)
 }
 
@@ -52,8 +57,9 @@ pub async fn one_way(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Res
 pub async fn bidirectional(client: &mut TcpStream, endpoint: &mut TcpStream) -> (u64, u64) {
     let (mut client_read, mut client_write) = client.split();
     let (mut endpoint_read, mut endpoint_write) = endpoint.split();
-    let up = one_way(&mut client_read, &mut endpoint_write);
-    let down = one_way(&mut endpoint_read, &mut client_write);
+    let ended = AtomicBool::new(false);
+    let up = one_way(&mut client_read, &mut endpoint_write, &ended);
+    let down = one_way(&mut endpoint_read, &mut client_write, &ended);
     tokio::pin!(up, down);
     let (mut sent, mut received) = (None, None);
     while sent.is_none() || received.is_none() {
