@@ -171,6 +171,12 @@ impl ApiObject for Service {
         let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref()) else { return };
         prepare_type_change(new, old);
         keep_allocated_values(new, old);
+        // Leaving ClientIP affinity takes its (usually defaulted) config
+        // along, unless the update set one itself.
+        let leaving = old.session_affinity.as_deref() == Some("ClientIP") && new.session_affinity.as_deref() != Some("ClientIP");
+        if leaving && new.session_affinity_config == old.session_affinity_config {
+            new.session_affinity_config = None;
+        }
     }
 
     fn validate(&self) -> FieldErrors {
@@ -476,6 +482,19 @@ mod tests {
         let ext_ip = service(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
             "spec": {"type": "ExternalName", "externalName": "db.example.com", "clusterIP": "127.96.0.5"}}));
         assert_eq!(messages(&ext_ip), ["spec.clusterIP: Forbidden: may not be set for ExternalName services"]);
+    }
+
+    #[test]
+    fn leaving_client_ip_affinity_drops_its_config() {
+        let old = service(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
+            "spec": {"sessionAffinity": "ClientIP", "ports": [{"port": 80}]}}));
+        let mut new = old.clone();
+        new.spec.as_mut().unwrap().session_affinity = None;
+        new.prepare_for_update(&old);
+        new.apply_defaults();
+        assert!(new.validate().is_empty(), "{:?}", new.validate());
+        assert_eq!(new.spec.as_ref().unwrap().session_affinity.as_deref(), Some("None"));
+        assert!(new.spec.as_ref().unwrap().session_affinity_config.is_none());
     }
 
     #[test]

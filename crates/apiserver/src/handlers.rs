@@ -209,8 +209,12 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
     let ns = target.namespace.clone().unwrap_or_default();
     let opts = write_options(q)?;
     let sub = WriteTarget::from_subresource(target.subresource.as_deref());
+    let manager = q.get("fieldManager").map_or("unknown", String::as_str);
     let result = registry
-        .update_with(target.info, &ns, name, sub, &opts, |current| patch::apply(kind, current, &patch_doc))
+        .update_with(target.info, &ns, name, sub, &opts, |current| match kind {
+            PatchKind::Apply => patch::server_side_apply(current, &patch_doc, manager),
+            _ => patch::apply(kind, current, &patch_doc),
+        })
         .await;
     match result {
         Ok(written) => Ok(with_warnings(ok(written.object), &written.warnings)),
@@ -218,6 +222,7 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
         Err(ApiError::NotFound { .. }) if kind == PatchKind::Apply => {
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
+            patch::record_apply(&mut obj, &patch::applied_fields(&patch_doc), manager, &patch_doc);
             let written = registry.create(target.info, &ns, obj, &opts).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }

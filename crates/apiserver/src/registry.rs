@@ -282,7 +282,7 @@ impl Registry {
                 meta.insert("name".into(), json!(name));
             }
         }
-        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"] {
+        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
             meta.remove(field);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -622,7 +622,12 @@ fn carry_over(info: &KindInfo, desired: Value, current: &Value, target: WriteTar
         };
     }
     meta.remove("resourceVersion");
-    meta.remove("managedFields");
+    // Field managers: what the write brings, else what was there.
+    if !meta.contains_key("managedFields") {
+        if let Some(m) = current["metadata"].get("managedFields") {
+            meta.insert("managedFields".into(), m.clone());
+        }
+    }
     out
 }
 

@@ -229,3 +229,22 @@ fn requests_without_credentials_are_refused() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{}", String::from_utf8_lossy(&out.stderr));
     assert!(w.kubectl_ok(&["get", "ns", "-o", "name"]).lines().all(|l| l != "namespace/intruder"));
 }
+
+#[test]
+fn server_side_apply_creates_merges_and_removes_dropped_fields() {
+    let w = Wharf::start(&[]);
+    let write = |text: &str| {
+        let path = w.dir.path().join("ssa.yaml");
+        std::fs::write(&path, text).unwrap();
+        w.kubectl_ok(&["apply", "--server-side", "-f", path.to_str().unwrap()])
+    };
+    let out = write("apiVersion: v1\nkind: Service\nmetadata:\n  name: ssa\n  labels: {app: ssa, extra: \"1\"}\nspec:\n  sessionAffinity: ClientIP\n  ports:\n  - {port: 80}\n");
+    assert!(out.contains("serverside-applied"), "{out}");
+    // Someone else adds a label; the applier's next config drops its own extra field.
+    w.kubectl_ok(&["label", "svc", "ssa", "owner=ops"]);
+    write("apiVersion: v1\nkind: Service\nmetadata:\n  name: ssa\n  labels: {app: ssa}\nspec:\n  ports:\n  - {port: 80}\n");
+    let got = w.kubectl_ok(&["get", "svc", "ssa", "-o", "jsonpath={.metadata.labels.app} {.metadata.labels.extra}|{.metadata.labels.owner} {.spec.sessionAffinity}"]);
+    assert_eq!(got, "ssa |ops None");
+    let yaml = w.kubectl_ok(&["get", "svc", "ssa", "-o", "yaml", "--show-managed-fields"]);
+    assert!(yaml.contains("manager: kubectl") && yaml.contains("operation: Apply"), "{yaml}");
+}
