@@ -1,6 +1,7 @@
 //! Readiness probes as the kubelet runs them: a TCP connect, an HTTP GET
-//! (success is a status from 200 to 399), or a command (success is exit
-//! status 0), each bounded by the probe's timeout.
+//! (success is a status from 200 to 399), a gRPC health check (success is
+//! SERVING), or a command (success is exit status 0), each bounded by the
+//! probe's timeout.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use rustls::DigitallySignedStruct;
 use rustls::client::danger::HandshakeSignatureValid;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
@@ -22,8 +23,11 @@ pub enum Check {
     Tcp { host: String, port: u16 },
     /// `tls`: HTTPS, with the certificate not verified, as the kubelet does.
     Http { host: String, port: u16, path: String, headers: Vec<(String, String)>, tls: bool },
+    /// `grpc.health.v1.Health/Check` over plaintext HTTP/2, as the kubelet
+    /// sends it; `service` is the probe's service name ("" = the server).
+    Grpc { host: String, port: u16, service: String },
     Exec { command: Vec<String> },
-    /// A probe the agent cannot run (named port missing, gRPC, HTTPS).
+    /// A probe the agent cannot run (a named port the container lacks).
     Unsupported(String),
 }
 
@@ -106,21 +110,25 @@ pub fn check_for(container: &Container, probe: &Probe, pod_ip: IpAddr) -> Check 
     if let Some(exec) = &probe.exec {
         return Check::Exec { command: exec.command.clone().unwrap_or_default() };
     }
-    Check::Unsupported("only tcpSocket, httpGet and exec probes are supported".into())
+    if let Some(grpc) = &probe.grpc {
+        return match u16::try_from(grpc.port) {
+            Ok(port) => Check::Grpc { host: pod_ip.to_string(), port, service: grpc.service.clone().unwrap_or_default() },
+            Err(_) => Check::Unsupported(format!("gRPC port {} out of range in container {}", grpc.port, container.name)),
+        };
+    }
+    Check::Unsupported(format!("no probe handler in container {}", container.name))
 }
 
 /// Runs one check; true if it passed within `timeout`.
 pub async fn run(check: &Check, timeout: Duration) -> bool {
-    match tokio::time::timeout(timeout, attempt(check)).await {
-        Ok(passed) => passed,
-        Err(_) => false,
-    }
+    tokio::time::timeout(timeout, attempt(check)).await.unwrap_or_default()
 }
 
 async fn attempt(check: &Check) -> bool {
     match check {
         Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.is_ok(),
         Check::Http { host, port, path, headers, tls } => http_get(host, *port, path, headers, *tls).await.unwrap_or(false),
+        Check::Grpc { host, port, service } => grpc_health(host, *port, service).await.unwrap_or(false),
         Check::Exec { command } => {
             let Some((program, args)) = command.split_first() else { return false };
             let child = tokio::process::Command::new(program)
@@ -149,14 +157,72 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
     request(stream, host, port, path, headers).await
 }
 
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const GRPC_SERVING: i32 = 1;
+
+/// One gRPC message in its length-prefixed frame (uncompressed).
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let payload = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.into()
+}
+
+/// The first message of a gRPC response body, if it is whole and uncompressed.
+fn grpc_message<M: prost::Message + Default>(body: &[u8]) -> Option<M> {
+    let (&[0, a, b, c, d], rest) = body.split_first_chunk::<5>()? else { return None };
+    let payload = rest.get(..usize::try_from(u32::from_be_bytes([a, b, c, d])).ok()?)?;
+    M::decode(payload).ok()
+}
+
+async fn grpc_health(host: &str, port: u16, service: &str) -> Result<bool, BoxError> {
+    let stream = TcpStream::connect((host, port)).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{}/grpc.health.v1.Health/Check", authority(host, port)))
+        .header(hyper::header::CONTENT_TYPE, "application/grpc")
+        .header(hyper::header::TE, "trailers")
+        .header(hyper::header::USER_AGENT, "kube-probe/1.32")
+        .body(Full::new(grpc_frame(&HealthCheckRequest { service: service.to_string() })))?;
+    let response = sender.send_request(request).await?;
+    // A failed call may come as headers only, with grpc-status among them.
+    let failed_early = response.headers().get("grpc-status").is_some_and(|s| s != "0");
+    let passed = response.status() == hyper::StatusCode::OK && !failed_early && {
+        let body = response.into_body().collect().await?;
+        let status_ok = body.trailers().and_then(|t| t.get("grpc-status")).is_some_and(|s| s == "0");
+        status_ok && grpc_message::<HealthCheckResponse>(&body.to_bytes()).is_some_and(|r| r.status == GRPC_SERVING)
+    };
+    driver.abort();
+    Ok(passed)
+}
+
 async fn request<S>(stream: S, host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<bool, BoxError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
-    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    let mut request = hyper::Request::get(path).header(hyper::header::HOST, authority).header(hyper::header::USER_AGENT, "kube-probe/1.32");
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, authority(host, port)).header(hyper::header::USER_AGENT, "kube-probe/1.32");
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }
@@ -226,6 +292,58 @@ mod tests {
         });
         let check = Check::Http { host: "127.0.0.1".into(), port, path: "/".into(), headers: vec![], tls: true };
         assert!(run(&check, Duration::from_secs(2)).await);
+    }
+
+    /// A gRPC health server over h2c: SERVING for "", NOT_SERVING for
+    /// "db", and the NOT_FOUND call status for any other service.
+    async fn grpc_health_server() -> u16 {
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = |request: hyper::Request<hyper::body::Incoming>| async move {
+            assert_eq!(request.uri().path(), "/grpc.health.v1.Health/Check");
+            let body = request.into_body().collect().await?.to_bytes();
+            let asked: HealthCheckRequest = grpc_message(&body).unwrap();
+            let (status, code) = match asked.service.as_str() {
+                "" => (GRPC_SERVING, "0"),
+                "db" => (2, "0"),
+                _ => (0, "5"),
+            };
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().unwrap());
+            let frames = [Frame::data(grpc_frame(&HealthCheckResponse { status })), Frame::trailers(trailers)];
+            let body = http_body_util::StreamBody::new(futures::stream::iter(frames.map(Ok::<_, hyper::Error>)));
+            Ok::<_, hyper::Error>(hyper::Response::builder().header("content-type", "application/grpc").body(body).unwrap())
+        };
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), hyper::service::service_fn(answer));
+                tokio::spawn(connection);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_health_status_decides() {
+        let port = grpc_health_server().await;
+        let check = |service: &str| Check::Grpc { host: "127.0.0.1".into(), port, service: service.into() };
+        assert!(run(&check(""), Duration::from_secs(2)).await);
+        assert!(!run(&check("db"), Duration::from_secs(2)).await, "NOT_SERVING must fail");
+        assert!(!run(&check("unknown"), Duration::from_secs(2)).await, "a failed call must fail");
+        let http1 = http_server("200 OK").await;
+        assert!(!run(&Check::Grpc { host: "127.0.0.1".into(), port: http1, service: String::new() }, Duration::from_secs(2)).await);
+        let probe: Probe = serde_json::from_value(serde_json::json!({"grpc": {"port": 9090, "service": "db"}})).unwrap();
+        assert_eq!(check_for(&container(), &probe, "127.0.0.9".parse().unwrap()), Check::Grpc { host: "127.0.0.9".into(), port: 9090, service: "db".into() });
+    }
+
+    #[test]
+    fn grpc_frames_round_trip_and_truncation_is_refused() {
+        let frame = grpc_frame(&HealthCheckResponse { status: GRPC_SERVING });
+        assert_eq!(grpc_message::<HealthCheckResponse>(&frame), Some(HealthCheckResponse { status: GRPC_SERVING }));
+        assert_eq!(grpc_message::<HealthCheckResponse>(&frame[..frame.len() - 1]), None);
+        assert_eq!(grpc_message::<HealthCheckResponse>(&[1, 0, 0, 0, 0]), None, "compressed frames are not read");
     }
 
     #[tokio::test]

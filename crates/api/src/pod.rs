@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::field::{FieldError, FieldErrors, Path};
 use crate::kinds::{KindInfo, POD};
@@ -180,6 +181,9 @@ fn validate_probe(probe: &Probe, path: &Path) -> FieldErrors {
     if let Some(tcp) = &probe.tcp_socket {
         errs.extend(validate_port_ref(&tcp.port, &path.child("tcpSocket").child("port")));
     }
+    if let Some(grpc) = &probe.grpc {
+        errs.extend(validate_port_ref(&IntOrString::Int(grpc.port), &path.child("grpc").child("port")));
+    }
     if let Some(exec) = &probe.exec {
         if exec.command.as_deref().unwrap_or_default().is_empty() {
             errs.push(FieldError::required(path.child("exec").child("command"), ""));
@@ -237,7 +241,8 @@ mod tests {
             "spec": {"containers": [
                 {"name": "a", "image": "x", "ports": [{"name": "web", "containerPort": 0}],
                  "readinessProbe": {"periodSeconds": 2}},
-                {"name": "a", "ports": [{"name": "web", "containerPort": 80}]}
+                {"name": "a", "ports": [{"name": "web", "containerPort": 80}]},
+                {"name": "g", "image": "x", "readinessProbe": {"grpc": {"port": 70000}}}
             ]}
         }));
         let msgs: Vec<String> = p.validate().iter().map(ToString::to_string).collect();
@@ -247,6 +252,7 @@ mod tests {
             "spec.containers[1].name: Duplicate value: \"a\"",
             "spec.containers[1].image: Required value",
             "spec.containers[1].ports[0].name: Duplicate value: \"web\"",
+            "spec.containers[2].readinessProbe.grpc.port: Invalid value: 70000: must be between 1 and 65535, inclusive",
         ] {
             assert!(msgs.iter().any(|m| m == want), "missing {want} in {msgs:?}");
         }
