@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use wharf_api::field::FieldError;
 use wharf_api::kinds::KindInfo;
 
+use crate::ssa::FieldConflict;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{resource} \"{name}\" not found")]
@@ -15,6 +17,9 @@ pub enum ApiError {
     AlreadyExists { resource: String, group: &'static str, name: String },
     #[error("Operation cannot be fulfilled on {resource} \"{name}\": {reason}")]
     Conflict { resource: String, group: &'static str, name: String, reason: String },
+    /// Server-side apply changing fields other appliers own.
+    #[error("{}", conflict_message(.0))]
+    ApplyConflict(Vec<FieldConflict>),
     #[error("{kind} \"{name}\" is invalid: {}", summary(.causes))]
     Invalid { kind: &'static str, group: &'static str, name: String, causes: Vec<FieldError> },
     #[error("{0}")]
@@ -40,6 +45,22 @@ fn summary(causes: &[FieldError]) -> String {
         [one] => one.to_string(),
         many => format!("[{}]", many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
     }
+}
+
+/// kube-apiserver's wording: one conflict on a line, several grouped by manager.
+fn conflict_message(conflicts: &[FieldConflict]) -> String {
+    if let [one] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with \"{}\": {}", one.manager, one.field());
+    }
+    let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
+    managers.sort_unstable();
+    managers.dedup();
+    let mut lines = Vec::new();
+    for manager in managers {
+        lines.push(format!("conflicts with \"{manager}\":"));
+        lines.extend(conflicts.iter().filter(|c| c.manager == manager).map(|c| format!("- {}", c.field())));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
 }
 
 impl ApiError {
@@ -68,7 +89,7 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::ApplyConflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -84,7 +105,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict(_) => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
@@ -116,6 +137,13 @@ impl ApiError {
                     .map(|c| json!({"reason": c.kind.reason(), "message": c.body(), "field": c.field}))
                     .collect();
                 Some(with_group(json!({"name": name, "kind": kind, "causes": causes}), group))
+            }
+            ApiError::ApplyConflict(conflicts) => {
+                let causes: Vec<Value> = conflicts
+                    .iter()
+                    .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field()}))
+                    .collect();
+                Some(json!({"causes": causes}))
             }
             _ => None,
         }

@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
+use crate::ssa;
 use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WriteOptions, WriteTarget};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
@@ -210,9 +211,10 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
     let opts = write_options(q)?;
     let sub = WriteTarget::from_subresource(target.subresource.as_deref());
     let manager = q.get("fieldManager").map_or("unknown", String::as_str);
+    let force = q.get("force").is_some_and(|f| f == "true");
     let result = registry
         .update_with(target.info, &ns, name, sub, &opts, |current| match kind {
-            PatchKind::Apply => patch::server_side_apply(current, &patch_doc, manager),
+            PatchKind::Apply => ssa::server_side_apply(current, &patch_doc, manager, force),
             _ => patch::apply(kind, current, &patch_doc),
         })
         .await;
@@ -222,7 +224,7 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
         Err(ApiError::NotFound { .. }) if kind == PatchKind::Apply => {
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
-            patch::record_apply(&mut obj, &patch::applied_fields(&patch_doc), manager, &patch_doc);
+            ssa::record_apply(&mut obj, &ssa::field_set(&patch_doc), manager, &patch_doc);
             let written = registry.create(target.info, &ns, obj, &opts).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }

@@ -16,6 +16,7 @@ mod protobuf;
 pub mod registry;
 mod request;
 mod server;
+pub mod ssa;
 pub mod table;
 
 pub use bootstrap::bootstrap;

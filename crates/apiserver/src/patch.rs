@@ -74,97 +74,12 @@ pub fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> ApiResult<Value> {
     Ok(out)
 }
 
-fn require_object(patch: &Value) -> ApiResult<()> {
+pub(crate) fn require_object(patch: &Value) -> ApiResult<()> {
     if patch.is_object() {
         Ok(())
     } else {
         Err(ApiError::BadRequest("patch must be a JSON object".into()))
     }
-}
-
-/// The set of fields a configuration sets, in the FieldsV1 form of
-/// `metadata.managedFields` (`{"f:spec": {"f:ports": {}}}`); lists count as
-/// one field.
-fn field_set(config: &Value) -> Value {
-    match config {
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), field_set(v))).collect()),
-        _ => Value::Object(Map::new()),
-    }
-}
-
-/// Removes from `live` the fields `before` set and `after` no longer does;
-/// inside a map the manager set only some keys of, only those keys go.
-fn remove_dropped(live: &mut Value, before: &Value, after: &Value) {
-    let (Some(before), Some(live)) = (before.as_object(), live.as_object_mut()) else { return };
-    let nothing = Value::Object(Map::new());
-    for (fkey, sub) in before {
-        let Some(key) = fkey.strip_prefix("f:") else { continue };
-        let leaf = sub.as_object().is_none_or(Map::is_empty);
-        match after.get(fkey) {
-            None if leaf => {
-                live.remove(key);
-            }
-            next => {
-                let Some(child) = live.get_mut(key) else { continue };
-                remove_dropped(child, sub, next.unwrap_or(&nothing));
-                if next.is_none() && child.as_object().is_some_and(Map::is_empty) {
-                    live.remove(key);
-                }
-            }
-        }
-    }
-}
-
-/// Server-side apply for one field manager: the fields it applied before
-/// and leaves out now are removed, then the configuration is merged in,
-/// and the manager's field set is recorded in `metadata.managedFields`.
-/// (One manager's view: fields another manager also set are not kept
-/// apart, and no conflicts are reported.)
-pub fn server_side_apply(current: &Value, config: &Value, manager: &str) -> ApiResult<Value> {
-    require_object(config)?;
-    let mut out = current.clone();
-    let entries = current["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
-    let mine = |e: &&Value| e["manager"] == manager && e["operation"] == "Apply";
-    let fields = field_set(config);
-    if let Some(previous) = entries.iter().find(mine) {
-        // Identity is never dropped.
-        let mut before = previous["fieldsV1"].clone();
-        for fixed in ["f:apiVersion", "f:kind"] {
-            if let Some(m) = before.as_object_mut() {
-                m.remove(fixed);
-            }
-        }
-        if let Some(meta) = before.get_mut("f:metadata").and_then(Value::as_object_mut) {
-            meta.remove("f:name");
-            meta.remove("f:namespace");
-        }
-        remove_dropped(&mut out, &before, &fields);
-    }
-    strategic_merge(&mut out, config, "");
-    record_apply(&mut out, &fields, manager, config);
-    Ok(out)
-}
-
-/// Puts `manager`'s field set into `obj`'s managedFields.
-pub fn record_apply(obj: &mut Value, fields: &Value, manager: &str, config: &Value) {
-    let entry = serde_json::json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": config.get("apiVersion").cloned().unwrap_or(Value::Null),
-        "time": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    });
-    let meta = crate::object::metadata_mut(obj);
-    let mut entries: Vec<Value> = meta.get("managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
-    entries.retain(|e| !(e["manager"] == manager && e["operation"] == "Apply"));
-    entries.push(entry);
-    meta.insert("managedFields".into(), Value::Array(entries));
-}
-
-/// The field set of a configuration, for a create by apply.
-pub fn applied_fields(config: &Value) -> Value {
-    field_set(config)
 }
 
 /// How a list at a field path merges in a strategic merge patch: by the
@@ -195,7 +110,15 @@ fn list_strategy(path: &str) -> Option<ListStrategy> {
     })
 }
 
-fn child_path(path: &str, key: &str) -> String {
+/// The key field of a list merged by key, for the list at `path`.
+pub(crate) fn merge_key(path: &str) -> Option<&'static str> {
+    match list_strategy(path) {
+        Some(ListStrategy::MergeKey(key)) => Some(key),
+        _ => None,
+    }
+}
+
+pub(crate) fn child_path(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -247,11 +170,7 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value, path: &str) {
     }
     for (field, order) in orders {
         if let (Some(Value::Array(list)), Some(order)) = (target.get_mut(&field), order.as_array()) {
-            let key = match list_strategy(&child_path(path, &field)) {
-                Some(ListStrategy::MergeKey(k)) => Some(k),
-                _ => None,
-            };
-            reorder(list, order, key);
+            reorder(list, order, merge_key(&child_path(path, &field)));
         }
     }
 }
@@ -361,24 +280,6 @@ mod tests {
         assert_eq!(out["metadata"]["labels"]["a"], "9");
         let err = apply(PatchKind::Json, &live, &json!([{"op": "test", "path": "/metadata/labels/a", "value": "0"}]));
         assert!(matches!(err, Err(ApiError::Invalid { .. })));
-    }
-
-    #[test]
-    fn apply_removes_what_the_manager_dropped() {
-        let live = json!({"metadata": {"name": "x", "labels": {"mine": "1", "theirs": "2"}}, "spec": {"sessionAffinity": "ClientIP", "type": "ClusterIP"}});
-        let first = json!({"metadata": {"name": "x", "labels": {"mine": "1"}}, "spec": {"sessionAffinity": "ClientIP"}});
-        let applied = server_side_apply(&live, &first, "kubectl").unwrap();
-        let second = json!({"metadata": {"name": "x"}, "spec": {}});
-        let out = server_side_apply(&applied, &second, "kubectl").unwrap();
-        assert!(out["metadata"]["labels"].get("mine").is_none(), "{out}");
-        assert_eq!(out["metadata"]["labels"]["theirs"], "2", "fields the manager never set stay");
-        assert!(out["spec"].get("sessionAffinity").is_none());
-        assert_eq!(out["spec"]["type"], "ClusterIP");
-        assert_eq!(out["metadata"]["name"], "x");
-        // Another manager's apply does not drop the first one's fields.
-        let other = server_side_apply(&applied, &json!({"metadata": {"name": "x"}}), "someone-else").unwrap();
-        assert_eq!(other["metadata"]["labels"]["mine"], "1");
-        assert_eq!(other["metadata"]["managedFields"].as_array().unwrap().len(), 2);
     }
 
     #[test]

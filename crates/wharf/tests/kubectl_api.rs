@@ -248,3 +248,32 @@ fn server_side_apply_creates_merges_and_removes_dropped_fields() {
     let yaml = w.kubectl_ok(&["get", "svc", "ssa", "-o", "yaml", "--show-managed-fields"]);
     assert!(yaml.contains("manager: kubectl") && yaml.contains("operation: Apply"), "{yaml}");
 }
+
+#[test]
+fn server_side_apply_conflicts_between_managers_and_force_takes_over() {
+    let w = Wharf::start(&[]);
+    let path = w.dir.path().join("owned.yaml");
+    let apply_as = |manager: &str, target_port: u16, extra: &[&str]| {
+        let text = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: owned\nspec:\n  ports:\n  - {{port: 80, targetPort: {target_port}}}\n");
+        std::fs::write(&path, text).unwrap();
+        let manager = format!("--field-manager={manager}");
+        let mut args = vec!["apply", "--server-side", manager.as_str(), "-f", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        w.kubectl(&args)
+    };
+    let target_port = || w.kubectl_ok(&["get", "svc", "owned", "-o", "jsonpath={.spec.ports[0].targetPort}"]);
+    assert!(apply_as("team-a", 8080, &[]).status.success());
+    // The same value from another manager is shared ownership.
+    assert!(apply_as("team-b", 8080, &[]).status.success());
+    let refused = apply_as("team-c", 9090, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("Apply failed with 2 conflicts"), "{stderr}");
+    assert!(stderr.contains("conflicts with \"team-a\"") && stderr.contains(".spec.ports[port=80].targetPort"), "{stderr}");
+    assert_eq!(target_port(), "8080", "a refused apply changes nothing");
+    assert!(apply_as("team-c", 9090, &["--force-conflicts"]).status.success());
+    assert_eq!(target_port(), "9090");
+    // team-c owns the field now: team-a's old value conflicts with team-c only.
+    let stderr = String::from_utf8_lossy(&apply_as("team-a", 8080, &[]).stderr).into_owned();
+    assert!(stderr.contains("Apply failed with 1 conflict: conflict with \"team-c\": .spec.ports[port=80].targetPort"), "{stderr}");
+}
