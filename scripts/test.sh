@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need, then runs every test.
+# The whole test suite: installs what the tests need, checks formatting,
+# lints and unused dependencies, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,5 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y "${missing[@]}"
 fi
+# The unused-dependency check, from crates.io.
+command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
 
+cargo fmt --all --check
+cargo machete
+cargo clippy --workspace --all-targets --locked --features wharf/etcd -- -D warnings
 cargo test --workspace --locked --features wharf/etcd "$@"

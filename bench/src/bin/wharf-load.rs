@@ -231,7 +231,13 @@ fn wait_service(dns: std::net::SocketAddr, name: &str, port: u16, timeout: Durat
 /// from its scheduled moment (no coordinated omission). Threads sleep
 /// with nanosleep and a 1 ns timer slack, so pacing is accurate to a few
 /// microseconds (tokio's timer wheel rounds to milliseconds).
-fn paced_connection(target: std::net::SocketAddr, start: Instant, offset: Duration, interval: Duration, end: Instant) -> anyhow::Result<Vec<Duration>> {
+fn paced_connection(
+    target: std::net::SocketAddr,
+    start: Instant,
+    offset: Duration,
+    interval: Duration,
+    end: Instant,
+) -> anyhow::Result<Vec<Duration>> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(target)?;
     conn.set_nodelay(true)?;
@@ -250,7 +256,8 @@ fn paced_connection(target: std::net::SocketAddr, start: Instant, offset: Durati
             got.extend_from_slice(&buf[..n]);
             if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
-                let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                let len: usize =
+                    head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
                 if got.len() >= head_end + 4 + len {
                     break;
                 }
@@ -294,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
     if let Command::WaitService { dns, name, port, timeout_s } = &cli.command {
         return wait_service(*dns, name, *port, Duration::from_secs(*timeout_s));
     }
-    let client = wharf_agent::client::build(kube::Config::infer().await?)?;
+    let client = wharf_kube::client::build(kube::Config::infer().await?)?;
     match cli.command {
         Command::Services { count } => {
             let api: Api<Service> = Api::namespaced(client, "default");

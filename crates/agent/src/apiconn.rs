@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Connects to the first server that answers, starting with the one that
 /// worked last.
@@ -28,24 +30,44 @@ async fn connect(servers: &[SocketAddr], preferred: &AtomicUsize) -> Option<TcpS
     None
 }
 
-/// Starts the local forwarder; returns the address the client should use.
-pub async fn failover(servers: Vec<SocketAddr>) -> std::io::Result<SocketAddr> {
+/// Starts the local forwarder, which runs until `token` is cancelled;
+/// returns the address the client should use.
+pub async fn failover(servers: Vec<SocketAddr>, token: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let local = listener.local_addr()?;
     let servers: Arc<[SocketAddr]> = servers.into();
     let preferred = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { continue };
-            let (servers, preferred) = (servers.clone(), preferred.clone());
+            let accepted = tokio::select! {
+                _ = token.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let mut client = match accepted {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "API failover port: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let (servers, preferred, token) = (servers.clone(), preferred.clone(), token.clone());
             tokio::spawn(async move {
                 let Some(mut server) = connect(&servers, &preferred).await else {
                     tracing::warn!("no API server reachable");
                     return;
                 };
                 let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                // A server gone without a FIN is noticed by keepalive; the
+                // client's connection then closes and it reconnects here.
+                if let Err(e) = wharf_kube::client::tune_socket(&server) {
+                    tracing::warn!(error = %e, "API connection: cannot enable keepalive");
+                }
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                }
             });
         }
     });
@@ -60,11 +82,14 @@ mod tests {
     async fn server(tag: u8) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        (addr, tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let _ = s.write_all(&[tag]).await;
-            }
-        }))
+        (
+            addr,
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    let _ = s.write_all(&[tag]).await;
+                }
+            }),
+        )
     }
 
     async fn ask(addr: SocketAddr) -> u8 {
@@ -78,7 +103,7 @@ mod tests {
     async fn moves_on_when_a_server_goes() {
         let (a, task_a) = server(1).await;
         let (b, _task_b) = server(2).await;
-        let local = failover(vec![a, b]).await.unwrap();
+        let local = failover(vec![a, b], CancellationToken::new()).await.unwrap();
         assert_eq!(ask(local).await, 1);
         task_a.abort();
         let _ = task_a.await;

@@ -5,7 +5,7 @@
 //! Kubernetes API (list/watch and status writes through `kube`).
 
 pub mod apiconn;
-pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod probe;
@@ -13,20 +13,23 @@ pub mod probe;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
     pub node_ip: IpAddr,
     /// How often the Node's Ready condition is refreshed.
     pub heartbeat: Duration,
+    pub metrics: metrics::AgentMetrics,
 }
 
 /// Registers the node, then runs the heartbeat and the pod manager until
-/// the task is dropped.
-pub async fn run(client: kube::Client, config: AgentConfig) -> Result<(), kube::Error> {
+/// `token` is cancelled.
+pub async fn run(client: kube::Client, config: AgentConfig, token: CancellationToken) -> Result<(), kube::Error> {
     node::register(&client, &config).await?;
-    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), config.clone()));
-    pods::PodManager::new(client, config).run().await;
-    heartbeat.abort();
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), config.clone(), token.clone()));
+    pods::PodManager::new(client, config).run(token).await;
+    let _ = heartbeat.await;
     Ok(())
 }

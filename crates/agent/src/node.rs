@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::AgentConfig;
 
 fn now() -> Time {
@@ -83,13 +85,16 @@ pub async fn register(client: &kube::Client, config: &AgentConfig) -> Result<(),
     }
 }
 
-/// Refreshes the Ready condition's heartbeat forever.
-pub async fn heartbeat(client: kube::Client, config: AgentConfig) {
+/// Refreshes the Ready condition's heartbeat until `token` is cancelled.
+pub async fn heartbeat(client: kube::Client, config: AgentConfig, token: CancellationToken) {
     let nodes: Api<Node> = Api::all(client.clone());
     let since = now();
     let mut tick = tokio::time::interval(config.heartbeat);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let patch = serde_json::json!({"status": {"conditions": [ready_condition(since.clone())]}});
         if let Err(e) = nodes.patch_status(&config.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             tracing::warn!(error = %e, "node heartbeat failed");

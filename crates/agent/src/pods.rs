@@ -4,38 +4,36 @@
 //! condition when it changes. A terminating pod is removed when its grace
 //! period ends, or as soon as a probe says its workload stopped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP, PodStatus, HostIP};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use tokio::sync::watch;
+use kube::runtime::watcher;
+use tokio::sync::watch as channel;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wharf_kube::{watch, ObjectKey, Relister, Table};
 
+use crate::metrics::AgentMetrics;
 use crate::probe::{self, Check};
 use crate::AgentConfig;
 
-type PodKey = (String, String);
-
-fn key_of(pod: &Pod) -> PodKey {
-    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
-}
-
 struct Worker {
     uid: String,
-    updates: watch::Sender<Pod>,
+    updates: channel::Sender<Pod>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The pods bound to this node, each with its worker; the table of the
+/// node's pod watch.
 pub struct PodManager {
     client: kube::Client,
     config: AgentConfig,
-    workers: HashMap<PodKey, Worker>,
+    workers: HashMap<ObjectKey, Worker>,
 }
 
 impl PodManager {
@@ -43,52 +41,51 @@ impl PodManager {
         Self { client, config, workers: HashMap::new() }
     }
 
-    pub async fn run(mut self) {
+    /// Follows the node's pods until `token` is cancelled; the workers stop
+    /// with it.
+    pub async fn run(mut self, token: CancellationToken) {
         let api: Api<Pod> = Api::all(self.client.clone());
         let selector = format!("spec.nodeName={}", self.config.node_name);
-        let events = watcher::watcher(api, watcher::Config::default().fields(&selector)).default_backoff();
+        let events = watch::watch(api, watcher::Config::default().fields(&selector));
         futures::pin_mut!(events);
-        let mut relisted: Option<HashSet<PodKey>> = None;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(Event::Apply(pod)) => self.upsert(pod),
-                Ok(Event::Delete(pod)) => self.remove(&key_of(&pod)),
-                Ok(Event::Init) => relisted = Some(HashSet::new()),
-                Ok(Event::InitApply(pod)) => {
-                    relisted.get_or_insert_with(HashSet::new).insert(key_of(&pod));
-                    self.upsert(pod);
-                }
-                Ok(Event::InitDone) => {
-                    let seen = relisted.take().unwrap_or_default();
-                    let gone: Vec<PodKey> = self.workers.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-                    for key in gone {
-                        self.remove(&key);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "pod watch error; retrying"),
-            }
+        let mut relister = Relister::default();
+        loop {
+            let event = tokio::select! {
+                _ = token.cancelled() => break,
+                Some(event) = events.next() => event,
+            };
+            relister.handle(&mut self, event);
+        }
+        for (_, worker) in self.workers.drain() {
+            worker.task.abort();
         }
     }
+}
 
-    fn upsert(&mut self, pod: Pod) {
-        let key = key_of(&pod);
+impl Table<Pod> for PodManager {
+    fn apply(&mut self, pod: Pod) {
+        let key = ObjectKey::of(&pod);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some(worker) = self.workers.get(&key) {
             if worker.uid == uid && !worker.task.is_finished() {
                 worker.updates.send_replace(pod);
                 return;
             }
-            self.remove(&key);
+            self.delete(&key);
         }
-        let (updates, rx) = watch::channel(pod);
-        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.node_ip, rx));
+        let (updates, rx) = channel::channel(pod);
+        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.node_ip, self.config.metrics.clone(), rx));
         self.workers.insert(key, Worker { uid, updates, task });
     }
 
-    fn remove(&mut self, key: &PodKey) {
+    fn delete(&mut self, key: &ObjectKey) {
         if let Some(worker) = self.workers.remove(key) {
             worker.task.abort();
         }
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.workers.keys().cloned().collect()
     }
 }
 
@@ -107,14 +104,8 @@ struct ContainerProbe {
 }
 
 fn probes_for(pod: &Pod, pod_ip: IpAddr) -> Vec<ContainerProbe> {
-    let was_ready: HashMap<&str, bool> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|c| (c.name.as_str(), c.ready))
-        .collect();
+    let was_ready: HashMap<&str, bool> =
+        pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).into_iter().flatten().map(|c| (c.name.as_str(), c.ready)).collect();
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
     containers
         .iter()
@@ -204,7 +195,10 @@ fn desired_status(pod: &Pod, node_ip: IpAddr, probes: &[ContainerProbe]) -> PodS
             ready: p.ready,
             restart_count: 0,
             started: Some(true),
-            state: Some(ContainerState { running: Some(ContainerStateRunning { started_at: Some(started.clone()) }), ..Default::default() }),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning { started_at: Some(started.clone()) }),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -248,8 +242,18 @@ async fn finish(api: &Api<Pod>, pod: &Pod) {
         preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
         ..Default::default()
     };
-    if let Err(e) = api.delete(&name, &params).await {
-        tracing::debug!(pod = %name, error = %e, "removing a terminated pod failed");
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match api.delete(&name, &params).await {
+            Ok(_) => return,
+            // Gone already, or a new pod of the same name: nothing to do.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, retry_in = ?delay, "removing a terminated pod failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 
@@ -259,7 +263,7 @@ fn deletion_deadline(pod: &Pod) -> Option<Instant> {
     Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
-async fn pod_worker(client: kube::Client, node_ip: IpAddr, mut updates: watch::Receiver<Pod>) {
+async fn pod_worker(client: kube::Client, node_ip: IpAddr, metrics: AgentMetrics, mut updates: channel::Receiver<Pod>) {
     let mut pod = updates.borrow_and_update().clone();
     if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
         return;
@@ -286,6 +290,7 @@ async fn pod_worker(client: kube::Client, node_ip: IpAddr, mut updates: watch::R
                     p.next = now + p.period;
                     let Some(check) = &p.check else { continue };
                     let passed = probe::run(check, p.timeout).await;
+                    metrics.probed(passed);
                     flipped |= p.record(passed);
                 }
                 if flipped {

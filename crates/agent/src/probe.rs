@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::DigitallySignedStruct;
-use rustls::client::danger::HandshakeSignatureValid;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -20,13 +20,28 @@ use tokio::net::TcpStream;
 /// What a probe checks, with named ports resolved and the host chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     /// `tls`: HTTPS, with the certificate not verified, as the kubelet does.
-    Http { host: String, port: u16, path: String, headers: Vec<(String, String)>, tls: bool },
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+        tls: bool,
+    },
     /// `grpc.health.v1.Health/Check` over plaintext HTTP/2, as the kubelet
     /// sends it; `service` is the probe's service name ("" = the server).
-    Grpc { host: String, port: u16, service: String },
-    Exec { command: Vec<String> },
+    Grpc {
+        host: String,
+        port: u16,
+        service: String,
+    },
+    Exec {
+        command: Vec<String>,
+    },
     /// A probe the agent cannot run (a named port the container lacks).
     Unsupported(String),
 }
@@ -48,11 +63,21 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
@@ -158,7 +183,11 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
 }
 
 fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// `grpc.health.v1.HealthCheckRequest`.
@@ -222,7 +251,8 @@ where
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
-    let mut request = hyper::Request::get(path).header(hyper::header::HOST, authority(host, port)).header(hyper::header::USER_AGENT, "kube-probe/1.32");
+    let mut request =
+        hyper::Request::get(path).header(hyper::header::HOST, authority(host, port)).header(hyper::header::USER_AGENT, "kube-probe/1.32");
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }
@@ -335,7 +365,10 @@ mod tests {
         let http1 = http_server("200 OK").await;
         assert!(!run(&Check::Grpc { host: "127.0.0.1".into(), port: http1, service: String::new() }, Duration::from_secs(2)).await);
         let probe: Probe = serde_json::from_value(serde_json::json!({"grpc": {"port": 9090, "service": "db"}})).unwrap();
-        assert_eq!(check_for(&container(), &probe, "127.0.0.9".parse().unwrap()), Check::Grpc { host: "127.0.0.9".into(), port: 9090, service: "db".into() });
+        assert_eq!(
+            check_for(&container(), &probe, "127.0.0.9".parse().unwrap()),
+            Check::Grpc { host: "127.0.0.9".into(), port: 9090, service: "db".into() }
+        );
     }
 
     #[test]

@@ -91,7 +91,11 @@ impl ApiObject for EndpointSlice {
             errs.push(FieldError::not_supported("addressType", self.address_type.as_str(), ADDRESS_TYPES));
         }
         if self.endpoints.len() > MAX_SLICE_ENDPOINTS {
-            errs.push(FieldError::invalid("endpoints", self.endpoints.len() as i64, format!("must have at most {MAX_SLICE_ENDPOINTS} items")));
+            errs.push(FieldError::invalid(
+                "endpoints",
+                self.endpoints.len() as i64,
+                format!("must have at most {MAX_SLICE_ENDPOINTS} items"),
+            ));
         }
         for (i, ep) in self.endpoints.iter().enumerate() {
             let p = Path::new("endpoints").index(i).child("addresses");

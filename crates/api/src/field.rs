@@ -182,9 +182,6 @@ mod tests {
             FieldError::not_supported("spec.type", "Foo", &["ClusterIP", "NodePort"]).to_string(),
             "spec.type: Unsupported value: \"Foo\": supported values: \"ClusterIP\", \"NodePort\""
         );
-        assert_eq!(
-            FieldError::duplicate("spec.ports[1].name", "http").to_string(),
-            "spec.ports[1].name: Duplicate value: \"http\""
-        );
+        assert_eq!(FieldError::duplicate("spec.ports[1].name", "http").to_string(), "spec.ports[1].name: Duplicate value: \"http\"");
     }
 }

@@ -15,10 +15,7 @@ fn is_lower_alnum(c: char) -> bool {
 }
 
 fn dns1123_label_shape(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars().all(|c| is_lower_alnum(c) || c == '-')
-        && s.starts_with(is_lower_alnum)
-        && s.ends_with(is_lower_alnum)
+    !s.is_empty() && s.chars().all(|c| is_lower_alnum(c) || c == '-') && s.starts_with(is_lower_alnum) && s.ends_with(is_lower_alnum)
 }
 
 /// Problems with `s` as a DNS-1035 label (service names); empty if fine.

@@ -118,7 +118,9 @@ fn validate_spec(spec: &PodSpec, path: &Path) -> FieldErrors {
             errs.push(FieldError::required(p.child("image"), ""));
         }
         errs.extend(validate_container_ports(c, &p.child("ports"), &mut port_names));
-        for (probe, field) in [(&c.readiness_probe, "readinessProbe"), (&c.liveness_probe, "livenessProbe"), (&c.startup_probe, "startupProbe")] {
+        for (probe, field) in
+            [(&c.readiness_probe, "readinessProbe"), (&c.liveness_probe, "livenessProbe"), (&c.startup_probe, "startupProbe")]
+        {
             if let Some(probe) = probe {
                 errs.extend(validate_probe(probe, &p.child(field)));
             }

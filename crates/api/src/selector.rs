@@ -83,11 +83,9 @@ fn parse_requirement(term: &str) -> Result<Requirement, SelectorError> {
     if let Some(key) = term.strip_prefix('!') {
         return Ok(Requirement::DoesNotExist(valid_key(key.trim(), term)?));
     }
-    for (op, make) in [
-        ("==", Requirement::Equals as fn(String, String) -> Requirement),
-        ("!=", Requirement::NotEquals),
-        ("=", Requirement::Equals),
-    ] {
+    for (op, make) in
+        [("==", Requirement::Equals as fn(String, String) -> Requirement), ("!=", Requirement::NotEquals), ("=", Requirement::Equals)]
+    {
         if let Some((k, v)) = term.split_once(op) {
             return Ok(make(valid_key(k.trim(), term)?, v.trim().to_string()));
         }
@@ -103,13 +101,8 @@ fn parse_requirement(term: &str) -> Result<Requirement, SelectorError> {
         Some(paren) if op.len() > paren => (rest[..paren].trim(), &rest[paren..]),
         _ => (op, set),
     };
-    let values = set
-        .strip_prefix('(')
-        .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(bad)?
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .collect();
+    let values =
+        set.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(bad)?.split(',').map(|v| v.trim().to_string()).collect();
     let key = valid_key(key, term)?;
     match op {
         "in" => Ok(Requirement::In(key, values)),
@@ -151,11 +144,7 @@ impl FieldSelector {
             } else {
                 return Err(SelectorError(term.to_string()));
             };
-            reqs.push(FieldRequirement {
-                field: field.trim().to_string(),
-                value: value.trim().to_string(),
-                equal,
-            });
+            reqs.push(FieldRequirement { field: field.trim().to_string(), value: value.trim().to_string(), equal });
         }
         Ok(FieldSelector(reqs))
     }
@@ -186,8 +175,16 @@ mod tests {
     fn every_operator() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
         let yes = [
-            "app=web", "app==web", "app!=db", "app in (web, api)", "tier notin (db)",
-            "app", "!canary", "app=web,tier=front", "", "app in(web)",
+            "app=web",
+            "app==web",
+            "app!=db",
+            "app in (web, api)",
+            "tier notin (db)",
+            "app",
+            "!canary",
+            "app=web,tier=front",
+            "",
+            "app in(web)",
         ];
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s} should match");

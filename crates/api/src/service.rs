@@ -251,7 +251,11 @@ fn validate_cluster_ips(spec: &ServiceSpec, path: &Path) -> FieldErrors {
     }
     if let Some(first) = ips.first() {
         if !ip.is_empty() && first != ip {
-            errs.push(FieldError::invalid(path.child("clusterIPs").index(0), first.as_str(), "must match `clusterIP` when both are specified"));
+            errs.push(FieldError::invalid(
+                path.child("clusterIPs").index(0),
+                first.as_str(),
+                "must match `clusterIP` when both are specified",
+            ));
         }
     }
     if ips.len() > 1 {
@@ -263,11 +267,7 @@ fn validate_cluster_ips(spec: &ServiceSpec, path: &Path) -> FieldErrors {
     }
     if ip == CLUSTER_IP_NONE {
         if matches!(ty, TYPE_NODE_PORT | TYPE_LOAD_BALANCER) {
-            errs.push(FieldError::invalid(
-                path.child("clusterIPs").index(0),
-                ip,
-                format!("may not be set to 'None' for {ty} services"),
-            ));
+            errs.push(FieldError::invalid(path.child("clusterIPs").index(0), ip, format!("may not be set to 'None' for {ty} services")));
         }
     } else if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
         errs.push(FieldError::invalid(
@@ -344,9 +344,7 @@ pub fn validate_port_ref(port: &IntOrString, path: &Path) -> FieldErrors {
             vec![FieldError::invalid(path, *n, "must be between 1 and 65535, inclusive")]
         }
         IntOrString::Int(_) => Vec::new(),
-        IntOrString::String(name) => {
-            names::iana_svc_name(name).into_iter().map(|msg| FieldError::invalid(path, name, msg)).collect()
-        }
+        IntOrString::String(name) => names::iana_svc_name(name).into_iter().map(|msg| FieldError::invalid(path, name, msg)).collect(),
     }
 }
 
@@ -428,10 +426,7 @@ mod tests {
         let port = &spec.ports.as_ref().unwrap()[0];
         assert_eq!(port.protocol.as_deref(), Some("TCP"));
         assert_eq!(port.target_port, Some(IntOrString::Int(80)));
-        assert_eq!(
-            spec.session_affinity_config.as_ref().unwrap().client_ip.as_ref().unwrap().timeout_seconds,
-            Some(10800)
-        );
+        assert_eq!(spec.session_affinity_config.as_ref().unwrap().client_ip.as_ref().unwrap().timeout_seconds, Some(10800));
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
         assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Cluster"));
         assert_eq!(spec.allocate_load_balancer_node_ports, Some(true));
@@ -478,7 +473,10 @@ mod tests {
         assert!(msgs.iter().any(|m| m.starts_with("spec.externalTrafficPolicy: Invalid value: \"Local\"")));
         let headless_lb = service(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
             "spec": {"type": "LoadBalancer", "clusterIP": "None", "ports": [{"port": 80}]}}));
-        assert_eq!(messages(&headless_lb), ["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for LoadBalancer services"]);
+        assert_eq!(
+            messages(&headless_lb),
+            ["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for LoadBalancer services"]
+        );
         let ext_ip = service(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
             "spec": {"type": "ExternalName", "externalName": "db.example.com", "clusterIP": "127.96.0.5"}}));
         assert_eq!(messages(&ext_ip), ["spec.clusterIP: Forbidden: may not be set for ExternalName services"]);

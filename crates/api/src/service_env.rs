@@ -76,12 +76,14 @@ mod tests {
 
     fn svc(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> Service {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip, "ports": ports}})).unwrap()
+            "metadata": {"name": name, "namespace": ns}, "spec": {"clusterIP": ip, "ports": ports}}))
+        .unwrap()
     }
 
     #[test]
     fn kubelet_format() {
-        let mysql = svc("default", "kolide-fleet-mysql", "10.0.0.11", serde_json::json!([{"name": "mysql", "port": 3306, "protocol": "TCP"}]));
+        let mysql =
+            svc("default", "kolide-fleet-mysql", "10.0.0.11", serde_json::json!([{"name": "mysql", "port": 3306, "protocol": "TCP"}]));
         let vars = service_vars(&mysql);
         let want = [
             ("KOLIDE_FLEET_MYSQL_SERVICE_HOST", "10.0.0.11"),
@@ -107,7 +109,11 @@ mod tests {
         assert!(vars.contains(&("DNS_PORT_53_UDP_PROTO".into(), "udp".into())));
         let headless = svc("team", "h", "None", serde_json::json!([{"port": 80}]));
         assert!(service_vars(&headless).is_empty());
-        let all = [svc("default", "kubernetes", "10.0.0.1", serde_json::json!([{"name": "https", "port": 443}])), dns, svc("team", "web", "10.0.0.20", serde_json::json!([{"port": 80}]))];
+        let all = [
+            svc("default", "kubernetes", "10.0.0.1", serde_json::json!([{"name": "https", "port": 443}])),
+            dns,
+            svc("team", "web", "10.0.0.20", serde_json::json!([{"port": 80}])),
+        ];
         let team: Vec<String> = namespace_vars(&all, "team", true).into_iter().map(|(k, _)| k).collect();
         assert!(team.contains(&"KUBERNETES_SERVICE_HOST".to_string()) && team.contains(&"WEB_SERVICE_HOST".to_string()));
         assert!(!team.iter().any(|k| k.starts_with("DNS_")));

@@ -102,13 +102,7 @@ impl Allocator {
     /// Fills in the cluster IP and node ports `svc` still needs, checks the
     /// ones it asks for, and returns the store changes that take the new
     /// ones and release what `old` held and `svc` no longer does.
-    pub async fn plan(
-        &self,
-        store: &dyn Store,
-        owner: &str,
-        svc: &mut Service,
-        old: Option<&Service>,
-    ) -> ApiResult<AllocationPlan> {
+    pub async fn plan(&self, store: &dyn Store, owner: &str, svc: &mut Service, old: Option<&Service>) -> ApiResult<AllocationPlan> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let before = old.map(|o| self.held(o)).unwrap_or_default();
         let mut errs = Vec::new();
@@ -187,12 +181,7 @@ impl Allocator {
         Ok(plan)
     }
 
-    async fn check_requested_ip(
-        &self,
-        store: &dyn Store,
-        requested: &str,
-        held: &HashSet<String>,
-    ) -> ApiResult<Result<(), FieldError>> {
+    async fn check_requested_ip(&self, store: &dyn Store, requested: &str, held: &HashSet<String>) -> ApiResult<Result<(), FieldError>> {
         let fail = |why: String| {
             FieldError::invalid(
                 "spec.clusterIPs",
@@ -204,10 +193,7 @@ impl Allocator {
             return Ok(Err(fail("not a valid IPv4 address".into())));
         };
         if self.offset_of(ip).is_none() {
-            return Ok(Err(fail(format!(
-                "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
-                self.cidr
-            ))));
+            return Ok(Err(fail(format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr))));
         }
         let key = ip_key(ip);
         if !held.contains(&key) && store.get(&key).await?.is_some() {

@@ -4,14 +4,14 @@
 
 use std::net::SocketAddr;
 
+use crate::kind::{self, Kind};
 use serde_json::{json, Value};
-use wharf_api::kinds::{self, KindInfo};
 
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{Registry, WriteOptions, WriteTarget, SYSTEM_NAMESPACES};
 
-async fn ensure(registry: &Registry, info: &KindInfo, namespace: &str, obj: Value) -> ApiResult<()> {
-    match registry.create(info, namespace, obj, &WriteOptions::default()).await {
+async fn ensure(registry: &Registry, kind: &Kind, namespace: &str, obj: Value) -> ApiResult<()> {
+    match registry.create(kind, namespace, obj, &WriteOptions::default()).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),
     }
@@ -19,9 +19,9 @@ async fn ensure(registry: &Registry, info: &KindInfo, namespace: &str, obj: Valu
 
 /// Creates the object, or brings an existing one back to `obj`'s content
 /// (the API endpoint moves when the server restarts on another address).
-async fn reconcile(registry: &Registry, info: &KindInfo, namespace: &str, obj: Value) -> ApiResult<()> {
+async fn reconcile(registry: &Registry, kind: &Kind, namespace: &str, obj: Value) -> ApiResult<()> {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    match registry.create(info, namespace, obj.clone(), &WriteOptions::default()).await {
+    match registry.create(kind, namespace, obj.clone(), &WriteOptions::default()).await {
         Ok(_) => Ok(()),
         Err(ApiError::AlreadyExists { .. }) => {
             let update = |current: &Value| {
@@ -29,7 +29,7 @@ async fn reconcile(registry: &Registry, info: &KindInfo, namespace: &str, obj: V
                 desired["metadata"] = current["metadata"].clone();
                 Ok(desired)
             };
-            registry.update_with(info, namespace, &name, WriteTarget::Main, &WriteOptions::default(), update).await.map(|_| ())
+            registry.update_with(kind, namespace, &name, WriteTarget::Main, &WriteOptions::default(), update).await.map(|_| ())
         }
         Err(e) => Err(e),
     }
@@ -39,31 +39,46 @@ async fn reconcile(registry: &Registry, info: &KindInfo, namespace: &str, obj: V
 /// clients reach the API server.
 pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResult<()> {
     for ns in SYSTEM_NAMESPACES {
-        ensure(registry, &kinds::NAMESPACE, "", json!({"metadata": {"name": ns}})).await?;
+        ensure(registry, &kind::NAMESPACE, "", json!({"metadata": {"name": ns}})).await?;
     }
     let allocator = registry.allocator();
     let api_port = api_endpoint.port();
-    reconcile(registry, &kinds::SERVICE, "default", json!({
-        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": allocator.nth_ip(1).to_string(),
-                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]},
-    }))
+    reconcile(
+        registry,
+        &kind::SERVICE,
+        "default",
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": allocator.nth_ip(1).to_string(),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]},
+        }),
+    )
     .await?;
-    ensure(registry, &kinds::SERVICE, "kube-system", json!({
-        "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "wharf-dns"}},
-        "spec": {"clusterIP": allocator.nth_ip(10).to_string(), "ports": [
-            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-        ]},
-    }))
+    ensure(
+        registry,
+        &kind::SERVICE,
+        "kube-system",
+        json!({
+            "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "wharf-dns"}},
+            "spec": {"clusterIP": allocator.nth_ip(10).to_string(), "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ]},
+        }),
+    )
     .await?;
     let ip = api_endpoint.ip().to_string();
-    reconcile(registry, &kinds::ENDPOINTS, "default", json!({
-        "metadata": {"name": "kubernetes"},
-        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
-    }))
+    reconcile(
+        registry,
+        &kind::ENDPOINTS,
+        "default",
+        json!({
+            "metadata": {"name": "kubernetes"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
+        }),
+    )
     .await?;
-    reconcile(registry, &kinds::ENDPOINT_SLICE, "default", json!({
+    reconcile(registry, &kind::ENDPOINT_SLICE, "default", json!({
         "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "wharf-apiserver"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],

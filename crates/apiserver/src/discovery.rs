@@ -151,11 +151,8 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
         let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
         let params = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
         let base = format!("/{}", openapi_path(group, version));
-        let collection = if k.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", k.resource)
-        } else {
-            format!("{base}/{}", k.resource)
-        };
+        let collection =
+            if k.namespaced { format!("{base}/namespaces/{{namespace}}/{}", k.resource) } else { format!("{base}/{}", k.resource) };
         let op = json!({"x-kubernetes-group-version-kind": gvk, "parameters": params});
         paths.insert(collection.clone(), json!({"post": op}));
         paths.insert(format!("{collection}/{{name}}"), json!({"put": op, "patch": op}));
@@ -170,12 +167,8 @@ mod tests {
     #[test]
     fn aggregated_discovery_lists_every_kind_once() {
         let core = aggregated(true);
-        let names: Vec<&str> = core["items"][0]["versions"][0]["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["resource"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> =
+            core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().map(|r| r["resource"].as_str().unwrap()).collect();
         assert_eq!(names, ["namespaces", "services", "pods", "endpoints", "nodes", "events"]);
         let groups = aggregated(false);
         assert_eq!(groups["items"][0]["metadata"]["name"], "discovery.k8s.io");

@@ -36,6 +36,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Gone(String),
+    /// A request or the object it would store is over a size limit.
+    #[error("Request entity too large: {0}")]
+    TooLarge(String),
+    /// Over the limit of requests in flight; try again after a second.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
     #[error("{0}")]
     Internal(String),
 }
@@ -75,8 +81,7 @@ impl ApiError {
             resource: info.qualified_resource(),
             group: info.group,
             name: name.into(),
-            reason: "the object has been modified; please apply your changes to the latest version and try again"
-                .into(),
+            reason: "the object has been modified; please apply your changes to the latest version and try again".into(),
         }
     }
     pub fn invalid(info: &KindInfo, name: &str, causes: Vec<FieldError>) -> Self {
@@ -97,6 +102,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +120,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Gone(_) => "Expired",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::TooManyRequests => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -132,10 +141,8 @@ impl ApiError {
                 Some(with_group(json!({"name": name, "kind": kind}), group))
             }
             ApiError::Invalid { kind, group, name, causes } => {
-                let causes: Vec<Value> = causes
-                    .iter()
-                    .map(|c| json!({"reason": c.kind.reason(), "message": c.body(), "field": c.field}))
-                    .collect();
+                let causes: Vec<Value> =
+                    causes.iter().map(|c| json!({"reason": c.kind.reason(), "message": c.body(), "field": c.field})).collect();
                 Some(with_group(json!({"name": name, "kind": kind, "causes": causes}), group))
             }
             ApiError::ApplyConflict(conflicts) => {
@@ -145,6 +152,7 @@ impl ApiError {
                     .collect();
                 Some(json!({"causes": causes}))
             }
+            ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": 1})),
             _ => None,
         }
     }
@@ -183,7 +191,11 @@ impl IntoResponse for ApiError {
         if self.code().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        crate::http::json_response(self.code(), &self.status())
+        let mut response = crate::http::json_response(self.code(), &self.status());
+        if matches!(self, ApiError::TooManyRequests) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

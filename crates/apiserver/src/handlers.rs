@@ -17,12 +17,13 @@ use wharf_api::selector::{FieldSelector, LabelSelector};
 
 use crate::error::{ApiError, ApiResult};
 use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
+use crate::kind::Kind;
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
-use crate::ssa;
 use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WriteOptions, WriteTarget};
 use crate::request::{self, Target};
-use crate::table::{self, IncludeObject};
+use crate::ssa;
+use crate::table::{self, IncludeObject, Printer};
 use crate::App;
 
 type Query = HashMap<String, String>;
@@ -47,44 +48,46 @@ fn write_options(q: &Query) -> ApiResult<WriteOptions> {
     })
 }
 
-fn filter(info: &KindInfo, q: &Query) -> ApiResult<Filter> {
+fn filter(kind: &Kind, q: &Query) -> ApiResult<Filter> {
     let bad = |e: wharf_api::selector::SelectorError| ApiError::BadRequest(e.to_string());
     let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(bad)?;
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(bad)?;
-    check_field_selector(info, &fields)?;
+    check_field_selector(kind, &fields)?;
     Ok(Filter { labels, fields })
 }
 
 pub async fn resource(State(app): State<App>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    match serve(&app.registry, method, &uri, &headers, body).await {
+    match serve(&app, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn serve(registry: &Registry, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let registry = &app.registry;
     let target = request::parse(uri.path())?;
     let q: Query = uri.query().map(url_decode_pairs).unwrap_or_default();
     let ns = target.namespace.clone().unwrap_or_default();
-    let info = target.info;
+    let kind = target.kind;
+    let info = kind.info;
     match (&method, target.name.as_deref()) {
         (&Method::GET, Some(name)) => {
-            let obj = registry.get(info, &ns, name).await?;
+            let obj = registry.get(kind, &ns, name).await?;
             if wants_table(headers) {
                 let rv = object::resource_version(&obj).to_string();
-                return Ok(ok(table::table(info, &[obj], &rv, include_object(&q), true)));
+                return Ok(ok(table::table(kind.printer, &[obj], &rv, include_object(&q), true)));
             }
             Ok(ok(obj))
         }
         (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(registry, &target, &q, wants_table(headers)).await
+            watch(app, &target, &q, wants_table(headers)).await
         }
         (&Method::GET, None) => {
-            let filter = filter(info, &q)?;
-            let (stored, rv) = registry.list_stored(info, target.namespace.as_deref()).await?;
+            let filter = filter(kind, &q)?;
+            let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
             let objects = stored.decode(&filter);
             let body = if wants_table(headers) {
-                table::write_table(info, objects, &rv.to_string(), include_object(&q))?
+                table::write_table(kind.printer, objects, &rv.to_string(), include_object(&q))?
             } else {
                 write_list(info, objects, rv)?
             };
@@ -92,29 +95,29 @@ async fn serve(registry: &Registry, method: Method, uri: &Uri, headers: &HeaderM
         }
         (&Method::POST, None) => {
             let obj = decode_body(headers, &body)?;
-            let written = registry.create(info, &ns, obj, &write_options(&q)?).await?;
+            let written = registry.create(kind, &ns, obj, &write_options(&q)?).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }
         (&Method::PUT, Some(name)) => {
             let obj = decode_body(headers, &body)?;
             let opts = write_options(&q)?;
             let written = registry
-                .update_with(info, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| Ok(obj.clone()))
+                .update_with(kind, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| Ok(obj.clone()))
                 .await?;
             Ok(with_warnings(ok(written.object), &written.warnings))
         }
         (&Method::PATCH, Some(name)) => patch(registry, &target, name, headers, &body, &q).await,
         (&Method::DELETE, Some(name)) => {
             let opts = delete_options(&body, &q)?;
-            let obj = registry.delete(info, &ns, name, &opts).await?;
+            let obj = registry.delete(kind, &ns, name, &opts).await?;
             Ok(ok(obj))
         }
         (&Method::DELETE, None) => {
             let opts = delete_options(&body, &q)?;
-            let (items, _) = registry.list(info, target.namespace.as_deref(), &filter(info, &q)?).await?;
+            let (items, _) = registry.list(kind, target.namespace.as_deref(), &filter(kind, &q)?).await?;
             let mut deleted = Vec::new();
             for item in items {
-                match registry.delete(info, object::namespace(&item), object::name(&item), &opts).await {
+                match registry.delete(kind, object::namespace(&item), object::name(&item), &opts).await {
                     Ok(obj) => deleted.push(obj),
                     Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -199,33 +202,32 @@ fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
         uid: opts["preconditions"]["uid"].as_str().map(String::from),
         resource_version: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
         grace_period: opts["gracePeriodSeconds"].as_i64().or(grace_query),
-        dry_run: q.get("dryRun").is_some_and(|d| d == "All")
-            || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")),
+        dry_run: q.get("dryRun").is_some_and(|d| d == "All") || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")),
     })
 }
 
 async fn patch(registry: &Registry, target: &Target, name: &str, headers: &HeaderMap, body: &[u8], q: &Query) -> ApiResult<Response> {
-    let kind = PatchKind::from_content_type(header_str(headers, header::CONTENT_TYPE))?;
-    let patch_doc = patch::parse_body(kind, body)?;
+    let format = PatchKind::from_content_type(header_str(headers, header::CONTENT_TYPE))?;
+    let patch_doc = patch::parse_body(format, body)?;
     let ns = target.namespace.clone().unwrap_or_default();
     let opts = write_options(q)?;
     let sub = WriteTarget::from_subresource(target.subresource.as_deref());
     let manager = q.get("fieldManager").map_or("unknown", String::as_str);
     let force = q.get("force").is_some_and(|f| f == "true");
     let result = registry
-        .update_with(target.info, &ns, name, sub, &opts, |current| match kind {
-            PatchKind::Apply => ssa::server_side_apply(current, &patch_doc, manager, force),
-            _ => patch::apply(kind, current, &patch_doc),
+        .update_with(target.kind, &ns, name, sub, &opts, |current| match format {
+            PatchKind::Apply => ssa::server_side_apply(target.kind, current, &patch_doc, manager, force),
+            _ => patch::apply(format, target.kind, current, &patch_doc),
         })
         .await;
     match result {
         Ok(written) => Ok(with_warnings(ok(written.object), &written.warnings)),
         // Server-side apply creates what does not exist yet.
-        Err(ApiError::NotFound { .. }) if kind == PatchKind::Apply => {
+        Err(ApiError::NotFound { .. }) if format == PatchKind::Apply => {
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
-            ssa::record_apply(&mut obj, &ssa::field_set(&patch_doc), manager, &patch_doc);
-            let written = registry.create(target.info, &ns, obj, &opts).await?;
+            ssa::record_apply(&mut obj, &ssa::field_set(target.kind, &patch_doc), manager, &patch_doc);
+            let written = registry.create(target.kind, &ns, obj, &opts).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }
         Err(e) => Err(e),
@@ -233,10 +235,10 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
 }
 
 /// One line of a watch stream: `{"type":..,"object":..}\n`.
-fn watch_line(event: &WatchEvent, info: &KindInfo, as_table: bool, first: bool) -> Bytes {
+fn watch_line(event: &WatchEvent, printer: &Printer, as_table: bool, first: bool) -> Bytes {
     let object = if as_table {
         let rv = object::resource_version(&event.object).to_string();
-        table::table(info, std::slice::from_ref(&event.object), &rv, IncludeObject::Metadata, first)
+        table::table(printer, std::slice::from_ref(&event.object), &rv, IncludeObject::Metadata, first)
     } else {
         event.object.clone()
     };
@@ -254,9 +256,11 @@ fn error_line(e: &ApiError) -> Bytes {
 /// Kubernetes keeps a watch without `timeoutSeconds` open for 30 to 60 minutes.
 const DEFAULT_WATCH_SECONDS: u64 = 1800;
 
-async fn watch(registry: &Registry, target: &Target, q: &Query, as_table: bool) -> ApiResult<Response> {
-    let info = target.info;
-    let mut filter = filter(info, q)?;
+async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResult<Response> {
+    let registry = &app.registry;
+    let kind = target.kind;
+    let info = kind.info;
+    let mut filter = filter(kind, q)?;
     if let Some(name) = &target.name {
         filter.fields.0.push(wharf_api::selector::FieldRequirement { field: "metadata.name".into(), value: name.clone(), equal: true });
     }
@@ -265,14 +269,14 @@ async fn watch(registry: &Registry, target: &Target, q: &Query, as_table: bool) 
         Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?),
     };
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_WATCH_SECONDS);
-    let lines = match registry.watch(info, target.namespace.as_deref(), filter, since).await {
+    let lines = match registry.watch(kind, target.namespace.as_deref(), filter, since).await {
         Ok(events) => {
             // Columns go with the first event only; an error event ends the stream.
             events
                 .scan((true, false), move |(first, failed), event| {
                     let line = match event {
                         _ if *failed => None,
-                        Ok(event) => Some(watch_line(&event, info, as_table, std::mem::take(first))),
+                        Ok(event) => Some(watch_line(&event, kind.printer, as_table, std::mem::take(first))),
                         Err(e) => {
                             *failed = true;
                             Some(error_line(&e))
@@ -288,7 +292,12 @@ async fn watch(registry: &Registry, target: &Target, q: &Query, as_table: bool) 
         Err(e) => return Err(e),
     };
     let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-    let body = lines.take_until(deadline).map(Ok::<_, Infallible>);
+    // Shutdown ends the stream cleanly; the client reconnects elsewhere.
+    let open = app.metrics.watch_started(info.resource);
+    let body = lines.take_until(deadline).take_until(app.shutdown.clone().cancelled_owned()).map(move |line| {
+        let _counted = &open;
+        Ok::<_, Infallible>(line)
+    });
     let response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

@@ -36,6 +36,6 @@ pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-pub fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }

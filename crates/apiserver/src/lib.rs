@@ -9,6 +9,8 @@ pub mod election;
 pub mod error;
 mod handlers;
 mod http;
+pub mod kind;
+pub mod metrics;
 pub mod object;
 pub mod patch;
 pub mod pki;
@@ -20,6 +22,7 @@ pub mod ssa;
 pub mod table;
 
 pub use bootstrap::bootstrap;
+pub use metrics::ApiMetrics;
 pub use registry::Registry;
 pub use server::{serve, ApiServerConfig, RunningApiServer};
 
@@ -29,4 +32,7 @@ pub struct App {
     pub registry: Registry,
     /// The admin bearer token; requests without it get 401.
     pub token: std::sync::Arc<str>,
+    /// Cancelled when the server shuts down: watches end, the listener closes.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub metrics: ApiMetrics,
 }

@@ -75,9 +75,9 @@ impl FieldValidation {
             None | Some("") | Some("Ignore") => Ok(Self::Ignore),
             Some("Warn") => Ok(Self::Warn),
             Some("Strict") => Ok(Self::Strict),
-            Some(other) => Err(ApiError::BadRequest(format!(
-                "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {other:?}"
-            ))),
+            Some(other) => {
+                Err(ApiError::BadRequest(format!("fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {other:?}")))
+            }
         }
     }
 }
@@ -90,11 +90,16 @@ pub trait Codec: Send + Sync {
     /// Turns a candidate object into its stored form: checked against the
     /// schema, defaulted, validated (against `old` on update). Returns the
     /// object and warnings about fields that were dropped.
-    fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation)
-        -> ApiResult<(Value, Vec<String>)>;
+    fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation) -> ApiResult<(Value, Vec<String>)>;
 }
 
 pub struct Typed<T>(PhantomData<T>);
+
+impl<T> Default for Typed<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl<T> Typed<T> {
     pub const fn new() -> Self {
@@ -121,8 +126,7 @@ impl<T: ApiObject> Codec for Typed<T> {
         T::info()
     }
 
-    fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation)
-        -> ApiResult<(Value, Vec<String>)> {
+    fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
         let info = T::info();
         let mut unknown = Vec::new();
         let mut obj: T = if validation == FieldValidation::Ignore {
@@ -181,21 +185,6 @@ fn unknown_fields(input: &Value, known: &Value, path: &str, out: &mut Vec<String
     }
 }
 
-/// The codec of every served kind.
-pub fn codec_for(info: &KindInfo) -> &'static dyn Codec {
-    use k8s_openapi::api::core::v1::{Endpoints, Event, Namespace, Node, Pod, Service};
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    static NAMESPACE: Typed<Namespace> = Typed::new();
-    static SERVICE: Typed<Service> = Typed::new();
-    static POD: Typed<Pod> = Typed::new();
-    static ENDPOINTS: Typed<Endpoints> = Typed::new();
-    static NODE: Typed<Node> = Typed::new();
-    static EVENT: Typed<Event> = Typed::new();
-    static ENDPOINT_SLICE: Typed<EndpointSlice> = Typed::new();
-    let all: [&'static dyn Codec; 7] = [&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &ENDPOINT_SLICE];
-    all.into_iter().find(|c| c.info() == info).unwrap_or(&EVENT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +192,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_found_at_any_depth() {
-        let codec = codec_for(&wharf_api::kinds::SERVICE);
+        let codec = crate::kind::SERVICE.codec;
         let body = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "x", "namespace": "d", "creationTimestamp": null},
             "spec": {"foo": 1, "ports": [{"port": 80, "bar": true}]}, "status": {}});
@@ -215,7 +204,7 @@ mod tests {
 
     #[test]
     fn kind_mismatch_and_type_errors_are_bad_requests() {
-        let codec = codec_for(&wharf_api::kinds::SERVICE);
+        let codec = crate::kind::SERVICE.codec;
         let err = codec.prepare(json!({"metadata": {"name": "x"}, "spec": {"ports": [{"port": "eighty"}]}}), None, FieldValidation::Strict);
         assert!(matches!(err, Err(ApiError::BadRequest(_))));
         let err = codec.prepare(json!({"kind": "Pod", "metadata": {"name": "x"}}), None, FieldValidation::Strict);

@@ -43,7 +43,7 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 }
 
 /// Writes a file readable only by its owner, atomically (temp + rename).
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     let io = |source| PkiError::Io { path: path.into(), source };
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;

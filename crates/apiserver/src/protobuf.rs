@@ -182,10 +182,7 @@ mod tests {
     use super::*;
 
     fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let unknown = Unknown {
-            type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }),
-            raw: Some(raw),
-        };
+        let unknown = Unknown { type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }), raw: Some(raw) };
         [MAGIC, &unknown.encode_to_vec()].concat()
     }
 
@@ -212,10 +209,8 @@ mod tests {
             type_: Some("ClusterIP".into()),
             ..Default::default()
         };
-        let outer = Envelope {
-            metadata: Some(ObjectMeta { name: Some("web".into()), ..Default::default() }),
-            spec: Some(spec.encode_to_vec()),
-        };
+        let outer =
+            Envelope { metadata: Some(ObjectMeta { name: Some("web".into()), ..Default::default() }), spec: Some(spec.encode_to_vec()) };
         let v = decode(&envelope("Service", outer.encode_to_vec())).unwrap();
         assert_eq!(v["spec"]["ports"][0], json!({"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}));
         assert_eq!(v["spec"]["selector"]["app"], "web");

@@ -9,12 +9,14 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 use wharf_api::kinds::{self, KindInfo};
+
+use crate::kind::{self, Kind, Lifecycle};
 use wharf_api::selector::{FieldSelector, LabelSelector};
 use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Store, Txn, TxnOutcome};
 
 use crate::alloc::Allocator;
 use crate::error::{ApiError, ApiResult};
-use crate::object::{self, codec_for, FieldValidation};
+use crate::object::{self, FieldValidation};
 
 /// How often a write is retried when another writer got in between.
 const MAX_ATTEMPTS: usize = 16;
@@ -41,8 +43,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, obj: &Value) -> bool {
-        (self.labels.is_empty() || self.labels.matches(&object::labels(obj)))
-            && self.fields.matches(|f| object::field_string(obj, f))
+        (self.labels.is_empty() || self.labels.matches(&object::labels(obj))) && self.fields.matches(|f| object::field_string(obj, f))
     }
 }
 
@@ -56,23 +57,11 @@ impl Stored {
     }
 }
 
-/// Fields a field selector may name, per kind (beyond `metadata.name`
-/// and `metadata.namespace`), as Kubernetes supports them.
-pub fn check_field_selector(info: &KindInfo, sel: &FieldSelector) -> ApiResult<()> {
-    let extra: &[&str] = match info.kind {
-        "Pod" => &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
-        "Event" => &[
-            "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-            "reason", "reportingComponent", "source", "type",
-        ],
-        "Namespace" => &["status.phase"],
-        "Node" => &["spec.unschedulable"],
-        _ => &[],
-    };
+/// Refuses a field selector on a field the kind cannot select by.
+pub fn check_field_selector(kind: &Kind, sel: &FieldSelector) -> ApiResult<()> {
     for req in &sel.0 {
         let f = req.field.as_str();
-        if f != "metadata.name" && f != "metadata.namespace" && !extra.contains(&f) {
+        if f != "metadata.name" && f != "metadata.namespace" && !kind.selectable_fields.contains(&f) {
             return Err(ApiError::BadRequest(format!("field label not supported: {f}")));
         }
     }
@@ -134,8 +123,7 @@ pub fn list_prefix(info: &KindInfo, namespace: Option<&str>) -> String {
 }
 
 fn decode(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
-    let mut obj: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("corrupt object in store: {e}")))?;
+    let mut obj: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("corrupt object in store: {e}")))?;
     object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
     Ok(obj)
 }
@@ -165,11 +153,6 @@ fn now_rfc3339() -> String {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
-}
-
-/// Kinds whose status a create may not set (the system fills it).
-fn resets_status_on_create(info: &KindInfo) -> bool {
-    matches!(info.kind, "Service" | "Pod" | "Namespace")
 }
 
 /// Namespaces that always exist and cannot be deleted.
@@ -202,21 +185,23 @@ impl Registry {
         &self.allocator
     }
 
-    pub async fn get(&self, info: &KindInfo, namespace: &str, name: &str) -> ApiResult<Value> {
+    pub async fn get(&self, kind: &Kind, namespace: &str, name: &str) -> ApiResult<Value> {
+        let info = kind.info;
         let kv = self.store.get(&object_key(info, namespace, name)).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(info, name))?;
         decode_kv(&kv)
     }
 
-    pub async fn list(&self, info: &KindInfo, namespace: Option<&str>, filter: &Filter) -> ApiResult<(Vec<Value>, Revision)> {
-        let (stored, revision) = self.list_stored(info, namespace).await?;
+    pub async fn list(&self, kind: &Kind, namespace: Option<&str>, filter: &Filter) -> ApiResult<(Vec<Value>, Revision)> {
+        let (stored, revision) = self.list_stored(kind, namespace).await?;
         let items = stored.decode(filter).collect::<ApiResult<Vec<_>>>()?;
         Ok((items, revision))
     }
 
     /// The stored objects of a list, still encoded: large lists are
     /// rendered one object at a time from this.
-    pub async fn list_stored(&self, info: &KindInfo, namespace: Option<&str>) -> ApiResult<(Stored, Revision)> {
+    pub async fn list_stored(&self, kind: &Kind, namespace: Option<&str>) -> ApiResult<(Stored, Revision)> {
+        let info = kind.info;
         let (kvs, revision) = self.store.list(&list_prefix(info, namespace)).await?;
         Ok((Stored(kvs), revision))
     }
@@ -257,7 +242,8 @@ impl Registry {
         Ok(Compare::ModRevision(key, kv.mod_revision))
     }
 
-    pub async fn create(&self, info: &KindInfo, namespace: &str, mut body: Value, opts: &WriteOptions) -> ApiResult<Written> {
+    pub async fn create(&self, kind: &Kind, namespace: &str, mut body: Value, opts: &WriteOptions) -> ApiResult<Written> {
+        let info = kind.info;
         Self::check_type(info, &mut body)?;
         let meta = object::metadata_mut(&mut body);
         if info.namespaced {
@@ -287,19 +273,19 @@ impl Registry {
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        if info == &kinds::POD {
+        if kind.lifecycle == Lifecycle::Pod {
             if let (Some(node), Some(spec)) = (&self.default_node, body.get_mut("spec").and_then(Value::as_object_mut)) {
                 if spec.get("nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
                     spec.insert("nodeName".into(), json!(node.as_ref()));
                 }
             }
         }
-        if resets_status_on_create(info) {
+        if kind.status_reset_on_create {
             if let Some(obj) = body.as_object_mut() {
                 obj.remove("status");
             }
         }
-        let (prepared, warnings) = codec_for(info).prepare(body, None, opts.validation)?;
+        let (prepared, warnings) = kind.codec.prepare(body, None, opts.validation)?;
         let name = object::name(&prepared).to_string();
         let key = object_key(info, namespace, &name);
 
@@ -314,7 +300,7 @@ impl Registry {
             if info.namespaced {
                 txn = txn.when(self.live_namespace(namespace).await?);
             }
-            if info == &kinds::SERVICE {
+            if kind.lifecycle == Lifecycle::Service {
                 txn = self.allocate(&key, &mut obj, None, txn).await?;
             }
             if opts.dry_run {
@@ -338,9 +324,8 @@ impl Registry {
 
     /// Takes and releases the Service's allocations within `txn`.
     async fn allocate(&self, key: &str, obj: &mut Value, old: Option<&Value>, mut txn: Txn) -> ApiResult<Txn> {
-        let typed = |v: &Value| {
-            serde_json::from_value::<Service>(v.clone()).map_err(|e| ApiError::Internal(format!("service decode: {e}")))
-        };
+        let typed =
+            |v: &Value| serde_json::from_value::<Service>(v.clone()).map_err(|e| ApiError::Internal(format!("service decode: {e}")));
         let mut svc = typed(obj)?;
         let old = old.map(typed).transpose()?;
         let plan = self.allocator.plan(self.store.as_ref(), key, &mut svc, old.as_ref()).await?;
@@ -359,7 +344,7 @@ impl Registry {
     /// between. A resourceVersion in the new state is a precondition.
     pub async fn update_with<F>(
         &self,
-        info: &KindInfo,
+        kind: &Kind,
         namespace: &str,
         name: &str,
         target: WriteTarget,
@@ -369,6 +354,7 @@ impl Registry {
     where
         F: Fn(&Value) -> ApiResult<Value>,
     {
+        let info = kind.info;
         let key = object_key(info, namespace, name);
         for _ in 0..MAX_ATTEMPTS {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(info, name))?;
@@ -386,10 +372,10 @@ impl Registry {
                 )));
             }
             let candidate = carry_over(info, desired, &current, target);
-            let (mut obj, warnings) = codec_for(info).prepare(candidate, Some(&current), opts.validation)?;
+            let (mut obj, warnings) = kind.codec.prepare(candidate, Some(&current), opts.validation)?;
             object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
             let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision));
-            if info == &kinds::SERVICE {
+            if kind.lifecycle == Lifecycle::Service {
                 txn = self.allocate(&key, &mut obj, Some(&current), txn).await?;
             }
             if without_version(&obj) == without_version(&current) || opts.dry_run {
@@ -407,23 +393,17 @@ impl Registry {
     }
 
     /// Deletes the object (a Namespace: starts its finalization).
-    pub async fn delete(
-        &self,
-        info: &KindInfo,
-        namespace: &str,
-        name: &str,
-        pre: &DeleteOptions,
-    ) -> ApiResult<Value> {
-        if info == &kinds::POD {
-            return self.delete_pod(namespace, name, pre).await;
+    pub async fn delete(&self, kind: &Kind, namespace: &str, name: &str, pre: &DeleteOptions) -> ApiResult<Value> {
+        match kind.lifecycle {
+            Lifecycle::Pod => return self.delete_pod(namespace, name, pre).await,
+            Lifecycle::Namespace => {}
+            Lifecycle::Plain | Lifecycle::Service => return self.delete_now(kind, namespace, name, pre).await,
         }
-        if info != &kinds::NAMESPACE {
-            return self.delete_now(info, namespace, name, pre).await;
-        }
+        let info = kind.info;
         if SYSTEM_NAMESPACES.contains(&name) {
             return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
         }
-        let current = self.get(info, "", name).await?;
+        let current = self.get(kind, "", name).await?;
         check_preconditions(info, name, &current, pre)?;
         if pre.dry_run {
             return Ok(current);
@@ -435,21 +415,17 @@ impl Registry {
     /// pod bound to a node is marked Terminating for its grace period, and
     /// its node agent removes it when the period ends or the workload stops.
     async fn delete_pod(&self, namespace: &str, name: &str, pre: &DeleteOptions) -> ApiResult<Value> {
-        let current = self.get(&kinds::POD, namespace, name).await?;
+        let current = self.get(&kind::POD, namespace, name).await?;
         check_preconditions(&kinds::POD, name, &current, pre)?;
-        let grace = pre
-            .grace_period
-            .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
-            .unwrap_or(30)
-            .max(0);
+        let grace = pre.grace_period.or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30).max(0);
         let bound = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
         if grace == 0 || !bound {
-            return self.delete_now(&kinds::POD, namespace, name, pre).await;
+            return self.delete_now(&kind::POD, namespace, name, pre).await;
         }
         let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
         let opts = WriteOptions { dry_run: pre.dry_run, ..Default::default() };
         let written = self
-            .update_with(&kinds::POD, namespace, name, WriteTarget::System, &opts, |cur| {
+            .update_with(&kind::POD, namespace, name, WriteTarget::System, &opts, |cur| {
                 let mut pod = cur.clone();
                 let meta = object::metadata_mut(&mut pod);
                 let earlier = meta
@@ -468,13 +444,8 @@ impl Registry {
     }
 
     /// Removes the object from the store at once, with its allocations.
-    async fn delete_now(
-        &self,
-        info: &KindInfo,
-        namespace: &str,
-        name: &str,
-        pre: &DeleteOptions,
-    ) -> ApiResult<Value> {
+    async fn delete_now(&self, kind: &Kind, namespace: &str, name: &str, pre: &DeleteOptions) -> ApiResult<Value> {
+        let info = kind.info;
         let key = object_key(info, namespace, name);
         for _ in 0..MAX_ATTEMPTS {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(info, name))?;
@@ -484,7 +455,7 @@ impl Registry {
                 return Ok(current);
             }
             let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision)).delete(key.clone());
-            if info == &kinds::SERVICE {
+            if kind.lifecycle == Lifecycle::Service {
                 let svc: Service = serde_json::from_value(current.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
                 for held in self.allocator.held(&svc) {
                     txn = txn.delete(held);
@@ -502,7 +473,7 @@ impl Registry {
     async fn begin_namespace_deletion(&self, name: &str) -> ApiResult<Value> {
         let opts = WriteOptions::default();
         let written = self
-            .update_with(&kinds::NAMESPACE, "", name, WriteTarget::System, &opts, |cur| {
+            .update_with(&kind::NAMESPACE, "", name, WriteTarget::System, &opts, |cur| {
                 let mut ns = cur.clone();
                 let meta = object::metadata_mut(&mut ns);
                 if meta.get("deletionTimestamp").is_none_or(Value::is_null) {
@@ -524,10 +495,10 @@ impl Registry {
 
     /// Deletes everything in a terminating namespace, then the namespace.
     pub async fn finalize_namespace(&self, name: &str) -> ApiResult<()> {
-        for info in kinds::ALL.iter().filter(|k| k.namespaced) {
-            let (items, _) = self.list(info, Some(name), &Filter::default()).await?;
+        for kind in kind::ALL.iter().filter(|k| k.info.namespaced) {
+            let (items, _) = self.list(kind, Some(name), &Filter::default()).await?;
             for item in items {
-                match self.delete_now(info, name, object::name(&item), &DeleteOptions::default()).await {
+                match self.delete_now(kind, name, object::name(&item), &DeleteOptions::default()).await {
                     Ok(_) | Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -540,7 +511,7 @@ impl Registry {
 
     /// Resumes the deletion of namespaces left Terminating by a restart.
     pub async fn resume_namespace_deletions(&self) -> ApiResult<()> {
-        let (namespaces, _) = self.list(&kinds::NAMESPACE, None, &Filter::default()).await?;
+        let (namespaces, _) = self.list(&kind::NAMESPACE, None, &Filter::default()).await?;
         for ns in namespaces.iter().filter(|ns| !ns["metadata"]["deletionTimestamp"].is_null()) {
             self.finalize_namespace(object::name(ns)).await?;
         }
@@ -551,16 +522,16 @@ impl Registry {
     /// followed by every later change), filtered like a list.
     pub async fn watch(
         &self,
-        info: &'static KindInfo,
+        kind: &'static Kind,
         namespace: Option<&str>,
         filter: Filter,
         since: Option<Revision>,
     ) -> ApiResult<BoxStream<'static, ApiResult<WatchEvent>>> {
-        let prefix = list_prefix(info, namespace);
+        let prefix = list_prefix(kind.info, namespace);
         let (initial, from) = match since {
             Some(rv) => (Vec::new(), rv),
             None => {
-                let (items, rv) = self.list(info, namespace, &filter).await?;
+                let (items, rv) = self.list(kind, namespace, &filter).await?;
                 (items.into_iter().map(|object| Ok(WatchEvent { kind: "ADDED", object })).collect(), rv)
             }
         };

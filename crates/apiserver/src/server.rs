@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -40,9 +41,7 @@ pub struct RunningApiServer {
 
 fn tls_config(creds: &Credentials) -> Result<rustls::ServerConfig, ServeError> {
     let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
-    let certs = rustls_pemfile::certs(&mut creds.serving_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls(&e))?;
+    let certs = rustls_pemfile::certs(&mut creds.serving_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| tls(&e))?;
     let key = rustls_pemfile::private_key(&mut creds.serving_key_pem.as_bytes())
         .map_err(|e| tls(&e))?
         .ok_or_else(|| ServeError::Tls("no private key in serving key file".into()))?;
@@ -57,6 +56,7 @@ fn is_public(path: &str) -> bool {
 }
 
 const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn token_matches(given: &str, expected: &str) -> bool {
     // Constant time in the token's length, so timing reveals nothing.
@@ -109,28 +109,42 @@ fn router(app: App) -> Router {
         .route("/openapi/v3/{*path}", get(|Path(p): Path<String>| async move { found(discovery::openapi_group_version(&p)) }))
         .fallback(handlers::resource)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(app.clone(), crate::metrics::observe))
         .with_state(app)
 }
 
-/// Binds the listener and serves until the returned task is aborted.
+/// How long requests in flight may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the listener and serves until `app.shutdown` is cancelled; then
+/// stops accepting, ends watches, lets requests in flight finish (for up to
+/// `SHUTDOWN_GRACE`) and the task ends.
 pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Result<RunningApiServer, ServeError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(creds)?));
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let token = app.shutdown.clone();
     let router = router(app);
     let task = tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let service = TowerToHyperService::new(router.clone());
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let tls = match acceptor.accept(tcp).await {
                     Ok(tls) => tls,
@@ -140,10 +154,15 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
                     }
                 };
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
+        }
+        drop(listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("API requests still in flight after {SHUTDOWN_GRACE:?}; closing them");
         }
     });
     Ok(RunningApiServer { local_addr, task })

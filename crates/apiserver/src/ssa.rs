@@ -11,7 +11,8 @@
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::patch::{child_path, merge_key, require_object, strategic_merge};
+use crate::kind::Kind;
+use crate::patch::{apply_merge, child_path, element_id, require_object, Identity};
 
 /// A field's path from the object's root, as the keys of a field set:
 /// `f:name` for a field, `k:{..}` for a list element, `.` for the element.
@@ -41,29 +42,32 @@ impl FieldConflict {
     }
 }
 
-/// The set of fields a configuration sets.
-pub fn field_set(config: &Value) -> Value {
-    fields_at(config, "")
+/// The set of fields a configuration of `kind` sets.
+pub fn field_set(kind: &Kind, config: &Value) -> Value {
+    fields_at(kind, config, "")
 }
 
-fn fields_at(value: &Value, path: &str) -> Value {
+fn fields_at(kind: &Kind, value: &Value, path: &str) -> Value {
     match value {
         Value::Object(map) => {
-            Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), fields_at(v, &child_path(path, k)))).collect())
+            Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), fields_at(kind, v, &child_path(path, k)))).collect())
         }
-        Value::Array(items) => match merge_key(path) {
-            Some(key) => Value::Object(items.iter().filter_map(|item| element_fields(item, key, path)).collect()),
+        Value::Array(items) => match kind.list_rule(path) {
+            Some(merge) => Value::Object(
+                items
+                    .iter()
+                    .filter_map(|item| {
+                        let id = element_id(merge, Identity::MapKeys, item)?;
+                        let Value::Object(mut fields) = fields_at(kind, item, path) else { return None };
+                        fields.insert(".".into(), Value::Object(Map::new()));
+                        Some((format!("k:{}", Value::Object(id)), Value::Object(fields)))
+                    })
+                    .collect(),
+            ),
             None => Value::Object(Map::new()),
         },
         _ => Value::Object(Map::new()),
     }
-}
-
-fn element_fields(item: &Value, key: &str, path: &str) -> Option<(String, Value)> {
-    let id = item.get(key)?;
-    let Value::Object(mut fields) = fields_at(item, path) else { return None };
-    fields.insert(".".into(), Value::Object(Map::new()));
-    Some((format!("k:{}", serde_json::json!({ key: id })), Value::Object(fields)))
 }
 
 fn is_leaf(set: &Value) -> bool {
@@ -189,9 +193,9 @@ fn is_apply_by(entry: &Value, manager: &str) -> bool {
 /// this configuration changes is a conflict: refused, or with `force`
 /// taken over from that applier. The manager's new field set is recorded
 /// in `metadata.managedFields`.
-pub fn server_side_apply(current: &Value, config: &Value, manager: &str, force: bool) -> ApiResult<Value> {
+pub fn server_side_apply(kind: &Kind, current: &Value, config: &Value, manager: &str, force: bool) -> ApiResult<Value> {
     require_object(config)?;
-    let fields = field_set(config);
+    let fields = field_set(kind, config);
     let mut entries = current["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
     let others_own = |path: &[String]| entries.iter().any(|e| !is_apply_by(e, manager) && owns(&e["fieldsV1"], path));
     let mut out = current.clone();
@@ -205,7 +209,7 @@ pub fn server_side_apply(current: &Value, config: &Value, manager: &str, force: 
         }
         remove_dropped(&mut out, &before, &fields);
     }
-    strategic_merge(&mut out, config, "");
+    apply_merge(kind, &mut out, config);
     let conflicts = conflicts(current, &out, &fields, manager, &entries);
     if !conflicts.is_empty() {
         if !force {
@@ -262,22 +266,23 @@ pub fn record_apply(obj: &mut Value, fields: &Value, manager: &str, config: &Val
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::SERVICE;
     use serde_json::json;
 
     #[test]
     fn apply_removes_what_the_manager_dropped() {
         let live = json!({"metadata": {"name": "x", "labels": {"mine": "1", "theirs": "2"}}, "spec": {"sessionAffinity": "ClientIP", "type": "ClusterIP"}});
         let first = json!({"metadata": {"name": "x", "labels": {"mine": "1"}}, "spec": {"sessionAffinity": "ClientIP"}});
-        let applied = server_side_apply(&live, &first, "kubectl", false).unwrap();
+        let applied = server_side_apply(&SERVICE, &live, &first, "kubectl", false).unwrap();
         let second = json!({"metadata": {"name": "x"}, "spec": {}});
-        let out = server_side_apply(&applied, &second, "kubectl", false).unwrap();
+        let out = server_side_apply(&SERVICE, &applied, &second, "kubectl", false).unwrap();
         assert!(out["metadata"]["labels"].get("mine").is_none(), "{out}");
         assert_eq!(out["metadata"]["labels"]["theirs"], "2", "fields the manager never set stay");
         assert!(out["spec"].get("sessionAffinity").is_none());
         assert_eq!(out["spec"]["type"], "ClusterIP");
         assert_eq!(out["metadata"]["name"], "x");
         // Another manager's apply does not drop the first one's fields.
-        let other = server_side_apply(&applied, &json!({"metadata": {"name": "x"}}), "someone-else", false).unwrap();
+        let other = server_side_apply(&SERVICE, &applied, &json!({"metadata": {"name": "x"}}), "someone-else", false).unwrap();
         assert_eq!(other["metadata"]["labels"]["mine"], "1");
         assert_eq!(other["metadata"]["managedFields"].as_array().unwrap().len(), 2);
     }
@@ -285,33 +290,36 @@ mod tests {
     #[test]
     fn a_changed_field_another_applier_owns_conflicts_unless_forced() {
         let live = json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterIP"}});
-        let a = server_side_apply(&live, &json!({"metadata": {"name": "x"}, "spec": {"type": "NodePort"}}), "a", false).unwrap();
+        let a = server_side_apply(&SERVICE, &live, &json!({"metadata": {"name": "x"}, "spec": {"type": "NodePort"}}), "a", false).unwrap();
         // The same value is shared ownership, not a conflict.
-        let shared = server_side_apply(&a, &json!({"metadata": {"name": "x"}, "spec": {"type": "NodePort"}}), "b", false).unwrap();
+        let shared =
+            server_side_apply(&SERVICE, &a, &json!({"metadata": {"name": "x"}, "spec": {"type": "NodePort"}}), "b", false).unwrap();
         let change = json!({"metadata": {"name": "x"}, "spec": {"type": "LoadBalancer"}});
-        let Err(ApiError::ApplyConflict(found)) = server_side_apply(&shared, &change, "c", false) else { panic!("no conflict") };
+        let Err(ApiError::ApplyConflict(found)) = server_side_apply(&SERVICE, &shared, &change, "c", false) else { panic!("no conflict") };
         let found: Vec<(String, String)> = found.iter().map(|c| (c.manager.clone(), c.field())).collect();
         assert_eq!(found, [("a".to_string(), ".spec.type".to_string()), ("b".to_string(), ".spec.type".to_string())]);
-        let forced = server_side_apply(&shared, &change, "c", true).unwrap();
+        let forced = server_side_apply(&SERVICE, &shared, &change, "c", true).unwrap();
         assert_eq!(forced["spec"]["type"], "LoadBalancer");
         let owners: Vec<&Value> = forced["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| &e["manager"]).collect();
         assert_eq!(owners, ["a", "b", "c"], "a and b keep metadata.name");
-        assert!(forced["metadata"]["managedFields"].as_array().unwrap()[..2].iter().all(|e| !owns(&e["fieldsV1"], &["f:spec".into(), "f:type".into()])));
+        assert!(forced["metadata"]["managedFields"].as_array().unwrap()[..2]
+            .iter()
+            .all(|e| !owns(&e["fieldsV1"], &["f:spec".into(), "f:type".into()])));
     }
 
     #[test]
     fn a_dropped_field_another_applier_owns_stays() {
         let live = json!({"metadata": {"name": "x", "labels": {"app": "web"}}});
         let config = json!({"metadata": {"name": "x", "labels": {"app": "web"}}});
-        let a = server_side_apply(&live, &config, "a", false).unwrap();
-        let both = server_side_apply(&a, &config, "b", false).unwrap();
-        let out = server_side_apply(&both, &json!({"metadata": {"name": "x"}}), "a", false).unwrap();
+        let a = server_side_apply(&SERVICE, &live, &config, "a", false).unwrap();
+        let both = server_side_apply(&SERVICE, &a, &config, "b", false).unwrap();
+        let out = server_side_apply(&SERVICE, &both, &json!({"metadata": {"name": "x"}}), "a", false).unwrap();
         assert_eq!(out["metadata"]["labels"]["app"], "web");
     }
 
     #[test]
     fn disowning_prunes_empty_parents() {
-        let mut set = field_set(&json!({"metadata": {"labels": {"app": "x"}, "name": "n"}}));
+        let mut set = field_set(&SERVICE, &json!({"metadata": {"labels": {"app": "x"}, "name": "n"}}));
         disown(&mut set, &["f:metadata".into(), "f:labels".into(), "f:app".into()]);
         assert_eq!(set, json!({"f:metadata": {"f:name": {}}}));
         assert_eq!(leaves(&set), [vec!["f:metadata".to_string(), "f:name".to_string()]]);
@@ -333,30 +341,57 @@ mod tests {
 
     #[test]
     fn list_elements_are_owned_by_key() {
-        let set = field_set(&service(json!([{"port": 80, "targetPort": 8080}])));
-        assert_eq!(set["f:spec"]["f:ports"], json!({"k:{\"port\":80}": {".": {}, "f:port": {}, "f:targetPort": {}}}));
-        let live = defaulted(server_side_apply(&json!({"metadata": {"name": "x"}}), &service(json!([{"port": 80, "targetPort": 8080}])), "a", false).unwrap());
+        let set = field_set(&SERVICE, &service(json!([{"port": 80, "targetPort": 8080}])));
+        assert_eq!(set["f:spec"]["f:ports"], json!({"k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}, "f:targetPort": {}}}));
+        let live = defaulted(
+            server_side_apply(
+                &SERVICE,
+                &json!({"metadata": {"name": "x"}}),
+                &service(json!([{"port": 80, "targetPort": 8080}])),
+                "a",
+                false,
+            )
+            .unwrap(),
+        );
         // Another applier adding an element, and naming a shared one unchanged, is no conflict.
-        let live = defaulted(server_side_apply(&live, &service(json!([{"port": 80}, {"port": 443}])), "b", false).unwrap());
+        let live = defaulted(server_side_apply(&SERVICE, &live, &service(json!([{"port": 80}, {"port": 443}])), "b", false).unwrap());
         assert_eq!(live["spec"]["ports"].as_array().unwrap().len(), 2);
         assert_eq!(live["spec"]["ports"][0]["targetPort"], 8080);
         // Changing the element's field a owns is.
-        let Err(ApiError::ApplyConflict(found)) = server_side_apply(&live, &service(json!([{"port": 80, "targetPort": 9090}])), "c", false) else {
+        let Err(ApiError::ApplyConflict(found)) =
+            server_side_apply(&SERVICE, &live, &service(json!([{"port": 80, "targetPort": 9090}])), "c", false)
+        else {
             panic!("no conflict")
         };
-        assert_eq!(found.iter().map(FieldConflict::field).collect::<Vec<_>>(), [".spec.ports[port=80].targetPort"]);
+        assert_eq!(found.iter().map(FieldConflict::field).collect::<Vec<_>>(), [".spec.ports[port=80,protocol=\"TCP\"].targetPort"]);
         // Setting a field only defaulting filled in is not.
-        assert!(server_side_apply(&live, &service(json!([{"port": 443, "targetPort": 8443}])), "c", false).is_ok());
+        assert!(server_side_apply(&SERVICE, &live, &service(json!([{"port": 443, "targetPort": 8443}])), "c", false).is_ok());
     }
 
     #[test]
     fn a_dropped_list_element_goes_unless_another_applier_owns_it() {
         let config = service(json!([{"port": 80}, {"port": 81}, {"port": 82}]));
-        let live = defaulted(server_side_apply(&json!({"metadata": {"name": "x"}}), &config, "a", false).unwrap());
-        let live = defaulted(server_side_apply(&live, &service(json!([{"port": 82}])), "b", false).unwrap());
-        let out = server_side_apply(&live, &service(json!([{"port": 80}])), "a", false).unwrap();
+        let live = defaulted(server_side_apply(&SERVICE, &json!({"metadata": {"name": "x"}}), &config, "a", false).unwrap());
+        let live = defaulted(server_side_apply(&SERVICE, &live, &service(json!([{"port": 82}])), "b", false).unwrap());
+        let out = server_side_apply(&SERVICE, &live, &service(json!([{"port": 80}])), "a", false).unwrap();
         let ports: Vec<&Value> = out["spec"]["ports"].as_array().unwrap().iter().map(|p| &p["port"]).collect();
         assert_eq!(ports, [80, 82]);
         assert_eq!(out["spec"]["ports"][0]["protocol"], "TCP", "defaulted fields of a kept element stay");
+    }
+
+    #[test]
+    fn ports_of_one_number_and_two_protocols_stay_two() {
+        let dns = service(json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]));
+        let live = server_side_apply(&SERVICE, &json!({"metadata": {"name": "x"}}), &dns, "kubectl", false).unwrap();
+        let ports: Vec<(&Value, &Value)> = live["spec"]["ports"].as_array().unwrap().iter().map(|p| (&p["port"], &p["protocol"])).collect();
+        assert_eq!(ports, [(&json!(53), &json!("UDP")), (&json!(53), &json!("TCP"))]);
+        let owned = &live["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"];
+        assert_eq!(owned.as_object().unwrap().len(), 2, "{owned}");
+        // Applying again, then dropping one, removes only that one.
+        let again = server_side_apply(&SERVICE, &live, &dns, "kubectl", false).unwrap();
+        assert_eq!(again["spec"]["ports"].as_array().unwrap().len(), 2);
+        let udp_only = service(json!([{"name": "dns", "port": 53, "protocol": "UDP"}]));
+        let out = server_side_apply(&SERVICE, &again, &udp_only, "kubectl", false).unwrap();
+        assert_eq!(out["spec"]["ports"], json!([{"name": "dns", "port": 53, "protocol": "UDP"}]));
     }
 }

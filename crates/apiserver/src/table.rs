@@ -3,7 +3,6 @@
 //! printers, so `kubectl get` prints what users know.
 
 use serde_json::{json, Value};
-use wharf_api::kinds::KindInfo;
 
 struct Column {
     name: &'static str,
@@ -21,34 +20,49 @@ const fn wide(name: &'static str) -> Column {
 const SERVICE_COLUMNS: &[Column] =
     &[col("Name"), col("Type"), col("Cluster-IP"), col("External-IP"), col("Port(s)"), col("Age"), wide("Selector")];
 const POD_COLUMNS: &[Column] = &[
-    col("Name"), col("Ready"), col("Status"), col("Restarts"), col("Age"),
-    wide("IP"), wide("Node"), wide("Nominated Node"), wide("Readiness Gates"),
+    col("Name"),
+    col("Ready"),
+    col("Status"),
+    col("Restarts"),
+    col("Age"),
+    wide("IP"),
+    wide("Node"),
+    wide("Nominated Node"),
+    wide("Readiness Gates"),
 ];
 const ENDPOINTS_COLUMNS: &[Column] = &[col("Name"), col("Endpoints"), col("Age")];
 const ENDPOINT_SLICE_COLUMNS: &[Column] = &[col("Name"), col("AddressType"), col("Ports"), col("Endpoints"), col("Age")];
 const NAMESPACE_COLUMNS: &[Column] = &[col("Name"), col("Status"), col("Age")];
 const NODE_COLUMNS: &[Column] = &[
-    col("Name"), col("Status"), col("Roles"), col("Age"), col("Version"),
-    wide("Internal-IP"), wide("External-IP"), wide("OS-Image"), wide("Kernel-Version"), wide("Container-Runtime"),
+    col("Name"),
+    col("Status"),
+    col("Roles"),
+    col("Age"),
+    col("Version"),
+    wide("Internal-IP"),
+    wide("External-IP"),
+    wide("OS-Image"),
+    wide("Kernel-Version"),
+    wide("Container-Runtime"),
 ];
 const EVENT_COLUMNS: &[Column] = &[col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Message")];
-const DEFAULT_COLUMNS: &[Column] = &[col("Name"), col("Age")];
-
-fn columns(kind: &str) -> &'static [Column] {
-    match kind {
-        "Service" => SERVICE_COLUMNS,
-        "Pod" => POD_COLUMNS,
-        "Endpoints" => ENDPOINTS_COLUMNS,
-        "EndpointSlice" => ENDPOINT_SLICE_COLUMNS,
-        "Namespace" => NAMESPACE_COLUMNS,
-        "Node" => NODE_COLUMNS,
-        "Event" => EVENT_COLUMNS,
-        _ => DEFAULT_COLUMNS,
-    }
+/// How `kubectl get` prints a kind: its columns, and a row's cells.
+pub struct Printer {
+    columns: &'static [Column],
+    cells: fn(&Value, jiff::Timestamp) -> Vec<Value>,
 }
 
-fn column_definitions(kind: &str) -> Vec<Value> {
-    columns(kind)
+pub const SERVICE: Printer = Printer { columns: SERVICE_COLUMNS, cells: |o, now| named(o, now, service_cells(o)) };
+pub const POD: Printer = Printer { columns: POD_COLUMNS, cells: |o, now| named(o, now, pod_cells(o)) };
+pub const ENDPOINTS: Printer = Printer { columns: ENDPOINTS_COLUMNS, cells: |o, now| named(o, now, endpoints_cells(o)) };
+pub const ENDPOINT_SLICE: Printer = Printer { columns: ENDPOINT_SLICE_COLUMNS, cells: |o, now| named(o, now, endpoint_slice_cells(o)) };
+pub const NAMESPACE: Printer = Printer { columns: NAMESPACE_COLUMNS, cells: |o, now| named(o, now, namespace_cells(o)) };
+pub const NODE: Printer = Printer { columns: NODE_COLUMNS, cells: |o, now| named(o, now, node_cells(o)) };
+pub const EVENT: Printer = Printer { columns: EVENT_COLUMNS, cells: event_cells };
+
+fn column_definitions(printer: &Printer) -> Vec<Value> {
+    printer
+        .columns
         .iter()
         .map(|c| {
             json!({
@@ -162,7 +176,11 @@ fn service_cells(obj: &Value) -> Vec<Value> {
                 .collect();
             let found = !ips.is_empty() || !external_ips.is_empty();
             ips.extend(external_ips);
-            if found { ips.join(",") } else { "<pending>".into() }
+            if found {
+                ips.join(",")
+            } else {
+                "<pending>".into()
+            }
         }
         "ExternalName" => str_or(&spec["externalName"], "<none>").to_string(),
         _ => join_or(external_ips, "<none>"),
@@ -179,23 +197,14 @@ fn service_cells(obj: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    let mut selector: Vec<String> = spec["selector"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
+    let mut selector: Vec<String> =
+        spec["selector"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
     selector.sort();
-    vec![
-        json!(ty),
-        json!(str_or(&spec["clusterIP"], "<none>")),
-        json!(external),
-        json!(join_or(ports, "<none>")),
-    ]
-    .into_iter()
-    .chain(std::iter::once(Value::Null)) // Age, filled by the caller
-    .chain(std::iter::once(json!(join_or(selector, "<none>"))))
-    .collect()
+    vec![json!(ty), json!(str_or(&spec["clusterIP"], "<none>")), json!(external), json!(join_or(ports, "<none>"))]
+        .into_iter()
+        .chain(std::iter::once(Value::Null)) // Age, filled by the caller
+        .chain(std::iter::once(json!(join_or(selector, "<none>"))))
+        .collect()
 }
 
 fn pod_cells(obj: &Value) -> Vec<Value> {
@@ -251,12 +260,7 @@ fn endpoint_slice_cells(obj: &Value) -> Vec<Value> {
             _ => "*".to_string(),
         })
         .collect();
-    let addresses: Vec<String> = obj["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|e| strings(&e["addresses"]))
-        .collect();
+    let addresses: Vec<String> = obj["endpoints"].as_array().into_iter().flatten().flat_map(|e| strings(&e["addresses"])).collect();
     vec![
         json!(str_or(&obj["addressType"], "")),
         json!(list_with_more(ports, "<unset>")),
@@ -318,20 +322,9 @@ fn event_cells(obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
     ]
 }
 
-/// One row's cells, in column order.
-fn cells(kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+/// A row: the name, then `rest`, where `Value::Null` marks the Age column.
+fn named(obj: &Value, now: jiff::Timestamp, rest: Vec<Value>) -> Vec<Value> {
     let age_cell = json!(age(&obj["metadata"]["creationTimestamp"], now));
-    let rest = match kind {
-        "Service" => service_cells(obj),
-        "Pod" => pod_cells(obj),
-        "Endpoints" => endpoints_cells(obj),
-        "EndpointSlice" => endpoint_slice_cells(obj),
-        "Namespace" => namespace_cells(obj),
-        "Node" => node_cells(obj),
-        "Event" => return event_cells(obj, now),
-        _ => vec![Value::Null],
-    };
-    // `Value::Null` marks where the Age column goes.
     let rest = rest.into_iter().map(|c| if c.is_null() { age_cell.clone() } else { c });
     std::iter::once(json!(obj["metadata"]["name"])).chain(rest).collect()
 }
@@ -345,7 +338,7 @@ pub enum IncludeObject {
     None,
 }
 
-fn row(info: &KindInfo, obj: &Value, include: IncludeObject, now: jiff::Timestamp) -> Value {
+fn row(printer: &Printer, obj: &Value, include: IncludeObject, now: jiff::Timestamp) -> Value {
     let object = match include {
         IncludeObject::Object => obj.clone(),
         IncludeObject::Metadata => json!({
@@ -355,13 +348,13 @@ fn row(info: &KindInfo, obj: &Value, include: IncludeObject, now: jiff::Timestam
         }),
         IncludeObject::None => Value::Null,
     };
-    json!({"cells": cells(info.kind, obj, now), "object": object})
+    json!({"cells": (printer.cells)(obj, now), "object": object})
 }
 
 /// A Table of the given objects, as one `kubectl get` or watch event.
-pub fn table(info: &KindInfo, objects: &[Value], resource_version: &str, include: IncludeObject, with_columns: bool) -> Value {
+pub fn table(printer: &Printer, objects: &[Value], resource_version: &str, include: IncludeObject, with_columns: bool) -> Value {
     let now = jiff::Timestamp::now();
-    let rows: Vec<Value> = objects.iter().map(|o| row(info, o, include, now)).collect();
+    let rows: Vec<Value> = objects.iter().map(|o| row(printer, o, include, now)).collect();
     let mut table = json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -369,7 +362,7 @@ pub fn table(info: &KindInfo, objects: &[Value], resource_version: &str, include
         "rows": rows,
     });
     if with_columns {
-        table["columnDefinitions"] = json!(column_definitions(info.kind));
+        table["columnDefinitions"] = json!(column_definitions(printer));
     }
     table
 }
@@ -377,7 +370,7 @@ pub fn table(info: &KindInfo, objects: &[Value], resource_version: &str, include
 /// The same Table as [`table`], serialized while the objects are decoded
 /// one by one, so a list of thousands never holds them all at once.
 pub fn write_table<E>(
-    info: &KindInfo,
+    printer: &Printer,
     objects: impl Iterator<Item = Result<Value, E>>,
     resource_version: &str,
     include: IncludeObject,
@@ -387,7 +380,7 @@ pub fn write_table<E>(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": {"resourceVersion": resource_version},
-        "columnDefinitions": column_definitions(info.kind),
+        "columnDefinitions": column_definitions(printer),
     });
     let mut out = serde_json::to_vec(&head).unwrap_or_default();
     out.pop(); // reopen the object for "rows"
@@ -396,7 +389,7 @@ pub fn write_table<E>(
         if i > 0 {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut out, &row(info, &obj?, include, now));
+        let _ = serde_json::to_writer(&mut out, &row(printer, &obj?, include, now));
     }
     out.extend_from_slice(b"]}");
     Ok(out)
@@ -405,13 +398,21 @@ pub fn write_table<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_api::kinds;
 
     #[test]
     fn human_durations() {
         let cases = [
-            (45, "45s"), (119, "119s"), (303, "5m3s"), (300, "5m"), (2820, "47m"), (11040, "3h4m"),
-            (72000, "20h"), (273600, "3d4h"), (3456000, "40d"), (2 * 365 * 86400 + 10 * 86400, "2y10d"), (9 * 365 * 86400, "9y"),
+            (45, "45s"),
+            (119, "119s"),
+            (303, "5m3s"),
+            (300, "5m"),
+            (2820, "47m"),
+            (11040, "3h4m"),
+            (72000, "20h"),
+            (273600, "3d4h"),
+            (3456000, "40d"),
+            (2 * 365 * 86400 + 10 * 86400, "2y10d"),
+            (9 * 365 * 86400, "9y"),
         ];
         for (secs, want) in cases {
             assert_eq!(human_duration(secs), want, "{secs}");
@@ -425,7 +426,7 @@ mod tests {
                 "ports": [{"port": 443, "nodePort": 31525, "protocol": "TCP"}],
                 "selector": {"b": "2", "a": "1"}},
             "status": {"loadBalancer": {}}});
-        let t = table(&kinds::SERVICE, &[svc], "7", IncludeObject::Metadata, true);
+        let t = table(&SERVICE, &[svc], "7", IncludeObject::Metadata, true);
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "kolide-fleet-fleet");
         assert_eq!(cells[1], "LoadBalancer");
@@ -439,8 +440,8 @@ mod tests {
     #[test]
     fn streamed_table_equals_built_table() {
         let objs = vec![json!({"metadata": {"name": "a"}}), json!({"metadata": {"name": "b"}})];
-        let built = table(&kinds::NAMESPACE, &objs, "3", IncludeObject::Metadata, true);
-        let streamed = write_table::<()>(&kinds::NAMESPACE, objs.into_iter().map(Ok), "3", IncludeObject::Metadata).unwrap();
+        let built = table(&NAMESPACE, &objs, "3", IncludeObject::Metadata, true);
+        let streamed = write_table::<()>(&NAMESPACE, objs.into_iter().map(Ok), "3", IncludeObject::Metadata).unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&streamed).unwrap(), built);
     }
 
@@ -448,7 +449,7 @@ mod tests {
     fn endpoints_list_at_most_three() {
         let ep = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [
             {"ip": "127.0.0.1"}, {"ip": "127.0.0.2"}, {"ip": "127.0.0.3"}, {"ip": "127.0.0.4"}], "ports": [{"port": 80}]}]});
-        let t = table(&kinds::ENDPOINTS, &[ep], "1", IncludeObject::None, false);
+        let t = table(&ENDPOINTS, &[ep], "1", IncludeObject::None, false);
         assert_eq!(t["rows"][0]["cells"][1], "127.0.0.1:80,127.0.0.2:80,127.0.0.3:80 + 1 more...");
     }
 }

@@ -1,8 +1,8 @@
 //! Controllers: turn watch events on Services and Pods into the objects
 //! that follow from them. They speak only the Kubernetes API (list/watch
-//! and writes through `kube`), like kube-controller-manager does.
+//! and writes through `kube`), like kube-controller-manager does, on the
+//! runtime in `wharf-kube` (reflectors, work queue, workers).
 
-pub mod cache;
 pub mod endpointslice;
 pub mod loadbalancer;
 pub mod nodelifecycle;

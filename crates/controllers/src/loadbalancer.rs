@@ -2,18 +2,22 @@
 //! it to `status.loadBalancer.ingress`, so it is reachable and
 //! `kubectl get svc` shows an EXTERNAL-IP instead of `<pending>`.
 //! Services with a `loadBalancerClass` belong to another implementation.
+//!
+//! An address belongs to the service that held it first: on start (and
+//! after every relist) the addresses services already show are taken
+//! oldest service first, so a status another client wrote can never
+//! displace the owner; the newcomer is given a free address instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-
-use crate::cache::{key_of, ObjectKey};
+use tokio_util::sync::CancellationToken;
+use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 /// Addresses of the pool in order, without network and broadcast.
 fn pool_addresses(pool: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
@@ -43,6 +47,10 @@ impl Assignments {
         }
     }
 
+    fn owner(&self, ip: Ipv4Addr) -> Option<&ObjectKey> {
+        self.by_ip.get(&ip)
+    }
+
     fn take(&mut self, key: &ObjectKey, ip: Ipv4Addr) {
         self.release(key);
         self.by_ip.insert(ip, key.clone());
@@ -52,7 +60,7 @@ impl Assignments {
     /// The address `svc` should have: the one it has if valid, else the
     /// one it asks for (`spec.loadBalancerIP`) if free, else the first free.
     pub fn assign(&mut self, pool: Ipv4Net, svc: &Service) -> Option<Ipv4Addr> {
-        let key = key_of(svc);
+        let key = ObjectKey::of(svc);
         let free = |a: &Self, ip: &Ipv4Addr| pool.contains(ip) && a.by_ip.get(ip).is_none_or(|owner| owner == &key);
         let requested = svc.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref()).and_then(|ip| ip.parse().ok());
         let choice = ingress_ip(svc)
@@ -65,60 +73,127 @@ impl Assignments {
     }
 }
 
+struct State {
+    services: Watched<Service>,
+    assignments: Assignments,
+    /// Whether the addresses services already hold have been taken.
+    claimed: bool,
+}
+
 pub struct LoadBalancerController {
     client: kube::Client,
     pool: Ipv4Net,
+    state: Arc<Mutex<State>>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    metrics: QueueHandles,
+}
+
+/// The status write a reconcile decided on.
+enum Write {
+    Ingress(Ipv4Addr),
+    Clear,
 }
 
 impl LoadBalancerController {
-    pub fn new(client: kube::Client, pool: Ipv4Net) -> Self {
-        Self { client, pool }
+    pub fn new(client: kube::Client, pool: Ipv4Net, metrics: QueueHandles) -> Self {
+        let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
+        let state = State { services: Watched::default(), assignments: Assignments::default(), claimed: false };
+        Self { client, pool, state: Arc::new(Mutex::new(state)), queue, metrics }
     }
 
-    async fn write(&self, svc: &Service, ip: Option<Ipv4Addr>) {
-        let (ns, name) = key_of(svc);
-        let status = match ip {
-            Some(ip) => serde_json::json!({"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}),
-            None => serde_json::json!({"loadBalancer": {}}),
-        };
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await {
-            tracing::warn!(namespace = %ns, service = %name, error = %e, "writing the load balancer status failed");
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, token: CancellationToken) {
+        let events = watch::watch_all::<Service>(&self.client);
+        futures::pin_mut!(events);
+        let mut workers = None;
+        loop {
+            let event = tokio::select! {
+                _ = token.cancelled() => break,
+                Some(event) = events.next() => event,
+            };
+            let synced = {
+                let mut state = self.lock();
+                for change in state.services.handle(event) {
+                    self.queue.add(change.key());
+                }
+                if state.services.reflector.is_synced() && !state.claimed {
+                    claim_held(&mut state, self.pool);
+                }
+                state.claimed
+            };
+            if synced && workers.is_none() {
+                let this = self.clone();
+                let reconcile = move |key| {
+                    let this = this.clone();
+                    async move { this.reconcile(key).await }
+                };
+                // One worker: addresses are handed out one at a time.
+                workers = Some(tokio::spawn(wharf_kube::run_workers(
+                    "loadbalancer",
+                    self.queue.clone(),
+                    self.metrics.clone(),
+                    1,
+                    token.clone(),
+                    reconcile,
+                )));
+            }
+        }
+        if let Some(workers) = workers {
+            let _ = workers.await;
         }
     }
 
-    pub async fn run(self) {
-        let api: Api<Service> = Api::all(self.client.clone());
-        let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-        futures::pin_mut!(events);
-        let mut assignments = Assignments::default();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(Event::Apply(svc) | Event::InitApply(svc)) => {
-                    let key = key_of(&svc);
-                    if is_ours(&svc) {
-                        let ip = assignments.assign(self.pool, &svc);
-                        if ip.is_none() {
-                            tracing::warn!(namespace = %key.0, service = %key.1, pool = %self.pool, "load balancer pool is exhausted");
-                        }
-                        if ip != ingress_ip(&svc) {
-                            self.write(&svc, ip).await;
-                        }
-                    } else {
-                        assignments.release(&key);
-                        let has_ingress = ingress_ip(&svc).is_some();
-                        let not_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer");
-                        if has_ingress && not_lb {
-                            self.write(&svc, None).await;
-                        }
-                    }
+    fn decide(&self, key: &ObjectKey) -> Option<Write> {
+        let mut state = self.lock();
+        let svc = state.services.reflector.get(key).cloned();
+        let Some(svc) = svc.clone().filter(|s| is_ours(s)) else {
+            state.assignments.release(key);
+            let stale = svc.filter(|s| ingress_ip(s).is_some() && s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer"));
+            return stale.map(|_| Write::Clear);
+        };
+        let ip = state.assignments.assign(self.pool, &svc);
+        match ip {
+            None => {
+                tracing::warn!(service = %key, pool = %self.pool, "load balancer pool is exhausted");
+                ingress_ip(&svc).is_some().then_some(Write::Clear)
+            }
+            Some(ip) if Some(ip) == ingress_ip(&svc) => None,
+            Some(ip) => {
+                if let Some(claimed) = ingress_ip(&svc) {
+                    tracing::warn!(service = %key, address = %claimed, "the address in the status belongs to another service; assigning {ip}");
                 }
-                Ok(Event::Delete(svc)) => assignments.release(&key_of(&svc)),
-                Ok(Event::Init | Event::InitDone) => {}
-                Err(e) => tracing::warn!(error = %e, "load balancer controller watch error; retrying"),
+                Some(Write::Ingress(ip))
             }
         }
     }
+
+    async fn reconcile(&self, key: ObjectKey) -> Result<(), kube::Error> {
+        let Some(write) = self.decide(&key) else { return Ok(()) };
+        let status = match write {
+            Write::Ingress(ip) => serde_json::json!({"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}),
+            Write::Clear => serde_json::json!({"loadBalancer": {}}),
+        };
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        let written = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await?;
+        self.lock().services.reflector.record(written);
+        Ok(())
+    }
+}
+
+/// Takes the addresses services already show, oldest service first.
+fn claim_held(state: &mut State, pool: Ipv4Net) {
+    let mut holders: Vec<&Arc<Service>> = state.services.reflector.values().filter(|s| is_ours(s) && ingress_ip(s).is_some()).collect();
+    holders.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjectKey::of(s.as_ref())));
+    for svc in holders {
+        if let Some(ip) = ingress_ip(svc).filter(|ip| pool.contains(ip) && state.assignments.owner(*ip).is_none()) {
+            state.assignments.take(&ObjectKey::of(svc.as_ref()), ip);
+        }
+    }
+    state.claimed = true;
 }
 
 #[cfg(test)]
@@ -146,7 +221,7 @@ mod tests {
         assert_eq!(a.assign(pool, &lb("a", Some("127.240.0.1"), None)), Some("127.240.0.1".parse().unwrap()));
         assert_eq!(a.assign(pool, &lb("c", Some("127.240.0.1"), None)), Some("127.240.0.3".parse().unwrap()));
         assert_eq!(a.assign(pool, &lb("d", None, Some("127.240.0.6"))), Some("127.240.0.6".parse().unwrap()));
-        a.release(&("d".into(), "b".into()));
+        a.release(&ObjectKey::new("d", "b"));
         assert_eq!(a.assign(pool, &lb("e", None, None)), Some("127.240.0.2".parse().unwrap()));
         assert_eq!(a.assign(pool, &lb("f", None, None)), Some("127.240.0.4".parse().unwrap()));
         assert_eq!(a.assign(pool, &lb("g", None, None)), Some("127.240.0.5".parse().unwrap()));

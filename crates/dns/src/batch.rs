@@ -40,11 +40,8 @@ impl Batch {
     /// queued, up to `BATCH`. Returns how many.
     pub fn receive(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         let fd: RawFd = socket.as_raw_fd();
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .chunks_mut(RECV_SIZE)
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: RECV_SIZE })
-            .collect();
+        let mut iovecs: Vec<libc::iovec> =
+            self.buffers.chunks_mut(RECV_SIZE).map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: RECV_SIZE }).collect();
         // SAFETY: mmsghdr is plain old data; all-zero is valid.
         let mut headers: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
         for (i, h) in headers.iter_mut().enumerate() {
@@ -55,9 +52,7 @@ impl Batch {
         }
         // SAFETY: every header points into buffers owned by `self` or this
         // frame (`iovecs`), which outlive the call; lengths match them.
-        let n = unsafe {
-            libc::recvmmsg(fd, headers.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
-        };
+        let n = unsafe { libc::recvmmsg(fd, headers.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -12,9 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::wire::Query;
+use wharf_limits as limits;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ENTRIES: usize = 10_000;
+/// Upstream queries in flight at once; more are answered SERVFAIL.
+pub const MAX_IN_FLIGHT: usize = 1024;
 const MAX_POSITIVE_TTL: u32 = 3600;
 const MAX_NEGATIVE_TTL: u32 = 300;
 
@@ -26,6 +29,7 @@ struct Cached {
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<(String, u16), Cached>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// Nameservers of a resolv.conf, skipping `exclude` (wharf's own).
@@ -61,7 +65,7 @@ fn cache_ttl(response: &[u8]) -> Option<u32> {
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        Self { upstreams, cache: Mutex::new(HashMap::new()) }
+        Self { upstreams, cache: Mutex::new(HashMap::new()), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) }
     }
 
     fn cached(&self, key: &(String, u16)) -> Option<Vec<u8>> {
@@ -89,8 +93,12 @@ impl Forwarder {
         if let Some(hit) = self.cached(&key) {
             return Some(hit);
         }
+        let Ok(_slot) = self.in_flight.try_acquire() else {
+            limits::reached("dns_forwards_in_flight", MAX_IN_FLIGHT, "answered SERVFAIL instead of forwarding");
+            return None;
+        };
         for upstream in &self.upstreams {
-            match ask(*upstream, packet).await {
+            match ask(*upstream, packet, query.question_end).await {
                 Ok(response) => {
                     self.remember(key, &response);
                     return Some(response);
@@ -102,8 +110,18 @@ impl Forwarder {
     }
 }
 
-/// One exchange with one upstream: UDP, then TCP if the answer was truncated.
-async fn ask(upstream: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Whether `response` answers `query`'s question (the same bytes, up to
+/// case): a reply to anything else is not taken, whatever its ID.
+fn answers_question(response: &[u8], query: &[u8], question_end: usize) -> bool {
+    let question = |m: &[u8]| m.get(4..6) == Some(&[0, 1]) && m.len() >= question_end;
+    question(response) && question(query) && response[12..question_end].eq_ignore_ascii_case(&query[12..question_end])
+}
+
+/// One exchange with one upstream, from a fresh socket (a random source
+/// port) with a random ID: UDP, then TCP if the answer was truncated. A
+/// reply counts only when it comes from the upstream (the socket is
+/// connected), carries the ID and answers the question.
+async fn ask(upstream: SocketAddr, packet: &[u8], question_end: usize) -> std::io::Result<Vec<u8>> {
     let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(std::io::Error::other)?;
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(upstream).await?;
@@ -115,7 +133,7 @@ async fn ask(upstream: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
     let response = tokio::time::timeout(TIMEOUT, async {
         loop {
             let n = socket.recv(&mut buf).await?;
-            if n >= 12 && buf[0..2] == id.to_be_bytes() {
+            if n >= 12 && buf[0..2] == id.to_be_bytes() && answers_question(&buf[..n], &outgoing, question_end) {
                 return Ok::<_, std::io::Error>(buf[..n].to_vec());
             }
         }
@@ -125,9 +143,13 @@ async fn ask(upstream: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
     if response[2] & 0x02 == 0 {
         return Ok(response);
     }
-    tokio::time::timeout(TIMEOUT, ask_tcp(upstream, &outgoing))
+    let response = tokio::time::timeout(TIMEOUT, ask_tcp(upstream, &outgoing))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream timed out"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream timed out"))??;
+    if response.get(0..2) != Some(&id.to_be_bytes()) || !answers_question(&response, &outgoing, question_end) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "upstream answered another question"));
+    }
+    Ok(response)
 }
 
 async fn ask_tcp(upstream: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -151,5 +173,24 @@ mod tests {
         let text = "# x\nnameserver 127.0.0.53\nnameserver 127.96.0.10\nsearch a\nnameserver ::1\n";
         let got = upstreams_from_resolv_conf(text, &["127.96.0.10".parse().unwrap()]);
         assert_eq!(got, ["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_reply_to_another_question_is_not_an_answer() {
+        // ID 7, one question: example.com A IN.
+        let query = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01";
+        let end = query.len();
+        let mut reply = query.to_vec();
+        reply[2] |= 0x80;
+        assert!(answers_question(&reply, query, end));
+        reply[12 + 1] = b'E';
+        assert!(answers_question(&reply, query, end), "case does not matter");
+        let mut other = reply.clone();
+        other[end - 3] = 28; // AAAA
+        assert!(!answers_question(&other, query, end));
+        let mut two = reply.clone();
+        two[5] = 2;
+        assert!(!answers_question(&two, query, end));
+        assert!(!answers_question(&reply[..end - 1], query, end), "a cut reply");
     }
 }

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-pub type Key = (String, String);
+pub use wharf_kube::ObjectKey as Key;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceKind {
@@ -65,10 +65,6 @@ pub fn dashed(ip: Ipv4Addr) -> String {
     ip.to_string().replace('.', "-")
 }
 
-fn key(ns: Option<&String>, name: Option<&String>) -> Key {
-    (ns.cloned().unwrap_or_default(), name.cloned().unwrap_or_default())
-}
-
 fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<NamedPort> {
     ports
         .filter_map(|(name, protocol, port)| {
@@ -96,7 +92,7 @@ impl Index {
     }
 
     pub fn service(&self, ns: &str, name: &str) -> Option<&ServiceEntry> {
-        self.services.get(&(ns.to_string(), name.to_string()))
+        self.services.get(&Key::new(ns, name))
     }
 
     pub fn has_namespace(&self, ns: &str) -> bool {
@@ -114,10 +110,10 @@ impl Index {
     /// Endpoints of a service from all its slices, de-duplicated by IP and
     /// hostname, in a stable order.
     pub fn endpoints(&self, ns: &str, service: &str) -> Vec<EndpointEntry> {
-        let key = (ns.to_string(), service.to_string());
+        let key = Key::new(ns, service);
         let mut seen = BTreeMap::new();
         for slice in self.slices_of.get(&key).into_iter().flatten() {
-            if let Some(entry) = self.slices.get(&(ns.to_string(), slice.clone())) {
+            if let Some(entry) = self.slices.get(&Key::new(ns, slice.as_str())) {
                 for ep in &entry.endpoints {
                     seen.entry((ep.ip, ep.hostname.clone())).or_insert_with(|| ep.clone());
                 }
@@ -128,13 +124,13 @@ impl Index {
 
     /// Named ports of a service's endpoints (headless SRV uses these).
     pub fn endpoint_ports(&self, ns: &str, service: &str) -> Vec<NamedPort> {
-        let key = (ns.to_string(), service.to_string());
+        let key = Key::new(ns, service);
         let mut ports: Vec<NamedPort> = self
             .slices_of
             .get(&key)
             .into_iter()
             .flatten()
-            .filter_map(|s| self.slices.get(&(ns.to_string(), s.clone())))
+            .filter_map(|s| self.slices.get(&Key::new(ns, s.as_str())))
             .flat_map(|s| s.ports.iter().cloned())
             .collect();
         ports.sort();
@@ -145,8 +141,8 @@ impl Index {
     /// Headless services with an endpoint at `ip`, with its hostname.
     pub fn headless_with_endpoint(&self, ip: Ipv4Addr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
-        for ((ns, _), slice) in &self.slices {
-            let svc_key = (ns.clone(), slice.service.clone());
+        for (key, slice) in &self.slices {
+            let svc_key = Key::new(key.namespace.as_str(), slice.service.as_str());
             if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
                 continue;
             }
@@ -160,7 +156,7 @@ impl Index {
     }
 
     pub fn apply_service(&mut self, svc: &Service) {
-        let key = key(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref());
+        let key = Key::of(svc);
         let Some(spec) = &svc.spec else { return };
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
@@ -198,7 +194,7 @@ impl Index {
     }
 
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
-        let key = key(slice.metadata.namespace.as_ref(), slice.metadata.name.as_ref());
+        let key = Key::of(slice);
         let service = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned();
         let Some(service) = service.filter(|_| slice.address_type == "IPv4") else {
             self.delete_slice(&key);
@@ -222,16 +218,16 @@ impl Index {
             return;
         }
         self.delete_slice(&key);
-        self.slices_of.entry((key.0.clone(), entry.service.clone())).or_default().insert(key.1.clone());
+        self.slices_of.entry(Key::new(key.namespace.as_str(), entry.service.as_str())).or_default().insert(key.name.clone());
         self.slices.insert(key, entry);
         self.changed();
     }
 
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
-            let owner = (key.0.clone(), old.service);
+            let owner = Key::new(key.namespace.as_str(), old.service);
             if let Some(set) = self.slices_of.get_mut(&owner) {
-                set.remove(&key.1);
+                set.remove(&key.name);
                 if set.is_empty() {
                     self.slices_of.remove(&owner);
                 }
@@ -241,14 +237,14 @@ impl Index {
     }
 
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let key = key(pod.metadata.namespace.as_ref(), pod.metadata.name.as_ref());
+        let key = Key::of(pod);
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
         if self.pods.get(&key).copied() == ip {
             return;
         }
         self.delete_pod(&key);
         if let Some(ip) = ip {
-            *self.pod_ips.entry((key.0.clone(), ip)).or_default() += 1;
+            *self.pod_ips.entry((key.namespace.clone(), ip)).or_default() += 1;
             self.pods.insert(key, ip);
             self.changed();
         }
@@ -256,7 +252,7 @@ impl Index {
 
     pub fn delete_pod(&mut self, key: &Key) {
         if let Some(ip) = self.pods.remove(key) {
-            let slot = (key.0.clone(), ip);
+            let slot = (key.namespace.clone(), ip);
             if let Some(n) = self.pod_ips.get_mut(&slot) {
                 *n -= 1;
                 if *n == 0 {
@@ -287,7 +283,7 @@ impl Index {
             "services" => self.services.keys().cloned().collect(),
             "endpointslices" => self.slices.keys().cloned().collect(),
             "pods" => self.pods.keys().cloned().collect(),
-            _ => self.namespaces.iter().map(|n| (String::new(), n.clone())).collect(),
+            _ => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
         }
     }
 }

@@ -20,6 +20,8 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
 pub use metrics::DnsMetrics;
 pub use resolve::ZoneConfig;
 
@@ -32,6 +34,9 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// UDP worker threads, one socket each.
     pub workers: usize,
+    /// Clients whose other names are forwarded (`--dns-recursion-cidrs`).
+    pub recursion_from: Vec<ipnet::IpNet>,
+    pub tcp: server::TcpLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,32 +45,38 @@ pub enum DnsError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// A running DNS server; dropping the handle leaves it running, abort the
-/// tasks to stop it.
+/// A running DNS server; it stops when the token given to `start` is
+/// cancelled.
 pub struct RunningDns {
     pub index: Arc<RwLock<index::Index>>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Binds the sockets (failing with the flag's name), then serves.
-pub async fn start(config: DnsConfig, client: kube::Client, metrics: DnsMetrics) -> Result<RunningDns, DnsError> {
+pub async fn start(config: DnsConfig, client: kube::Client, metrics: DnsMetrics, token: CancellationToken) -> Result<RunningDns, DnsError> {
     let bind_error = |source| DnsError::Bind { addr: config.listen, source };
     let sockets = (0..config.workers.max(1)).map(|_| server::bind_udp(config.listen)).collect::<Result<Vec<_>, _>>().map_err(bind_error)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
     let index = Arc::new(RwLock::new(index::Index::default()));
     let forwarder = (!config.upstreams.is_empty()).then(|| Arc::new(forward::Forwarder::new(config.upstreams.clone())));
-    let handler = Arc::new(server::Handler { index: index.clone(), zone: config.zone.clone(), forwarder, metrics: metrics.clone() });
+    let handler = Arc::new(server::Handler {
+        index: index.clone(),
+        zone: config.zone.clone(),
+        forwarder,
+        metrics: metrics.clone(),
+        recursion_from: config.recursion_from.clone(),
+    });
     let runtime = tokio::runtime::Handle::current();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let (handler, runtime) = (handler.clone(), runtime.clone());
+        let (handler, runtime, token) = (handler.clone(), runtime.clone(), token.clone());
         std::thread::Builder::new()
             .name(format!("wharf-dns-udp-{i}"))
-            .spawn(move || server::udp_worker(handler, socket, runtime))
+            .spawn(move || server::udp_worker(handler, socket, runtime, token))
             .map_err(bind_error)?;
     }
     let tasks = vec![
-        tokio::spawn(server::tcp_server(handler, listener)),
-        tokio::spawn(watch::follow(client, index.clone(), metrics)),
+        tokio::spawn(server::tcp_server(handler, listener, config.tcp, token.clone())),
+        tokio::spawn(watch::follow(client, index.clone(), metrics, token)),
     ];
     Ok(RunningDns { index, tasks })
 }

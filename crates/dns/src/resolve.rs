@@ -15,6 +15,8 @@ use crate::index::{dashed, EndpointEntry, Index, ServiceKind};
 pub const SCHEMA_VERSION: &str = "1.1.0";
 /// TTL of the `dns-version` record, as in the specification's example.
 const VERSION_TTL: u32 = 28800;
+/// Links of an ExternalName chain inside the zone that are followed.
+pub const MAX_CNAME_CHAIN: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct ZoneConfig {
@@ -68,6 +70,9 @@ struct Zone<'a> {
     cfg: &'a ZoneConfig,
     qname: &'a str,
     qtype: RecordType,
+    /// Whether an ExternalName's in-zone target is followed (only at the
+    /// start of a chain: the chain walks the links itself).
+    chase: bool,
 }
 
 impl Zone<'_> {
@@ -185,7 +190,10 @@ impl Zone<'_> {
                     _ => self.nodata(),
                 }
             }
-            ServiceKind::ExternalName(target) => self.external_name(target),
+            ServiceKind::ExternalName(target) if self.chase => self.external_name(target),
+            ServiceKind::ExternalName(target) => {
+                Answer { rcode: ResponseCode::NoError, answers: self.cname(target).into_iter().collect(), ..Default::default() }
+            }
         }
     }
 
@@ -193,12 +201,8 @@ impl Zone<'_> {
     /// ports or one (`only` = (name, protocol)).
     fn headless_srv(&self, ns: &str, svc: &str, ready: &[EndpointEntry], only: Option<(&str, &str)>) -> Answer {
         let fqdn = self.fqdn(svc, ns);
-        let ports: Vec<_> = self
-            .index
-            .endpoint_ports(ns, svc)
-            .into_iter()
-            .filter(|(n, p, _)| only.is_none_or(|(on, op)| n == on && p == op))
-            .collect();
+        let ports: Vec<_> =
+            self.index.endpoint_ports(ns, svc).into_iter().filter(|(n, p, _)| only.is_none_or(|(on, op)| n == on && p == op)).collect();
         let weight = srv_weight(ready.len());
         let mut answers = Vec::new();
         let mut additional = Vec::new();
@@ -214,16 +218,36 @@ impl Zone<'_> {
         self.answer(answers, additional)
     }
 
+    fn cname(&self, target: &str) -> Option<Record> {
+        name(target).and_then(|t| record(self.qname, self.cfg.ttl, RData::CNAME(CNAME(t))))
+    }
+
+    /// An ExternalName service: its CNAME, and where the target is inside
+    /// the cluster zone, the chain followed as CoreDNS does. The chain is
+    /// followed step by step (never by recursion) for at most
+    /// `MAX_CNAME_CHAIN` links and stops at a name it has seen: a loop is
+    /// answered with the chain so far.
     fn external_name(&self, target: &str) -> Answer {
-        let Some(cname) = name(target).and_then(|t| record(self.qname, self.cfg.ttl, RData::CNAME(CNAME(t)))) else {
-            return self.nodata();
-        };
-        let mut answers = vec![cname];
-        // Follow a target inside the cluster zone, as CoreDNS does.
+        let Some(first) = self.cname(target) else { return self.nodata() };
+        let mut answers = vec![first];
+        if self.qtype == RecordType::CNAME {
+            return Answer { rcode: ResponseCode::NoError, answers, ..Default::default() };
+        }
         let suffix = format!(".{}", self.cfg.domain);
-        if self.qtype != RecordType::CNAME && target.ends_with(&suffix) && target != self.qname {
-            let chased = Zone { index: self.index, cfg: self.cfg, qname: target, qtype: self.qtype }.resolve();
-            answers.extend(chased.answers.into_iter().filter(|r| r.record_type() != RecordType::CNAME));
+        let mut seen = vec![self.qname.to_string()];
+        let mut next = target.to_string();
+        while next.ends_with(&suffix) && !seen.contains(&next) && seen.len() <= MAX_CNAME_CHAIN {
+            let step = Zone { index: self.index, cfg: self.cfg, qname: &next, qtype: self.qtype, chase: false }.resolve();
+            let hop = step.answers.iter().find_map(|r| match &r.data {
+                RData::CNAME(CNAME(t)) => Some(t.to_ascii().trim_end_matches('.').to_lowercase()),
+                _ => None,
+            });
+            answers.extend(step.answers);
+            seen.push(std::mem::take(&mut next));
+            match hop {
+                Some(hop) => next = hop,
+                None => break,
+            }
         }
         Answer { rcode: ResponseCode::NoError, answers, ..Default::default() }
     }
@@ -288,8 +312,10 @@ impl Zone<'_> {
     }
 
     fn reverse(&self, ip: Ipv4Addr) -> Option<Answer> {
-        let mut targets: Vec<String> = self.index.services_with_ip(ip).map(|(ns, svc)| self.fqdn(svc, ns)).collect();
-        targets.extend(self.index.headless_with_endpoint(ip).into_iter().map(|((ns, svc), host)| format!("{host}.{}", self.fqdn(&svc, &ns))));
+        let mut targets: Vec<String> = self.index.services_with_ip(ip).map(|k| self.fqdn(&k.name, &k.namespace)).collect();
+        targets.extend(
+            self.index.headless_with_endpoint(ip).into_iter().map(|(k, host)| format!("{host}.{}", self.fqdn(&k.name, &k.namespace))),
+        );
         targets.sort();
         targets.dedup();
         let apex = reverse_apex(&self.cfg.service_cidr);
@@ -316,7 +342,7 @@ fn reverse_apex(cidr: &Ipv4Net) -> String {
 
 /// Resolves a lower-case name without trailing dot.
 pub fn resolve(index: &Index, cfg: &ZoneConfig, qname: &str, qtype: RecordType) -> Resolution {
-    let zone = Zone { index, cfg, qname, qtype };
+    let zone = Zone { index, cfg, qname, qtype, chase: true };
     if qname == cfg.domain || qname.ends_with(&format!(".{}", cfg.domain)) {
         return Resolution::Local(zone.resolve());
     }
@@ -340,7 +366,12 @@ mod tests {
     use serde_json::json;
 
     fn cfg() -> ZoneConfig {
-        ZoneConfig { domain: "cluster.local".into(), ttl: 5, dns_ip: "127.96.0.10".parse().unwrap(), service_cidr: "127.96.0.0/12".parse().unwrap() }
+        ZoneConfig {
+            domain: "cluster.local".into(),
+            ttl: 5,
+            dns_ip: "127.96.0.10".parse().unwrap(),
+            service_cidr: "127.96.0.0/12".parse().unwrap(),
+        }
     }
 
     fn index() -> Index {
@@ -358,16 +389,22 @@ mod tests {
             "spec": {"clusterIP": "None"}})));
         idx.apply_service(&svc(json!({"metadata": {"name": "ext", "namespace": "testns"},
             "spec": {"type": "ExternalName", "externalName": "svc1.testns.svc.cluster.local"}})));
-        idx.apply_slice(&serde_json::from_value::<EndpointSlice>(json!({
+        idx.apply_slice(
+            &serde_json::from_value::<EndpointSlice>(json!({
             "metadata": {"name": "hdls1-abc", "namespace": "testns", "labels": {"kubernetes.io/service-name": "hdls1"}},
             "addressType": "IPv4",
             "endpoints": [
                 {"addresses": ["172.0.0.2"], "conditions": {"ready": true}},
                 {"addresses": ["172.0.0.3"], "hostname": "web-0", "conditions": {"ready": true}},
                 {"addresses": ["172.0.0.4"], "conditions": {"ready": false}}],
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})).unwrap());
-        idx.apply_pod(&serde_json::from_value::<Pod>(json!({"metadata": {"name": "p", "namespace": "testns"},
-            "status": {"podIP": "10.240.0.1"}})).unwrap());
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+            .unwrap(),
+        );
+        idx.apply_pod(
+            &serde_json::from_value::<Pod>(json!({"metadata": {"name": "p", "namespace": "testns"},
+            "status": {"podIP": "10.240.0.1"}}))
+            .unwrap(),
+        );
         idx
     }
 
@@ -455,5 +492,30 @@ mod tests {
     fn servfail_before_sync() {
         let idx = Index::default();
         assert_eq!(ask(&idx, "svc0.testns.svc.cluster.local", RecordType::A).rcode, ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn external_name_loops_and_long_chains_are_answered_with_the_chain() {
+        let mut idx = index();
+        let ext = |name: &str, target: &str| {
+            serde_json::from_value::<Service>(json!({"metadata": {"name": name, "namespace": "testns"},
+                "spec": {"type": "ExternalName", "externalName": format!("{target}.testns.svc.cluster.local")}}))
+            .unwrap()
+        };
+        idx.apply_service(&ext("ping", "pong"));
+        idx.apply_service(&ext("pong", "ping"));
+        let a = ask(&idx, "ping.testns.svc.cluster.local", RecordType::A);
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert_eq!(rdata(&a), ["pong.testns.svc.cluster.local.", "ping.testns.svc.cluster.local."]);
+        // A chain longer than the limit stops at the limit; one ending in a
+        // service resolves through every link.
+        for i in 0..20 {
+            idx.apply_service(&ext(&format!("c{i}"), &format!("c{}", i + 1)));
+        }
+        let long = ask(&idx, "c0.testns.svc.cluster.local", RecordType::A);
+        assert_eq!(long.answers.len(), MAX_CNAME_CHAIN + 1);
+        idx.apply_service(&ext("to-svc", "ext"));
+        let chain = ask(&idx, "to-svc.testns.svc.cluster.local", RecordType::A);
+        assert_eq!(rdata(&chain), ["ext.testns.svc.cluster.local.", "svc1.testns.svc.cluster.local.", "127.96.0.100"]);
     }
 }

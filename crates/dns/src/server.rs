@@ -1,15 +1,18 @@
 //! Serving: UDP workers on dedicated threads (one socket each, spread by
 //! SO_REUSEPORT), TCP on the async runtime, and the shared answering logic.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
-use rustc_hash::FxHashMap;
 use hickory_proto::rr::RecordType;
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BATCH};
 use crate::forward::Forwarder;
@@ -17,6 +20,7 @@ use crate::index::Index;
 use crate::metrics::{DnsMetrics, LocalMetrics};
 use crate::resolve::{self, Resolution, ZoneConfig};
 use crate::wire::{self, Prepared, Query, Rejected};
+use wharf_limits as limits;
 
 /// A worker's reusable state: answers built at one index generation
 /// (cleared when it moves on) and scratch buffers, so the hot path does
@@ -45,11 +49,19 @@ pub struct Handler {
     pub zone: ZoneConfig,
     pub forwarder: Option<Arc<Forwarder>>,
     pub metrics: DnsMetrics,
+    /// Clients whose names outside the cluster are forwarded; others get
+    /// REFUSED (no open resolver).
+    pub recursion_from: Vec<IpNet>,
 }
 
 impl Handler {
     fn recursion_available(&self) -> bool {
         self.forwarder.is_some()
+    }
+
+    /// Whether a query from `peer` for another name may be forwarded.
+    pub fn may_recurse(&self, peer: IpAddr) -> bool {
+        self.recursion_from.iter().any(|net| net.contains(&peer))
     }
 
     /// Answers `packet` from the index into `out`, or says where it goes.
@@ -103,9 +115,24 @@ impl Handler {
         if self.forwarder.is_some() {
             return Handled::Forward(query);
         }
-        let rejected = Rejected::answer(&query, ResponseCode::Refused);
+        self.refuse(&query, packet, out)
+    }
+
+    /// REFUSED for a name wharf does not answer for this client.
+    pub fn refuse(&self, query: &Query, packet: &[u8], out: &mut Vec<u8>) -> Handled {
+        let rejected = Rejected::answer(query, ResponseCode::Refused);
         wire::write_error(packet, &rejected, false, out);
         Handled::Reply(query.qtype)
+    }
+
+    /// What to do with a query for another name from `peer`.
+    pub fn forward_for(&self, peer: IpAddr, query: Query, packet: &[u8], out: &mut Vec<u8>) -> Handled {
+        if self.may_recurse(peer) {
+            Handled::Forward(query)
+        } else {
+            limits::reached("dns_recursion_clients", "--dns-recursion-cidrs", &format!("refused recursion to {peer}"));
+            self.refuse(&query, packet, out)
+        }
     }
 
     /// The upstream's answer adapted to the client, or SERVFAIL.
@@ -118,7 +145,7 @@ impl Handler {
                 }
             }
         }
-        let rejected = Rejected::answer(&query, ResponseCode::ServFail);
+        let rejected = Rejected::answer(query, ResponseCode::ServFail);
         wire::write_error(packet, &rejected, self.recursion_available(), &mut out);
         out
     }
@@ -139,19 +166,29 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// How often an idle UDP worker looks at its stop token.
+const UDP_STOP_CHECK: Duration = Duration::from_secs(1);
+
 /// One UDP worker: receive a batch, answer it, send the replies in one
-/// call, until the socket fails.
-pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runtime::Handle) {
+/// call, until the socket fails or `token` is cancelled.
+pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runtime::Handle, token: CancellationToken) {
+    if let Err(e) = socket.set_read_timeout(Some(UDP_STOP_CHECK)) {
+        tracing::warn!(error = %e, "DNS UDP socket: no receive timeout; the worker stops only with the process");
+    }
     let socket = Arc::new(socket);
     let mut cache = AnswerCache::default();
     let mut local = LocalMetrics::default();
     let mut batch = Batch::default();
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
     let mut ready: Vec<usize> = Vec::with_capacity(BATCH);
-    loop {
+    while !token.is_cancelled() {
         let n = match batch.receive(socket.as_ref()) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                continue
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "DNS UDP socket failed; worker stops");
                 return;
@@ -161,15 +198,17 @@ pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runt
         ready.clear();
         for (i, out) in outs.iter_mut().enumerate().take(n) {
             let Some(packet) = batch.packet(i) else { continue };
-            match handler.handle(packet, |q| Some(wire::udp_limit(q.edns)), &mut cache, out) {
+            let Some(peer) = batch.peer(i) else { continue };
+            let mut handled = handler.handle(packet, |q| Some(wire::udp_limit(q.edns)), &mut cache, out);
+            if let Handled::Forward(query) = handled {
+                handled = handler.forward_for(peer.ip(), query, packet, out);
+            }
+            match handled {
                 Handled::Reply(qtype) => {
                     ready.push(i);
                     local.observe(&handler.metrics, rcode_of(out), qtype, started.elapsed().as_secs_f64());
                 }
-                Handled::Forward(query) => {
-                    let Some(peer) = batch.peer(i) else { continue };
-                    forward_udp(handler.clone(), socket.clone(), &runtime, query, packet.to_vec(), peer, started);
-                }
+                Handled::Forward(query) => forward_udp(handler.clone(), socket.clone(), &runtime, query, packet.to_vec(), peer, started),
                 Handled::Drop => {}
             }
         }
@@ -181,57 +220,115 @@ pub fn udp_worker(handler: Arc<Handler>, socket: UdpSocket, runtime: tokio::runt
 }
 
 /// Answers a forwarded query from the async runtime, off the hot loop.
-fn forward_udp(handler: Arc<Handler>, socket: Arc<UdpSocket>, runtime: &tokio::runtime::Handle, query: Query, packet: Vec<u8>, peer: SocketAddr, started: Instant) {
+fn forward_udp(
+    handler: Arc<Handler>,
+    socket: Arc<UdpSocket>,
+    runtime: &tokio::runtime::Handle,
+    query: Query,
+    packet: Vec<u8>,
+    peer: SocketAddr,
+    started: Instant,
+) {
     runtime.spawn(async move {
         let reply = handler.forwarded(&query, &packet, Some(wire::udp_limit(query.edns))).await;
         let _ = socket.send_to(&reply, peer);
         let labels = crate::metrics::QueryLabels {
             rcode: crate::metrics::rcode_name(rcode_of(&reply)),
-            r#type: RecordType::from(query.qtype).to_string(),
+            r#type: crate::metrics::type_label(query.qtype).to_string(),
         };
         handler.metrics.requests.get_or_create(&labels).inc();
         handler.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     });
 }
 
-/// Serves DNS over TCP (length-prefixed messages) until the listener fails.
-pub async fn tcp_server(handler: Arc<Handler>, listener: tokio::net::TcpListener) {
+/// The bounds of DNS over TCP.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// Connections open at once; more are closed at accept.
+    pub connections: usize,
+    /// A connection waiting this long for its next message is closed.
+    pub idle: Duration,
+    /// Reading one whole message, or writing its answer, may take this long.
+    pub message: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self { connections: 1024, idle: Duration::from_secs(10), message: Duration::from_secs(5) }
+    }
+}
+
+/// Serves DNS over TCP (length-prefixed messages) until `token` is
+/// cancelled.
+pub async fn tcp_server(handler: Arc<Handler>, listener: tokio::net::TcpListener, limits: TcpLimits, token: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.connections));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let handler = handler.clone();
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!(error = %e, "DNS TCP accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            limits::reached("dns_tcp_connections", limits.connections, &format!("closed a TCP connection from {peer}"));
+            continue;
+        };
+        let (handler, token) = (handler.clone(), token.clone());
         tokio::spawn(async move {
-            if let Err(e) = tcp_connection(handler, stream).await {
-                tracing::debug!(error = %e, "DNS TCP connection ended");
+            let _slot = slot;
+            tokio::select! {
+                _ = token.cancelled() => {}
+                ended = tcp_connection(handler, stream, peer.ip(), limits) => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "DNS TCP connection ended");
+                },
             }
         });
     }
 }
 
-const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-async fn tcp_connection(handler: Arc<Handler>, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string())
+}
+
+async fn tcp_connection(handler: Arc<Handler>, mut stream: tokio::net::TcpStream, peer: IpAddr, limits: TcpLimits) -> std::io::Result<()> {
     let mut cache = AnswerCache::default();
     let mut out = Vec::new();
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+        match tokio::time::timeout(limits.idle, stream.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             _ => return Ok(()),
         }
         let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut packet).await?;
+        tokio::time::timeout(limits.message, stream.read_exact(&mut packet)).await.map_err(|_| timed_out("message read"))??;
         let started = Instant::now();
-        let (reply, qtype) = match handler.handle(&packet, |_| None, &mut cache, &mut out) {
+        let mut handled = handler.handle(&packet, |_| None, &mut cache, &mut out);
+        if let Handled::Forward(query) = handled {
+            handled = handler.forward_for(peer, query, &packet, &mut out);
+        }
+        let (reply, qtype) = match handled {
             Handled::Reply(qtype) => (std::mem::take(&mut out), qtype),
             Handled::Forward(query) => (handler.forwarded(&query, &packet, None).await, query.qtype),
             Handled::Drop => continue,
         };
         let reply_len = u16::try_from(reply.len()).map_err(std::io::Error::other)?;
-        stream.write_all(&reply_len.to_be_bytes()).await?;
-        stream.write_all(&reply).await?;
+        let write = async {
+            stream.write_all(&reply_len.to_be_bytes()).await?;
+            stream.write_all(&reply).await
+        };
+        tokio::time::timeout(limits.message, write).await.map_err(|_| timed_out("answer write"))??;
         let labels = crate::metrics::QueryLabels {
             rcode: crate::metrics::rcode_name(rcode_of(&reply)),
-            r#type: RecordType::from(qtype).to_string(),
+            r#type: crate::metrics::type_label(qtype).to_string(),
         };
         handler.metrics.requests.get_or_create(&labels).inc();
         handler.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());

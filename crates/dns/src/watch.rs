@@ -1,110 +1,119 @@
 //! Keeps the index current from watches on Services, EndpointSlices, Pods
-//! and Namespaces (the same list/watch any Kubernetes client uses).
+//! and Namespaces (the same list/watch any Kubernetes client uses). The
+//! index is each watch's table: relists are applied whole by
+//! `wharf_kube`'s relister, and pods are cut down to what DNS reads before
+//! they are buffered.
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use futures::{stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use kube::Resource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher::Event;
+use tokio_util::sync::CancellationToken;
+use wharf_kube::{watch, Relister, Table};
 
 use crate::index::{Index, Key};
 use crate::metrics::{DnsMetrics, KindLabels};
 
-enum Change {
+/// The index as the table of each watched kind.
+macro_rules! index_table {
+    ($kind:ty, $source:literal, $apply:ident, $delete:expr) => {
+        impl Table<$kind> for Index {
+            fn apply(&mut self, obj: $kind) {
+                self.$apply(&obj);
+            }
+            fn delete(&mut self, key: &Key) {
+                let delete: fn(&mut Index, &Key) = $delete;
+                delete(self, key);
+            }
+            fn keys(&self) -> Vec<Key> {
+                Index::keys(self, $source)
+            }
+            fn relist_done(&mut self) {
+                self.mark_synced($source);
+            }
+        }
+    };
+}
+
+index_table!(Service, "services", apply_service, |i, k| i.delete_service(k));
+index_table!(EndpointSlice, "endpointslices", apply_slice, |i, k| i.delete_slice(k));
+index_table!(Pod, "pods", apply_pod, |i, k| i.delete_pod(k));
+index_table!(Namespace, "namespaces", apply_namespace, |i, k| i.delete_namespace(&k.name));
+
+/// A pod as the index reads it: its name and IP.
+fn strip_pod(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta { name: meta.name, namespace: meta.namespace, resource_version: meta.resource_version, ..Default::default() };
+    pod.spec = None;
+    let ip = pod.status.take().and_then(|s| s.pod_ip);
+    pod.status = Some(PodStatus { pod_ip: ip, ..Default::default() });
+}
+
+// Transient: each value moves once from its watch to its table.
+#[allow(clippy::large_enum_variant)]
+enum Update {
     Service(Event<Service>),
     Slice(Event<EndpointSlice>),
     Pod(Event<Pod>),
     Namespace(Event<Namespace>),
 }
 
-fn key_of<K: Resource>(obj: &K) -> Key {
-    let meta = obj.meta();
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+#[derive(Default)]
+struct Relisters {
+    services: Relister<Service>,
+    slices: Relister<EndpointSlice>,
+    pods: Relister<Pod>,
+    namespaces: Relister<Namespace>,
 }
 
-/// One source's events applied to the index, relists included.
-struct Source<K> {
-    name: &'static str,
-    apply: fn(&mut Index, &K),
-    delete: fn(&mut Index, &Key),
-    relisted: Option<HashSet<Key>>,
-}
-
-impl<K: Resource> Source<K> {
-    fn handle(&mut self, index: &mut Index, event: Event<K>) {
-        match event {
-            Event::Apply(obj) => (self.apply)(index, &obj),
-            Event::Delete(obj) => (self.delete)(index, &key_of(&obj)),
-            Event::Init => self.relisted = Some(HashSet::new()),
-            Event::InitApply(obj) => {
-                self.relisted.get_or_insert_with(HashSet::new).insert(key_of(&obj));
-                (self.apply)(index, &obj);
+impl Relisters {
+    fn handle(&mut self, index: &mut Index, update: Update) -> &'static str {
+        match update {
+            Update::Service(e) => {
+                self.services.handle(index, e);
+                "service"
             }
-            Event::InitDone => {
-                let seen = self.relisted.take().unwrap_or_default();
-                for key in index.keys(self.name).into_iter().filter(|k| !seen.contains(k)) {
-                    (self.delete)(index, &key);
-                }
-                index.mark_synced(self.name);
+            Update::Slice(e) => {
+                self.slices.handle(index, e);
+                "endpointslice"
+            }
+            Update::Pod(e) => {
+                self.pods.handle(index, e);
+                "pod"
+            }
+            Update::Namespace(e) => {
+                self.namespaces.handle(index, e);
+                "namespace"
             }
         }
     }
 }
 
-/// Follows the cluster forever, applying every change to `index`.
-pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: DnsMetrics) {
-    let cfg = watcher::Config::default();
-    let changes = stream::select_all([
-        watcher::watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff().map(|e| e.map(Change::Service)).boxed(),
-        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), cfg.clone()).default_backoff().map(|e| e.map(Change::Slice)).boxed(),
-        watcher::watcher(Api::<Pod>::all(client.clone()), cfg.clone()).default_backoff().map(|e| e.map(Change::Pod)).boxed(),
-        watcher::watcher(Api::<Namespace>::all(client), cfg).default_backoff().map(|e| e.map(Change::Namespace)).boxed(),
+/// Follows the cluster until `token` is cancelled, applying every change
+/// to `index`.
+pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: DnsMetrics, token: CancellationToken) {
+    let updates = stream::select_all([
+        watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
+        watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),
+        watch::watch_all::<Pod>(&client).map(|e| Update::Pod(e.modify(strip_pod))).boxed(),
+        watch::watch_all::<Namespace>(&client).map(Update::Namespace).boxed(),
     ]);
-    let mut services = Source::<Service> { name: "services", apply: Index::apply_service, delete: Index::delete_service, relisted: None };
-    let mut slices = Source::<EndpointSlice> { name: "endpointslices", apply: Index::apply_slice, delete: Index::delete_slice, relisted: None };
-    let mut pods = Source::<Pod> { name: "pods", apply: Index::apply_pod, delete: Index::delete_pod, relisted: None };
-    let mut namespaces = Source::<Namespace> {
-        name: "namespaces",
-        apply: Index::apply_namespace,
-        delete: |index, key| index.delete_namespace(&key.1),
-        relisted: None,
-    };
-    futures::pin_mut!(changes);
-    while let Some(change) = changes.next().await {
-        let change = match change {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "DNS watch error; retrying");
-                continue;
-            }
+    futures::pin_mut!(updates);
+    let mut relisters = Relisters::default();
+    loop {
+        let update = tokio::select! {
+            _ = token.cancelled() => return,
+            Some(update) = updates.next() => update,
         };
         let received = Instant::now();
-        let mut guard = index.write().unwrap_or_else(|p| p.into_inner());
-        let kind = match change {
-            Change::Service(e) => {
-                services.handle(&mut guard, e);
-                "service"
-            }
-            Change::Slice(e) => {
-                slices.handle(&mut guard, e);
-                "endpointslice"
-            }
-            Change::Pod(e) => {
-                pods.handle(&mut guard, e);
-                "pod"
-            }
-            Change::Namespace(e) => {
-                namespaces.handle(&mut guard, e);
-                "namespace"
-            }
+        let kind = {
+            let mut guard = index.write().unwrap_or_else(|p| p.into_inner());
+            relisters.handle(&mut guard, update)
         };
-        drop(guard);
         metrics.programming.get_or_create(&KindLabels { kind: kind.into() }).observe(received.elapsed().as_secs_f64());
     }
 }

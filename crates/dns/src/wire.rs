@@ -195,16 +195,23 @@ pub fn prepare(qname: &str, _qtype: u16, answer: &Answer) -> Option<Prepared> {
     Some(Prepared { rcode: answer.rcode, counts, body, essential, truncated })
 }
 
-fn header(out: &mut Vec<u8>, q_id: u16, q_flags: u16, rcode: ResponseCode, aa: bool, tc: bool, ra: bool, counts: [u16; 4]) {
+/// The answer bits of a response header.
+struct AnswerFlags {
+    authoritative: bool,
+    truncated: bool,
+    recursion_available: bool,
+}
+
+fn header(out: &mut Vec<u8>, q_id: u16, q_flags: u16, rcode: ResponseCode, answer: AnswerFlags, counts: [u16; 4]) {
     // QR, the query's opcode, RD and CD; then AA, TC, RA and the rcode.
     let mut flags = 0x8000 | (q_flags & 0x7900) | (q_flags & 0x0010);
-    if aa {
+    if answer.authoritative {
         flags |= 0x0400;
     }
-    if tc {
+    if answer.truncated {
         flags |= 0x0200;
     }
-    if ra {
+    if answer.recursion_available {
         flags |= 0x0080;
     }
     flags |= u16::from(rcode.low());
@@ -221,10 +228,12 @@ fn opt_record(out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
 }
 
-/// The most a response to `query` may hold: 512 without EDNS, the
-/// requestor's payload size with it; `None` for TCP.
+/// The most a UDP response to `query` may hold: 512 without EDNS, else
+/// the requestor's payload size but never over `EDNS_PAYLOAD` (1232: big
+/// enough for most answers, small enough never to fragment, as DNS Flag
+/// Day 2020 settled).
 pub fn udp_limit(edns: Option<u16>) -> usize {
-    edns.map_or(512, usize::from)
+    edns.map_or(512, |size| size.clamp(512, EDNS_PAYLOAD).into())
 }
 
 /// The largest DNS message over TCP.
@@ -251,7 +260,7 @@ pub fn write_response(query: &Query, packet: &[u8], prepared: &Prepared, aa: boo
         let (kept, len) = answers_within(&prepared.body, an, limit - fixed);
         ([1, kept, 0, edns], &prepared.body[..len], true)
     };
-    header(out, query.id, query.flags, prepared.rcode, aa, tc, ra, counts);
+    header(out, query.id, query.flags, prepared.rcode, AnswerFlags { authoritative: aa, truncated: tc, recursion_available: ra }, counts);
     out.extend_from_slice(question);
     out.extend_from_slice(body);
     if query.edns.is_some() {
@@ -280,7 +289,8 @@ pub fn write_error(packet: &[u8], rejected: &Rejected, ra: bool, out: &mut Vec<u
     let Rejected::Error { id, flags, question_end, rcode, edns } = rejected else { return false };
     out.clear();
     let qd = u16::from(question_end.is_some());
-    header(out, *id, *flags, *rcode, false, false, ra, [qd, 0, 0, u16::from(edns.is_some())]);
+    let answer = AnswerFlags { authoritative: false, truncated: false, recursion_available: ra };
+    header(out, *id, *flags, *rcode, answer, [qd, 0, 0, u16::from(edns.is_some())]);
     if let Some(end) = question_end {
         out.extend_from_slice(&packet[HEADER_LEN..*end]);
     }
@@ -314,8 +324,8 @@ pub fn adapt_upstream(response: &[u8], query: &Query, packet: &[u8], limit: Opti
 mod tests {
     use super::*;
     use hickory_proto::op::{Message, MessageType, OpCode, Query as HickoryQuery};
-    use hickory_proto::rr::{Name, RecordType};
     use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RecordType};
     use hickory_proto::rr::{RData, Record};
 
     fn query_bytes(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
@@ -395,7 +405,8 @@ mod tests {
         assert_eq!(q.qname, "x\\046y.cluster.local");
         let apex = Name::from_ascii("cluster.local.").unwrap();
         let soa = hickory_proto::rr::rdata::SOA::new(apex.clone(), apex.clone(), 1, 2, 3, 4, 5);
-        let answer = Answer { rcode: ResponseCode::NXDomain, authority: vec![Record::from_rdata(apex, 5, RData::SOA(soa))], ..Default::default() };
+        let answer =
+            Answer { rcode: ResponseCode::NXDomain, authority: vec![Record::from_rdata(apex, 5, RData::SOA(soa))], ..Default::default() };
         let prepared = prepare(&q.qname, q.qtype, &answer).unwrap();
         let mut out = Vec::new();
         write_response(&q, &p, &prepared, true, true, Some(512), &mut out);
@@ -410,7 +421,9 @@ mod tests {
         let q = parse(&p).unwrap();
         let owner = Name::from_ascii("s.default.svc.cluster.local.").unwrap();
         let answers = vec![Record::from_rdata(owner.clone(), 5, RData::A(A::new(127, 0, 0, 1)))];
-        let additional = (0..60).map(|i| Record::from_rdata(Name::from_ascii(format!("h{i}.example.")).unwrap(), 5, RData::A(A::new(127, 0, 0, i)))).collect();
+        let additional = (0..60)
+            .map(|i| Record::from_rdata(Name::from_ascii(format!("h{i}.example.")).unwrap(), 5, RData::A(A::new(127, 0, 0, i))))
+            .collect();
         let prepared = prepare(&q.qname, q.qtype, &Answer { answers, additional, ..Default::default() }).unwrap();
         let mut out = Vec::new();
         write_response(&q, &p, &prepared, true, true, Some(512), &mut out);

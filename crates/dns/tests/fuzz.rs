@@ -18,29 +18,42 @@ fn handler() -> Handler {
     }
     let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "127.96.0.20", "ports": [{"name": "http", "port": 80}]}})).unwrap();
+        "spec": {"clusterIP": "127.96.0.20", "ports": [{"name": "http", "port": 80}]}}))
+    .unwrap();
     index.apply_service(&svc);
     Handler {
         index: Arc::new(RwLock::new(index)),
-        zone: ZoneConfig { domain: "cluster.local".into(), ttl: 5, dns_ip: "127.96.0.10".parse().unwrap(), service_cidr: "127.96.0.0/12".parse().unwrap() },
+        zone: ZoneConfig {
+            domain: "cluster.local".into(),
+            ttl: 5,
+            dns_ip: "127.96.0.10".parse().unwrap(),
+            service_cidr: "127.96.0.0/12".parse().unwrap(),
+        },
         forwarder: None,
         metrics: DnsMetrics::default(),
+        recursion_from: vec!["127.0.0.0/8".parse().unwrap()],
     }
 }
 
 fn valid_queries() -> Vec<Vec<u8>> {
-    ["web.default.svc.cluster.local.", "_http._tcp.web.default.svc.cluster.local.", "nope.cluster.local.", "example.com.", "20.0.96.127.in-addr.arpa."]
-        .iter()
-        .zip([RecordType::A, RecordType::SRV, RecordType::AAAA, RecordType::A, RecordType::PTR])
-        .map(|(name, t)| {
-            let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-            m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-            let mut edns = hickory_proto::op::Edns::new();
-            edns.set_max_payload(1232);
-            m.set_edns(edns);
-            m.to_vec().unwrap()
-        })
-        .collect()
+    [
+        "web.default.svc.cluster.local.",
+        "_http._tcp.web.default.svc.cluster.local.",
+        "nope.cluster.local.",
+        "example.com.",
+        "20.0.96.127.in-addr.arpa.",
+    ]
+    .iter()
+    .zip([RecordType::A, RecordType::SRV, RecordType::AAAA, RecordType::A, RecordType::PTR])
+    .map(|(name, t)| {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(1232);
+        m.set_edns(edns);
+        m.to_vec().unwrap()
+    })
+    .collect()
 }
 
 fn check(handler: &Handler, packet: &[u8], cache: &mut AnswerCache) {

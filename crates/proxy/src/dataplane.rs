@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use wharf_kube::ObjectKey;
 
 use crate::balancer::{self, ActiveGuard, Affinity, Backend};
 use crate::metrics::{PortMetrics, ProxyMetrics};
@@ -95,7 +97,9 @@ impl PortState {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
             all.entry(addr)
-                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr, self.metrics.chosen(addr)), closed: watch::channel(false).0 }))
+                .or_insert_with(|| {
+                    Arc::new(PortBackend { backend: Backend::new(addr, self.metrics.chosen(addr)), closed: watch::channel(false).0 })
+                })
                 .backend
                 .clone()
         };
@@ -200,11 +204,11 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
     state.metrics.active.dec();
 }
 
-async fn tcp_listener(listener: TcpListener, state: Arc<PortState>, scope: Scope) {
+async fn tcp_listener(listener: TcpListener, state: Arc<PortState>, scope: Scope, connections: TaskTracker) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(serve_tcp(state.clone(), scope, client, peer));
+                connections.spawn(serve_tcp(state.clone(), scope, client, peer));
             }
             Err(e) => {
                 tracing::warn!(service = %state.label, error = %e, "accept failed");
@@ -258,12 +262,37 @@ pub struct Dataplane {
     ports: HashMap<ServicePortName, Arc<PortState>>,
     listeners: HashMap<(SocketAddr, Protocol), Listener>,
     /// Frontends of each service, to retire them when the service changes.
-    by_service: HashMap<(String, String), Vec<(SocketAddr, Protocol)>>,
+    by_service: HashMap<ObjectKey, Vec<(SocketAddr, Protocol)>>,
+    /// Every proxied TCP connection, so that shutdown can wait for them.
+    connections: TaskTracker,
 }
 
 impl Dataplane {
     pub fn new(workers: Vec<Handle>, node: String, drain: Duration, udp_idle: Duration, metrics: ProxyMetrics) -> Self {
-        Self { workers, node, drain, udp_idle, metrics, ports: HashMap::new(), listeners: HashMap::new(), by_service: HashMap::new() }
+        Self {
+            workers,
+            node,
+            drain,
+            udp_idle,
+            metrics,
+            ports: HashMap::new(),
+            listeners: HashMap::new(),
+            by_service: HashMap::new(),
+            connections: TaskTracker::new(),
+        }
+    }
+
+    /// The open connections (for shutdown).
+    pub fn connections(&self) -> TaskTracker {
+        self.connections.clone()
+    }
+
+    /// Stops every listener; open connections go on.
+    pub fn stop_listening(&mut self) {
+        for (_, listener) in self.listeners.drain() {
+            listener.stop();
+        }
+        self.by_service.clear();
     }
 
     fn first_worker(&self) -> &Handle {
@@ -275,7 +304,7 @@ impl Dataplane {
     }
 
     /// Brings one service's listeners and endpoints to `ports`.
-    pub fn apply(&mut self, service: (String, String), ports: &[ServicePort]) {
+    pub fn apply(&mut self, service: ObjectKey, ports: &[ServicePort]) {
         let mut wanted: Vec<(SocketAddr, Protocol)> = Vec::new();
         for port in ports {
             let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), &self.metrics)).clone();
@@ -292,7 +321,7 @@ impl Dataplane {
                 l.stop();
             }
         }
-        self.ports.retain(|name, _| (name.namespace != service.0 || name.service != service.1) || names.contains(name));
+        self.ports.retain(|name, _| (name.namespace != service.namespace || name.service != service.name) || names.contains(name));
         if !wanted.is_empty() {
             self.by_service.insert(service, wanted);
         }
@@ -322,7 +351,7 @@ impl Dataplane {
                     let listener = bind_tcp(frontend.addr)?;
                     let _entered = worker.enter();
                     let listener = TcpListener::from_std(listener)?;
-                    tasks.push(worker.spawn(tcp_listener(listener, state.clone(), frontend.scope)));
+                    tasks.push(worker.spawn(tcp_listener(listener, state.clone(), frontend.scope, self.connections.clone())));
                 }
                 Ok(tasks)
             }

@@ -68,6 +68,9 @@ mod tests {
         assert!(response(&state).starts_with("HTTP/1.1 503"));
         state.local_endpoints.store(2, Ordering::Relaxed);
         let r = response(&state);
-        assert!(r.starts_with("HTTP/1.1 200") && r.contains("X-Load-Balancing-Endpoint-Weight: 2") && r.contains("\"localEndpoints\":2"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("X-Load-Balancing-Endpoint-Weight: 2") && r.contains("\"localEndpoints\":2"),
+            "{r}"
+        );
     }
 }

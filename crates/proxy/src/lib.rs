@@ -25,9 +25,9 @@ use std::time::Duration;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::Event;
+use tokio_util::sync::CancellationToken;
+use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use metrics::ProxyMetrics;
 use model::{NodeView, Protocol};
@@ -60,40 +60,102 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
         .map(|i| {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = runtime.handle().clone();
-            std::thread::Builder::new()
-                .name(format!("wharf-proxy-{i}"))
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            std::thread::Builder::new().name(format!("wharf-proxy-{i}")).spawn(move || runtime.block_on(std::future::pending::<()>()))?;
             Ok(handle)
         })
         .collect()
 }
 
-type Key = (String, String);
-
-fn key_of<K: kube::Resource>(obj: &K) -> Key {
-    let m = obj.meta();
-    (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    Some(ObjectKey::new(slice.metadata.namespace.clone().unwrap_or_default(), name.clone()))
 }
 
-fn slice_owner(slice: &EndpointSlice) -> Option<Key> {
-    let name = slice.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
-    Some((slice.metadata.namespace.clone().unwrap_or_default(), name.clone()))
+/// The Services and EndpointSlices the proxy follows, with the services
+/// each change touched; the table of both watches.
+#[derive(Default)]
+struct Model {
+    services: HashMap<ObjectKey, Service>,
+    slices: HashMap<ObjectKey, (ObjectKey, EndpointSlice)>,
+    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    touched: HashSet<ObjectKey>,
+    synced: HashSet<&'static str>,
+}
+
+impl Model {
+    fn is_synced(&self) -> bool {
+        self.synced.len() == 2
+    }
+
+    fn remove_slice(&mut self, key: &ObjectKey) {
+        if let Some((owner, _)) = self.slices.remove(key) {
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+            self.touched.insert(owner);
+        }
+    }
+
+    fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).map(|(_, s)| s)
+    }
+}
+
+impl Table<Service> for Model {
+    fn apply(&mut self, svc: Service) {
+        let key = ObjectKey::of(&svc);
+        self.services.insert(key.clone(), svc);
+        self.touched.insert(key);
+    }
+    fn delete(&mut self, key: &ObjectKey) {
+        if self.services.remove(key).is_some() {
+            self.touched.insert(key.clone());
+        }
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.services.keys().cloned().collect()
+    }
+    fn relist_done(&mut self) {
+        self.synced.insert("services");
+    }
+}
+
+impl Table<EndpointSlice> for Model {
+    fn apply(&mut self, slice: EndpointSlice) {
+        let key = ObjectKey::of(&slice);
+        self.remove_slice(&key);
+        let Some(owner) = slice_owner(&slice) else { return };
+        self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
+        self.touched.insert(owner.clone());
+        self.slices.insert(key, (owner, slice));
+    }
+    fn delete(&mut self, key: &ObjectKey) {
+        self.remove_slice(key);
+    }
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.slices.keys().cloned().collect()
+    }
+    fn relist_done(&mut self) {
+        self.synced.insert("slices");
+    }
 }
 
 struct State {
     config: ProxyConfig,
     node: NodeView,
-    services: HashMap<Key, Service>,
-    slices: HashMap<Key, HashMap<String, EndpointSlice>>,
+    model: Model,
     dataplane: dataplane::Dataplane,
-    health: HashMap<Key, (u16, Arc<health::HealthState>, tokio::task::JoinHandle<()>)>,
+    health: HashMap<ObjectKey, (u16, Arc<health::HealthState>, tokio::task::JoinHandle<()>)>,
     runtime: tokio::runtime::Handle,
 }
 
 impl State {
     /// Recomputes one service and hands it to the data plane.
-    fn sync(&mut self, key: &Key) {
-        let Some(svc) = self.services.get(key) else {
+    fn sync(&mut self, key: &ObjectKey) {
+        let Some(svc) = self.model.services.get(key) else {
             self.dataplane.apply(key.clone(), &[]);
             if let Some((_, _, task)) = self.health.remove(key) {
                 task.abort();
@@ -101,14 +163,13 @@ impl State {
             return;
         };
         let mut ports = model::service_ports(svc, &self.node);
-        let slices = self.slices.get(key).into_iter().flat_map(|m| m.values());
-        model::attach_endpoints(&mut ports, slices, |p| p.frontends[0].protocol);
+        model::attach_endpoints(&mut ports, self.model.slices_for(key), |p| p.frontends[0].protocol);
         self.dataplane.apply(key.clone(), &ports);
         self.sync_health(key, &ports);
     }
 
-    fn sync_health(&mut self, key: &Key, ports: &[model::ServicePort]) {
-        let spec = self.services.get(key).and_then(|s| s.spec.as_ref());
+    fn sync_health(&mut self, key: &ObjectKey, ports: &[model::ServicePort]) {
+        let spec = self.model.services.get(key).and_then(|s| s.spec.as_ref());
         let hc_port = spec
             .filter(|s| s.external_traffic_policy.as_deref() == Some("Local"))
             .and_then(|s| s.health_check_node_port)
@@ -124,8 +185,8 @@ impl State {
                     task.abort();
                 }
                 let state = Arc::new(health::HealthState {
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
                     local_endpoints: std::sync::atomic::AtomicUsize::new(local),
                 });
                 let task = self.runtime.spawn(health::serve(SocketAddr::new(self.config.node_ip, port), state.clone()));
@@ -140,92 +201,58 @@ impl State {
     }
 }
 
-enum Change {
+// Transient: each value moves once from its watch to its table.
+#[allow(clippy::large_enum_variant)]
+enum Update {
     Service(Event<Service>),
     Slice(Event<EndpointSlice>),
 }
 
-/// Runs the proxy until the watches end (never, unless dropped).
-pub async fn run(client: kube::Client, config: ProxyConfig, metrics: ProxyMetrics) -> std::io::Result<()> {
+/// Runs the proxy until `token` is cancelled; then stops accepting and
+/// lets open connections finish for up to `grace`.
+pub async fn run(
+    client: kube::Client,
+    config: ProxyConfig,
+    metrics: ProxyMetrics,
+    token: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
     let workers = data_workers(config.workers)?;
     let runtime = workers[0].clone();
-    let node = NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
+    let node =
+        NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
     let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.drain_timeout, config.udp_idle, metrics);
-    let mut state = State { config, node, services: HashMap::new(), slices: HashMap::new(), dataplane, health: HashMap::new(), runtime };
-    let cfg = watcher::Config::default();
-    let changes = stream::select_all([
-        watcher::watcher(Api::<Service>::all(client.clone()), cfg.clone()).default_backoff().map(|e| e.map(Change::Service)).boxed(),
-        watcher::watcher(Api::<EndpointSlice>::all(client), cfg).default_backoff().map(|e| e.map(Change::Slice)).boxed(),
+    let connections = dataplane.connections();
+    let mut state = State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime };
+    let updates = stream::select_all([
+        watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
+        watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),
     ]);
-    futures::pin_mut!(changes);
-    let mut relisting: HashMap<&'static str, HashSet<Key>> = HashMap::new();
-    while let Some(change) = changes.next().await {
-        let touched: Vec<Key> = match change {
-            Err(e) => {
-                tracing::warn!(error = %e, "proxy watch error; retrying");
-                continue;
-            }
-            Ok(Change::Service(event)) => match event {
-                Event::Apply(svc) | Event::InitApply(svc) => {
-                    let key = key_of(&svc);
-                    relisting.entry("services").or_default().insert(key.clone());
-                    state.services.insert(key.clone(), svc);
-                    vec![key]
-                }
-                Event::Delete(svc) => {
-                    let key = key_of(&svc);
-                    state.services.remove(&key);
-                    vec![key]
-                }
-                Event::Init => {
-                    relisting.insert("services", HashSet::new());
-                    Vec::new()
-                }
-                Event::InitDone => {
-                    let seen = relisting.remove("services").unwrap_or_default();
-                    let gone: Vec<Key> = state.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
-                    for k in &gone {
-                        state.services.remove(k);
-                    }
-                    gone
-                }
-            },
-            Ok(Change::Slice(event)) => match event {
-                Event::Apply(slice) | Event::InitApply(slice) => {
-                    let Some(owner) = slice_owner(&slice) else { continue };
-                    let name = slice.metadata.name.clone().unwrap_or_default();
-                    relisting.entry("slices").or_default().insert((owner.0.clone(), name.clone()));
-                    state.slices.entry(owner.clone()).or_default().insert(name, slice);
-                    vec![owner]
-                }
-                Event::Delete(slice) => {
-                    let Some(owner) = slice_owner(&slice) else { continue };
-                    if let Some(m) = state.slices.get_mut(&owner) {
-                        m.remove(slice.metadata.name.as_deref().unwrap_or_default());
-                    }
-                    vec![owner]
-                }
-                Event::Init => {
-                    relisting.insert("slices", HashSet::new());
-                    Vec::new()
-                }
-                Event::InitDone => {
-                    let seen = relisting.remove("slices").unwrap_or_default();
-                    let mut owners = Vec::new();
-                    for (owner, m) in state.slices.iter_mut() {
-                        let before = m.len();
-                        m.retain(|name, _| seen.contains(&(owner.0.clone(), name.clone())));
-                        if m.len() != before {
-                            owners.push(owner.clone());
-                        }
-                    }
-                    owners
-                }
-            },
+    futures::pin_mut!(updates);
+    let (mut services, mut slices) = (Relister::<Service>::default(), Relister::<EndpointSlice>::default());
+    loop {
+        let update = tokio::select! {
+            _ = token.cancelled() => break,
+            Some(update) = updates.next() => update,
         };
-        for key in touched {
-            state.sync(&key);
+        match update {
+            Update::Service(e) => services.handle(&mut state.model, e),
+            Update::Slice(e) => slices.handle(&mut state.model, e),
         }
+        // Nothing is served from half a picture: services wait for slices.
+        if state.model.is_synced() {
+            for key in std::mem::take(&mut state.model.touched) {
+                state.sync(&key);
+            }
+        }
+    }
+    state.dataplane.stop_listening();
+    for (_, _, task) in state.health.values() {
+        task.abort();
+    }
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!(open = connections.len(), ?grace, "proxied connections still open after the shutdown grace; closing them");
     }
     Ok(())
 }

@@ -46,7 +46,6 @@ impl ProxyMetrics {
         proxy.register("bytes", "Bytes carried, by service and direction (to_endpoint, to_client)", self.bytes.clone());
         proxy.register("errors", "Failures, by service and reason", self.errors.clone());
     }
-
 }
 
 /// One service port's metric handles, looked up once so the data path
@@ -65,7 +64,8 @@ pub struct PortMetrics {
 
 impl PortMetrics {
     pub fn new(family: &ProxyMetrics, service: &str) -> Self {
-        let bytes = |direction: &str| family.bytes.get_or_create(&DirectionLabels { service: service.into(), direction: direction.into() }).clone();
+        let bytes =
+            |direction: &str| family.bytes.get_or_create(&DirectionLabels { service: service.into(), direction: direction.into() }).clone();
         let error = |reason: &str| family.errors.get_or_create(&ErrorLabels { service: service.into(), reason: reason.into() }).clone();
         PortMetrics {
             active: family.active.get_or_create(&ServiceLabels { service: service.into() }).clone(),

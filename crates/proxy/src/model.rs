@@ -91,8 +91,7 @@ impl ServicePort {
             Scope::Internal => self.internal_local,
             Scope::External => self.external_local,
         };
-        let candidates: Vec<&Endpoint> =
-            self.endpoints.iter().filter(|e| !local || e.node.as_deref() == Some(node)).collect();
+        let candidates: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !local || e.node.as_deref() == Some(node)).collect();
         let ready: Vec<&Endpoint> = candidates.iter().copied().filter(|e| e.ready).collect();
         if !ready.is_empty() {
             return ready;
@@ -141,7 +140,8 @@ pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
     let external_ips: Vec<IpAddr> =
         spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).filter(|ip| (node.is_local)(*ip)).collect();
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        let secs = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
+        let secs =
+            spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
         Duration::from_secs(u64::try_from(secs).unwrap_or(10800))
     });
     let name = |port: &str| ServicePortName {
@@ -186,7 +186,11 @@ pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
 
 /// Fills each service port's endpoints from the service's slices: the
 /// slice port with the same name and protocol gives the number, per slice.
-pub fn attach_endpoints<'a>(ports: &mut [ServicePort], slices: impl IntoIterator<Item = &'a EndpointSlice>, protocol_of: impl Fn(&ServicePort) -> Protocol) {
+pub fn attach_endpoints<'a>(
+    ports: &mut [ServicePort],
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    protocol_of: impl Fn(&ServicePort) -> Protocol,
+) {
     let mut found: BTreeMap<usize, BTreeSet<Endpoint>> = BTreeMap::new();
     for slice in slices {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
@@ -241,7 +245,8 @@ mod tests {
 
     fn slice(eps: serde_json::Value, port: i32) -> EndpointSlice {
         serde_json::from_value(json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": eps,
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}]})).unwrap()
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}))
+        .unwrap()
     }
 
     #[test]
@@ -272,9 +277,12 @@ mod tests {
     #[test]
     fn terminating_endpoints_are_the_fallback() {
         let mut ports = service_ports(&fleet(), &node());
-        let s = slice(json!([
+        let s = slice(
+            json!([
             {"addresses": ["127.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-            {"addresses": ["127.0.0.4"], "conditions": {"ready": false, "serving": false, "terminating": false}}]), 80);
+            {"addresses": ["127.0.0.4"], "conditions": {"ready": false, "serving": false, "terminating": false}}]),
+            80,
+        );
         attach_endpoints(&mut ports, [&s], |p| p.frontends[0].protocol);
         let usable: Vec<String> = ports[0].usable(Scope::Internal, "n1").iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(usable, ["127.0.0.3:80"]);
@@ -289,7 +297,10 @@ mod tests {
         let ports = service_ports(&dns, &n);
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].name.port, "metrics");
-        let ext: Service = serde_json::from_value(json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}})).unwrap();
+        let ext: Service = serde_json::from_value(
+            json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
+        )
+        .unwrap();
         assert!(service_ports(&ext, &n).is_empty());
     }
 }

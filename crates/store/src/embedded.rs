@@ -16,7 +16,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::model::{Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
-use crate::{Result, Store, StoreError, WatchStream};
+use crate::{Result, Store, StoreError, StoreMetrics, WatchStream};
 
 /// key -> (create_revision, mod_revision, value)
 const KV: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("kv");
@@ -46,6 +46,9 @@ struct State {
     history_start: Revision,
 }
 
+/// Retained events a new watcher is fed before the live ones.
+type Backlog = VecDeque<Arc<Event>>;
+
 struct Shared {
     state: RwLock<State>,
     events: broadcast::Sender<Arc<Event>>,
@@ -60,21 +63,12 @@ impl Shared {
 
     /// The retained events after `after` under `prefix`, plus a live
     /// subscription taken under the same lock, so nothing falls between.
-    fn open_watch(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<(VecDeque<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+    fn open_watch(&self, prefix: &str, after: Revision) -> Result<(Backlog, broadcast::Receiver<Arc<Event>>)> {
         let state = self.read();
         if after.saturating_add(1) < state.history_start {
             return Err(StoreError::Compacted { requested: after, oldest: state.history_start - 1 });
         }
-        let backlog = state
-            .history
-            .iter()
-            .filter(|e| e.revision > after && e.key.starts_with(prefix))
-            .cloned()
-            .collect();
+        let backlog = state.history.iter().filter(|e| e.revision > after && e.key.starts_with(prefix)).cloned().collect();
         Ok((backlog, self.events.subscribe()))
     }
 }
@@ -109,25 +103,23 @@ impl Drop for Writer {
 impl EmbeddedStore {
     /// Opens (or creates) the database file at `path` and loads it.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_measured(path, StoreMetrics::default())
+    }
+
+    /// As `open`, recording commits in `metrics`.
+    pub fn open_measured(path: &Path, metrics: StoreMetrics) -> Result<Self> {
         // Reads are served from memory; redb's page cache only has to help
         // the writer, so keep it small.
         let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
         let (kv, revision) = load(&db)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let shared = Arc::new(Shared {
-            state: RwLock::new(State {
-                kv,
-                revision,
-                history: VecDeque::new(),
-                history_start: revision + 1,
-            }),
-            events,
-        });
+        let shared =
+            Arc::new(Shared { state: RwLock::new(State { kv, revision, history: VecDeque::new(), history_start: revision + 1 }), events });
         let (sender, requests) = mpsc::channel();
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("wharf-store-writer".into())
-            .spawn(move || write_loop(db, writer_shared, requests))
+            .spawn(move || write_loop(db, writer_shared, requests, metrics))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = Arc::new(Writer { requests: Some(sender), thread: Some(thread) });
         Ok(Self { shared, writer })
@@ -153,15 +145,12 @@ fn load(db: &redb::Database) -> Result<(BTreeMap<String, Entry>, Revision)> {
     for row in table.iter().map_err(backend)? {
         let (key, value) = row.map_err(backend)?;
         let (create_revision, mod_revision, bytes) = value.value();
-        kv.insert(
-            key.value().to_string(),
-            Entry { value: Bytes::copy_from_slice(bytes), create_revision, mod_revision },
-        );
+        kv.insert(key.value().to_string(), Entry { value: Bytes::copy_from_slice(bytes), create_revision, mod_revision });
     }
     Ok((kv, revision))
 }
 
-fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>) {
+fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, metrics: StoreMetrics) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -170,7 +159,10 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        metrics.batch_size.observe(batch.len() as f64);
         commit_batch(&db, &shared, batch);
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -191,10 +183,7 @@ impl Staged {
     }
 
     fn apply(&mut self, state: &State, txn: &Txn) -> TxnOutcome {
-        let holds = txn
-            .compares
-            .iter()
-            .all(|c| c.holds(self.current(state, c.key()).map(|e| e.mod_revision)));
+        let holds = txn.compares.iter().all(|c| c.holds(self.current(state, c.key()).map(|e| e.mod_revision)));
         if !holds {
             return TxnOutcome::Failed;
         }
@@ -208,8 +197,7 @@ impl Staged {
             let event = match op {
                 Op::Put { key, value } => {
                     let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);
-                    let entry =
-                        Entry { value: value.clone(), create_revision, mod_revision: revision };
+                    let entry = Entry { value: value.clone(), create_revision, mod_revision: revision };
                     self.changes.insert(key.clone(), Some(entry));
                     Event {
                         kind: EventKind::Put,
@@ -242,8 +230,7 @@ impl Staged {
 fn commit_batch(db: &redb::Database, shared: &Shared, batch: Vec<WriteRequest>) {
     let (staged, outcomes) = {
         let state = shared.read();
-        let mut staged =
-            Staged { changes: HashMap::new(), events: Vec::new(), revision: state.revision };
+        let mut staged = Staged { changes: HashMap::new(), events: Vec::new(), revision: state.revision };
         let outcomes: Vec<TxnOutcome> = batch.iter().map(|r| staged.apply(&state, &r.txn)).collect();
         (staged, outcomes)
     };
@@ -270,8 +257,7 @@ fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
         for (key, entry) in &staged.changes {
             match entry {
                 Some(e) => {
-                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, e.value.as_ref()))
-                        .map_err(backend)?;
+                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, e.value.as_ref())).map_err(backend)?;
                 }
                 None => {
                     kv.remove(key.as_str()).map_err(backend)?;
@@ -313,12 +299,7 @@ fn trim_history(state: &mut State) {
 }
 
 fn key_value(key: &str, entry: &Entry) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: entry.value.clone(),
-        create_revision: entry.create_revision,
-        mod_revision: entry.mod_revision,
-    }
+    KeyValue { key: key.to_string(), value: entry.value.clone(), create_revision: entry.create_revision, mod_revision: entry.mod_revision }
 }
 
 #[async_trait::async_trait]
@@ -333,12 +314,7 @@ impl Store for EmbeddedStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
         let state = self.shared.read();
-        let items = state
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, e)| key_value(k, e))
-            .collect();
+        let items = state.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, e)| key_value(k, e)).collect();
         Ok((items, state.revision))
     }
 

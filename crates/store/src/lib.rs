@@ -10,11 +10,13 @@
 mod embedded;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod metrics;
 mod model;
 
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
+pub use metrics::{Measured, StoreMetrics};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 
 use futures::stream::BoxStream;

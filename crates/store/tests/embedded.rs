@@ -54,4 +54,3 @@ async fn watch_from_before_restart_is_compacted() {
     store.txn(Txn::new().put("/a", "3")).await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap().revision, 3);
 }
-

@@ -26,8 +26,24 @@ impl Etcd {
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir", dir.path().to_str().unwrap(), "--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &format!("t={peer_url}")])
+            .args([
+                "--name",
+                "t",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("t={peer_url}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -51,7 +67,7 @@ impl Drop for Etcd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_semantics_on_etcd() {
     let etcd = Etcd::start();
-    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[etcd.url.clone()]).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap());
     semantics::compare_and_swap_guards_writes(store.as_ref(), "/t1").await;
     semantics::failed_compare_writes_none_of_the_ops(store.as_ref(), "/t2").await;
     semantics::list_is_limited_to_the_prefix(store.as_ref(), "/t3").await;
@@ -62,8 +78,8 @@ async fn shared_semantics_on_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_share_one_keyspace_and_revision() {
     let etcd = Etcd::start();
-    let a = EtcdStore::connect(&[etcd.url.clone()]).await.unwrap();
-    let b = EtcdStore::connect(&[etcd.url.clone()]).await.unwrap();
+    let a = EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap();
+    let b = EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap();
     let TxnOutcome::Committed(rev) = a.txn(Txn::new().put("/shared", "from a")).await.unwrap() else { panic!() };
     let kv = b.get("/shared").await.unwrap().unwrap();
     assert_eq!((&kv.value[..], kv.mod_revision), (&b"from a"[..], rev));

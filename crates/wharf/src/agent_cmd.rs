@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 
 use crate::cli::AgentArgs;
+use crate::lifecycle::Lifecycle;
 
 fn server_address(s: &str) -> anyhow::Result<SocketAddr> {
     let bare = s.trim().trim_start_matches("https://").trim_end_matches('/');
@@ -13,21 +15,20 @@ fn server_address(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut life = Lifecycle::new();
+    let mut registry = Registry::default();
     let servers = args.server.iter().map(|s| server_address(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let local = wharf_agent::apiconn::failover(servers).await.context("starting the API failover port")?;
+    let local = wharf_agent::apiconn::failover(servers, life.token.clone()).await.context("starting the API failover port")?;
     let text = std::fs::read_to_string(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&text).context("parsing the kubeconfig")?;
-    for cluster in &mut kubeconfig.clusters {
-        if let Some(c) = cluster.cluster.as_mut() {
-            c.server = Some(format!("https://{local}"));
-        }
-    }
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.context("kubeconfig")?;
-    let client = wharf_agent::client::build(config).context("building a Kubernetes client")?;
-    let node = crate::node::start(client, &args.node, args.service_cidr).await?;
+    let client =
+        wharf_kube::client::from_kubeconfig_text_at(&text, &format!("https://{local}")).await.context("building a Kubernetes client")?;
+    let node = crate::node::start(client, &args.node, args.service_cidr, args.process.shutdown_grace, &mut life, &mut registry).await?;
+    let metrics = crate::metrics::serve(args.node.metrics_listen, registry, &mut life).await?;
+    let addresses = crate::files::Addresses { dns: Some(node.dns), metrics: Some(metrics), ..Default::default() };
+    addresses.write(args.process.addresses_file.as_deref())?;
     println!(
         "wharf agent is up.\n\n  Node:         {} ({})\n  Cluster DNS:  {}\n  Metrics:      http://{}/metrics\n",
-        args.node.node_name, args.node.node_ip, node.dns, node.metrics
+        args.node.node_name, args.node.node_ip, node.dns, metrics
     );
-    crate::node::supervise(node.tasks).await
+    life.run(args.process.shutdown_grace).await
 }

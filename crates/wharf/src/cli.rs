@@ -12,8 +12,30 @@ use ipnet::Ipv4Net;
 #[derive(Parser)]
 #[command(name = "wharf", version, about = "Kubernetes Services, cluster IPs, DNS and the service proxy, in one program")]
 pub struct Cli {
+    /// Log lines as text or as JSON objects (the level comes from RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a long-running command runs and stops.
+#[derive(Args, Clone)]
+pub struct ProcessArgs {
+    /// On SIGTERM/SIGINT, how long open connections and requests may take
+    /// to finish before the process exits.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Once up, write the addresses this process serves as JSON to this
+    /// file (for scripts and tests).
+    #[arg(long)]
+    pub addresses_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +153,14 @@ pub struct NodeArgs {
     /// UDP worker threads of the DNS server (default: one per CPU).
     #[arg(long)]
     pub dns_workers: Option<usize>,
+    /// Clients whose names outside the cluster are forwarded upstream,
+    /// comma separated (default: loopback, the node IP, the service CIDR);
+    /// others get REFUSED, so the DNS is never an open resolver.
+    #[arg(long, value_delimiter = ',')]
+    pub dns_recursion_cidrs: Vec<ipnet::IpNet>,
+    /// DNS-over-TCP connections open at once.
+    #[arg(long, default_value_t = 1024)]
+    pub dns_tcp_connections: usize,
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9153")]
     pub metrics_listen: SocketAddr,
@@ -155,6 +185,8 @@ pub struct UpArgs {
     pub server: ServerArgs,
     #[command(flatten)]
     pub node: NodeArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -178,6 +210,8 @@ pub struct ServerCommandArgs {
     /// Extra names or addresses for the serving certificate.
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 #[derive(Args)]
@@ -195,6 +229,8 @@ pub struct AgentArgs {
     /// The cluster's service CIDR (for the DNS address and reverse zone).
     #[arg(long, default_value = "127.96.0.0/12")]
     pub service_cidr: Ipv4Net,
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, or a bare number of seconds.

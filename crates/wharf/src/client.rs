@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 pub async fn from_kubeconfig_text(text: &str) -> anyhow::Result<kube::Client> {
-    wharf_agent::client::from_kubeconfig_text(text).await.context("building a Kubernetes client from the kubeconfig")
+    wharf_kube::client::from_kubeconfig_text(text).await.context("building a Kubernetes client from the kubeconfig")
 }
 
 /// The kubeconfig a CLI helper uses: `--kubeconfig`, else `$KUBECONFIG`,

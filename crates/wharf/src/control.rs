@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::task::JoinHandle;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 use wharf_apiserver::alloc::Allocator;
-use wharf_apiserver::{pki, App, Registry};
+use wharf_apiserver::{pki, App};
+use wharf_kube::ControllerMetrics;
 
 use crate::cli::ServerArgs;
+use crate::lifecycle::Lifecycle;
 
 pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.kubeconfig")
@@ -22,7 +25,6 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub client: kube::Client,
     pub allocator: Allocator,
-    pub server: JoinHandle<()>,
 }
 
 /// The address clients use: the listen address, or `fallback` when
@@ -35,14 +37,16 @@ fn advertised(listen: SocketAddr, fallback: std::net::IpAddr) -> SocketAddr {
     }
 }
 
-/// Starts the API server on `store`, creates the built-in objects and
-/// writes the admin kubeconfig.
+/// Starts the API server on `store` (as a part of `life`), creates the
+/// built-in objects and writes the admin kubeconfig.
 pub async fn start(
     args: &ServerArgs,
     store: Arc<dyn wharf_store::Store>,
     default_node: Option<&str>,
     advertise_fallback: std::net::IpAddr,
     extra_sans: &[String],
+    life: &mut Lifecycle,
+    registry: &mut Registry,
 ) -> anyhow::Result<ControlPlane> {
     let data_dir = &args.data.data_dir;
     let mut hosts = vec![advertised(args.api_listen, advertise_fallback).ip().to_string()];
@@ -51,50 +55,64 @@ pub async fn start(
     let creds = pki::load_or_create(&data_dir.join("pki"), &hosts).context("preparing certificates")?;
 
     let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone());
-    let mut registry = Registry::new(store, allocator.clone());
+    let mut api_registry = wharf_apiserver::Registry::new(store, allocator.clone());
     if let Some(node) = default_node {
-        registry = registry.with_default_node(node);
+        api_registry = api_registry.with_default_node(node);
     }
-    let app = App { registry: registry.clone(), token: creds.admin_token.clone().into() };
-    let server = wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen }, app, &creds)
-        .await
-        .context("--api-listen")?;
+    let metrics = wharf_apiserver::ApiMetrics::default();
+    metrics.register(registry);
+    let app = App { registry: api_registry.clone(), token: creds.admin_token.clone().into(), shutdown: life.token.clone(), metrics };
+    let server =
+        wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen }, app, &creds).await.context("--api-listen")?;
     let endpoint = advertised(server.local_addr, advertise_fallback);
-    wharf_apiserver::bootstrap(&registry, endpoint).await.context("creating built-in objects")?;
+    wharf_apiserver::bootstrap(&api_registry, endpoint).await.context("creating built-in objects")?;
+    let task = server.task;
+    life.spawn("API server", async move {
+        task.await?;
+        Ok(())
+    });
 
     let kubeconfig = kubeconfig_path(data_dir);
     let kubeconfig_text = pki::kubeconfig(&creds, &format!("https://{endpoint}"));
-    std::fs::write(&kubeconfig, &kubeconfig_text).with_context(|| format!("writing {}", kubeconfig.display()))?;
+    pki::write_private(&kubeconfig, &kubeconfig_text).with_context(|| format!("writing {}", kubeconfig.display()))?;
     let client = crate::client::from_kubeconfig_text(&kubeconfig_text).await?;
-    Ok(ControlPlane { endpoint, kubeconfig, client, allocator, server: server.task })
+    Ok(ControlPlane { endpoint, kubeconfig, client, allocator })
 }
 
-/// The cluster's controllers, running together.
-pub fn controllers(client: kube::Client, args: &ServerArgs) -> JoinHandle<()> {
-    let lb_pool = args.lb_pool;
-    let grace = args.node_monitor_grace_period;
-    tokio::spawn(async move {
-        tokio::join!(
-            wharf_controllers::EndpointSliceController::new(client.clone()).run(),
-            wharf_controllers::LoadBalancerController::new(client.clone(), lb_pool).run(),
-            wharf_controllers::NodeLifecycleController::new(client, grace).run(),
-        );
-    })
+/// The cluster's controllers, running together until `token` is cancelled.
+pub async fn controllers(client: kube::Client, args: ServerArgs, metrics: ControllerMetrics, token: CancellationToken) {
+    let endpointslices = wharf_controllers::EndpointSliceController::new(client.clone(), metrics.handles("endpointslice"));
+    let lb = Arc::new(wharf_controllers::LoadBalancerController::new(client.clone(), args.lb_pool, metrics.handles("loadbalancer")));
+    let nodes =
+        Arc::new(wharf_controllers::NodeLifecycleController::new(client, args.node_monitor_grace_period, metrics.handles("nodelifecycle")));
+    tokio::join!(endpointslices.run(token.clone()), lb.run(token.clone()), nodes.run(token));
 }
 
-/// Runs the controllers only while `leading` says this server leads.
-pub fn controllers_when_leading(client: kube::Client, args: &ServerArgs, mut leading: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
-    let args = args.clone();
-    tokio::spawn(async move {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            tracing::info!("leading: starting the controllers");
-            let running = controllers(client.clone(), &args);
-            let _ = leading.wait_for(|l| !*l).await;
-            tracing::info!("no longer leading: stopping the controllers");
-            running.abort();
+/// Runs the controllers only while `leading` says this server leads; a
+/// lost leadership stops every controller and its workers.
+pub async fn controllers_when_leading(
+    client: kube::Client,
+    args: ServerArgs,
+    metrics: ControllerMetrics,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            led = leading.wait_for(|l| *l) => if led.is_err() { return },
         }
-    })
+        tracing::info!("leading: starting the controllers");
+        let term = token.child_token();
+        let running = tokio::spawn(controllers(client.clone(), args.clone(), metrics.clone(), term.clone()));
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("no longer leading: stopping the controllers"),
+        }
+        term.cancel();
+        let _ = running.await;
+        if token.is_cancelled() {
+            return;
+        }
+    }
 }

@@ -8,8 +8,10 @@ use axum::http::header;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// Serves the registry's metrics in the text format until the task ends.
-pub async fn serve(listen: SocketAddr, registry: Registry) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+use crate::lifecycle::Lifecycle;
+
+/// Serves the registry's metrics in the text format, as a part of `life`.
+pub async fn serve(listen: SocketAddr, registry: Registry, life: &mut Lifecycle) -> anyhow::Result<SocketAddr> {
     let registry = Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",
@@ -24,10 +26,10 @@ pub async fn serve(listen: SocketAddr, registry: Registry) -> anyhow::Result<(So
     );
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--metrics-listen {listen}"))?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
+    let token = life.token.clone();
+    life.spawn("metrics endpoint", async move {
+        axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
+        Ok(())
     });
-    Ok((local, task))
+    Ok(local)
 }

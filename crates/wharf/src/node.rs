@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use tokio::task::JoinHandle;
+use prometheus_client::registry::Registry;
 
 use crate::cli::NodeArgs;
+use crate::lifecycle::Lifecycle;
 
 /// The tenth address of the service range: the cluster DNS service.
 pub fn dns_service_ip(cidr: Ipv4Net) -> std::net::Ipv4Addr {
@@ -47,7 +48,22 @@ fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsCo
         },
         upstreams,
         workers: args.dns_workers.unwrap_or_else(cpus),
+        recursion_from: recursion_from(args, cidr),
+        tcp: wharf_dns::server::TcpLimits { connections: args.dns_tcp_connections, ..Default::default() },
     })
+}
+
+/// `--dns-recursion-cidrs`, or loopback, the node IP and the service CIDR.
+fn recursion_from(args: &NodeArgs, cidr: Ipv4Net) -> Vec<ipnet::IpNet> {
+    if !args.dns_recursion_cidrs.is_empty() {
+        return args.dns_recursion_cidrs.clone();
+    }
+    vec![
+        ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).into(),
+        ipnet::Ipv6Net::from(std::net::Ipv6Addr::LOCALHOST).into(),
+        ipnet::IpNet::from(args.node_ip),
+        cidr.into(),
+    ]
 }
 
 fn cpus() -> usize {
@@ -68,66 +84,44 @@ fn proxy_config(args: &NodeArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
 }
 
 pub struct Node {
-    pub metrics: SocketAddr,
     pub dns: SocketAddr,
-    pub tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
 
-/// Starts the node's parts; each task ends only on failure.
-pub async fn start(client: kube::Client, args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<Node> {
-    let mut registry = prometheus_client::registry::Registry::default();
+/// Starts the node's parts as parts of `life`, their metrics in `registry`.
+pub async fn start(
+    client: kube::Client,
+    args: &NodeArgs,
+    cidr: Ipv4Net,
+    grace: std::time::Duration,
+    life: &mut Lifecycle,
+    registry: &mut Registry,
+) -> anyhow::Result<Node> {
+    let token = life.token.clone();
     let dns_config = dns_config(args, cidr)?;
     let dns_addr = dns_config.listen;
     let dns_metrics = wharf_dns::DnsMetrics::default();
-    dns_metrics.register(&mut registry);
-    let dns = wharf_dns::start(dns_config, client.clone(), dns_metrics).await?;
+    dns_metrics.register(registry);
+    let dns = wharf_dns::start(dns_config, client.clone(), dns_metrics, token.clone()).await?;
     let proxy_metrics = wharf_proxy::ProxyMetrics::default();
-    proxy_metrics.register(&mut registry);
+    proxy_metrics.register(registry);
     let proxy_config = proxy_config(args, dns_addr);
-    let (metrics, metrics_task) = crate::metrics::serve(args.metrics_listen, registry).await?;
-    let agent_config = wharf_agent::AgentConfig { node_name: args.node_name.clone(), node_ip: args.node_ip, heartbeat: args.node_heartbeat };
-    let agent_client = client.clone();
-    let tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
-        ("node agent", tokio::spawn(async move { Ok(wharf_agent::run(agent_client, agent_config).await?) })),
-        ("service proxy", tokio::spawn(async move { Ok(wharf_proxy::run(client, proxy_config, proxy_metrics).await?) })),
-        ("cluster DNS", tokio::spawn(async move {
-            futures::future::select_all(dns.tasks).await.0?;
-            anyhow::bail!("stopped")
-        })),
-        ("metrics endpoint", tokio::spawn(async move {
-            metrics_task.await?;
-            anyhow::bail!("stopped")
-        })),
-    ];
-    Ok(Node { metrics, dns: dns_addr, tasks })
-}
-
-/// Waits until a task fails or the process is asked to stop.
-pub async fn supervise(tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>) -> anyhow::Result<()> {
-    let (names, handles): (Vec<&str>, Vec<_>) = tasks.into_iter().unzip();
-    tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
-        (result, i, _) = futures::future::select_all(handles) => {
-            let name = names[i];
-            match result {
-                Ok(Ok(())) => anyhow::bail!("{name} stopped"),
-                Ok(Err(e)) => Err(e.context(format!("{name} failed"))),
-                Err(e) => Err(anyhow::Error::new(e).context(format!("{name} panicked"))),
-            }
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
+    let agent_metrics = wharf_agent::metrics::AgentMetrics::default();
+    agent_metrics.register(registry);
+    let agent_config = wharf_agent::AgentConfig {
+        node_name: args.node_name.clone(),
+        node_ip: args.node_ip,
+        heartbeat: args.node_heartbeat,
+        metrics: agent_metrics,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let (agent_client, agent_token) = (client.clone(), token.clone());
+    life.spawn("node agent", async move { Ok(wharf_agent::run(agent_client, agent_config, agent_token).await?) });
+    let proxy_token = token.clone();
+    life.spawn("service proxy", async move { Ok(wharf_proxy::run(client, proxy_config, proxy_metrics, proxy_token, grace).await?) });
+    life.spawn("cluster DNS", async move {
+        for task in dns.tasks {
+            task.await?;
+        }
+        Ok(())
+    });
+    Ok(Node { dns: dns_addr })
 }

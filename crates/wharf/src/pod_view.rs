@@ -15,7 +15,8 @@ pub fn resolv_conf(dns_ip: &str, namespace: &str, domain: &str) -> String {
 }
 
 async fn cluster_dns_ip(client: &kube::Client) -> anyhow::Result<String> {
-    let svc = Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns").await.context("reading service kube-system/kube-dns")?;
+    let svc =
+        Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns").await.context("reading service kube-system/kube-dns")?;
     svc.spec.and_then(|s| s.cluster_ip).context("kube-dns has no cluster IP")
 }
 

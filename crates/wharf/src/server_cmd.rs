@@ -6,57 +6,67 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
+use wharf_store::{Measured, StoreMetrics};
 
 use crate::cli::{ServerCommandArgs, StoreKind};
 use crate::control;
+use crate::lifecycle::Lifecycle;
 
 /// How long a leader's lease on the controllers lasts without renewal.
 const LEADER_LEASE: Duration = Duration::from_secs(6);
 
-async fn open_store(args: &ServerCommandArgs) -> anyhow::Result<Arc<dyn wharf_store::Store>> {
+async fn open_store(args: &ServerCommandArgs, metrics: StoreMetrics) -> anyhow::Result<Arc<dyn wharf_store::Store>> {
     match args.store {
         StoreKind::Embedded => {
             let dir = &args.server.data.data_dir;
-            std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-            Ok(Arc::new(wharf_store::EmbeddedStore::open(&dir.join("state.redb")).context("opening the store")?))
+            crate::files::private_dir(dir)?;
+            let store = wharf_store::EmbeddedStore::open_measured(&dir.join("state.redb"), metrics.clone()).context("opening the store")?;
+            Ok(Arc::new(Measured::new(store, metrics)))
         }
-        StoreKind::Etcd => open_etcd(&args.etcd_endpoints).await,
+        StoreKind::Etcd => {
+            crate::files::private_dir(&args.server.data.data_dir)?;
+            Ok(Arc::new(Measured::new(open_etcd(&args.etcd_endpoints).await?, metrics)))
+        }
     }
 }
 
 #[cfg(feature = "etcd")]
-async fn open_etcd(endpoints: &[String]) -> anyhow::Result<Arc<dyn wharf_store::Store>> {
+async fn open_etcd(endpoints: &[String]) -> anyhow::Result<wharf_store::EtcdStore> {
     anyhow::ensure!(!endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
-    Ok(Arc::new(wharf_store::EtcdStore::connect(endpoints).await.context("connecting to etcd")?))
+    wharf_store::EtcdStore::connect(endpoints).await.context("connecting to etcd")
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &[String]) -> anyhow::Result<Arc<dyn wharf_store::Store>> {
+async fn open_etcd(_: &[String]) -> anyhow::Result<wharf_store::EmbeddedStore> {
     anyhow::bail!("this wharf was built without etcd support: build with `--features etcd` (needs protoc)")
 }
 
 pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {
-    let store = open_store(&args).await?;
+    let mut life = Lifecycle::new();
+    let mut registry = Registry::default();
+    let store_metrics = StoreMetrics::default();
+    store_metrics.register(&mut registry);
+    let store = open_store(&args, store_metrics).await?;
     let advertise = args.server.api_listen.ip();
-    let control = control::start(&args.server, store.clone(), None, advertise, &args.tls_san).await?;
-    let id = format!("{}-{}", control.endpoint, std::process::id());
-    let leading = wharf_apiserver::election::campaign(store, "/wharf/leader/controllers".into(), id, LEADER_LEASE);
-    let controllers = control::controllers_when_leading(control.client.clone(), &args.server, leading);
-    println!(
-        "wharf server is up.\n\n  API server:  https://{}\n  Kubeconfig:  {}\n",
-        control.endpoint,
-        control.kubeconfig.display()
-    );
-    let server = control.server;
-    crate::node::supervise(vec![
-        ("API server", tokio::spawn(async move {
-            server.await?;
-            anyhow::bail!("stopped")
-        })),
-        ("controllers", tokio::spawn(async move {
-            controllers.await?;
-            anyhow::bail!("stopped")
-        })),
-    ])
-    .await
+    let control = control::start(&args.server, store.clone(), None, advertise, &args.tls_san, &mut life, &mut registry).await?;
+    let id = wharf_apiserver::election::holder_identity();
+    let leading = wharf_apiserver::election::campaign(store, "/wharf/leader/controllers".into(), id, LEADER_LEASE, life.token.clone());
+    let controller_metrics = wharf_kube::ControllerMetrics::default();
+    controller_metrics.register(&mut registry);
+    let controllers =
+        control::controllers_when_leading(control.client.clone(), args.server.clone(), controller_metrics, leading, life.token.clone());
+    life.spawn("controllers", async move {
+        controllers.await;
+        Ok(())
+    });
+    let addresses = crate::files::Addresses {
+        api: Some(format!("https://{}", control.endpoint)),
+        kubeconfig: Some(control.kubeconfig.clone()),
+        ..Default::default()
+    };
+    addresses.write(args.process.addresses_file.as_deref())?;
+    println!("wharf server is up.\n\n  API server:  https://{}\n  Kubeconfig:  {}\n", control.endpoint, control.kubeconfig.display());
+    drop(registry);
+    life.run(args.process.shutdown_grace).await
 }

@@ -7,30 +7,50 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use wharf_store::EmbeddedStore;
+use prometheus_client::registry::Registry;
+use wharf_store::{EmbeddedStore, Measured, StoreMetrics};
 
 use crate::cli::UpArgs;
 use crate::control;
+use crate::lifecycle::Lifecycle;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let mut life = Lifecycle::new();
+    let mut registry = Registry::default();
     let data_dir = &args.server.data.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let store = EmbeddedStore::open(&data_dir.join("state.redb")).context("opening the store")?;
-    let control = control::start(&args.server, Arc::new(store), Some(&args.node.node_name), args.node.node_ip, &[]).await?;
-    let controllers = control::controllers(control.client.clone(), &args.server);
-    let node = crate::node::start(control.client.clone(), &args.node, args.server.service_cidr).await?;
-    print_notes(&args, &control, node.metrics, node.dns);
-    let mut tasks = node.tasks;
-    let (server, controllers) = (control.server, controllers);
-    tasks.push(("API server", tokio::spawn(async move {
-        server.await?;
-        anyhow::bail!("stopped")
-    })));
-    tasks.push(("controllers", tokio::spawn(async move {
-        controllers.await?;
-        anyhow::bail!("stopped")
-    })));
-    crate::node::supervise(tasks).await
+    crate::files::private_dir(data_dir)?;
+    let store_metrics = StoreMetrics::default();
+    store_metrics.register(&mut registry);
+    let store = EmbeddedStore::open_measured(&data_dir.join("state.redb"), store_metrics.clone()).context("opening the store")?;
+    let store = Arc::new(Measured::new(store, store_metrics));
+    let control = control::start(&args.server, store, Some(&args.node.node_name), args.node.node_ip, &[], &mut life, &mut registry).await?;
+    let controller_metrics = wharf_kube::ControllerMetrics::default();
+    controller_metrics.register(&mut registry);
+    let token = life.token.clone();
+    let controllers = control::controllers(control.client.clone(), args.server.clone(), controller_metrics, token);
+    life.spawn("controllers", async move {
+        controllers.await;
+        Ok(())
+    });
+    let node = crate::node::start(
+        control.client.clone(),
+        &args.node,
+        args.server.service_cidr,
+        args.process.shutdown_grace,
+        &mut life,
+        &mut registry,
+    )
+    .await?;
+    let metrics = crate::metrics::serve(args.node.metrics_listen, registry, &mut life).await?;
+    let addresses = crate::files::Addresses {
+        api: Some(format!("https://{}", control.endpoint)),
+        kubeconfig: Some(control.kubeconfig.clone()),
+        dns: Some(node.dns),
+        metrics: Some(metrics),
+    };
+    addresses.write(args.process.addresses_file.as_deref())?;
+    print_notes(&args, &control, metrics, node.dns);
+    life.run(args.process.shutdown_grace).await
 }
 
 pub fn kubeconfig_path(data_dir: &Path) -> std::path::PathBuf {

@@ -123,7 +123,10 @@ fn every_record_kind() {
     // AAAA of an IPv4 service: NODATA with the SOA.
     let aaaa = dig(&w, &["kolide-fleet-mysql.default.svc.cluster.local", "AAAA"]);
     assert_eq!((aaaa.status.as_str(), aaaa.answer.len()), ("NOERROR", 0));
-    assert!(aaaa.authority[0].split_whitespace().collect::<Vec<_>>()[3..6] == ["SOA", "ns.dns.cluster.local.", "hostmaster.cluster.local."], "{aaaa:?}");
+    assert!(
+        aaaa.authority[0].split_whitespace().collect::<Vec<_>>()[3..6] == ["SOA", "ns.dns.cluster.local.", "hostmaster.cluster.local."],
+        "{aaaa:?}"
+    );
     // SRV for a named port, target address in the additional section.
     let srv = dig(&w, &["_mysql._tcp.kolide-fleet-mysql.default.svc.cluster.local", "SRV"]);
     assert_eq!(srv.data(), ["0 100 3306 kolide-fleet-mysql.default.svc.cluster.local."]);
@@ -232,7 +235,8 @@ async fn headless_with_a_thousand_endpoints_truncates_over_udp() {
     .unwrap();
 
     // A new service answers at once.
-    let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "fresh"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+    let svc: Service =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "fresh"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
     let created = services.create(&PostParams::default(), &svc).await.unwrap();
     let ip = created.spec.unwrap().cluster_ip.unwrap();
     let probe = w.clone();
@@ -261,7 +265,7 @@ fn upstream_none_refuses_and_garbage_gets_formerr() {
     assert!(socket.recv_from(&mut buf).is_err());
     assert_eq!(dig(&w, &["kubernetes.default.svc.cluster.local"]).status, "NOERROR");
     // The metrics endpoint counts them.
-    let metrics_url = w.stdout.lines().find_map(|l| l.trim().strip_prefix("Metrics:")).unwrap().trim().to_string();
+    let metrics_url = w.metrics_url.clone();
     let metrics = Command::new("curl").args(["-s", &metrics_url]).output().unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(metrics.contains("wharf_dns_requests_total{rcode=\"REFUSED\",type=\"A\"} 1"), "{metrics}");
@@ -293,7 +297,17 @@ fn getent_through_the_pod_search_list() {
     assert_eq!(getent("other", "elsewhere"), ip_of_ns(&w, "other", "elsewhere"));
     // The pod sees the service variables too.
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["exec", "-n", "default", "--kubeconfig", w.kubeconfig().to_str().unwrap(), "--", "sh", "-c", "echo $KOLIDE_FLEET_REDIS_SERVICE_HOST"])
+        .args([
+            "exec",
+            "-n",
+            "default",
+            "--kubeconfig",
+            w.kubeconfig().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo $KOLIDE_FLEET_REDIS_SERVICE_HOST",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), redis);

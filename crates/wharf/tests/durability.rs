@@ -19,7 +19,10 @@ fn node_port_service(name: &str) -> Service {
     .unwrap()
 }
 
-fn allocations(svc: &Service) -> (String, Vec<i32>) {
+/// A service's cluster IP and node ports.
+type Allocations = (String, Vec<i32>);
+
+fn allocations(svc: &Service) -> Allocations {
     let spec = svc.spec.as_ref().unwrap();
     let ports = spec.ports.iter().flatten().filter_map(|p| p.node_port).collect();
     (spec.cluster_ip.clone().unwrap(), ports)
@@ -29,7 +32,7 @@ fn allocations(svc: &Service) -> (String, Vec<i32>) {
 async fn acknowledged_creates_survive_sigkill() {
     let mut w = Wharf::start(&[]);
     let api: Api<Service> = Api::namespaced(w.client().await, "default");
-    let acked: Arc<Mutex<HashMap<String, (String, Vec<i32>)>>> = Default::default();
+    let acked: Arc<Mutex<HashMap<String, Allocations>>> = Default::default();
     let mut writers = Vec::new();
     for writer in 0..4 {
         let api = api.clone();
@@ -47,7 +50,13 @@ async fn acknowledged_creates_survive_sigkill() {
         }));
     }
     // Kill the server while the creates stream in.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let streaming = tokio::time::timeout(Duration::from_secs(60), async {
+        while acked.lock().unwrap().len() < 100 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    streaming.await.expect("creates never got going");
     w.kill();
     for writer in writers {
         writer.await.unwrap();
@@ -169,7 +178,8 @@ async fn selectors_filter_lists() {
             labels["env"] = env.into();
         }
         let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": labels}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+            "metadata": {"name": name, "labels": labels}, "spec": {"ports": [{"port": 80}]}}))
+        .unwrap();
         api.create(&PostParams::default(), &svc).await.unwrap();
     }
     let names = |sel: &'static str, fields: &'static str| {

@@ -13,7 +13,13 @@ use support::{example, Backend, Wharf};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn endpoints_of(w: &Wharf, svc: &str) -> String {
-    w.kubectl_ok(&["get", "endpoints", svc, "-o", "jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{\",\"}{end}{.ports[0].port}{\";\"}{end}"])
+    w.kubectl_ok(&[
+        "get",
+        "endpoints",
+        svc,
+        "-o",
+        "jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{\",\"}{end}{.ports[0].port}{\";\"}{end}",
+    ])
 }
 
 /// `kubectl get endpoints NAME`'s ENDPOINTS column.
@@ -28,10 +34,13 @@ fn wait_for(w: &Wharf, what: &str, mut check: impl FnMut(&Wharf) -> bool) {
 }
 
 /// Slices of a service as (port, [(pod, ready, serving, terminating)]).
-fn slices(w: &Wharf, svc: &str) -> Vec<(i64, Vec<(String, bool, bool, bool)>)> {
+/// An endpoint as tests compare it: pod, ready, serving, terminating.
+type EndpointState = (String, bool, bool, bool);
+
+fn slices(w: &Wharf, svc: &str) -> Vec<(i64, Vec<EndpointState>)> {
     let out = w.kubectl_ok(&["get", "endpointslices", "-l", &format!("kubernetes.io/service-name={svc}"), "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut slices: Vec<(i64, Vec<(String, bool, bool, bool)>)> = v["items"]
+    let mut slices: Vec<(i64, Vec<EndpointState>)> = v["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -69,10 +78,13 @@ fn seed_pods_become_endpoints_by_readiness() {
     assert_eq!(endpoints_column(&w, "kolide-fleet-redis"), format!("{ip}:6379"));
     // The named target port resolved per pod: two slices, one per number.
     let fleet = slices(&w, "kolide-fleet-fleet");
-    assert_eq!(fleet, vec![
-        (8080, vec![("kolide-fleet-fleet-a".into(), true, true, false)]),
-        (8081, vec![("kolide-fleet-fleet-b".into(), true, true, false)]),
-    ]);
+    assert_eq!(
+        fleet,
+        vec![
+            (8080, vec![("kolide-fleet-fleet-a".into(), true, true, false)]),
+            (8081, vec![("kolide-fleet-fleet-b".into(), true, true, false)]),
+        ]
+    );
     let pods = w.kubectl_ok(&["get", "pods", "-o", "wide", "--no-headers"]);
     for line in pods.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
@@ -106,9 +118,21 @@ fn seed_pods_become_endpoints_by_readiness() {
 
     // A selector change moves the endpoints.
     w.kubectl_ok(&["create", "service", "clusterip", "moving", "--tcp=80:80"]);
-    w.kubectl_ok(&["patch", "svc", "moving", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-fleet"},"ports":[{"port":80,"targetPort":"http","name":"80-80"}]}}"#]);
+    w.kubectl_ok(&[
+        "patch",
+        "svc",
+        "moving",
+        "-p",
+        r#"{"spec":{"selector":{"app":"kolide-fleet-fleet"},"ports":[{"port":80,"targetPort":"http","name":"80-80"}]}}"#,
+    ]);
     wait_for(&w, "moving -> fleet", |w| endpoints_column(w, "moving") == format!("{ip}:8081"));
-    w.kubectl_ok(&["patch", "svc", "moving", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"},"ports":[{"port":80,"targetPort":"mysql","name":"80-80"}]}}"#]);
+    w.kubectl_ok(&[
+        "patch",
+        "svc",
+        "moving",
+        "-p",
+        r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"},"ports":[{"port":80,"targetPort":"mysql","name":"80-80"}]}}"#,
+    ]);
     wait_for(&w, "moving -> mysql", |w| endpoints_column(w, "moving") == format!("{ip}:3306"));
     // Deleting the service deletes its slices and Endpoints.
     w.kubectl_ok(&["delete", "svc", "moving"]);

@@ -25,10 +25,7 @@ fn seed_services_through_kubectl() {
     let services = services.to_str().unwrap();
 
     let out = w.kubectl_ok(&["apply", "-f", services]);
-    assert_eq!(
-        out,
-        "service/kolide-fleet-mysql created\nservice/kolide-fleet-redis created\nservice/kolide-fleet-fleet created\n"
-    );
+    assert_eq!(out, "service/kolide-fleet-mysql created\nservice/kolide-fleet-redis created\nservice/kolide-fleet-fleet created\n");
     let out = w.kubectl_ok(&["apply", "-f", services]);
     assert!(out.contains("service/kolide-fleet-mysql unchanged"), "{out}");
 
@@ -39,7 +36,13 @@ fn seed_services_through_kubectl() {
         .replace("sessionAffinity: None", "sessionAffinity: ClientIP");
     let out = w.apply_text(&changed);
     assert!(String::from_utf8_lossy(&out.stdout).contains("service/kolide-fleet-mysql configured"), "{out:?}");
-    let port = w.kubectl_ok(&["get", "svc", "kolide-fleet-mysql", "-o", "jsonpath={.spec.ports[0].port} {.spec.sessionAffinityConfig.clientIP.timeoutSeconds}"]);
+    let port = w.kubectl_ok(&[
+        "get",
+        "svc",
+        "kolide-fleet-mysql",
+        "-o",
+        "jsonpath={.spec.ports[0].port} {.spec.sessionAffinityConfig.clientIP.timeoutSeconds}",
+    ]);
     assert_eq!(port, "3307 10800");
 
     // The table, as kube-apiserver prints it.
@@ -76,7 +79,13 @@ fn seed_services_through_kubectl() {
     assert!(pods.starts_with("NAME") && pods.contains("kolide-fleet-mysql-0") && pods.lines().count() == 2, "{pods}");
 
     let describe = w.kubectl_ok(&["describe", "svc", "kolide-fleet-fleet"]);
-    for want in ["Name:                     kolide-fleet-fleet", "Type:                     LoadBalancer", "TargetPort:               http/TCP", "External Traffic Policy:  Local", "HealthCheck NodePort:"] {
+    for want in [
+        "Name:                     kolide-fleet-fleet",
+        "Type:                     LoadBalancer",
+        "TargetPort:               http/TCP",
+        "External Traffic Policy:  Local",
+        "HealthCheck NodePort:",
+    ] {
         assert!(describe.contains(want), "missing {want:?} in\n{describe}");
     }
 
@@ -86,11 +95,30 @@ fn seed_services_through_kubectl() {
     assert!(err.contains("--overwrite is false"), "{err}");
     assert_eq!(w.kubectl_ok(&["get", "svc", "-l", "tier=cache", "-o", "name"]), "service/kolide-fleet-redis\n");
     w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "-p", r#"{"spec":{"ports":[{"port":6379,"name":"redis","targetPort":6380}]}}"#]);
-    let out = w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "-p", r#"{"spec":{"ports":[{"port":6379,"name":"redis","targetPort":6380}]}}"#]);
+    let out = w.kubectl_ok(&[
+        "patch",
+        "svc",
+        "kolide-fleet-redis",
+        "-p",
+        r#"{"spec":{"ports":[{"port":6379,"name":"redis","targetPort":6380}]}}"#,
+    ]);
     assert!(out.contains("patched (no change)"), "{out}");
     w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":null,"merged":"yes"}}}"#]);
-    w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=json", "-p", r#"[{"op":"add","path":"/metadata/labels/json","value":"yes"}]"#]);
-    let got = w.kubectl_ok(&["get", "svc", "kolide-fleet-redis", "-o", "jsonpath={.spec.ports[0].targetPort} {.metadata.labels.merged} {.metadata.labels.json} {.metadata.labels.tier}"]);
+    w.kubectl_ok(&[
+        "patch",
+        "svc",
+        "kolide-fleet-redis",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/json","value":"yes"}]"#,
+    ]);
+    let got = w.kubectl_ok(&[
+        "get",
+        "svc",
+        "kolide-fleet-redis",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort} {.metadata.labels.merged} {.metadata.labels.json} {.metadata.labels.tier}",
+    ]);
     assert_eq!(got.trim_end(), "6380 yes yes");
 
     // delete -f removes them all.
@@ -112,11 +140,15 @@ fn watch_sees_an_update() {
         .spawn()
         .unwrap();
     let stdout = watch.stdout.take().unwrap();
+    let (listed, listed_rx) = std::sync::mpsc::channel();
     let lines = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut seen = Vec::new();
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let done = line.starts_with("MODIFIED") && line.contains("kolide-fleet-redis");
+            if line.contains("kolide-fleet-redis") && line.starts_with("ADDED") {
+                let _ = listed.send(());
+            }
             seen.push(line);
             if done {
                 break;
@@ -124,8 +156,8 @@ fn watch_sees_an_update() {
         }
         seen
     });
-    // Let the watch print its list, then change a service.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the watch has printed the service, change it.
+    listed_rx.recv_timeout(Duration::from_secs(20)).expect("the watch never listed the service");
     w.kubectl_ok(&["patch", "svc", "kolide-fleet-redis", "--type=merge", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]);
     let seen = support::eventually(Duration::from_secs(20), || lines.is_finished().then_some(())).map(|_| lines.join().unwrap());
     let _ = watch.kill();
@@ -180,7 +212,9 @@ fn invalid_manifests_name_the_field_and_store_nothing() {
     let taken = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: second\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n");
     let err = String::from_utf8_lossy(&w.apply_text(&taken).stderr).into_owned();
     assert!(err.contains("provided IP is already allocated"), "{err}");
-    let taken = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: third\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: {np}\n");
+    let taken = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: third\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: {np}\n"
+    );
     let err = String::from_utf8_lossy(&w.apply_text(&taken).stderr).into_owned();
     assert!(err.contains("provided port is already allocated"), "{err}");
     let err = w.kubectl_err(&["patch", "svc", "first", "-p", r#"{"spec":{"clusterIP":"127.0.0.99"}}"#]);
@@ -222,7 +256,21 @@ fn requests_without_credentials_are_refused() {
     assert!(err.contains("Unauthorized"), "{err}");
     // The same through plain HTTPS without any credential.
     let out = Command::new("curl")
-        .args(["-sSk", "--retry", "3", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
+        .args([
+            "-sSk",
+            "--retry",
+            "3",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ])
         .args(["--data", r#"{"metadata":{"name":"intruder"}}"#, &format!("{}/api/v1/namespaces", w.server)])
         .output()
         .unwrap();
@@ -243,7 +291,13 @@ fn server_side_apply_creates_merges_and_removes_dropped_fields() {
     // Someone else adds a label; the applier's next config drops its own extra field.
     w.kubectl_ok(&["label", "svc", "ssa", "owner=ops"]);
     write("apiVersion: v1\nkind: Service\nmetadata:\n  name: ssa\n  labels: {app: ssa}\nspec:\n  ports:\n  - {port: 80}\n");
-    let got = w.kubectl_ok(&["get", "svc", "ssa", "-o", "jsonpath={.metadata.labels.app} {.metadata.labels.extra}|{.metadata.labels.owner} {.spec.sessionAffinity}"]);
+    let got = w.kubectl_ok(&[
+        "get",
+        "svc",
+        "ssa",
+        "-o",
+        "jsonpath={.metadata.labels.app} {.metadata.labels.extra}|{.metadata.labels.owner} {.spec.sessionAffinity}",
+    ]);
     assert_eq!(got, "ssa |ops None");
     let yaml = w.kubectl_ok(&["get", "svc", "ssa", "-o", "yaml", "--show-managed-fields"]);
     assert!(yaml.contains("manager: kubectl") && yaml.contains("operation: Apply"), "{yaml}");
@@ -254,7 +308,9 @@ fn server_side_apply_conflicts_between_managers_and_force_takes_over() {
     let w = Wharf::start(&[]);
     let path = w.dir.path().join("owned.yaml");
     let apply_as = |manager: &str, target_port: u16, extra: &[&str]| {
-        let text = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: owned\nspec:\n  ports:\n  - {{port: 80, targetPort: {target_port}}}\n");
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: owned\nspec:\n  ports:\n  - {{port: 80, targetPort: {target_port}}}\n"
+        );
         std::fs::write(&path, text).unwrap();
         let manager = format!("--field-manager={manager}");
         let mut args = vec!["apply", "--server-side", manager.as_str(), "-f", path.to_str().unwrap()];
@@ -269,11 +325,30 @@ fn server_side_apply_conflicts_between_managers_and_force_takes_over() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(stderr.contains("Apply failed with 2 conflicts"), "{stderr}");
-    assert!(stderr.contains("conflicts with \"team-a\"") && stderr.contains(".spec.ports[port=80].targetPort"), "{stderr}");
+    assert!(
+        stderr.contains("conflicts with \"team-a\"") && stderr.contains(".spec.ports[port=80,protocol=\"TCP\"].targetPort"),
+        "{stderr}"
+    );
     assert_eq!(target_port(), "8080", "a refused apply changes nothing");
     assert!(apply_as("team-c", 9090, &["--force-conflicts"]).status.success());
     assert_eq!(target_port(), "9090");
     // team-c owns the field now: team-a's old value conflicts with team-c only.
     let stderr = String::from_utf8_lossy(&apply_as("team-a", 8080, &[]).stderr).into_owned();
-    assert!(stderr.contains("Apply failed with 1 conflict: conflict with \"team-c\": .spec.ports[port=80].targetPort"), "{stderr}");
+    assert!(
+        stderr.contains("Apply failed with 1 conflict: conflict with \"team-c\": .spec.ports[port=80,protocol=\"TCP\"].targetPort"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn server_side_apply_keeps_one_port_number_on_two_protocols() {
+    let w = Wharf::start(&[]);
+    let path = w.dir.path().join("dns.yaml");
+    let manifest = "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\nspec:\n  ports:\n  - {name: dns, port: 53, protocol: UDP}\n  - {name: dns-tcp, port: 53, protocol: TCP}\n";
+    std::fs::write(&path, manifest).unwrap();
+    for _ in 0..2 {
+        w.kubectl_ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+        let ports = w.kubectl_ok(&["get", "svc", "dns", "-o", "jsonpath={range .spec.ports[*]}{.port}/{.protocol} {end}"]);
+        assert_eq!(ports.trim(), "53/UDP 53/TCP");
+    }
 }

@@ -67,11 +67,15 @@ impl Net {
 
     /// Starts a program in a namespace; returns its index for `kill`.
     fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &str) -> usize {
+        self.spawn_logging(ns, program, args, log, "warn")
+    }
+
+    fn spawn_logging(&mut self, ns: &str, program: &str, args: &[&str], log: &str, level: &str) -> usize {
         let log = std::fs::File::create(self.path(log)).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -129,6 +133,8 @@ struct Cluster {
     net: Net,
     ctrl: String,
     ctrl_ip: String,
+    /// The API servers' hosts (namespace, address), by server number.
+    apis: [(String, String); 3],
     nodes: Vec<(String, String)>,
     etcd: usize,
     servers: Vec<usize>,
@@ -175,31 +181,62 @@ impl Cluster {
         let idx = self.net.spawn(
             &ctrl,
             "etcd",
-            &["--name", "e", "--data-dir", data.to_str().unwrap(), "--listen-client-urls", &url, "--advertise-client-urls", &url,
-              "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("e={peer}")],
+            &[
+                "--name",
+                "e",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("e={peer}"),
+            ],
             "etcd.log",
         );
-        eventually("etcd", Duration::from_secs(30), || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready to serve client requests")));
+        eventually("etcd", Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready to serve client requests"))
+        });
         idx
     }
 
     fn start_server(&mut self, i: usize) -> usize {
         let data = self.net.path(&format!("server{i}"));
-        let listen = format!("{}:{}", self.ctrl_ip, 6443 + i);
+        let (api_ns, api_ip) = self.apis[i].clone();
+        let listen = format!("{api_ip}:6443");
         let etcd = format!("http://{}:2379", self.ctrl_ip);
-        let ctrl = self.ctrl.clone();
         let log = format!("server{i}.log");
-        let idx = self.net.spawn(
-            &ctrl,
+        let idx = self.net.spawn_logging(
+            &api_ns,
             WHARF,
-            &["server", "--store", "etcd", "--etcd-endpoints", &etcd, "--data-dir", data.to_str().unwrap(), "--api-listen", &listen,
-              "--service-cidr", SERVICE_CIDR, "--lb-pool", &format!("198.18.{}.128/26", self.net.subnet), "--node-monitor-grace-period", "6s"],
+            &[
+                "server",
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &etcd,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--api-listen",
+                &listen,
+                "--service-cidr",
+                SERVICE_CIDR,
+                "--lb-pool",
+                &format!("198.18.{}.128/26", self.net.subnet),
+                "--node-monitor-grace-period",
+                "6s",
+            ],
             &log,
+            "warn,wharf::control=info",
         );
         let kubeconfig = data.join("admin.kubeconfig");
-        let ctrl_ip = self.ctrl_ip.clone();
         eventually("the API server", Duration::from_secs(60), || {
-            std::fs::read_to_string(&kubeconfig).is_ok_and(|k| k.contains(&ctrl_ip))
+            std::fs::read_to_string(&kubeconfig).is_ok_and(|k| k.contains(&api_ip))
                 && self.kubectl(i, &["get", "ns", "default"]).status.success()
         });
         idx
@@ -207,15 +244,35 @@ impl Cluster {
 
     fn start_agent(&mut self, node: usize, servers: &[usize]) -> usize {
         let (ns, ip) = self.nodes[node].clone();
-        let list: Vec<String> = servers.iter().map(|s| format!("{}:{}", self.ctrl_ip, 6443 + s)).collect();
+        let list: Vec<String> = servers.iter().map(|s| format!("{}:6443", self.apis[*s].1)).collect();
         let kubeconfig = self.kubeconfig(1);
         let name = format!("node-{node}");
         self.net.spawn(
             &ns,
             WHARF,
-            &["agent", "--server", &list.join(","), "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", &name, "--node-ip", &ip,
-              "--service-cidr", SERVICE_CIDR, "--dns-upstream", "none", "--metrics-listen", "127.0.0.1:0", "--node-heartbeat", "2s",
-              "--dns-workers", "1", "--proxy-workers", "1"],
+            &[
+                "agent",
+                "--server",
+                &list.join(","),
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--node-name",
+                &name,
+                "--node-ip",
+                &ip,
+                "--service-cidr",
+                SERVICE_CIDR,
+                "--dns-upstream",
+                "none",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--node-heartbeat",
+                "2s",
+                "--dns-workers",
+                "1",
+                "--proxy-workers",
+                "1",
+            ],
             &format!("agent{node}.log"),
         )
     }
@@ -228,11 +285,12 @@ impl Cluster {
         self.net.output(&self.nodes[node].0, "curl", &["-sf", "-m", "3", "-o", "/dev/null", url]).status.success()
     }
 
-    fn start() -> Cluster {
+    fn start(nodes: u32) -> Cluster {
         let mut net = Net::new();
         let (ctrl, ctrl_ip) = net.host("ctrl", 2);
-        let nodes = (0..3).map(|i| net.host(&format!("n{i}"), 11 + i)).collect();
-        let mut c = Cluster { net, ctrl, ctrl_ip, nodes, etcd: 0, servers: Vec::new(), agents: Vec::new() };
+        let apis = [(String::new(), String::new()), net.host("api1", 3), net.host("api2", 4)];
+        let nodes = (0..nodes).map(|i| net.host(&format!("n{i}"), 11 + i)).collect();
+        let mut c = Cluster { net, ctrl, ctrl_ip, apis, nodes, etcd: 0, servers: Vec::new(), agents: Vec::new() };
         c.etcd = c.start_etcd();
         let first = c.start_server(1);
         // The second server shares the first one's CA and token.
@@ -244,9 +302,11 @@ impl Cluster {
         }
         let second = c.start_server(2);
         c.servers = vec![first, second];
-        c.agents = (0..3).map(|n| c.start_agent(n, &[1, 2])).collect();
-        eventually("3 ready nodes", Duration::from_secs(60), || {
-            c.kubectl_ok(1, &["get", "nodes", "--no-headers"]).lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count() == 3
+        c.agents = (0..c.nodes.len()).map(|n| c.start_agent(n, &[1, 2])).collect();
+        let want = c.nodes.len();
+        eventually("every node ready", Duration::from_secs(60), || {
+            c.kubectl_ok(1, &["get", "nodes", "--no-headers"]).lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count()
+                == want
         });
         c
     }
@@ -264,7 +324,7 @@ fn cluster_ip(c: &Cluster, server: usize, svc: &str) -> String {
 
 #[test]
 fn a_cluster_of_three_nodes_and_its_faults() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start(3);
     // A backend process on node 2, and a service created through server 1.
     let (ns2, ip2) = c.nodes[2].clone();
     c.net.spawn(&ns2, "python3", &["-m", "http.server", "8080", "--bind", &ip2], "backend.log");
@@ -301,7 +361,6 @@ fn a_cluster_of_three_nodes_and_its_faults() {
     c.net.kill(c.servers[0]);
     c.apply(2, "apiVersion: v1\nkind: Service\nmetadata:\n  name: late\nspec:\n  ports:\n  - {port: 80}\n");
     let ip_late = cluster_ip(&c, 2, "late");
-    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.dig(0, "web.default.svc.cluster.local"), ip, "DNS stopped serving without the API");
     assert!(c.curl(0, &format!("http://{ip}/")), "the proxy stopped serving without the API");
     assert_eq!(c.dig(0, "late.default.svc.cluster.local"), "", "node 0 cannot know yet");
@@ -318,4 +377,38 @@ fn a_cluster_of_three_nodes_and_its_faults() {
     });
     eventually("node 0 no longer sending to node 2", Duration::from_secs(30), || !c.curl(0, &format!("http://{ip}/")));
     let _ = Path::new("/");
+}
+
+/// The time at the start of a log line (tracing's RFC 3339 prefix) that
+/// contains `needle`, in the log of `name`.
+fn logged_at(c: &Cluster, name: &str, needle: &str) -> Option<String> {
+    let log = std::fs::read_to_string(c.net.path(name)).ok()?;
+    log.lines().find(|l| l.contains(needle)).and_then(|l| l.split_whitespace().next()).map(String::from)
+}
+
+#[test]
+fn a_server_that_vanishes_silently_loses_its_agents_and_its_leadership() {
+    let c = Cluster::start(1);
+    c.apply(1, "apiVersion: v1\nkind: Service\nmetadata:\n  name: before\nspec:\n  ports:\n  - {port: 80}\n");
+    let before = cluster_ip(&c, 1, "before");
+    eventually("the agent's DNS", Duration::from_secs(30), || c.dig(0, "before.default.svc.cluster.local") == before);
+    eventually("server 1 leading", Duration::from_secs(30), || logged_at(&c, "server1.log", "leading: starting the controllers").is_some());
+
+    // Server 1's host drops off the network: no FIN, no reset, nothing.
+    let api1 = c.apis[1].0.clone();
+    run("ip", &["-n", &api1, "link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    c.apply(2, "apiVersion: v1\nkind: Service\nmetadata:\n  name: after\nspec:\n  ports:\n  - {port: 80}\n");
+    let after = cluster_ip(&c, 2, "after");
+    eventually("the agent learning of a change through server 2", Duration::from_secs(60), || {
+        c.dig(0, "after.default.svc.cluster.local") == after
+    });
+    let failover = cut.elapsed();
+    assert!(failover < Duration::from_secs(30), "the agent took {failover:?} to fail over");
+
+    // Server 2 took over the controllers only after server 1 stopped them.
+    eventually("server 2 leading", Duration::from_secs(30), || logged_at(&c, "server2.log", "leading: starting the controllers").is_some());
+    let stopped = logged_at(&c, "server1.log", "no longer leading").expect("server 1 never stopped its controllers");
+    let started = logged_at(&c, "server2.log", "leading: starting the controllers").expect("server 2 never led");
+    assert!(stopped < started, "both led at once: server 1 stopped at {stopped}, server 2 started at {started}");
 }

@@ -28,7 +28,13 @@ pub async fn failed_compare_writes_none_of_the_ops(store: &dyn Store, p: &str) {
     let (obj, taken) = (format!("{p}/obj"), format!("{p}/taken"));
     store.txn(Txn::new().put(taken.clone(), "x")).await.unwrap();
     let outcome = store
-        .txn(Txn::new().when(Compare::Absent(obj.clone())).when(Compare::Absent(taken.clone())).put(obj.clone(), "o").put(taken.clone(), "o"))
+        .txn(
+            Txn::new()
+                .when(Compare::Absent(obj.clone()))
+                .when(Compare::Absent(taken.clone()))
+                .put(obj.clone(), "o")
+                .put(taken.clone(), "o"),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, TxnOutcome::Failed);
@@ -37,7 +43,9 @@ pub async fn failed_compare_writes_none_of_the_ops(store: &dyn Store, p: &str) {
 }
 
 pub async fn list_is_limited_to_the_prefix(store: &dyn Store, p: &str) {
-    let rev = committed(store.txn(Txn::new().put(format!("{p}/a/1"), "").put(format!("{p}/ab/1"), "").put(format!("{p}/a/2"), "")).await.unwrap());
+    let rev = committed(
+        store.txn(Txn::new().put(format!("{p}/a/1"), "").put(format!("{p}/ab/1"), "").put(format!("{p}/a/2"), "")).await.unwrap(),
+    );
     let (items, at) = store.list(&format!("{p}/a/")).await.unwrap();
     let keys: Vec<String> = items.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, [format!("{p}/a/1"), format!("{p}/a/2")]);

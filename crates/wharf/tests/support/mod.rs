@@ -28,7 +28,13 @@ pub struct Wharf {
     pub dir: tempfile::TempDir,
     pub args: Vec<String>,
     child: Option<Child>,
+    /// The API server's URL (`https://IP:PORT`), from the addresses file wharf writes.
     pub server: String,
+    /// The cluster DNS address (UDP and TCP).
+    pub dns: String,
+    /// The metrics endpoint's URL.
+    pub metrics_url: String,
+    /// What `wharf up` printed when it came up.
     pub stdout: String,
     /// This wharf's node IP: backends of its pods listen here.
     pub node_ip: String,
@@ -47,6 +53,8 @@ impl Wharf {
             "127.0.0.1:0".into(),
             "--node-name".into(),
             "test-node".into(),
+            "--addresses-file".into(),
+            dir.path().join("addresses.json").display().to_string(),
         ];
         // A /16 of 127/8 for the service CIDR and a node IP outside it.
         let slot = next_slot();
@@ -70,12 +78,26 @@ impl Wharf {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut w = Wharf { dir, args, child: None, server: String::new(), stdout: String::new(), node_ip };
+        let mut w = Wharf {
+            dir,
+            args,
+            child: None,
+            server: String::new(),
+            dns: String::new(),
+            metrics_url: String::new(),
+            stdout: String::new(),
+            node_ip,
+        };
         w.spawn();
         w
     }
 
+    fn addresses_file(&self) -> PathBuf {
+        self.dir.path().join("addresses.json")
+    }
+
     fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.addresses_file());
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(&self.args)
             .env("RUST_LOG", "warn")
@@ -83,30 +105,62 @@ impl Wharf {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start wharf");
-        // The notes end with the first kubectl command; by then the
-        // kubeconfig is written and the API answers.
+        // The banner is printed once the addresses file is written; keep
+        // draining stdout so the child never blocks on a full pipe.
         let stdout = child.stdout.take().expect("stdout");
-        let mut reader = BufReader::new(stdout);
-        let mut notes = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line).expect("read wharf output");
-            assert!(n > 0, "wharf exited before it was up: {notes}");
-            notes.push_str(&line);
-            if line.contains("kubectl get services") {
-                break;
+        let banner = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = banner.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap_or_else(|p| p.into_inner());
+                text.push_str(&line);
+                text.push('\n');
             }
-            assert!(Instant::now() < deadline, "wharf did not come up: {notes}");
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        self.server = notes
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("API server:").map(|s| s.trim().to_string()))
-            .expect("API server line");
-        self.stdout = notes;
+        });
+        let addresses: serde_json::Value = eventually(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("wharf exited before it was up ({status}): {}", banner.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+            let text = std::fs::read_to_string(self.addresses_file()).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .expect("wharf did not come up within 60 s");
+        let field = |k: &str| addresses[k].as_str().unwrap_or_default().to_string();
+        self.server = field("api");
+        self.dns = field("dns");
+        self.metrics_url = format!("http://{}/metrics", field("metrics"));
+        // The banner follows the addresses file by a moment.
+        let printed = eventually(Duration::from_secs(10), || {
+            let text = banner.lock().unwrap_or_else(|p| p.into_inner());
+            text.contains("kubectl get services").then(|| text.clone())
+        });
+        self.stdout = printed.unwrap_or_default();
         self.child = Some(child);
+    }
+
+    /// Sends SIGTERM (the process then shuts down on its own).
+    pub fn sigterm(&self) {
+        let child = self.child.as_ref().expect("running");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to exit; its exit code (None: it did not
+    /// exit in time and was killed, or died of a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = eventually(within, || child.try_wait().ok().flatten());
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status.and_then(|s| s.code())
+    }
+
+    /// The metrics endpoint's text.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl").args(["-sf", &self.metrics_url]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

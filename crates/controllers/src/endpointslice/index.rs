@@ -1,0 +1,260 @@
+//! The controller's view of the cluster: services, pods, its own slices and
+//! Endpoints (each a reflector), plus the indexes that keep a change cheap:
+//! services by each term of their selector, pods by each of their labels,
+//! slices by the service they belong to. Applying a change returns the
+//! services it concerns; planning one service reads only its members.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+use wharf_kube::{Change, ObjectKey, Watched};
+
+use super::plan::{self, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
+
+/// (namespace, label key, label value)
+type SelectorTerm = (String, String, String);
+
+/// Services or pods by selector term / label.
+#[derive(Default)]
+struct Postings(HashMap<SelectorTerm, HashSet<ObjectKey>>);
+
+impl Postings {
+    fn update(&mut self, key: &ObjectKey, labels: Option<&BTreeMap<String, String>>, add: bool) {
+        for (k, v) in labels.into_iter().flatten() {
+            let term = (key.namespace.clone(), k.clone(), v.clone());
+            if add {
+                self.0.entry(term).or_default().insert(key.clone());
+            } else if let Some(set) = self.0.get_mut(&term) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.0.remove(&term);
+                }
+            }
+        }
+    }
+
+    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&HashSet<ObjectKey>> {
+        self.0.get(&(ns.to_string(), k.to_string(), v.to_string()))
+    }
+}
+
+fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// The service a managed slice belongs to.
+pub fn service_of_slice(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let labels = slice.metadata.labels.as_ref()?;
+    (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)).then_some(())?;
+    Some(ObjectKey::new(slice.metadata.namespace.clone().unwrap_or_default(), labels.get(SERVICE_NAME_LABEL)?.clone()))
+}
+
+/// One change from any of the watches (transient: each value moves
+/// once from its watch to the index).
+#[allow(clippy::large_enum_variant)]
+pub enum Update {
+    Service(Event<Service>),
+    Pod(Event<Pod>),
+    Slice(Event<EndpointSlice>),
+    Endpoints(Event<Endpoints>),
+}
+
+#[derive(Default)]
+pub struct Index {
+    pub services: Watched<Service>,
+    pub pods: Watched<Pod>,
+    pub slices: Watched<EndpointSlice>,
+    pub endpoints: Watched<Endpoints>,
+    services_by_term: Postings,
+    pods_by_label: Postings,
+    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+}
+
+/// What a reconcile decided, computed under the index lock and carried
+/// out without it.
+pub struct Work {
+    pub key: ObjectKey,
+    pub slices: SlicePlan,
+    pub endpoints: Option<EndpointsWrite>,
+}
+
+impl Work {
+    pub fn is_empty(&self) -> bool {
+        self.slices.is_empty() && self.endpoints.is_none()
+    }
+}
+
+pub enum EndpointsWrite {
+    /// Create (no version) or replace (at this version).
+    Put(Box<Endpoints>, Option<String>),
+    Delete(Option<u64>),
+}
+
+impl Index {
+    /// Whether every watch has delivered its first complete list.
+    pub fn is_synced(&self) -> bool {
+        self.services.reflector.is_synced()
+            && self.pods.reflector.is_synced()
+            && self.slices.reflector.is_synced()
+            && self.endpoints.reflector.is_synced()
+    }
+
+    /// Applies one watch event; returns the services whose endpoints it may
+    /// change.
+    pub fn update(&mut self, update: Update) -> Vec<ObjectKey> {
+        let mut marked = Vec::new();
+        match update {
+            Update::Service(e) => {
+                for change in self.services.handle(e) {
+                    self.service_changed(&change);
+                    marked.push(change.key());
+                }
+            }
+            Update::Pod(e) => {
+                for change in self.pods.handle(e) {
+                    self.pod_changed(&change, &mut marked);
+                }
+            }
+            Update::Slice(e) => {
+                for change in self.slices.handle(e) {
+                    marked.extend(self.slice_changed(&change));
+                }
+            }
+            Update::Endpoints(e) => {
+                for change in self.endpoints.handle(e) {
+                    marked.push(change.key());
+                }
+            }
+        }
+        marked
+    }
+
+    fn service_changed(&mut self, change: &Change<Service>) {
+        let key = change.key();
+        let (old, new) = match change {
+            Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
+            Change::Deleted(old) => (Some(old.as_ref()), None),
+        };
+        self.services_by_term.update(&key, old.and_then(selector), false);
+        self.services_by_term.update(&key, new.and_then(selector), true);
+    }
+
+    fn pod_changed(&mut self, change: &Change<Pod>, marked: &mut Vec<ObjectKey>) {
+        let key = change.key();
+        let (old, new) = match change {
+            Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
+            Change::Deleted(old) => (Some(old.as_ref()), None),
+        };
+        for pod in [old, new].into_iter().flatten() {
+            self.services_selecting(pod, marked);
+        }
+        let labels = |p: Option<&Pod>| p.and_then(|p| p.metadata.labels.clone());
+        if labels(old) != labels(new) {
+            self.pods_by_label.update(&key, old.and_then(|p| p.metadata.labels.as_ref()), false);
+            self.pods_by_label.update(&key, new.and_then(|p| p.metadata.labels.as_ref()), true);
+        }
+    }
+
+    /// Services whose selector the pod's labels may satisfy.
+    fn services_selecting(&self, pod: &Pod, out: &mut Vec<ObjectKey>) {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let mut seen = HashSet::new();
+        for (k, v) in pod.metadata.labels.iter().flatten() {
+            for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
+                if seen.insert(svc) {
+                    out.push(svc.clone());
+                }
+            }
+        }
+    }
+
+    fn slice_changed(&mut self, change: &Change<EndpointSlice>) -> Vec<ObjectKey> {
+        let key = change.key();
+        let (old, new) = match change {
+            Change::Applied { old, new } => (old.as_deref().and_then(service_of_slice), service_of_slice(new)),
+            Change::Deleted(old) => (service_of_slice(old), None),
+        };
+        if let Some(owner) = &old {
+            if let Some(set) = self.slices_of.get_mut(owner) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.slices_of.remove(owner);
+                }
+            }
+        }
+        if let Some(owner) = &new {
+            self.slices_of.entry(owner.clone()).or_default().insert(key);
+        }
+        old.into_iter().chain(new).collect()
+    }
+
+    /// Records a slice this controller wrote.
+    pub fn record_slice(&mut self, slice: EndpointSlice) {
+        if let Some(change) = self.slices.reflector.record(slice) {
+            self.slice_changed(&change);
+        }
+    }
+
+    /// Records this controller's deletion of a slice.
+    pub fn forget_slice(&mut self, key: &ObjectKey, version: Option<u64>) {
+        if let Some(old) = self.slices.reflector.forget(key, version) {
+            self.slice_changed(&Change::Deleted(old));
+        }
+    }
+
+    /// The pods a selector matches: the smallest posting list, filtered.
+    fn members(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<Pod>> {
+        let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
+        let Some(Some(keys)) = smallest else { return Vec::new() };
+        keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()
+    }
+
+    /// Every service this controller may have work for: those with a
+    /// selector, those with slices, and those with Endpoints it wrote.
+    pub fn all_keys(&self) -> HashSet<ObjectKey> {
+        let mut keys: HashSet<ObjectKey> =
+            self.services.reflector.iter().filter(|(_, s)| selector(s).is_some()).map(|(k, _)| k.clone()).collect();
+        keys.extend(self.slices_of.keys().cloned());
+        keys.extend(self.endpoints.reflector.iter().filter(|(_, e)| plan::is_managed_endpoints(e)).map(|(k, _)| k.clone()));
+        keys
+    }
+
+    /// Decides what to write for one service.
+    pub fn plan(&self, key: &ObjectKey) -> Work {
+        let existing: Vec<Arc<EndpointSlice>> =
+            self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.reflector.get(k).cloned()).collect();
+        let current_ep = self.endpoints.reflector.get(key);
+        let service = self.services.reflector.get(key);
+        let Some((svc, sel)) = service.and_then(|s| selector(s).map(|sel| (s, sel))) else {
+            // Deleted, or no selector: the user owns its endpoints.
+            let endpoints = current_ep
+                .filter(|e| plan::is_managed_endpoints(e))
+                .map(|e| EndpointsWrite::Delete(e.metadata.resource_version.as_deref().and_then(|v| v.parse().ok())));
+            return Work { key: key.clone(), slices: SlicePlan { delete: existing, ..Default::default() }, endpoints };
+        };
+        let members = self.members(&key.namespace, sel);
+        let desired = plan::desired_endpoints(svc, members.iter().map(|p| p.as_ref()));
+        let legacy = plan::legacy_endpoints(svc, &desired);
+        let slices = plan::plan_slices(svc, desired, &existing, MAX_ENDPOINTS_PER_SLICE);
+        let endpoints = match current_ep {
+            Some(cur)
+                if cur.subsets == legacy.subsets
+                    && cur.metadata.labels == legacy.metadata.labels
+                    && cur.metadata.annotations == legacy.metadata.annotations =>
+            {
+                None
+            }
+            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.metadata.resource_version.clone())),
+            None => Some(EndpointsWrite::Put(Box::new(legacy), None)),
+        };
+        Work { key: key.clone(), slices, endpoints }
+    }
+}

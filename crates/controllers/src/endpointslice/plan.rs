@@ -1,0 +1,404 @@
+//! What a service's endpoints should be (pure): its pods' endpoints with
+//! their conditions and each pod's own resolution of named target ports,
+//! grouped by port set, placed into slices of at most 100 endpoints with
+//! the least churn, and the legacy Endpoints object in step.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+/// Set on the Endpoints this controller writes, as Kubernetes' endpoints
+/// controller does: they are its own, and the mirroring controller skips them.
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+/// Kubernetes' default `--max-endpoints-per-slice`.
+pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// Legacy Endpoints are truncated here, as Kubernetes does since 1.22.
+const MAX_LEGACY_ADDRESSES: usize = 1000;
+const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
+
+pub fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// The container port `target` names or numbers, for this pod.
+fn resolve_port(pod: &Pod, target: &IntOrString) -> Option<i32> {
+    match target {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(name) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
+
+/// The pod's ports for the service: one per service port whose target
+/// resolves for this pod.
+fn pod_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
+    let spec = svc.spec.as_ref();
+    let mut ports: Vec<EndpointPort> = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
+            Some(EndpointPort {
+                name: Some(p.name.clone().unwrap_or_default()),
+                port: Some(resolve_port(pod, &target)?),
+                protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                app_protocol: p.app_protocol.clone(),
+            })
+        })
+        .collect();
+    ports.sort_by(|a, b| a.name.cmp(&b.name).then(a.protocol.cmp(&b.protocol)));
+    ports
+}
+
+/// A port set as a comparable key.
+fn port_key(ports: &[EndpointPort]) -> String {
+    serde_json::to_string(ports).unwrap_or_default()
+}
+
+/// One pod's endpoint for the service, or None if it has no address yet
+/// or has finished.
+fn pod_endpoint(svc: &Service, pod: &Pod) -> Option<Endpoint> {
+    let status = pod.status.as_ref()?;
+    let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let spec = pod.spec.as_ref();
+    let serving = is_pod_ready(pod);
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+    let svc_name = svc.metadata.name.as_deref();
+    let hostname = spec.and_then(|s| s.hostname.clone()).filter(|_| spec.and_then(|s| s.subdomain.as_deref()) == svc_name);
+    Some(Endpoint {
+        addresses: vec![ip],
+        conditions: Some(EndpointConditions {
+            ready: Some(publish || (serving && !terminating)),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
+        hostname,
+        node_name: spec.and_then(|s| s.node_name.clone()),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Desired endpoints grouped by port set, each group ordered by pod name.
+pub type Desired = BTreeMap<String, (Vec<EndpointPort>, BTreeMap<String, Endpoint>)>;
+
+pub fn desired_endpoints<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Desired {
+    let mut groups: Desired = BTreeMap::new();
+    for pod in pods {
+        let Some(endpoint) = pod_endpoint(svc, pod) else { continue };
+        let ports = pod_ports(svc, pod);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        groups.entry(port_key(&ports)).or_insert_with(|| (ports, BTreeMap::new())).1.insert(name, endpoint);
+    }
+    groups
+}
+
+fn endpoint_pod(ep: &Endpoint) -> Option<&str> {
+    ep.target_ref.as_ref()?.name.as_deref()
+}
+
+/// The slice writes that bring `existing` to `desired`.
+#[derive(Debug, Default)]
+pub struct SlicePlan {
+    pub create: Vec<EndpointSlice>,
+    pub update: Vec<EndpointSlice>,
+    pub delete: Vec<Arc<EndpointSlice>>,
+}
+
+impl SlicePlan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+}
+
+fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
+    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SERVICE_NAME_LABEL.into(), svc.metadata.name.clone().unwrap_or_default());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels
+}
+
+fn owner(svc: &Service) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Service".into(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        uid: svc.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Places endpoints with the least churn, as the Kubernetes controller
+/// does: keep each endpoint in the slice it is in, fill slices that are
+/// changing anyway, then slices with room, then new slices.
+pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<EndpointSlice>], max: usize) -> SlicePlan {
+    let labels = slice_labels(svc);
+    let owners = vec![owner(svc)];
+    let mut plan = SlicePlan::default();
+    // Working copies of the existing slices: (original, endpoints, changed).
+    let mut kept: Vec<(Arc<EndpointSlice>, Vec<Endpoint>, bool)> = Vec::new();
+    for slice in existing {
+        let key = port_key(slice.ports.as_deref().unwrap_or_default());
+        let Some((_, wanted)) = desired.get_mut(&key) else {
+            plan.delete.push(slice.clone());
+            continue;
+        };
+        let mut endpoints = Vec::new();
+        for ep in &slice.endpoints {
+            if let Some(new) = endpoint_pod(ep).and_then(|pod| wanted.remove(pod)) {
+                endpoints.push(new);
+            }
+        }
+        let changed = endpoints != slice.endpoints
+            || slice.metadata.labels.as_ref() != Some(&labels)
+            || slice.metadata.owner_references.as_ref() != Some(&owners);
+        kept.push((slice.clone(), endpoints, changed));
+    }
+    for (key, (ports, wanted)) in desired {
+        let mut rest: VecDeque<Endpoint> = wanted.into_values().collect();
+        let same_ports = |s: &EndpointSlice| port_key(s.ports.as_deref().unwrap_or_default()) == key;
+        // Slices being written anyway first, then the fullest with room.
+        let mut order: Vec<usize> = (0..kept.len()).filter(|&i| same_ports(&kept[i].0)).collect();
+        order.sort_by_key(|&i| (!kept[i].2, std::cmp::Reverse(kept[i].1.len())));
+        for i in order {
+            while kept[i].1.len() < max {
+                let Some(ep) = rest.pop_front() else { break };
+                kept[i].1.push(ep);
+                kept[i].2 = true;
+            }
+        }
+        while !rest.is_empty() {
+            let take = rest.len().min(max);
+            plan.create.push(EndpointSlice {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", svc.metadata.name.as_deref().unwrap_or_default())),
+                    namespace: svc.metadata.namespace.clone(),
+                    labels: Some(labels.clone()),
+                    owner_references: Some(owners.clone()),
+                    ..Default::default()
+                },
+                address_type: "IPv4".into(),
+                endpoints: rest.drain(..take).collect(),
+                ports: Some(ports.clone()),
+            });
+        }
+    }
+    for (slice, endpoints, changed) in kept {
+        if endpoints.is_empty() {
+            plan.delete.push(slice);
+        } else if changed {
+            let mut updated = (*slice).clone();
+            updated.endpoints = endpoints;
+            updated.metadata.labels = Some(labels.clone());
+            updated.metadata.owner_references = Some(owners.clone());
+            plan.update.push(updated);
+        }
+    }
+    plan
+}
+
+fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
+    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SKIP_MIRROR_LABEL.into(), "true".into());
+    labels
+}
+
+/// Whether this controller wrote an Endpoints object.
+pub fn is_managed_endpoints(ep: &Endpoints) -> bool {
+    ep.metadata.labels.as_ref().and_then(|l| l.get(SKIP_MIRROR_LABEL)).is_some_and(|v| v == "true")
+}
+
+/// The legacy Endpoints object for the same endpoints: one subset per
+/// port set, ready addresses and not-ready ones; terminating pods are left
+/// out, as the Kubernetes endpoints controller does.
+pub fn legacy_endpoints(svc: &Service, desired: &Desired) -> Endpoints {
+    let mut subsets = Vec::new();
+    let mut total = 0;
+    for (ports, endpoints) in desired.values() {
+        let mut ready = Vec::new();
+        let mut not_ready = Vec::new();
+        for ep in endpoints.values() {
+            let cond = ep.conditions.clone().unwrap_or_default();
+            if cond.terminating == Some(true) && cond.ready != Some(true) {
+                continue;
+            }
+            if total >= MAX_LEGACY_ADDRESSES {
+                break;
+            }
+            total += 1;
+            let address = EndpointAddress {
+                ip: ep.addresses[0].clone(),
+                hostname: ep.hostname.clone(),
+                node_name: ep.node_name.clone(),
+                target_ref: ep.target_ref.clone(),
+            };
+            if cond.ready == Some(true) {
+                ready.push(address)
+            } else {
+                not_ready.push(address)
+            }
+        }
+        if ready.is_empty() && not_ready.is_empty() {
+            continue;
+        }
+        let by_ip = |a: &EndpointAddress, b: &EndpointAddress| {
+            a.ip.cmp(&b.ip).then(a.target_ref.as_ref().map(|t| &t.name).cmp(&b.target_ref.as_ref().map(|t| &t.name)))
+        };
+        ready.sort_by(by_ip);
+        not_ready.sort_by(by_ip);
+        let ports: Vec<LegacyPort> = ports
+            .iter()
+            .map(|p| LegacyPort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port: p.port.unwrap_or(0),
+                protocol: p.protocol.clone(),
+                app_protocol: p.app_protocol.clone(),
+            })
+            .collect();
+        subsets.push(EndpointSubset {
+            addresses: (!ready.is_empty()).then_some(ready),
+            not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+            ports: (!ports.is_empty()).then_some(ports),
+        });
+    }
+    let mut annotations = BTreeMap::new();
+    let all: usize = desired.values().map(|(_, e)| e.len()).sum();
+    if all > MAX_LEGACY_ADDRESSES {
+        annotations.insert(OVER_CAPACITY.to_string(), "truncated".to_string());
+    }
+    Endpoints {
+        metadata: ObjectMeta {
+            name: svc.metadata.name.clone(),
+            namespace: svc.metadata.namespace.clone(),
+            labels: Some(endpoints_labels(svc)),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        },
+        subsets: (!subsets.is_empty()).then_some(subsets),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(target: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "d", "uid": "svc-uid", "labels": {"app": "web"}},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": target}]}
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, ip: &str, port: i32, ready: bool, terminating: bool) -> Pod {
+        let mut meta = json!({"name": name, "namespace": "d", "uid": format!("uid-{name}"), "labels": {"app": "web"}});
+        if terminating {
+            meta["deletionTimestamp"] = json!("2030-01-01T00:00:00Z");
+        }
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn named_ports_resolve_per_pod_into_separate_slices() {
+        let svc = service(json!("http"));
+        let pods = [pod("a", "127.0.0.1", 8080, true, false), pod("b", "127.0.0.1", 8081, true, false)];
+        let desired = desired_endpoints(&svc, &pods);
+        assert_eq!(desired.len(), 2);
+        let plan = plan_slices(&svc, desired.clone(), &[], 100);
+        assert_eq!(plan.create.len(), 2);
+        let ports: Vec<i32> = plan.create.iter().map(|s| s.ports.as_ref().unwrap()[0].port.unwrap()).collect();
+        assert_eq!(ports, [8080, 8081]);
+        assert_eq!(plan.create[0].metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL], "web");
+        assert_eq!(plan.create[0].metadata.owner_references.as_ref().unwrap()[0].uid, "svc-uid");
+        let legacy = legacy_endpoints(&svc, &desired);
+        assert_eq!(legacy.subsets.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn conditions_follow_readiness_and_termination() {
+        let svc = service(json!(80));
+        let pods = [
+            pod("ready", "127.0.0.1", 80, true, false),
+            pod("unready", "127.0.0.2", 80, false, false),
+            pod("leaving", "127.0.0.3", 80, true, true),
+        ];
+        let desired = desired_endpoints(&svc, &pods);
+        let (_, eps) = desired.values().next().unwrap();
+        let cond = |n: &str| eps[n].conditions.clone().unwrap();
+        assert_eq!((cond("ready").ready, cond("ready").serving, cond("ready").terminating), (Some(true), Some(true), Some(false)));
+        assert_eq!((cond("unready").ready, cond("unready").serving), (Some(false), Some(false)));
+        assert_eq!((cond("leaving").ready, cond("leaving").serving, cond("leaving").terminating), (Some(false), Some(true), Some(true)));
+        let legacy = legacy_endpoints(&svc, &desired);
+        let subset = &legacy.subsets.unwrap()[0];
+        assert_eq!(subset.addresses.as_ref().unwrap().len(), 1);
+        assert_eq!(subset.not_ready_addresses.as_ref().unwrap()[0].ip, "127.0.0.2");
+    }
+
+    #[test]
+    fn more_than_a_slice_splits_and_a_change_touches_one_slice() {
+        let svc = service(json!(80));
+        let pods: Vec<Pod> = (0..250).map(|i| pod(&format!("p{i:03}"), "127.0.0.1", 80, true, false)).collect();
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods), &[], 100);
+        let sizes: Vec<usize> = plan.create.iter().map(|s| s.endpoints.len()).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        // Pretend they were written, then flip one pod's readiness.
+        let existing: Vec<Arc<EndpointSlice>> = plan
+            .create
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.metadata.name = Some(format!("web-{i}"));
+                Arc::new(s)
+            })
+            .collect();
+        let mut pods = pods;
+        pods[150] = pod("p150", "127.0.0.1", 80, false, false);
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods), &existing, 100);
+        assert!(plan.create.is_empty() && plan.delete.is_empty());
+        assert_eq!(plan.update.len(), 1);
+        assert_eq!(plan.update[0].metadata.name.as_deref(), Some("web-1"));
+        // Removing every pod deletes every slice.
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &[]), &existing, 100);
+        assert_eq!(plan.delete.len(), 3);
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_marks_all_ready() {
+        let mut svc = service(json!(80));
+        svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let desired = desired_endpoints(&svc, &[pod("u", "127.0.0.2", 80, false, false)]);
+        let (_, eps) = desired.values().next().unwrap();
+        assert_eq!(eps["u"].conditions.as_ref().unwrap().ready, Some(true));
+    }
+}

@@ -1,0 +1,40 @@
+//! The identity of an object within its kind: namespace and name, as
+//! kube-runtime's `ObjectRef` without the kind (every table here is per kind).
+
+use std::fmt;
+
+use kube::Resource;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Empty for cluster-scoped objects.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    pub fn of<K: Resource>(obj: &K) -> Self {
+        let meta = obj.meta();
+        Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// An object's resourceVersion as a number, where it is one (wharf's and
+/// etcd's are); None means "unknown order".
+pub fn version_of<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref().and_then(|rv| rv.parse().ok())
+}

@@ -1,0 +1,241 @@
+//! Keeping a table current from a watch. `Relister` turns watcher events
+//! into operations on any [`Table`]: applies and deletes as they come, and
+//! a relist buffered and applied together when it ends, as kube-runtime's
+//! reflector does with `InitApply` and `InitDone`, so that objects that
+//! vanished during a watch gap come out as deletions and no table is ever
+//! seen half-relisted.
+//!
+//! Each consumer keeps what it needs as its table (the DNS index keeps
+//! addresses, not pods). [`Reflector`] is the table of whole objects that
+//! controllers use: it reports each change with the state it replaced, and
+//! takes the results of the controller's own writes, which it knows before
+//! their watch events arrive: a late or repeated echo of a write is
+//! recognized by its resourceVersion and changes nothing, and a deletion it
+//! made cannot be undone by an older event.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use kube::runtime::watcher::Event;
+use kube::Resource;
+
+use crate::key::{version_of, ObjectKey};
+
+/// What a watch of kind `K` keeps current.
+pub trait Table<K> {
+    fn apply(&mut self, obj: K);
+    fn delete(&mut self, key: &ObjectKey);
+    /// The keys held, so that a finished relist can delete the missing.
+    fn keys(&self) -> Vec<ObjectKey>;
+    fn relist_started(&mut self) {}
+    /// A relist was applied: the table now matches the store.
+    fn relist_done(&mut self) {}
+}
+
+/// Applies watcher events of one kind to a table.
+pub struct Relister<K> {
+    relist: Option<Vec<K>>,
+}
+
+impl<K> Default for Relister<K> {
+    fn default() -> Self {
+        Self { relist: None }
+    }
+}
+
+impl<K: Resource> Relister<K> {
+    pub fn handle(&mut self, table: &mut impl Table<K>, event: Event<K>) {
+        match event {
+            Event::Apply(obj) => table.apply(obj),
+            Event::Delete(obj) => table.delete(&ObjectKey::of(&obj)),
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                table.relist_started();
+            }
+            Event::InitApply(obj) => self.relist.get_or_insert_with(Vec::new).push(obj),
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let keys: HashSet<ObjectKey> = listed.iter().map(ObjectKey::of).collect();
+                for obj in listed {
+                    table.apply(obj);
+                }
+                for key in table.keys().into_iter().filter(|k| !keys.contains(k)) {
+                    table.delete(&key);
+                }
+                table.relist_done();
+            }
+        }
+    }
+}
+
+/// One change to a [`Reflector`].
+#[derive(Debug)]
+pub enum Change<K> {
+    /// New or changed; `old` is the state it replaced.
+    Applied { old: Option<Arc<K>>, new: Arc<K> },
+    /// Gone; the last state known.
+    Deleted(Arc<K>),
+}
+
+impl<K: Resource> Change<K> {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Change::Applied { new, .. } => ObjectKey::of(new.as_ref()),
+            Change::Deleted(old) => ObjectKey::of(old.as_ref()),
+        }
+    }
+}
+
+/// Whole objects of one kind, and the changes not yet taken by its owner.
+pub struct Reflector<K> {
+    items: HashMap<ObjectKey, Arc<K>>,
+    changes: Vec<Change<K>>,
+    relisting: bool,
+    /// Objects this side wrote since the relist began: the list may predate
+    /// them, so their absence from it is no deletion.
+    recorded_during_relist: HashSet<ObjectKey>,
+    /// Objects this side deleted, with their last version.
+    tombstones: HashMap<ObjectKey, u64>,
+    synced: bool,
+}
+
+impl<K> Default for Reflector<K> {
+    fn default() -> Self {
+        Self {
+            items: HashMap::new(),
+            changes: Vec::new(),
+            relisting: false,
+            recorded_during_relist: HashSet::new(),
+            tombstones: HashMap::new(),
+            synced: false,
+        }
+    }
+}
+
+/// Whether `new` is newer than `known`; without versions, assume so.
+fn newer(new: Option<u64>, known: Option<u64>) -> bool {
+    match (new, known) {
+        (Some(n), Some(k)) => n > k,
+        _ => true,
+    }
+}
+
+impl<K: Resource> Reflector<K> {
+    /// True once the first complete list has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<K>> {
+        self.items.get(key)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<K>> {
+        self.items.values()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<K>)> {
+        self.items.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The changes since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change<K>> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Records the object a write of this side returned; the change is
+    /// returned, not queued.
+    pub fn record(&mut self, obj: K) -> Option<Change<K>> {
+        if self.relisting {
+            self.recorded_during_relist.insert(ObjectKey::of(&obj));
+        }
+        self.upsert(obj)
+    }
+
+    /// Records this side's deletion of an object last seen at `version`.
+    pub fn forget(&mut self, key: &ObjectKey, version: Option<u64>) -> Option<Arc<K>> {
+        if let Some(v) = version {
+            self.tombstones.insert(key.clone(), v);
+        }
+        self.recorded_during_relist.remove(key);
+        self.items.remove(key)
+    }
+
+    fn upsert(&mut self, obj: K) -> Option<Change<K>> {
+        let key = ObjectKey::of(&obj);
+        let version = version_of(&obj);
+        if let Some(&gone) = self.tombstones.get(&key) {
+            if !newer(version, Some(gone)) {
+                return None;
+            }
+            self.tombstones.remove(&key);
+        }
+        if let Some(existing) = self.items.get(&key) {
+            if !newer(version, version_of(existing.as_ref())) {
+                return None;
+            }
+        }
+        let new = Arc::new(obj);
+        let old = self.items.insert(key, new.clone());
+        Some(Change::Applied { old, new })
+    }
+}
+
+impl<K: Resource> Table<K> for Reflector<K> {
+    fn apply(&mut self, obj: K) {
+        if let Some(change) = self.upsert(obj) {
+            self.changes.push(change);
+        }
+    }
+
+    fn delete(&mut self, key: &ObjectKey) {
+        self.tombstones.remove(key);
+        if let Some(old) = self.items.remove(key) {
+            self.changes.push(Change::Deleted(old));
+        }
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.items.keys().filter(|k| !self.recorded_during_relist.contains(*k)).cloned().collect()
+    }
+
+    fn relist_started(&mut self) {
+        self.relisting = true;
+        self.recorded_during_relist.clear();
+    }
+
+    fn relist_done(&mut self) {
+        self.relisting = false;
+        self.recorded_during_relist.clear();
+        self.tombstones.clear();
+        self.synced = true;
+    }
+}
+
+/// A reflector fed by its own relister: the usual pair for one watch.
+pub struct Watched<K> {
+    pub reflector: Reflector<K>,
+    relister: Relister<K>,
+}
+
+impl<K> Default for Watched<K> {
+    fn default() -> Self {
+        Self { reflector: Reflector::default(), relister: Relister::default() }
+    }
+}
+
+impl<K: Resource> Watched<K> {
+    /// Applies one watcher event; returns what changed.
+    pub fn handle(&mut self, event: Event<K>) -> Vec<Change<K>> {
+        self.relister.handle(&mut self.reflector, event);
+        self.reflector.take_changes()
+    }
+}

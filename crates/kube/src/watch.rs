@@ -1,0 +1,42 @@
+//! A watch of one kind as a stream of kube-runtime watcher events: list,
+//! then watch, relist after 410 Gone, reconnect with backoff. Errors are
+//! logged at warn (with the kind) and retried by the watcher itself, so
+//! consumers only see events.
+
+use std::fmt::Debug;
+
+use futures::stream::{BoxStream, StreamExt};
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde::de::DeserializeOwned;
+
+/// Watches `api` with `config`, forever (until the stream is dropped).
+pub fn watch<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Event<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = K::kind(&());
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let event = match event {
+                // No consumer reads field ownership; it is often half an object.
+                Ok(event) => Some(event.modify(|obj| obj.meta_mut().managed_fields = None)),
+                Err(e) => {
+                    tracing::warn!(kind = %kind, error = %e, "watch failed; retrying with backoff");
+                    None
+                }
+            };
+            futures::future::ready(event)
+        })
+        .boxed()
+}
+
+/// Watches every object of the kind, in every namespace.
+pub fn watch_all<K>(client: &kube::Client) -> BoxStream<'static, Event<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watch(Api::<K>::all(client.clone()), watcher::Config::default())
+}
