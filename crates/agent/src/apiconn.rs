@@ -14,7 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Connects to the first server that answers, starting with the one that
 /// worked last.
@@ -39,18 +38,9 @@ pub async fn failover(servers: Vec<SocketAddr>, token: CancellationToken) -> std
     let preferred = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (mut client, _) = tokio::select! {
                 _ = token.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let mut client = match accepted {
-                Ok((client, _)) => client,
-                Err(e) => {
-                    // Out of file descriptors, say: wait instead of spinning.
-                    tracing::warn!(error = %e, "API failover port: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
+                accepted = wharf_limits::accept(&listener, "API failover port") => accepted,
             };
             let (servers, preferred, token) = (servers.clone(), preferred.clone(), token.clone());
             tokio::spawn(async move {

@@ -22,6 +22,7 @@ pub struct AgentConfig {
     /// How often the Node's Ready condition is refreshed.
     pub heartbeat: Duration,
     pub metrics: metrics::AgentMetrics,
+    pub probes: probe::ProbePolicy,
 }
 
 /// Registers the node, then runs the heartbeat and the pod manager until

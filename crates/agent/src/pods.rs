@@ -18,8 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
 
-use crate::metrics::AgentMetrics;
-use crate::probe::{self, Check};
+use crate::probe::{self, Check, ProbePolicy};
 use crate::AgentConfig;
 
 struct Worker {
@@ -74,7 +73,7 @@ impl Table<Pod> for PodManager {
             self.delete(&key);
         }
         let (updates, rx) = channel::channel(pod);
-        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.node_ip, self.config.metrics.clone(), rx));
+        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.clone(), rx));
         self.workers.insert(key, Worker { uid, updates, task });
     }
 
@@ -103,7 +102,7 @@ struct ContainerProbe {
     next: Instant,
 }
 
-fn probes_for(pod: &Pod, pod_ip: IpAddr) -> Vec<ContainerProbe> {
+fn probes_for(pod: &Pod, pod_ip: IpAddr, policy: &ProbePolicy) -> Vec<ContainerProbe> {
     let was_ready: HashMap<&str, bool> =
         pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).into_iter().flatten().map(|c| (c.name.as_str(), c.ready)).collect();
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
@@ -112,7 +111,7 @@ fn probes_for(pod: &Pod, pod_ip: IpAddr) -> Vec<ContainerProbe> {
         .map(|c| {
             let probe = c.readiness_probe.as_ref();
             let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
-            let check = probe.map(|p| probe::check_for(c, p, pod_ip));
+            let check = probe.map(|p| probe::check_for(c, p, pod_ip, policy));
             if let Some(Check::Unsupported(why)) = &check {
                 tracing::warn!(pod = ?pod.metadata.name, container = %c.name, "readiness probe cannot run: {why}");
             }
@@ -263,13 +262,14 @@ fn deletion_deadline(pod: &Pod) -> Option<Instant> {
     Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
-async fn pod_worker(client: kube::Client, node_ip: IpAddr, metrics: AgentMetrics, mut updates: channel::Receiver<Pod>) {
+async fn pod_worker(client: kube::Client, config: AgentConfig, mut updates: channel::Receiver<Pod>) {
+    let (node_ip, metrics) = (config.node_ip, config.metrics.clone());
     let mut pod = updates.borrow_and_update().clone();
     if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
         return;
     }
     let api: Api<Pod> = Api::namespaced(client, pod.metadata.namespace.as_deref().unwrap_or_default());
-    let mut probes = probes_for(&pod, pod_ip(&pod, node_ip));
+    let mut probes = probes_for(&pod, pod_ip(&pod, node_ip), &config.probes);
     write_status(&api, &pod, &desired_status(&pod, node_ip, &probes)).await;
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
@@ -330,7 +330,7 @@ mod tests {
     fn status_is_running_with_the_node_ip_unless_one_was_set() {
         let node: IpAddr = "127.0.0.7".parse().unwrap();
         let p = pod(serde_json::json!({}));
-        let probes = probes_for(&p, node);
+        let probes = probes_for(&p, node, &ProbePolicy::default());
         let status = desired_status(&p, node, &probes);
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.7"));
@@ -344,7 +344,7 @@ mod tests {
     #[test]
     fn thresholds_decide_flips() {
         let p = pod(serde_json::json!({}));
-        let mut probes = probes_for(&p, "127.0.0.1".parse().unwrap());
+        let mut probes = probes_for(&p, "127.0.0.1".parse().unwrap(), &ProbePolicy::default());
         let a = &mut probes[0];
         assert!(!a.ready);
         assert!(a.record(true));
@@ -359,7 +359,7 @@ mod tests {
     fn a_written_status_is_stable() {
         let node: IpAddr = "127.0.0.7".parse().unwrap();
         let mut p = pod(serde_json::json!({}));
-        let probes = probes_for(&p, node);
+        let probes = probes_for(&p, node, &ProbePolicy::default());
         let first = desired_status(&p, node, &probes);
         p.status = Some(first.clone());
         assert_eq!(desired_status(&p, node, &probes), first);

@@ -39,11 +39,47 @@ pub enum Check {
         port: u16,
         service: String,
     },
+    /// A host command (there are no containers): run as `user`, with a
+    /// clean environment, killed at the probe's timeout.
     Exec {
         command: Vec<String>,
+        user: Option<ProbeUser>,
     },
     /// A probe the agent cannot run (a named port the container lacks).
     Unsupported(String),
+}
+
+/// The account exec probes run as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a node lets probes do. wharf has no containers, so an exec probe
+/// is a command on the host and a probe `host` is any address: both are
+/// refused unless the node's operator allows them.
+#[derive(Clone, Debug, Default)]
+pub struct ProbePolicy {
+    /// `--allow-exec-probes`.
+    pub allow_exec: bool,
+    /// `--probe-user`: exec probes run as this account (None: as wharf,
+    /// when wharf is not root).
+    pub exec_user: Option<ProbeUser>,
+    /// `--probe-host-cidrs`: addresses a probe's `host` may name.
+    pub host_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl ProbePolicy {
+    /// The address a probe goes to: the pod's own, or a `host` the policy
+    /// allows.
+    fn host(&self, requested: Option<&String>, pod_ip: IpAddr) -> Result<String, String> {
+        let Some(host) = requested.filter(|h| !h.is_empty()) else { return Ok(pod_ip.to_string()) };
+        match host.parse::<IpAddr>() {
+            Ok(ip) if ip == pod_ip || self.host_cidrs.iter().any(|n| n.contains(&ip)) => Ok(host.clone()),
+            _ => Err(format!("probe host {host:?} is not the pod's address and not inside --probe-host-cidrs")),
+        }
+    }
 }
 
 /// The kubelet does not verify a probed pod's certificate; neither does
@@ -108,32 +144,46 @@ fn resolve_port(container: &Container, port: &IntOrString) -> Option<u16> {
     }
 }
 
-fn http_check(container: &Container, http: &HTTPGetAction, pod_ip: IpAddr) -> Check {
+fn http_check(container: &Container, http: &HTTPGetAction, pod_ip: IpAddr, policy: &ProbePolicy) -> Check {
     let Some(port) = resolve_port(container, &http.port) else {
         return Check::Unsupported(format!("port {:?} not found in container {}", http.port, container.name));
     };
+    let host = match policy.host(http.host.as_ref(), pod_ip) {
+        Ok(host) => host,
+        Err(why) => return Check::Unsupported(why),
+    };
     Check::Http {
         tls: http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")),
-        host: http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string()),
+        host,
         port,
         path: http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into()),
         headers: http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect(),
     }
 }
 
-/// Turns a container's probe into the check to run against `pod_ip`.
-pub fn check_for(container: &Container, probe: &Probe, pod_ip: IpAddr) -> Check {
+/// Turns a container's probe into the check to run against `pod_ip`, as
+/// far as `policy` allows.
+pub fn check_for(container: &Container, probe: &Probe, pod_ip: IpAddr, policy: &ProbePolicy) -> Check {
     if let Some(tcp) = &probe.tcp_socket {
+        let host = match policy.host(tcp.host.as_ref(), pod_ip) {
+            Ok(host) => host,
+            Err(why) => return Check::Unsupported(why),
+        };
         return match resolve_port(container, &tcp.port) {
-            Some(port) => Check::Tcp { host: tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string()), port },
+            Some(port) => Check::Tcp { host, port },
             None => Check::Unsupported(format!("port {:?} not found in container {}", tcp.port, container.name)),
         };
     }
     if let Some(http) = &probe.http_get {
-        return http_check(container, http, pod_ip);
+        return http_check(container, http, pod_ip, policy);
     }
     if let Some(exec) = &probe.exec {
-        return Check::Exec { command: exec.command.clone().unwrap_or_default() };
+        if !policy.allow_exec {
+            return Check::Unsupported(
+                "exec probes run commands on the host; this node refuses them (start its agent with --allow-exec-probes)".into(),
+            );
+        }
+        return Check::Exec { command: exec.command.clone().unwrap_or_default(), user: policy.exec_user };
     }
     if let Some(grpc) = &probe.grpc {
         return match u16::try_from(grpc.port) {
@@ -143,6 +193,9 @@ pub fn check_for(container: &Container, probe: &Probe, pod_ip: IpAddr) -> Check 
     }
     Check::Unsupported(format!("no probe handler in container {}", container.name))
 }
+
+/// The only environment an exec probe gets.
+const EXEC_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs one check; true if it passed within `timeout`.
 pub async fn run(check: &Check, timeout: Duration) -> bool {
@@ -154,17 +207,23 @@ async fn attempt(check: &Check) -> bool {
         Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.is_ok(),
         Check::Http { host, port, path, headers, tls } => http_get(host, *port, path, headers, *tls).await.unwrap_or(false),
         Check::Grpc { host, port, service } => grpc_health(host, *port, service).await.unwrap_or(false),
-        Check::Exec { command } => {
+        Check::Exec { command, user } => {
             let Some((program, args)) = command.split_first() else { return false };
-            let child = tokio::process::Command::new(program)
+            let mut child = tokio::process::Command::new(program);
+            child
                 .args(args)
+                .env_clear()
+                .env("PATH", EXEC_PATH)
+                .current_dir("/")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await;
-            child.is_ok_and(|s| s.success())
+                .kill_on_drop(true);
+            if let Some(user) = user {
+                // std drops the supplementary groups when it sets the uid as root.
+                child.uid(user.uid).gid(user.gid);
+            }
+            child.status().await.is_ok_and(|s| s.success())
         }
         Check::Unsupported(_) => false,
     }
@@ -273,9 +332,12 @@ mod tests {
     #[test]
     fn named_ports_resolve() {
         let probe: Probe = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "http"}})).unwrap();
-        assert_eq!(check_for(&container(), &probe, "127.0.0.9".parse().unwrap()), Check::Tcp { host: "127.0.0.9".into(), port: 8080 });
+        assert_eq!(
+            check_for(&container(), &probe, "127.0.0.9".parse().unwrap(), &ProbePolicy::default()),
+            Check::Tcp { host: "127.0.0.9".into(), port: 8080 }
+        );
         let probe: Probe = serde_json::from_value(serde_json::json!({"httpGet": {"port": "nope"}})).unwrap();
-        assert!(matches!(check_for(&container(), &probe, "127.0.0.9".parse().unwrap()), Check::Unsupported(_)));
+        assert!(matches!(check_for(&container(), &probe, "127.0.0.9".parse().unwrap(), &ProbePolicy::default()), Check::Unsupported(_)));
     }
 
     async fn http_server(status: &'static str) -> u16 {
@@ -366,7 +428,7 @@ mod tests {
         assert!(!run(&Check::Grpc { host: "127.0.0.1".into(), port: http1, service: String::new() }, Duration::from_secs(2)).await);
         let probe: Probe = serde_json::from_value(serde_json::json!({"grpc": {"port": 9090, "service": "db"}})).unwrap();
         assert_eq!(
-            check_for(&container(), &probe, "127.0.0.9".parse().unwrap()),
+            check_for(&container(), &probe, "127.0.0.9".parse().unwrap(), &ProbePolicy::default()),
             Check::Grpc { host: "127.0.0.9".into(), port: 9090, service: "db".into() }
         );
     }
@@ -386,8 +448,35 @@ mod tests {
         assert!(run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await);
         drop(listener);
         assert!(!run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await);
-        assert!(run(&Check::Exec { command: vec!["true".into()] }, Duration::from_secs(2)).await);
-        assert!(!run(&Check::Exec { command: vec!["false".into()] }, Duration::from_secs(2)).await);
-        assert!(!run(&Check::Exec { command: vec!["sleep".into(), "5".into()] }, Duration::from_millis(100)).await);
+        assert!(run(&Check::Exec { command: vec!["true".into()], user: None }, Duration::from_secs(2)).await);
+        assert!(!run(&Check::Exec { command: vec!["false".into()], user: None }, Duration::from_secs(2)).await);
+        assert!(!run(&Check::Exec { command: vec!["sleep".into(), "5".into()], user: None }, Duration::from_millis(100)).await);
+    }
+
+    #[test]
+    fn exec_and_foreign_hosts_are_refused_unless_allowed() {
+        let exec: Probe = serde_json::from_value(serde_json::json!({"exec": {"command": ["id"]}})).unwrap();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(
+            matches!(check_for(&container(), &exec, ip, &ProbePolicy::default()), Check::Unsupported(why) if why.contains("--allow-exec-probes"))
+        );
+        let nobody = ProbeUser { uid: 65534, gid: 65534 };
+        let allowed = ProbePolicy { allow_exec: true, exec_user: Some(nobody), ..Default::default() };
+        assert_eq!(check_for(&container(), &exec, ip, &allowed), Check::Exec { command: vec!["id".into()], user: Some(nobody) });
+        let elsewhere: Probe = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": 8080, "host": "127.0.0.53"}})).unwrap();
+        assert!(
+            matches!(check_for(&container(), &elsewhere, ip, &ProbePolicy::default()), Check::Unsupported(why) if why.contains("--probe-host-cidrs"))
+        );
+        let inside = ProbePolicy { host_cidrs: vec!["127.0.0.0/24".parse().unwrap()], ..Default::default() };
+        assert_eq!(check_for(&container(), &elsewhere, ip, &inside), Check::Tcp { host: "127.0.0.53".into(), port: 8080 });
+    }
+
+    #[tokio::test]
+    async fn an_exec_probe_gets_a_clean_environment() {
+        // The agent's own environment (HOME, tokens a user exported) stays out.
+        let home = std::env::var("HOME").unwrap_or_default();
+        let check = format!("test \"$HOME\" != {home:?} && test -z \"$RUST_TEST_THREADS$CARGO\"");
+        let leaks = Check::Exec { command: vec!["sh".into(), "-c".into(), check], user: None };
+        assert!(run(&leaks, Duration::from_secs(5)).await, "the agent's environment reached the probe");
     }
 }

@@ -95,10 +95,26 @@ impl ApiObject for Pod {
     }
 }
 
+/// The longest grace period accepted (ten years): a deadline that far out
+/// is still a valid time, and nothing waits longer.
+pub const MAX_GRACE_PERIOD_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
+/// A grace period's rule, for pods and for delete options alike.
+pub fn validate_grace_period(field: impl Into<String>, seconds: i64) -> Option<FieldError> {
+    match seconds {
+        s if s < 0 => Some(FieldError::invalid(field, s, "must be greater than or equal to 0")),
+        s if s > MAX_GRACE_PERIOD_SECONDS => Some(FieldError::invalid(field, s, format!("must be at most {MAX_GRACE_PERIOD_SECONDS}"))),
+        _ => None,
+    }
+}
+
 fn validate_spec(spec: &PodSpec, path: &Path) -> FieldErrors {
     let mut errs = Vec::new();
     if spec.containers.is_empty() {
         errs.push(FieldError::required(path.child("containers"), ""));
+    }
+    if let Some(seconds) = spec.termination_grace_period_seconds {
+        errs.extend(validate_grace_period(path.child("terminationGracePeriodSeconds"), seconds));
     }
     let mut container_names = HashSet::new();
     let mut port_names = HashSet::new();

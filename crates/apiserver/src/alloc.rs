@@ -1,14 +1,19 @@
-//! Cluster IP and node port allocation. Every allocation is a key in the
-//! store, written in the same transaction as its Service, so an IP or port
-//! is never held twice and never leaked, and several API servers sharing
-//! one store stay consistent (the transaction's compare refuses a taken
-//! key).
+//! Cluster IP and node port allocation, and the claims on external IPs.
+//! Every allocation is a key in the store, written in the same transaction
+//! as its Service, so an IP or port is never held twice and never leaked,
+//! and several API servers sharing one store stay consistent (the
+//! transaction's compare refuses a taken key).
+//!
+//! An external IP is a frontend on every node, so it is policed like one
+//! (the CVE-2020-8554 pattern): only inside `--external-ip-cidrs` (none by
+//! default), never a cluster IP or a load-balancer pool address, and each
+//! (address, protocol, port) belongs to one service.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Service;
 use wharf_api::field::{FieldError, Value as FieldValue};
 use wharf_api::service::{is_headless, needs_cluster_ip, needs_health_check_node_port, needs_node_ports};
@@ -18,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
 
 pub const CLUSTER_IP_PREFIX: &str = "/wharf/allocations/clusterips/";
 pub const NODE_PORT_PREFIX: &str = "/wharf/allocations/nodeports/";
+pub const EXTERNAL_IP_PREFIX: &str = "/wharf/allocations/externalips/";
 
 /// Random probes before falling back to a scan of the allocated set.
 const RANDOM_PROBES: usize = 32;
@@ -26,6 +32,10 @@ const RANDOM_PROBES: usize = 32;
 pub struct Allocator {
     cidr: Ipv4Net,
     node_ports: RangeInclusive<u16>,
+    /// Where external IPs may be (`--external-ip-cidrs`).
+    external_allowed: Vec<IpNet>,
+    /// Where they may never be: the load-balancer pool.
+    external_forbidden: Vec<IpNet>,
 }
 
 /// The store changes that take (and give back) a Service's allocations.
@@ -43,9 +53,47 @@ fn port_key(port: u16) -> String {
     format!("{NODE_PORT_PREFIX}{port}")
 }
 
+fn external_key(ip: &str, protocol: &str, port: i32) -> String {
+    format!("{EXTERNAL_IP_PREFIX}{ip}/{protocol}/{port}")
+}
+
+/// `default/web` from a claim's value (the owner's object key).
+fn owner_name(value: &[u8]) -> String {
+    let key = String::from_utf8_lossy(value);
+    key.trim_start_matches("/registry/services/").to_string()
+}
+
 impl Allocator {
     pub fn new(cidr: Ipv4Net, node_ports: RangeInclusive<u16>) -> Self {
-        Self { cidr: cidr.trunc(), node_ports }
+        Self { cidr: cidr.trunc(), node_ports, external_allowed: Vec::new(), external_forbidden: Vec::new() }
+    }
+
+    /// External IPs may be inside `allowed`, never inside `forbidden`.
+    pub fn with_external_ips(mut self, allowed: Vec<IpNet>, forbidden: Vec<IpNet>) -> Self {
+        self.external_allowed = allowed;
+        self.external_forbidden = forbidden;
+        self
+    }
+
+    /// Why `ip` may not be an external IP, if it may not.
+    fn external_ip_refusal(&self, ip: &str) -> Option<String> {
+        let Ok(addr) = ip.parse::<IpAddr>() else { return Some("must be a valid IP address".into()) };
+        if let IpAddr::V4(v4) = addr {
+            if self.cidr.contains(&v4) {
+                return Some(format!("may not be in the service range {}: cluster IPs belong to their services", self.cidr));
+            }
+        }
+        if let Some(pool) = self.external_forbidden.iter().find(|n| n.contains(&addr)) {
+            return Some(format!("may not be in the load-balancer pool {pool}"));
+        }
+        if !self.external_allowed.iter().any(|n| n.contains(&addr)) {
+            return Some(if self.external_allowed.is_empty() {
+                "externalIPs are not allowed: the server has no --external-ip-cidrs".into()
+            } else {
+                format!("is outside the allowed ranges (--external-ip-cidrs {})", join(&self.external_allowed))
+            });
+        }
+        None
     }
 
     pub fn cidr(&self) -> Ipv4Net {
@@ -96,7 +144,41 @@ impl Allocator {
         if let Some(port) = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()) {
             keys.insert(port_key(port));
         }
+        for ip in spec.external_ips.iter().flatten() {
+            for port in spec.ports.iter().flatten() {
+                keys.insert(external_key(ip, port.protocol.as_deref().unwrap_or("TCP"), port.port));
+            }
+        }
         keys
+    }
+
+    /// External IPs outside the policy, or served by another service.
+    async fn check_external_ips(&self, store: &dyn Store, svc: &Service, held: &HashSet<String>) -> ApiResult<Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let Some(spec) = &svc.spec else { return Ok(errs) };
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            let field = format!("spec.externalIPs[{i}]");
+            if let Some(why) = self.external_ip_refusal(ip) {
+                errs.push(FieldError::invalid(field, ip.as_str(), why));
+                continue;
+            }
+            for port in spec.ports.iter().flatten() {
+                let protocol = port.protocol.as_deref().unwrap_or("TCP");
+                let key = external_key(ip, protocol, port.port);
+                if held.contains(&key) {
+                    continue;
+                }
+                if let Some(taken) = store.get(&key).await? {
+                    let owner = owner_name(&taken.value);
+                    errs.push(FieldError::invalid(
+                        field.as_str(),
+                        ip.as_str(),
+                        format!("{ip}:{}/{protocol} is already served by {owner}", port.port),
+                    ));
+                }
+            }
+        }
+        Ok(errs)
     }
 
     /// Fills in the cluster IP and node ports `svc` still needs, checks the
@@ -165,6 +247,7 @@ impl Allocator {
                 }
             }
         }
+        errs.extend(self.check_external_ips(store, svc, &before).await?);
         if !errs.is_empty() {
             return Err(ApiError::invalid(&wharf_api::kinds::SERVICE, &name, errs));
         }
@@ -260,6 +343,10 @@ impl Allocator {
     }
 }
 
+fn join(nets: &[IpNet]) -> String {
+    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +363,18 @@ mod tests {
         let small = Allocator::new("127.50.0.0/28".parse().unwrap(), 30000..=30001);
         assert_eq!(small.usable(), 1..=14);
         assert_eq!(small.dynamic_band(), 14..=14);
+    }
+
+    #[test]
+    fn external_ips_are_refused_outside_the_policy() {
+        let a = Allocator::new("127.96.0.0/12".parse().unwrap(), 30000..=32767)
+            .with_external_ips(vec!["127.200.0.0/16".parse().unwrap()], vec!["127.200.9.0/24".parse().unwrap()]);
+        assert!(a.external_ip_refusal("127.200.1.1").is_none());
+        assert!(a.external_ip_refusal("127.96.0.1").unwrap().contains("service range"), "the kubernetes service's IP");
+        assert!(a.external_ip_refusal("127.200.9.5").unwrap().contains("load-balancer pool"));
+        assert!(a.external_ip_refusal("127.201.0.1").unwrap().contains("outside the allowed ranges"));
+        assert!(a.external_ip_refusal("nope").is_some());
+        let closed = Allocator::new("127.96.0.0/12".parse().unwrap(), 30000..=32767);
+        assert!(closed.external_ip_refusal("127.200.1.1").unwrap().contains("not allowed"));
     }
 }

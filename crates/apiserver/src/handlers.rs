@@ -191,17 +191,36 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding request body: {e}")))
 }
 
+/// `gracePeriodSeconds` from the body or the query: a whole number of
+/// seconds within the pod rule's range, else 422 naming the field.
+fn grace_period(body: &Value, query: Option<&String>) -> ApiResult<Option<i64>> {
+    let invalid = |shown: String, detail: &str| ApiError::Invalid {
+        kind: "DeleteOptions",
+        group: "",
+        name: String::new(),
+        causes: vec![wharf_api::field::FieldError::invalid("gracePeriodSeconds", wharf_api::field::Value::Raw(shown), detail.to_string())],
+    };
+    let seconds = match (body, query) {
+        (Value::Null, None) => return Ok(None),
+        (Value::Null, Some(text)) => text.parse::<i64>().map_err(|_| invalid(text.clone(), "must be a whole number of seconds"))?,
+        (value, _) => value.as_i64().ok_or_else(|| invalid(value.to_string(), "must be a whole number of seconds"))?,
+    };
+    match wharf_api::pod::validate_grace_period("gracePeriodSeconds", seconds) {
+        Some(error) => Err(ApiError::Invalid { kind: "DeleteOptions", group: "", name: String::new(), causes: vec![error] }),
+        None => Ok(Some(seconds)),
+    }
+}
+
 fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
     let opts: Value = if body.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?
     };
-    let grace_query = q.get("gracePeriodSeconds").and_then(|g| g.parse().ok());
     Ok(DeleteOptions {
         uid: opts["preconditions"]["uid"].as_str().map(String::from),
         resource_version: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
-        grace_period: opts["gracePeriodSeconds"].as_i64().or(grace_query),
+        grace_period: grace_period(&opts["gracePeriodSeconds"], q.get("gracePeriodSeconds"))?,
         dry_run: q.get("dryRun").is_some_and(|d| d == "All") || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")),
     })
 }

@@ -10,6 +10,7 @@ pub mod error;
 mod handlers;
 mod http;
 pub mod kind;
+pub mod limits;
 pub mod metrics;
 pub mod object;
 pub mod patch;
@@ -20,6 +21,9 @@ mod request;
 mod server;
 pub mod ssa;
 pub mod table;
+
+#[cfg(test)]
+mod fuzz;
 
 pub use bootstrap::bootstrap;
 pub use metrics::ApiMetrics;

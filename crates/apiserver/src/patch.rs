@@ -53,22 +53,70 @@ pub fn apply(format: PatchKind, kind: &Kind, doc: &Value, patch: &Value) -> ApiR
             require_object(patch)?;
             json_patch::merge(&mut out, patch);
         }
-        PatchKind::Json => {
-            let ops: json_patch::Patch =
-                serde_json::from_value(patch.clone()).map_err(|e| ApiError::BadRequest(format!("error decoding JSON patch: {e}")))?;
-            json_patch::patch(&mut out, &ops).map_err(|e| ApiError::Invalid {
-                kind: "JSONPatch",
-                group: "",
-                name: String::new(),
-                causes: vec![wharf_api::field::FieldError::invalid("patch", wharf_api::field::Value::Raw(String::new()), e.to_string())],
-            })?;
-        }
+        PatchKind::Json => json_patch_bounded(&mut out, patch)?,
         PatchKind::Strategic | PatchKind::Apply => {
             require_object(patch)?;
             strategic_merge(kind, &mut out, patch, "");
         }
     }
     Ok(out)
+}
+
+/// kube-apiserver's bound on the operations of one JSON patch.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// What the operations of one JSON patch may bring into the document in
+/// all (the request body limit): thirty `copy`s that each double the
+/// object stop here instead of filling memory.
+pub const MAX_JSON_PATCH_GROWTH: usize = crate::limits::MAX_REQUEST_BODY_BYTES;
+
+/// The length of a value's JSON, counted without building it.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
+}
+
+/// Applies an RFC 6902 patch one operation at a time, refusing it before
+/// it grows the document past `MAX_JSON_PATCH_GROWTH`.
+fn json_patch_bounded(doc: &mut Value, patch: &Value) -> ApiResult<()> {
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| ApiError::BadRequest(format!("error decoding JSON patch: {e}")))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
+    let mut grown = 0usize;
+    for op in &ops.0 {
+        use json_patch::PatchOperation::*;
+        let added = match op {
+            Add(add) => json_len(&add.value),
+            Replace(replace) => json_len(&replace.value),
+            Copy(copy) => doc.pointer(copy.from.as_str()).map_or(0, json_len),
+            Remove(_) | Move(_) | Test(_) => 0,
+        };
+        grown = grown.saturating_add(added);
+        if grown > MAX_JSON_PATCH_GROWTH {
+            return Err(ApiError::TooLarge(format!("the JSON patch would add more than {MAX_JSON_PATCH_GROWTH} bytes to the object")));
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| ApiError::Invalid {
+            kind: "JSONPatch",
+            group: "",
+            name: String::new(),
+            causes: vec![wharf_api::field::FieldError::invalid("patch", wharf_api::field::Value::Raw(String::new()), e.to_string())],
+        })?;
+    }
+    Ok(())
 }
 
 pub(crate) fn require_object(patch: &Value) -> ApiResult<()> {
@@ -299,5 +347,19 @@ mod tests {
         let v = parse_body(PatchKind::Apply, b"metadata:\n  name: x\n").unwrap();
         assert_eq!(v["metadata"]["name"], "x");
         assert!(parse_body(PatchKind::Merge, b"metadata:\n  name: x\n").is_err());
+    }
+
+    #[test]
+    fn a_json_patch_of_doubling_copies_is_refused_before_it_fills_memory() {
+        let live = json!({"metadata": {"name": "x", "annotations": {"a": "0123456789".repeat(100)}}});
+        // Each copy puts the whole metadata (with the copies before) into it.
+        let ops: Vec<Value> = (0..30).map(|i| json!({"op": "copy", "from": "/metadata", "path": format!("/metadata/c{i}")})).collect();
+        let started = std::time::Instant::now();
+        let err = apply(PatchKind::Json, &SERVICE, &live, &json!(ops)).unwrap_err();
+        assert!(matches!(err, ApiError::TooLarge(_)), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let many: Vec<Value> =
+            (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "/metadata/name", "value": "x"})).collect();
+        assert!(matches!(apply(PatchKind::Json, &SERVICE, &live, &json!(many)), Err(ApiError::TooLarge(_))));
     }
 }

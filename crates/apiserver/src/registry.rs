@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use wharf_api::kinds::{self, KindInfo};
 
 use crate::kind::{self, Kind, Lifecycle};
+use crate::limits::MAX_OBJECT_BYTES;
 use wharf_api::selector::{FieldSelector, LabelSelector};
 use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Store, Txn, TxnOutcome};
 
@@ -134,10 +135,16 @@ fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
 
 /// The stored form: the object without its resource version, which is
 /// the store's revision and is filled in on every read.
+/// Refuses objects over `MAX_OBJECT_BYTES`: every write path (create,
+/// update, each patch type, apply) stores through here.
 fn encode(obj: &Value) -> ApiResult<bytes::Bytes> {
     let mut stored = obj.clone();
     object::metadata_mut(&mut stored).remove("resourceVersion");
-    serde_json::to_vec(&stored).map(Into::into).map_err(|e| ApiError::Internal(e.to_string()))
+    let bytes = serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::TooLarge(format!("the object would be {} bytes; the limit is {MAX_OBJECT_BYTES}", bytes.len())));
+    }
+    Ok(bytes.into())
 }
 
 fn without_version(obj: &Value) -> Value {
@@ -164,11 +171,13 @@ pub struct Registry {
     allocator: Allocator,
     /// Where pods without `spec.nodeName` are bound.
     default_node: Option<Arc<str>>,
+    /// Namespaces (by uid) whose finalizer is running: one at a time each.
+    finalizing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, allocator: Allocator) -> Self {
-        Self { store, allocator, default_node: None }
+        Self { store, allocator, default_node: None, finalizing: Arc::default() }
     }
 
     /// Binds pods created without `spec.nodeName` to `node`.
@@ -303,10 +312,11 @@ impl Registry {
             if kind.lifecycle == Lifecycle::Service {
                 txn = self.allocate(&key, &mut obj, None, txn).await?;
             }
+            let encoded = encode(&obj)?;
             if opts.dry_run {
                 return Ok(Written { object: obj, warnings });
             }
-            let txn = txn.put(key.clone(), encode(&obj)?);
+            let txn = txn.put(key.clone(), encoded);
             match self.store.txn(txn).await? {
                 TxnOutcome::Committed(revision) => {
                     object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
@@ -378,10 +388,14 @@ impl Registry {
             if kind.lifecycle == Lifecycle::Service {
                 txn = self.allocate(&key, &mut obj, Some(&current), txn).await?;
             }
-            if without_version(&obj) == without_version(&current) || opts.dry_run {
+            if without_version(&obj) == without_version(&current) {
                 return Ok(Written { object: obj, warnings });
             }
-            match self.store.txn(txn.put(key.clone(), encode(&obj)?)).await? {
+            let encoded = encode(&obj)?;
+            if opts.dry_run {
+                return Ok(Written { object: obj, warnings });
+            }
+            match self.store.txn(txn.put(key.clone(), encoded)).await? {
                 TxnOutcome::Committed(revision) => {
                     object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
                     return Ok(Written { object: obj, warnings });
@@ -422,7 +436,10 @@ impl Registry {
         if grace == 0 || !bound {
             return self.delete_now(&kind::POD, namespace, name, pre).await;
         }
-        let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+        // Grace periods are validated (at most ten years), so this holds.
+        let deadline = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(grace))
+            .map_err(|e| ApiError::BadRequest(format!("gracePeriodSeconds {grace}: {e}")))?;
         let opts = WriteOptions { dry_run: pre.dry_run, ..Default::default() };
         let written = self
             .update_with(&kind::POD, namespace, name, WriteTarget::System, &opts, |cur| {
@@ -483,19 +500,36 @@ impl Registry {
                 Ok(ns)
             })
             .await?;
-        let registry = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = registry.finalize_namespace(&name).await {
-                tracing::warn!(namespace = %name, error = %e, "namespace finalization failed; retried at next start");
-            }
-        });
+        let uid = object::uid(&written.object).to_string();
+        let claimed = self.finalizing.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.clone());
+        if claimed {
+            let registry = self.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = registry.finalize_namespace(&name, &uid).await {
+                    tracing::warn!(namespace = %name, error = %e, "namespace finalization failed; retried at next start");
+                }
+                registry.finalizing.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+            });
+        }
         Ok(written.object)
     }
 
-    /// Deletes everything in a terminating namespace, then the namespace.
-    pub async fn finalize_namespace(&self, name: &str) -> ApiResult<()> {
+    /// The namespace's store revision if it is still the one with `uid`
+    /// (not deleted, not recreated under the same name).
+    async fn same_namespace(&self, name: &str, uid: &str) -> ApiResult<Option<Revision>> {
+        let kv = self.store.get(&object_key(&kinds::NAMESPACE, "", name)).await?;
+        let Some(kv) = kv else { return Ok(None) };
+        Ok((object::uid(&decode_kv(&kv)?) == uid).then_some(kv.mod_revision))
+    }
+
+    /// Deletes everything in the terminating namespace `name` with `uid`,
+    /// then the namespace; stops if it is no longer that namespace.
+    pub async fn finalize_namespace(&self, name: &str, uid: &str) -> ApiResult<()> {
         for kind in kind::ALL.iter().filter(|k| k.info.namespaced) {
+            if self.same_namespace(name, uid).await?.is_none() {
+                return Ok(());
+            }
             let (items, _) = self.list(kind, Some(name), &Filter::default()).await?;
             for item in items {
                 match self.delete_now(kind, name, object::name(&item), &DeleteOptions::default()).await {
@@ -504,16 +538,23 @@ impl Registry {
                 }
             }
         }
+        // Deleted only if it is still this namespace at this revision.
         let key = object_key(&kinds::NAMESPACE, "", name);
-        self.store.txn(Txn::new().delete(key)).await?;
-        Ok(())
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(revision) = self.same_namespace(name, uid).await? else { return Ok(()) };
+            let txn = Txn::new().when(Compare::ModRevision(key.clone(), revision)).delete(key.clone());
+            if let TxnOutcome::Committed(_) = self.store.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Err(ApiError::conflict(&kinds::NAMESPACE, name))
     }
 
     /// Resumes the deletion of namespaces left Terminating by a restart.
     pub async fn resume_namespace_deletions(&self) -> ApiResult<()> {
         let (namespaces, _) = self.list(&kind::NAMESPACE, None, &Filter::default()).await?;
         for ns in namespaces.iter().filter(|ns| !ns["metadata"]["deletionTimestamp"].is_null()) {
-            self.finalize_namespace(object::name(ns)).await?;
+            self.finalize_namespace(object::name(ns), object::uid(ns)).await?;
         }
         Ok(())
     }

@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -32,6 +32,7 @@ pub enum ServeError {
 
 pub struct ApiServerConfig {
     pub listen: SocketAddr,
+    pub limits: crate::limits::ApiLimits,
 }
 
 pub struct RunningApiServer {
@@ -56,7 +57,6 @@ fn is_public(path: &str) -> bool {
 }
 
 const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn token_matches(given: &str, expected: &str) -> bool {
     // Constant time in the token's length, so timing reveals nothing.
@@ -73,6 +73,35 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
         let _ = axum::body::to_bytes(request.into_body(), UNAUTHENTICATED_BODY_LIMIT).await;
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// Requests being served, mutating and not, as kube-apiserver's
+/// max-in-flight filter counts them (watches are long-running: exempt).
+#[derive(Clone)]
+struct InFlight {
+    reads: wharf_limits::Slots,
+    writes: wharf_limits::Slots,
+}
+
+impl InFlight {
+    fn new(limits: crate::limits::ApiLimits) -> Self {
+        Self {
+            reads: wharf_limits::Slots::new("api_requests_in_flight", limits.requests_in_flight),
+            writes: wharf_limits::Slots::new("api_mutating_requests_in_flight", limits.mutating_in_flight),
+        }
+    }
+}
+
+async fn limit_in_flight(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
+    let is_watch = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    if is_watch {
+        return next.run(request).await;
+    }
+    let slots = if request.method() == axum::http::Method::GET { &in_flight.reads } else { &in_flight.writes };
+    let Some(_slot) = slots.take(&format!("answered {} {} with 429", request.method(), request.uri().path())) else {
+        return ApiError::TooManyRequests.into_response();
+    };
+    next.run(request).await
 }
 
 fn discovery_response(headers: &HeaderMap, core: bool) -> Response {
@@ -92,7 +121,8 @@ fn found(doc: Option<serde_json::Value>) -> Response {
     }
 }
 
-fn router(app: App) -> Router {
+fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
+    let in_flight = InFlight::new(limits);
     Router::new()
         .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -108,8 +138,10 @@ fn router(app: App) -> Router {
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, &discovery::openapi_index()) }))
         .route("/openapi/v3/{*path}", get(|Path(p): Path<String>| async move { found(discovery::openapi_group_version(&p)) }))
         .fallback(handlers::resource)
+        .layer(middleware::from_fn_with_state(in_flight, limit_in_flight))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(middleware::from_fn_with_state(app.clone(), crate::metrics::observe))
+        .layer(DefaultBodyLimit::max(crate::limits::MAX_REQUEST_BODY_BYTES))
         .with_state(app)
 }
 
@@ -124,36 +156,45 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
     let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let token = app.shutdown.clone();
-    let router = router(app);
+    let limits = config.limits;
+    let router = router(app, limits);
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
+        let connections = wharf_limits::Slots::new("api_connections", limits.connections);
         loop {
-            let accepted = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = token.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                accepted = wharf_limits::accept(&listener, "API server") => accepted,
             };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors, say: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
+            let Some(slot) = connections.take(&format!("closed an API connection from {peer}")) else { continue };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let service = TowerToHyperService::new(router.clone());
             let watcher = graceful.watcher();
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
+                let _slot = slot;
+                let tls = match tokio::time::timeout(crate::limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        wharf_limits::reached(
+                            "api_tls_handshake",
+                            format!("{:?}", crate::limits::TLS_HANDSHAKE_TIMEOUT),
+                            &format!("dropped {peer}"),
+                        );
+                        return;
+                    }
                 };
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(crate::limits::HEADER_READ_TIMEOUT);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(crate::limits::H2_PING_INTERVAL)
+                    .keep_alive_timeout(crate::limits::H2_PING_TIMEOUT);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

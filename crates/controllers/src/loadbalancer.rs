@@ -86,6 +86,7 @@ pub struct LoadBalancerController {
     state: Arc<Mutex<State>>,
     queue: Arc<WorkQueue<ObjectKey>>,
     metrics: QueueHandles,
+    events: wharf_kube::events::Recorder,
 }
 
 /// The status write a reconcile decided on.
@@ -98,7 +99,8 @@ impl LoadBalancerController {
     pub fn new(client: kube::Client, pool: Ipv4Net, metrics: QueueHandles) -> Self {
         let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
         let state = State { services: Watched::default(), assignments: Assignments::default(), claimed: false };
-        Self { client, pool, state: Arc::new(Mutex::new(state)), queue, metrics }
+        let events = wharf_kube::events::Recorder::new(client.clone(), "service-controller", "wharf");
+        Self { client, pool, state: Arc::new(Mutex::new(state)), queue, metrics, events }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -163,8 +165,10 @@ impl LoadBalancerController {
             }
             Some(ip) if Some(ip) == ingress_ip(&svc) => None,
             Some(ip) => {
-                if let Some(claimed) = ingress_ip(&svc) {
-                    tracing::warn!(service = %key, address = %claimed, "the address in the status belongs to another service; assigning {ip}");
+                if let Some(claimed) = ingress_ip(&svc).filter(|c| state.assignments.owner(*c).is_some_and(|o| o != key)) {
+                    let message = format!("{claimed} belongs to another service; assigned {ip} instead");
+                    tracing::warn!(service = %key, "load balancer address taken: {message}");
+                    self.events.warn(wharf_kube::events::reference(svc.as_ref()), "LoadBalancerAddressTaken", message);
                 }
                 Some(Write::Ingress(ip))
             }

@@ -11,7 +11,6 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BATCH};
@@ -260,40 +259,26 @@ impl Default for TcpLimits {
 
 /// Serves DNS over TCP (length-prefixed messages) until `token` is
 /// cancelled.
-pub async fn tcp_server(handler: Arc<Handler>, listener: tokio::net::TcpListener, limits: TcpLimits, token: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(limits.connections));
+pub async fn tcp_server(handler: Arc<Handler>, listener: tokio::net::TcpListener, bounds: TcpLimits, token: CancellationToken) {
+    let slots = limits::Slots::new("dns_tcp_connections", bounds.connections);
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = token.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = limits::accept(&listener, "DNS over TCP") => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors, say: wait instead of spinning.
-                tracing::warn!(error = %e, "DNS TCP accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            limits::reached("dns_tcp_connections", limits.connections, &format!("closed a TCP connection from {peer}"));
-            continue;
-        };
+        let Some(slot) = slots.take(&format!("closed a TCP connection from {peer}")) else { continue };
         let (handler, token) = (handler.clone(), token.clone());
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
                 _ = token.cancelled() => {}
-                ended = tcp_connection(handler, stream, peer.ip(), limits) => if let Err(e) = ended {
+                ended = tcp_connection(handler, stream, peer.ip(), bounds) => if let Err(e) = ended {
                     tracing::debug!(error = %e, "DNS TCP connection ended");
                 },
             }
         });
     }
 }
-
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 fn timed_out(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string())

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod events;
 pub mod key;
 pub mod metrics;
 pub mod queue;

@@ -59,6 +59,71 @@ pub fn reached(limit: &'static str, bound: impl std::fmt::Display, what: &str) {
     }
 }
 
+/// A bounded number of things open at once (connections, say): a slot is
+/// held for as long as its permit lives.
+#[derive(Clone)]
+pub struct Slots {
+    limit: &'static str,
+    bound: usize,
+    free: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Slots {
+    pub fn new(limit: &'static str, bound: usize) -> Self {
+        Self { limit, bound, free: std::sync::Arc::new(tokio::sync::Semaphore::new(bound)) }
+    }
+
+    /// A slot, or None (reported) when all are taken.
+    pub fn take(&self, what: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.free.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            reached(self.limit, self.bound, what);
+        }
+        slot
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.bound - self.free.available_permits()
+    }
+}
+
+/// How long an accept loop waits after a failed accept.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection on `listener`. A failed accept (out of file
+/// descriptors, most often) is reported and waited out, never spun on.
+pub async fn accept(listener: &tokio::net::TcpListener, what: &'static str) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                reached("open_files", "RLIMIT_NOFILE", &format!("{what}: cannot accept: {e}"));
+            }
+            Err(e) => tracing::warn!(error = %e, "{what}: accept failed"),
+        }
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// Raises this process's soft limit of open files to the hard limit (a
+/// proxy and DNS server hold many sockets); returns the limit in force.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// How many times `limit` was reached in this process.
 pub fn count(limit: &'static str) -> u64 {
     reports().counters.get_or_create(&LimitLabel { limit }).get()
@@ -76,5 +141,24 @@ mod tests {
         assert_eq!(count("test_limit"), 1000);
         let logged = reports().logged.lock().unwrap();
         assert_eq!(logged.get("test_limit").map(|(_, since)| *since), Some(999), "one warning, the rest counted");
+    }
+
+    #[tokio::test]
+    async fn slots_are_bounded_and_freed_with_their_permits() {
+        let slots = Slots::new("test_slots", 2);
+        let a = slots.take("a").unwrap();
+        let _b = slots.take("b").unwrap();
+        assert!(slots.take("c").is_none());
+        assert_eq!(count("test_slots"), 1);
+        drop(a);
+        assert!(slots.take("d").is_some());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let soft = raise_open_files().unwrap();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!((soft, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
     }
 }

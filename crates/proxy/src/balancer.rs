@@ -78,15 +78,17 @@ fn two_choices<'a>(n: usize, candidate: impl Fn(usize) -> &'a Arc<Backend>) -> O
 }
 
 /// ClientIP session affinity: a client keeps its endpoint while it keeps
-/// coming back within the timeout.
+/// coming back within the timeout. At most `capacity` clients are
+/// remembered: expired entries go first, then the least recently seen.
 pub struct Affinity {
     timeout: Duration,
+    capacity: usize,
     table: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
 }
 
 impl Affinity {
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout, table: Mutex::new(HashMap::new()) }
+    pub fn new(timeout: Duration, capacity: usize) -> Self {
+        Self { timeout, capacity: capacity.max(1), table: Mutex::new(HashMap::new()) }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (SocketAddr, Instant)>> {
@@ -107,9 +109,20 @@ impl Affinity {
     /// Records (or refreshes) the client's endpoint.
     pub fn remember(&self, client: IpAddr, backend: SocketAddr) {
         let mut table = self.table();
-        if table.len() > 100_000 {
+        if table.len() >= self.capacity && !table.contains_key(&client) {
             let timeout = self.timeout;
             table.retain(|_, (_, t)| t.elapsed() <= timeout);
+            if table.len() >= self.capacity {
+                // Full of live clients: evict the least recently seen tenth
+                // at once, so a flood of new sources costs O(1) per client.
+                let mut seen: Vec<(Instant, IpAddr)> = table.iter().map(|(ip, (_, t))| (*t, *ip)).collect();
+                let evict = (self.capacity / 10).max(1);
+                seen.select_nth_unstable(evict - 1);
+                for (_, ip) in &seen[..evict] {
+                    table.remove(ip);
+                }
+                wharf_limits::reached("proxy_affinity_entries", self.capacity, "evicted the least recently seen clients");
+            }
         }
         table.insert(client, (backend, Instant::now()));
     }
@@ -149,7 +162,7 @@ mod tests {
     #[test]
     fn affinity_holds_then_expires() {
         let b = backends(3);
-        let affinity = Affinity::new(Duration::from_millis(50));
+        let affinity = Affinity::new(Duration::from_millis(50), 100);
         let client: IpAddr = "127.0.0.9".parse().unwrap();
         affinity.remember(client, b[2].addr);
         assert_eq!(affinity.lookup(client, &b).unwrap().addr, b[2].addr);
@@ -157,5 +170,19 @@ mod tests {
         assert!(affinity.lookup(client, &b).is_none());
         affinity.remember(client, b[1].addr);
         assert!(affinity.lookup(client, &b[..1]).is_none(), "a gone endpoint is not reused");
+    }
+
+    #[test]
+    fn affinity_is_bounded_by_evicting_the_least_recent() {
+        let b = backends(1);
+        let affinity = Affinity::new(Duration::from_secs(60), 100);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 + i));
+        affinity.remember(ip(0), b[0].addr);
+        for i in 1..10_000 {
+            affinity.remember(ip(i), b[0].addr);
+        }
+        assert!(affinity.table().len() <= 100);
+        assert!(affinity.lookup(ip(9_999), &b).is_some(), "the newest stays");
+        assert!(affinity.lookup(ip(0), &b).is_none(), "the oldest went");
     }
 }

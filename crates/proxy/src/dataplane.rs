@@ -5,8 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
@@ -93,7 +96,7 @@ impl PortState {
     /// that leave get no new connections at once; their open connections
     /// are closed after `drain` unless they came back meanwhile (never,
     /// if `drain` is zero).
-    fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, runtime: &Handle) {
+    fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, affinity_entries: usize, runtime: &Handle) {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
             all.entry(addr)
@@ -114,7 +117,7 @@ impl PortState {
         *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets { internal: Arc::new(internal), external: Arc::new(external) };
         let mut affinity = self.affinity.write().unwrap_or_else(|p| p.into_inner());
         match (port.affinity, affinity.is_some()) {
-            (Some(timeout), false) => *affinity = Some(Arc::new(Affinity::new(timeout))),
+            (Some(timeout), false) => *affinity = Some(Arc::new(Affinity::new(timeout, affinity_entries))),
             (None, true) => *affinity = None,
             _ => {}
         }
@@ -169,7 +172,7 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
     None
 }
 
-async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, peer: SocketAddr) {
+async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, peer: SocketAddr, timeouts: copy::Timeouts) {
     // TCP_NODELAY comes with the listening socket.
     let Some((mut upstream, backend)) = connect(&state, scope, peer).await else {
         state.metrics.no_endpoint.inc();
@@ -193,9 +196,12 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
         }
     };
     tokio::select! {
-        (up, down) = copy::bidirectional(&mut client, &mut upstream) => {
-            state.metrics.to_endpoint.inc_by(up);
-            state.metrics.to_client.inc_by(down);
+        copied = copy::bidirectional(&mut client, &mut upstream, timeouts) => {
+            state.metrics.to_endpoint.inc_by(copied.sent);
+            state.metrics.to_client.inc_by(copied.received);
+            if let Some(cut) = copied.cut {
+                state.metrics.cut(cut).inc();
+            }
         }
         _ = drained => {
             state.metrics.drained.inc();
@@ -204,26 +210,99 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
     state.metrics.active.dec();
 }
 
-async fn tcp_listener(listener: TcpListener, state: Arc<PortState>, scope: Scope, connections: TaskTracker) {
-    loop {
-        match listener.accept().await {
-            Ok((client, peer)) => {
-                connections.spawn(serve_tcp(state.clone(), scope, client, peer));
-            }
-            Err(e) => {
-                tracing::warn!(service = %state.label, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+/// The bounds of the data plane.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyLimits {
+    /// Open connections to a removed endpoint are closed after this; zero
+    /// keeps them until they end.
+    pub drain: Duration,
+    /// UDP flows without traffic for this long are forgotten.
+    pub udp_idle: Duration,
+    pub tcp: copy::Timeouts,
+    /// Proxied TCP connections open at once, over all frontends.
+    pub connections: usize,
+    /// ... and through one frontend.
+    pub connections_per_frontend: usize,
+    /// UDP flows (each with its own upstream socket) at once, over all
+    /// frontends; the oldest flow of a frontend makes room for a new one.
+    pub udp_flows: usize,
+    /// ClientIP affinity entries per service port (oldest evicted).
+    pub affinity_entries: usize,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        Self {
+            drain: Duration::from_secs(300),
+            udp_idle: Duration::from_secs(60),
+            tcp: copy::Timeouts::default(),
+            connections: 4096,
+            connections_per_frontend: 1024,
+            udp_flows: 4096,
+            affinity_entries: 65_536,
         }
     }
 }
 
-/// One of a frontend's listeners; each worker has its own, and the kernel
-/// spreads connections over them (SO_REUSEPORT).
+/// What the connections of one TCP frontend share.
+struct TcpFrontend {
+    state: Arc<PortState>,
+    scope: Scope,
+    own: wharf_limits::Slots,
+    all: wharf_limits::Slots,
+    timeouts: copy::Timeouts,
+    connections: TaskTracker,
+    /// Workers to hand connections to, in turn.
+    workers: Arc<[Handle]>,
+    next: AtomicUsize,
+}
+
+impl TcpFrontend {
+    /// Hands an accepted connection to the next worker (on one worker,
+    /// it stays where it is).
+    fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let (Some(own), Some(all)) = (self.own.take(&format!("reset {peer}")), self.all.take(&format!("reset {peer}"))) else {
+            reset(client);
+            return;
+        };
+        let (state, scope, timeouts) = (self.state.clone(), self.scope, self.timeouts);
+        let serve = move |client| async move {
+            let _slots = (own, all);
+            serve_tcp(state, scope, client, peer, timeouts).await;
+        };
+        if self.workers.len() == 1 {
+            self.connections.spawn(serve(client));
+            return;
+        }
+        let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
+        match client.into_std() {
+            Ok(client) => {
+                self.connections.spawn_on(
+                    async move {
+                        if let Ok(client) = TcpStream::from_std(client) {
+                            serve(client).await;
+                        }
+                    },
+                    worker,
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "handing a connection to a worker failed"),
+        }
+    }
+}
+
+async fn tcp_listener(listener: TcpListener, frontend: Arc<TcpFrontend>) {
+    loop {
+        let (client, peer) = wharf_limits::accept(&listener, "service proxy").await;
+        frontend.dispatch(client, peer);
+    }
+}
+
+/// A frontend's one listening socket. One socket per frontend, not one
+/// per worker: open files grow with frontends alone (see ARCHITECTURE.md).
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     // Inherited by every accepted connection: one system call less each.
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
@@ -232,53 +311,77 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-struct Listener {
-    port: ServicePortName,
-    scope: Scope,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// The service that serves a frontend, and since when it exists: the
+/// oldest claimant owns a frontend, whatever order the proxy learns of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub service: ObjectKey,
+    pub created: Option<Time>,
 }
 
-impl Listener {
-    fn stop(&self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+impl Owner {
+    fn precedes(&self, other: &Owner) -> bool {
+        (self.created.as_ref(), &self.service) < (other.created.as_ref(), &other.service)
     }
+}
 
-    fn running(&self) -> bool {
-        self.tasks.iter().all(|t| !t.is_finished())
-    }
+struct Listener {
+    owner: Owner,
+    port: ServicePortName,
+    scope: Scope,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A frontend another service already serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub frontend: (SocketAddr, Protocol),
+    pub owner: ObjectKey,
+    pub refused: ObjectKey,
+}
+
+/// What one `apply` changed beyond its own service.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Frontends the service wanted but another owns.
+    pub conflicts: Vec<Conflict>,
+    /// Services waiting for a frontend this one released: sync them again.
+    pub retry: Vec<ObjectKey>,
 }
 
 /// All listeners of this node and the ports they serve.
 pub struct Dataplane {
-    /// One single-threaded runtime per worker thread: a connection lives
-    /// on the worker that accepted it, with no cross-thread hand-offs.
-    workers: Vec<Handle>,
+    /// One single-threaded runtime per worker thread.
+    workers: Arc<[Handle]>,
     node: String,
-    drain: Duration,
-    udp_idle: Duration,
+    limits: ProxyLimits,
     metrics: ProxyMetrics,
     ports: HashMap<ServicePortName, Arc<PortState>>,
     listeners: HashMap<(SocketAddr, Protocol), Listener>,
+    /// Services refused a frontend, to retry when it is released.
+    waiting: HashMap<(SocketAddr, Protocol), HashSet<ObjectKey>>,
     /// Frontends of each service, to retire them when the service changes.
     by_service: HashMap<ObjectKey, Vec<(SocketAddr, Protocol)>>,
     /// Every proxied TCP connection, so that shutdown can wait for them.
     connections: TaskTracker,
+    all_connections: wharf_limits::Slots,
+    udp_flows: wharf_limits::Slots,
 }
 
 impl Dataplane {
-    pub fn new(workers: Vec<Handle>, node: String, drain: Duration, udp_idle: Duration, metrics: ProxyMetrics) -> Self {
+    pub fn new(workers: Vec<Handle>, node: String, limits: ProxyLimits, metrics: ProxyMetrics) -> Self {
         Self {
-            workers,
+            workers: workers.into(),
             node,
-            drain,
-            udp_idle,
+            limits,
             metrics,
             ports: HashMap::new(),
             listeners: HashMap::new(),
+            waiting: HashMap::new(),
             by_service: HashMap::new(),
             connections: TaskTracker::new(),
+            all_connections: wharf_limits::Slots::new("proxy_connections", limits.connections),
+            udp_flows: wharf_limits::Slots::new("proxy_udp_flows", limits.udp_flows),
         }
     }
 
@@ -290,13 +393,21 @@ impl Dataplane {
     /// Stops every listener; open connections go on.
     pub fn stop_listening(&mut self) {
         for (_, listener) in self.listeners.drain() {
-            listener.stop();
+            listener.task.abort();
         }
         self.by_service.clear();
     }
 
-    fn first_worker(&self) -> &Handle {
-        &self.workers[0]
+    /// Listening sockets open (one per frontend).
+    pub fn listening(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// The worker a frontend's listener runs on: spread by address.
+    fn worker_for(&self, addr: SocketAddr) -> &Handle {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&addr, &mut hasher);
+        &self.workers[(std::hash::Hasher::finish(&hasher) % self.workers.len() as u64) as usize]
     }
 
     pub fn port(&self, name: &ServicePortName) -> Option<Arc<PortState>> {
@@ -304,64 +415,100 @@ impl Dataplane {
     }
 
     /// Brings one service's listeners and endpoints to `ports`.
-    pub fn apply(&mut self, service: ObjectKey, ports: &[ServicePort]) {
+    pub fn apply(&mut self, owner: Owner, ports: &[ServicePort]) -> Applied {
+        let mut applied = Applied::default();
         let mut wanted: Vec<(SocketAddr, Protocol)> = Vec::new();
         for port in ports {
             let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), &self.metrics)).clone();
-            state.update(port, &self.node, self.drain, self.first_worker());
+            state.update(port, &self.node, self.limits.drain, self.limits.affinity_entries, &self.workers[0]);
             for frontend in &port.frontends {
-                wanted.push((frontend.addr, frontend.protocol));
-                self.ensure_listener(frontend, &state);
+                match self.ensure_listener(frontend, &state, &owner) {
+                    Ok(()) => wanted.push((frontend.addr, frontend.protocol)),
+                    Err(conflict) => applied.conflicts.push(*conflict),
+                }
             }
         }
         let names: HashSet<&ServicePortName> = ports.iter().map(|p| &p.name).collect();
-        let previous = self.by_service.remove(&service).unwrap_or_default();
+        let previous = self.by_service.remove(&owner.service).unwrap_or_default();
         for key in previous.into_iter().filter(|k| !wanted.contains(k)) {
             if let Some(l) = self.listeners.remove(&key) {
-                l.stop();
+                l.task.abort();
             }
+            applied.retry.extend(self.waiting.remove(&key).into_iter().flatten());
         }
-        self.ports.retain(|name, _| (name.namespace != service.namespace || name.service != service.name) || names.contains(name));
+        for waiting in self.waiting.values_mut() {
+            waiting.remove(&owner.service);
+        }
+        for conflict in &applied.conflicts {
+            self.waiting.entry(conflict.frontend).or_default().insert(owner.service.clone());
+        }
+        self.waiting.retain(|_, w| !w.is_empty());
+        self.ports
+            .retain(|name, _| (name.namespace != owner.service.namespace || name.service != owner.service.name) || names.contains(name));
         if !wanted.is_empty() {
-            self.by_service.insert(service, wanted);
+            self.by_service.insert(owner.service, wanted);
         }
+        applied
     }
 
-    fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>) {
+    /// Serves `frontend` for `state`, unless an older service owns it.
+    fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>, owner: &Owner) -> Result<(), Box<Conflict>> {
         let key = (frontend.addr, frontend.protocol);
         if let Some(existing) = self.listeners.get(&key) {
-            if existing.port == state.name && existing.scope == frontend.scope && existing.running() {
-                return;
+            if existing.owner.service != owner.service && !owner.precedes(&existing.owner) {
+                return Err(Box::new(Conflict { frontend: key, owner: existing.owner.service.clone(), refused: owner.service.clone() }));
             }
-            existing.stop();
+            if existing.owner.service == owner.service
+                && existing.port == state.name
+                && existing.scope == frontend.scope
+                && !existing.task.is_finished()
+            {
+                return Ok(());
+            }
+            if let Some(taken) = self.listeners.remove(&key) {
+                taken.task.abort();
+                if taken.owner.service != owner.service {
+                    // The older service takes its frontend back; the younger waits.
+                    self.waiting.entry(key).or_default().insert(taken.owner.service.clone());
+                    if let Some(frontends) = self.by_service.get_mut(&taken.owner.service) {
+                        frontends.retain(|f| *f != key);
+                    }
+                }
+            }
         }
         match self.start_listener(frontend, state) {
-            Ok(tasks) => {
-                self.listeners.insert(key, Listener { port: state.name.clone(), scope: frontend.scope, tasks });
+            Ok(task) => {
+                self.listeners.insert(key, Listener { owner: owner.clone(), port: state.name.clone(), scope: frontend.scope, task });
             }
             Err(e) => tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen"),
         }
+        Ok(())
     }
 
-    fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let worker = self.worker_for(frontend.addr);
+        let _entered = worker.enter();
         match frontend.protocol {
             Protocol::Tcp => {
-                let mut tasks = Vec::new();
-                for worker in &self.workers {
-                    let listener = bind_tcp(frontend.addr)?;
-                    let _entered = worker.enter();
-                    let listener = TcpListener::from_std(listener)?;
-                    tasks.push(worker.spawn(tcp_listener(listener, state.clone(), frontend.scope, self.connections.clone())));
-                }
-                Ok(tasks)
+                let listener = TcpListener::from_std(bind_tcp(frontend.addr)?)?;
+                let shared = Arc::new(TcpFrontend {
+                    state: state.clone(),
+                    scope: frontend.scope,
+                    own: wharf_limits::Slots::new("proxy_connections_per_frontend", self.limits.connections_per_frontend),
+                    all: self.all_connections.clone(),
+                    timeouts: self.limits.tcp,
+                    connections: self.connections.clone(),
+                    workers: self.workers.clone(),
+                    next: AtomicUsize::new(0),
+                });
+                Ok(worker.spawn(tcp_listener(listener, shared)))
             }
             Protocol::Udp => {
                 let socket = std::net::UdpSocket::bind(frontend.addr)?;
                 socket.set_nonblocking(true)?;
-                let worker = self.first_worker();
-                let _entered = worker.enter();
                 let socket = Arc::new(UdpSocket::from_std(socket)?);
-                Ok(vec![worker.spawn(udp::frontend(socket, state.clone(), frontend.scope, self.udp_idle))])
+                let flows = udp::Flows::new(self.limits.udp_idle, self.udp_flows.clone());
+                Ok(worker.spawn(udp::frontend(socket, state.clone(), frontend.scope, flows)))
             }
         }
     }

@@ -36,11 +36,7 @@ use model::{NodeView, Protocol};
 pub struct ProxyConfig {
     pub node_name: String,
     pub node_ip: IpAddr,
-    /// Open connections to a removed endpoint are closed after this; zero
-    /// keeps them until they end.
-    pub drain_timeout: Duration,
-    /// UDP flows without traffic for this long are forgotten.
-    pub udp_idle: Duration,
+    pub limits: dataplane::ProxyLimits,
     /// Threads of the data plane.
     pub workers: usize,
     /// Frontends another part of wharf serves (the cluster DNS).
@@ -150,22 +146,51 @@ struct State {
     dataplane: dataplane::Dataplane,
     health: HashMap<ObjectKey, (u16, Arc<health::HealthState>, tokio::task::JoinHandle<()>)>,
     runtime: tokio::runtime::Handle,
+    events: wharf_kube::events::Recorder,
 }
 
 impl State {
-    /// Recomputes one service and hands it to the data plane.
+    /// Recomputes one service and hands it to the data plane; then the
+    /// services waiting for a frontend it let go.
     fn sync(&mut self, key: &ObjectKey) {
+        let mut pending = vec![key.clone()];
+        // Bounded: each retry is a service waiting for a released frontend.
+        let mut budget = self.model.services.len() + 1;
+        while let Some(key) = pending.pop() {
+            budget = budget.saturating_sub(1);
+            let applied = self.sync_one(&key);
+            self.report(&applied.conflicts);
+            if budget > 0 {
+                pending.extend(applied.retry);
+            }
+        }
+    }
+
+    fn sync_one(&mut self, key: &ObjectKey) -> dataplane::Applied {
         let Some(svc) = self.model.services.get(key) else {
-            self.dataplane.apply(key.clone(), &[]);
             if let Some((_, _, task)) = self.health.remove(key) {
                 task.abort();
             }
-            return;
+            return self.dataplane.apply(dataplane::Owner { service: key.clone(), created: None }, &[]);
         };
+        let owner = dataplane::Owner { service: key.clone(), created: svc.metadata.creation_timestamp.clone() };
         let mut ports = model::service_ports(svc, &self.node);
         model::attach_endpoints(&mut ports, self.model.slices_for(key), |p| p.frontends[0].protocol);
-        self.dataplane.apply(key.clone(), &ports);
+        let applied = self.dataplane.apply(owner, &ports);
         self.sync_health(key, &ports);
+        applied
+    }
+
+    /// A frontend is kept by its first owner; the newcomer is told, once.
+    fn report(&self, conflicts: &[dataplane::Conflict]) {
+        for conflict in conflicts {
+            let (addr, protocol) = conflict.frontend;
+            let message = format!("{addr}/{protocol:?} is already served by {}; this service is not served there", conflict.owner);
+            tracing::warn!(service = %conflict.refused, frontend = %addr, owner = %conflict.owner, "frontend conflict: {message}");
+            if let Some(svc) = self.model.services.get(&conflict.refused) {
+                self.events.warn(wharf_kube::events::reference(svc), "FrontendConflict", message);
+            }
+        }
     }
 
     fn sync_health(&mut self, key: &ObjectKey, ports: &[model::ServicePort]) {
@@ -221,9 +246,10 @@ pub async fn run(
     let runtime = workers[0].clone();
     let node =
         NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
-    let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.drain_timeout, config.udp_idle, metrics);
+    let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
     let connections = dataplane.connections();
-    let mut state = State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime };
+    let events = wharf_kube::events::Recorder::new(client.clone(), "wharf-proxy", config.node_name.clone());
+    let mut state = State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events };
     let updates = stream::select_all([
         watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
         watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),

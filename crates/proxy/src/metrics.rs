@@ -60,6 +60,8 @@ pub struct PortMetrics {
     pub no_endpoint: Counter,
     pub connect_failed: Counter,
     pub drained: Counter,
+    pub idle_timeout: Counter,
+    pub half_closed_timeout: Counter,
 }
 
 impl PortMetrics {
@@ -74,8 +76,18 @@ impl PortMetrics {
             no_endpoint: error("no_endpoint"),
             connect_failed: error("connect"),
             drained: error("drained"),
+            idle_timeout: error("idle_timeout"),
+            half_closed_timeout: error("half_closed_timeout"),
             family: family.clone(),
             service: service.to_string(),
+        }
+    }
+
+    /// The counter of connections cut for `cut`.
+    pub fn cut(&self, cut: crate::copy::Cut) -> &Counter {
+        match cut {
+            crate::copy::Cut::Idle => &self.idle_timeout,
+            crate::copy::Cut::HalfClosed => &self.half_closed_timeout,
         }
     }
 

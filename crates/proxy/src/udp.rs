@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balancer::Backend;
 use crate::dataplane::PortState;
@@ -44,29 +45,79 @@ async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Ba
     Ok(Flow { backend, upstream, last: Instant::now(), replies })
 }
 
-pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scope, idle: Duration) {
-    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+/// One frontend's flows, bounded: each flow holds one of the data plane's
+/// UDP flow slots (each flow has its own upstream socket, so the bound is
+/// also one of open files). A new client when none is free evicts this
+/// frontend's least recently active tenth.
+pub struct Flows {
+    table: HashMap<SocketAddr, (Flow, OwnedSemaphorePermit)>,
+    idle: Duration,
+    slots: wharf_limits::Slots,
+}
+
+impl Flows {
+    pub fn new(idle: Duration, slots: wharf_limits::Slots) -> Self {
+        Self { table: HashMap::new(), idle, slots }
+    }
+
+    fn sweep(&mut self) {
+        let idle = self.idle;
+        self.table.retain(|_, (f, _)| f.last.elapsed() < idle);
+    }
+
+    /// A slot for a new flow, making room if need be.
+    fn slot(&mut self, client: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        if let Some(slot) = self.slots.take(&format!("evicting flows for {client}")) {
+            return Some(slot);
+        }
+        self.sweep();
+        if !self.table.is_empty() {
+            let mut by_age: Vec<(Instant, SocketAddr)> = self.table.iter().map(|(c, (f, _))| (f.last, *c)).collect();
+            let evict = (by_age.len() / 10).max(1);
+            by_age.select_nth_unstable(evict - 1);
+            for (_, c) in &by_age[..evict] {
+                self.table.remove(c);
+            }
+        }
+        self.slots.take(&format!("dropped a packet from {client}"))
+    }
+}
+
+/// How long a frontend waits after a failed receive before the next.
+const RECV_BACKOFF: Duration = Duration::from_millis(10);
+
+pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scope, mut flows: Flows) {
     let mut buf = vec![0u8; 65535];
-    let mut sweep = tokio::time::interval(idle.max(Duration::from_secs(1)) / 2);
+    let mut sweep = tokio::time::interval(flows.idle.max(Duration::from_secs(1)) / 2);
     let to_endpoint = state.metrics().to_endpoint.clone();
     loop {
         let (n, client) = tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok(r) => r,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP frontend receive failed");
+                    tokio::time::sleep(RECV_BACKOFF).await;
+                    continue;
+                }
             },
             _ = sweep.tick() => {
-                flows.retain(|_, f| f.last.elapsed() < idle);
+                flows.sweep();
                 continue;
             }
         };
         let usable = state.backends(scope);
-        let steer = match flows.get(&client) {
-            Some(flow) => !usable.iter().any(|b| b.addr == flow.backend.addr),
+        let steer = match flows.table.get(&client) {
+            Some((flow, _)) => !usable.iter().any(|b| b.addr == flow.backend.addr),
             None => true,
         };
         if steer {
-            flows.remove(&client);
+            let slot = match flows.table.remove(&client) {
+                Some((_, slot)) => slot,
+                None => match flows.slot(client) {
+                    Some(slot) => slot,
+                    None => continue,
+                },
+            };
             let Some(backend) = state.choose(scope, client.ip(), &[]) else {
                 state.metrics().no_endpoint.inc();
                 continue;
@@ -76,7 +127,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
             }
             match open_flow(socket.clone(), client, backend, &state).await {
                 Ok(flow) => {
-                    flows.insert(client, flow);
+                    flows.table.insert(client, (flow, slot));
                 }
                 Err(_) => {
                     state.metrics().connect_failed.inc();
@@ -84,7 +135,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
                 }
             }
         }
-        if let Some(flow) = flows.get_mut(&client) {
+        if let Some((flow, _)) = flows.table.get_mut(&client) {
             flow.last = Instant::now();
             to_endpoint.inc_by(n as u64);
             let _ = flow.upstream.send(&buf[..n]).await;

@@ -108,6 +108,9 @@ impl EmbeddedStore {
 
     /// As `open`, recording commits in `metrics`.
     pub fn open_measured(path: &Path, metrics: StoreMetrics) -> Result<Self> {
+        // The store holds every object, secrets among them: owner only,
+        // from the moment the file exists.
+        create_private(path)?;
         // Reads are served from memory; redb's page cache only has to help
         // the writer, so keep it small.
         let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
@@ -123,6 +126,16 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = Arc::new(Writer { requests: Some(sender), thread: Some(thread) });
         Ok(Self { shared, writer })
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist yet.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend(format!("{}: {e}", path.display()))),
     }
 }
 

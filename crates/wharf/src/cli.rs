@@ -125,6 +125,22 @@ pub struct ServerArgs {
     /// A node without a heartbeat for this long is marked NotReady.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: Duration,
+    /// Non-mutating API requests served at once (watches excepted); more
+    /// are answered 429 with Retry-After, as kube-apiserver does.
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Mutating API requests served at once.
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// API connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    pub api_max_connections: usize,
+    /// Ranges a Service's `externalIPs` may use, comma separated. Empty
+    /// (the default) refuses every external IP, as Kubernetes'
+    /// DenyServiceExternalIPs advises: they let a service claim any
+    /// address for every node.
+    #[arg(long, value_delimiter = ',')]
+    pub external_ip_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// What a node needs (its agent, DNS and proxy).
@@ -174,9 +190,38 @@ pub struct NodeArgs {
     /// Threads of the proxy's data plane (default: one per CPU).
     #[arg(long)]
     pub proxy_workers: Option<usize>,
+    /// A proxied TCP connection with no byte either way for this long is closed.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub proxy_tcp_idle_timeout: Duration,
+    /// A proxied TCP connection half-closed (one side sent FIN) for this
+    /// long is closed.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub proxy_tcp_half_closed_timeout: Duration,
+    /// Proxied TCP connections open at once, over all frontends; more are reset.
+    #[arg(long, default_value_t = 4096)]
+    pub proxy_max_connections: usize,
+    /// Proxied TCP connections open at once through one frontend.
+    #[arg(long, default_value_t = 1024)]
+    pub proxy_max_connections_per_frontend: usize,
+    /// UDP flows (one upstream socket each) at once; a new one evicts the
+    /// least recently active.
+    #[arg(long, default_value_t = 4096)]
+    pub proxy_max_udp_flows: usize,
     /// How often the agent refreshes its Node's Ready condition.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub node_heartbeat: Duration,
+    /// Run readiness probes of type exec. wharf has no containers: an
+    /// exec probe is a command on this host, so it is refused unless the
+    /// node's operator allows it.
+    #[arg(long)]
+    pub allow_exec_probes: bool,
+    /// The account exec probes run as when wharf runs as root.
+    #[arg(long, default_value = "nobody")]
+    pub probe_user: String,
+    /// Addresses a probe's `host` field may name besides the pod's own,
+    /// comma separated (default: none).
+    #[arg(long, value_delimiter = ',')]
+    pub probe_host_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]

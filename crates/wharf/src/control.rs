@@ -37,6 +37,14 @@ fn advertised(listen: SocketAddr, fallback: std::net::IpAddr) -> SocketAddr {
     }
 }
 
+fn api_limits(args: &ServerArgs) -> wharf_apiserver::limits::ApiLimits {
+    wharf_apiserver::limits::ApiLimits {
+        connections: args.api_max_connections,
+        requests_in_flight: args.max_requests_inflight,
+        mutating_in_flight: args.max_mutating_requests_inflight,
+    }
+}
+
 /// Starts the API server on `store` (as a part of `life`), creates the
 /// built-in objects and writes the admin kubeconfig.
 pub async fn start(
@@ -54,7 +62,8 @@ pub async fn start(
     hosts.extend(extra_sans.iter().cloned());
     let creds = pki::load_or_create(&data_dir.join("pki"), &hosts).context("preparing certificates")?;
 
-    let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone());
+    let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone())
+        .with_external_ips(args.external_ip_cidrs.clone(), vec![args.lb_pool.into()]);
     let mut api_registry = wharf_apiserver::Registry::new(store, allocator.clone());
     if let Some(node) = default_node {
         api_registry = api_registry.with_default_node(node);
@@ -63,7 +72,9 @@ pub async fn start(
     metrics.register(registry);
     let app = App { registry: api_registry.clone(), token: creds.admin_token.clone().into(), shutdown: life.token.clone(), metrics };
     let server =
-        wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen }, app, &creds).await.context("--api-listen")?;
+        wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen, limits: api_limits(args) }, app, &creds)
+            .await
+            .context("--api-listen")?;
     let endpoint = advertised(server.local_addr, advertise_fallback);
     wharf_apiserver::bootstrap(&api_registry, endpoint).await.context("creating built-in objects")?;
     let task = server.task;

@@ -37,6 +37,10 @@ fn init_logging(format: cli::LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     init_logging(cli.log_format);
+    match wharf_limits::raise_open_files() {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     match cli.command {
         cli::Command::Up(args) => runtime()?.block_on(up::run(args)),
         cli::Command::Server(args) => runtime()?.block_on(server_cmd::run(args)),

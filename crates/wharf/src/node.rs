@@ -53,6 +53,20 @@ fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsCo
     })
 }
 
+/// What this node lets probes do. As root, exec probes drop to
+/// `--probe-user`; otherwise they run as wharf's own (unprivileged) user.
+fn probe_policy(args: &NodeArgs) -> anyhow::Result<wharf_agent::probe::ProbePolicy> {
+    let exec_user = if args.allow_exec_probes && nix::unistd::Uid::effective().is_root() {
+        let user = nix::unistd::User::from_name(&args.probe_user)
+            .with_context(|| format!("--probe-user {}", args.probe_user))?
+            .with_context(|| format!("--probe-user {}: no such user", args.probe_user))?;
+        Some(wharf_agent::probe::ProbeUser { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
+    } else {
+        None
+    };
+    Ok(wharf_agent::probe::ProbePolicy { allow_exec: args.allow_exec_probes, exec_user, host_cidrs: args.probe_host_cidrs.clone() })
+}
+
 /// `--dns-recursion-cidrs`, or loopback, the node IP and the service CIDR.
 fn recursion_from(args: &NodeArgs, cidr: Ipv4Net) -> Vec<ipnet::IpNet> {
     if !args.dns_recursion_cidrs.is_empty() {
@@ -75,8 +89,15 @@ fn proxy_config(args: &NodeArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
     wharf_proxy::ProxyConfig {
         node_name: args.node_name.clone(),
         node_ip: args.node_ip,
-        drain_timeout: args.drain_timeout,
-        udp_idle: args.udp_idle_timeout,
+        limits: wharf_proxy::dataplane::ProxyLimits {
+            drain: args.drain_timeout,
+            udp_idle: args.udp_idle_timeout,
+            tcp: wharf_proxy::copy::Timeouts { idle: args.proxy_tcp_idle_timeout, half_closed: args.proxy_tcp_half_closed_timeout },
+            connections: args.proxy_max_connections,
+            connections_per_frontend: args.proxy_max_connections_per_frontend,
+            udp_flows: args.proxy_max_udp_flows,
+            ..Default::default()
+        },
         workers: args.proxy_workers.unwrap_or_else(cpus),
         // The DNS server answers on its own service address.
         reserved: [(dns, Protocol::Udp), (dns, Protocol::Tcp)].into(),
@@ -112,6 +133,7 @@ pub async fn start(
         node_ip: args.node_ip,
         heartbeat: args.node_heartbeat,
         metrics: agent_metrics,
+        probes: probe_policy(args)?,
     };
     let (agent_client, agent_token) = (client.clone(), token.clone());
     life.spawn("node agent", async move { Ok(wharf_agent::run(agent_client, agent_config, agent_token).await?) });

@@ -157,6 +157,27 @@ impl Wharf {
         status.and_then(|s| s.code())
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Resident memory now and at its peak, in KiB, and open files.
+    pub fn usage(&self) -> Usage {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+        };
+        let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        Usage { rss_kib: field("VmRSS:"), peak_rss_kib: field("VmHWM:"), open_files: files }
+    }
+
     /// The metrics endpoint's text.
     pub fn metrics(&self) -> String {
         let out = Command::new("curl").args(["-sf", &self.metrics_url]).output().expect("curl");
@@ -228,6 +249,14 @@ impl Wharf {
         self.kill();
         self.spawn();
     }
+}
+
+/// What a process uses (from /proc).
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+    pub open_files: usize,
 }
 
 impl Drop for Wharf {
