@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 services=${1:-1000}
 changes=${2:-20}
 need_packages etcd:etcd-server protoc:protobuf-compiler
-cargo build --release -q --features wharf/etcd -p wharf -p wharf-bench
+cargo build --release -q -p wharf -p wharf-bench
 wharf=$PWD/target/release/wharf
 load=$PWD/target/release/wharf-load
 

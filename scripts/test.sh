@@ -5,15 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive (kubectl is preinstalled): dig, ip,
-# curl, python3 (backend processes), etcd for the several-node test, and
-# protoc, which the etcd client's build needs.
+# curl, python3 (backend processes) and etcd for the several-node test.
 missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v etcd >/dev/null || missing+=(etcd-server)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y "${missing[@]}"
@@ -23,5 +21,6 @@ command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
 
 cargo fmt --all --check
 cargo machete
-cargo clippy --workspace --all-targets --locked --features wharf/etcd -- -D warnings
-cargo test --workspace --locked --features wharf/etcd "$@"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"
+./scripts/readme-test.sh

@@ -83,8 +83,9 @@ async fn create_services(api: &Api<Service>, count: usize, concurrency: usize) -
         .await
 }
 
+/// A distinct loopback address per pod, for up to 250 × 250 × 250 pods.
 fn pod_ip(n: usize) -> String {
-    format!("127.1.{}.{}", n / 250, n % 250 + 1)
+    format!("127.{}.{}.{}", n / 62_500 % 250 + 1, n / 250 % 250, n % 250 + 1)
 }
 
 fn ready_status(n: usize, ready: bool) -> serde_json::Value {

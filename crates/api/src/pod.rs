@@ -72,6 +72,9 @@ impl ApiObject for Pod {
             None => errs.push(FieldError::required("spec", "")),
             Some(spec) => errs.extend(validate_spec(spec, &Path::new("spec"))),
         }
+        if let Some(status) = &self.status {
+            errs.extend(validate_status_ips(status));
+        }
         errs
     }
 
@@ -93,6 +96,29 @@ impl ApiObject for Pod {
         }
         Vec::new()
     }
+}
+
+/// A pod's addresses in its status must be IP addresses, as Kubernetes'
+/// status validation requires: they become endpoints everywhere.
+fn validate_status_ips(status: &k8s_openapi::api::core::v1::PodStatus) -> FieldErrors {
+    let mut errs = Vec::new();
+    let mut check = |field: String, ip: &str| {
+        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(field, ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
+        }
+    };
+    for (field, ip) in [("status.podIP", &status.pod_ip), ("status.hostIP", &status.host_ip)] {
+        if let Some(ip) = ip {
+            check(field.to_string(), ip);
+        }
+    }
+    for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
+        check(format!("status.podIPs[{i}].ip"), &ip.ip);
+    }
+    for (i, ip) in status.host_ips.iter().flatten().enumerate() {
+        check(format!("status.hostIPs[{i}].ip"), &ip.ip);
+    }
+    errs
 }
 
 /// The longest grace period accepted (ten years): a deadline that far out
@@ -285,5 +311,18 @@ mod tests {
         assert!(new.validate_update(&old).is_empty());
         new.spec.as_mut().unwrap().hostname = Some("h".into());
         assert_eq!(new.validate_update(&old).len(), 1);
+    }
+
+    #[test]
+    fn status_addresses_must_be_ip_addresses() {
+        let mut p: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"podIP": "127.1.256.1", "podIPs": [{"ip": "nope"}], "hostIP": "127.0.0.1"}}),
+        )
+        .unwrap();
+        let fields: Vec<String> = p.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["status.podIP", "status.podIPs[0].ip"]);
+        p.status = serde_json::from_value(serde_json::json!({"podIP": "127.1.255.1"})).unwrap();
+        assert!(p.validate().is_empty());
     }
 }

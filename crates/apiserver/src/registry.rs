@@ -140,7 +140,9 @@ fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
 fn encode(obj: &Value) -> ApiResult<bytes::Bytes> {
     let mut stored = obj.clone();
     object::metadata_mut(&mut stored).remove("resourceVersion");
-    let bytes = serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut bytes = serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Kept in memory for as long as the object lives: no spare capacity.
+    bytes.shrink_to_fit();
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::TooLarge(format!("the object would be {} bytes; the limit is {MAX_OBJECT_BYTES}", bytes.len())));
     }

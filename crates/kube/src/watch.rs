@@ -23,6 +23,12 @@ where
             let event = match event {
                 // No consumer reads field ownership; it is often half an object.
                 Ok(event) => Some(event.modify(|obj| obj.meta_mut().managed_fields = None)),
+                // A watch that fell behind the server's history: expected
+                // after a long gap, and answered by a relist.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    tracing::info!(kind = %kind, "watch expired (410); relisting");
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(kind = %kind, error = %e, "watch failed; retrying with backoff");
                     None

@@ -252,7 +252,10 @@ pub async fn run(
     let mut state = State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events };
     let updates = stream::select_all([
         watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
-        watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),
+        // The proxy never reads whose endpoint it is: drop the reference.
+        watch::watch_all::<EndpointSlice>(&client)
+            .map(|e| Update::Slice(e.modify(|s| s.endpoints.iter_mut().for_each(|ep| ep.target_ref = None))))
+            .boxed(),
     ]);
     futures::pin_mut!(updates);
     let (mut services, mut slices) = (Relister::<Service>::default(), Relister::<EndpointSlice>::default());

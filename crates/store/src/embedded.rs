@@ -23,9 +23,11 @@ const KV: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_REVISION: &str = "revision";
 
-/// How many events are kept for watches that resume from an older revision.
-const HISTORY_EVENTS: usize = 100_000;
-/// How far a live watcher may fall behind before it is re-fed from history.
+/// How many events are kept, by default, for watches that resume from an
+/// older revision; a watcher further behind gets 410 Gone and relists.
+pub const DEFAULT_WATCH_HISTORY: usize = 100_000;
+/// How far a live watcher may fall behind before it is re-fed from history
+/// (at most; a quarter of a smaller history).
 const BROADCAST_CAPACITY: usize = 16_384;
 const REDB_CACHE_BYTES: usize = 16 << 20;
 /// Upper bound of transactions committed with one fsync.
@@ -40,6 +42,8 @@ struct Entry {
 
 struct State {
     kv: BTreeMap<String, Entry>,
+    /// Events kept in `history`, at most.
+    history_limit: usize,
     revision: Revision,
     history: VecDeque<Arc<Event>>,
     /// Every event with a revision at or above this one is in `history`.
@@ -108,6 +112,13 @@ impl EmbeddedStore {
 
     /// As `open`, recording commits in `metrics`.
     pub fn open_measured(path: &Path, metrics: StoreMetrics) -> Result<Self> {
+        Self::open_with(path, metrics, DEFAULT_WATCH_HISTORY)
+    }
+
+    /// As `open_measured`, keeping `watch_history` events for watchers that
+    /// fall behind.
+    pub fn open_with(path: &Path, metrics: StoreMetrics, watch_history: usize) -> Result<Self> {
+        let history_limit = watch_history.max(1);
         // The store holds every object, secrets among them: owner only,
         // from the moment the file exists.
         create_private(path)?;
@@ -115,9 +126,9 @@ impl EmbeddedStore {
         // the writer, so keep it small.
         let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
         let (kv, revision) = load(&db)?;
-        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let shared =
-            Arc::new(Shared { state: RwLock::new(State { kv, revision, history: VecDeque::new(), history_start: revision + 1 }), events });
+        let (events, _) = broadcast::channel((history_limit / 4).clamp(1, BROADCAST_CAPACITY));
+        let state = State { kv, history_limit, revision, history: VecDeque::new(), history_start: revision + 1 };
+        let shared = Arc::new(Shared { state: RwLock::new(state), events });
         let (sender, requests) = mpsc::channel();
         let writer_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -302,7 +313,7 @@ fn publish(shared: &Shared, staged: Staged) {
 
 /// Drops the oldest events beyond the retention, whole revisions at a time.
 fn trim_history(state: &mut State) {
-    while state.history.len() > HISTORY_EVENTS {
+    while state.history.len() > state.history_limit {
         let Some(oldest) = state.history.pop_front() else { break };
         while state.history.front().is_some_and(|e| e.revision == oldest.revision) {
             state.history.pop_front();

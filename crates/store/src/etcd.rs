@@ -1,29 +1,46 @@
 //! The etcd backend: every key in etcd (v3 API), revisions are etcd's,
 //! transactions are etcd transactions and watches etcd watches. Several
 //! API servers can share one etcd.
+//!
+//! The gRPC client is generated at build time from `proto/etcd.proto` (the
+//! part of etcd's API wharf uses) by a pure-Rust protobuf compiler, so the
+//! one binary every build makes speaks etcd with nothing but Rust and gcc
+//! on the machine.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{Compare as EtcdCompare, CompareOp, EventType, GetOptions, Txn as EtcdTxn, TxnOp, WatchOptions};
 use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 use crate::{Result, Store, StoreError, WatchStream};
 
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+#[allow(clippy::all, clippy::pedantic)]
+mod pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use pb::kv_client::KvClient;
+use pb::watch_client::WatchClient;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Detects a dead etcd connection (so watches fail over and restart).
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A request that does not finish in this time fails (watches excepted).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: etcd_client::Client,
+    kv: KvClient<Channel>,
+    watch: WatchClient<Channel>,
     /// The newest revision any response has shown.
     seen: Arc<AtomicU64>,
 }
 
-fn backend(e: etcd_client::Error) -> StoreError {
+fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
@@ -31,37 +48,112 @@ fn revision(r: i64) -> Revision {
     u64::try_from(r).unwrap_or(0)
 }
 
-fn key_value(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+fn key_value(kv: &pb::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
-        key: String::from_utf8(kv.key().to_vec()).map_err(|e| StoreError::Backend(e.to_string()))?,
-        value: Bytes::copy_from_slice(kv.value()),
-        create_revision: revision(kv.create_revision()),
-        mod_revision: revision(kv.mod_revision()),
+        key: String::from_utf8(kv.key.clone()).map_err(|e| StoreError::Backend(e.to_string()))?,
+        value: Bytes::copy_from_slice(&kv.value),
+        create_revision: revision(kv.create_revision),
+        mod_revision: revision(kv.mod_revision),
     })
 }
 
+/// The end of the range of keys starting with `prefix` (etcd's
+/// convention: the prefix with its last byte incremented).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: the range runs to the end of the key space.
+    vec![0]
+}
+
+fn endpoint(url: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| StoreError::Backend(format!("etcd endpoint {url:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}
+
 impl EtcdStore {
+    /// Connects to etcd at `endpoints` (requests go to any that answers).
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        // Only connecting is bounded: a request timeout would also cut
-        // long-lived watches.
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
-            .with_keep_alive_while_idle(true);
-        let client = etcd_client::Client::connect(endpoints, Some(options)).await.map_err(backend)?;
-        let store = Self { client, seen: Arc::new(AtomicU64::new(0)) };
+        let endpoints = endpoints.iter().map(|e| endpoint(e)).collect::<Result<Vec<_>>>()?;
+        let channel = Channel::balance_list(endpoints.into_iter());
+        let store = Self { kv: KvClient::new(channel.clone()), watch: WatchClient::new(channel), seen: Arc::new(AtomicU64::new(0)) };
         // Learn the current revision, and that etcd answers at all.
         tokio::time::timeout(CONNECT_TIMEOUT, store.get("/wharf/ping"))
             .await
-            .map_err(|_| StoreError::Backend(format!("etcd at {endpoints:?} did not answer")))??;
+            .map_err(|_| StoreError::Backend("etcd did not answer".into()))??;
         Ok(store)
     }
 
-    fn observe(&self, header: Option<&etcd_client::ResponseHeader>) -> Revision {
-        let rev = header.map_or(0, |h| revision(h.revision()));
+    fn observe(&self, header: Option<&pb::ResponseHeader>) -> Revision {
+        let rev = header.map_or(0, |h| revision(h.revision));
         self.seen.fetch_max(rev, Ordering::Relaxed);
         rev
     }
+
+    async fn range(&self, key: &str, range_end: Vec<u8>) -> Result<pb::RangeResponse> {
+        let request = pb::RangeRequest { key: key.as_bytes().to_vec(), range_end, ..Default::default() };
+        let mut kv = self.kv.clone();
+        let call = kv.range(request);
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.map_err(|_| backend("range timed out"))?.map_err(backend)?;
+        Ok(response.into_inner())
+    }
+}
+
+fn compare(c: &Compare) -> pb::Compare {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let (target, union, key) = match c {
+        Compare::ModRevision(key, rev) => (CompareTarget::Mod, TargetUnion::ModRevision(*rev as i64), key),
+        // A missing key has create revision 0.
+        Compare::Absent(key) => (CompareTarget::Create, TargetUnion::CreateRevision(0), key),
+    };
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(union),
+        range_end: Vec::new(),
+    }
+}
+
+fn request_op(op: &Op) -> pb::RequestOp {
+    use pb::request_op::Request;
+    let request = match op {
+        Op::Put { key, value } => Request::RequestPut(pb::PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec() }),
+        Op::Delete { key } => Request::RequestDeleteRange(pb::DeleteRangeRequest { key: key.as_bytes().to_vec(), range_end: Vec::new() }),
+    };
+    pb::RequestOp { request: Some(request) }
+}
+
+/// One watch response's events, in wharf's form.
+fn events(response: &pb::WatchResponse, seen: &AtomicU64) -> Vec<Event> {
+    response
+        .events
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv.as_ref()?;
+            let kind = if e.r#type == pb::event::EventType::Delete as i32 { EventKind::Delete } else { EventKind::Put };
+            let rev = revision(kv.mod_revision);
+            seen.fetch_max(rev, Ordering::Relaxed);
+            Some(Event {
+                kind,
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                value: Bytes::copy_from_slice(&kv.value),
+                revision: rev,
+                create_revision: e.prev_kv.as_ref().map_or(revision(kv.create_revision), |p| revision(p.create_revision)),
+                prev: e.prev_kv.as_ref().map(|p| Bytes::copy_from_slice(&p.value)),
+            })
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -71,46 +163,50 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.kv_client().get(key, None).await.map_err(backend)?;
-        self.observe(resp.header());
-        resp.kvs().first().map(key_value).transpose()
+        let resp = self.range(key, Vec::new()).await?;
+        self.observe(resp.header.as_ref());
+        resp.kvs.first().map(key_value).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        let resp = self.client.kv_client().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?;
-        let rev = self.observe(resp.header());
-        let items = resp.kvs().iter().map(key_value).collect::<Result<_>>()?;
+        let resp = self.range(prefix, prefix_end(prefix)).await?;
+        let rev = self.observe(resp.header.as_ref());
+        let items = resp.kvs.iter().map(key_value).collect::<Result<_>>()?;
         Ok((items, rev))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
-        let compares: Vec<EtcdCompare> = txn
-            .compares
-            .iter()
-            .map(|c| match c {
-                Compare::ModRevision(key, rev) => EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *rev as i64),
-                // A missing key has create revision 0.
-                Compare::Absent(key) => EtcdCompare::create_revision(key.as_str(), CompareOp::Equal, 0),
-            })
-            .collect();
-        let ops: Vec<TxnOp> = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(key.as_str(), value.to_vec(), None),
-                Op::Delete { key } => TxnOp::delete(key.as_str(), None),
-            })
-            .collect();
-        let resp = self.client.kv_client().txn(EtcdTxn::new().when(compares).and_then(ops)).await.map_err(backend)?;
-        let rev = self.observe(resp.header());
-        Ok(if resp.succeeded() { TxnOutcome::Committed(rev) } else { TxnOutcome::Failed })
+        let request = pb::TxnRequest {
+            compare: txn.compares.iter().map(compare).collect(),
+            success: txn.ops.iter().map(request_op).collect(),
+            failure: Vec::new(),
+        };
+        let mut kv = self.kv.clone();
+        let call = kv.txn(request);
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, call).await.map_err(|_| backend("txn timed out"))?.map_err(backend)?.into_inner();
+        let rev = self.observe(resp.header.as_ref());
+        Ok(if resp.succeeded { TxnOutcome::Committed(rev) } else { TxnOutcome::Failed })
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(after as i64 + 1);
-        let stream = self.client.watch_client().watch(prefix, Some(options)).await.map_err(backend)?;
+        let create = pb::WatchCreateRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix),
+            start_revision: after as i64 + 1,
+            progress_notify: false,
+            prev_kv: true,
+        };
+        // The request stream stays open for as long as the watch: etcd
+        // ends a watch whose client stream closed.
+        let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+        requests
+            .send(pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) })
+            .await
+            .map_err(|_| backend("watch request not sent"))?;
+        let stream = self.watch.clone().watch(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(backend)?.into_inner();
         let seen = self.seen.clone();
-        let events = futures::stream::unfold((stream, Vec::<Event>::new().into_iter(), false), move |(mut stream, mut pending, done)| {
+        let state = (stream, requests, Vec::<Event>::new().into_iter(), false);
+        let events = futures::stream::unfold(state, move |(mut stream, requests, mut pending, done)| {
             let seen = seen.clone();
             async move {
                 if done {
@@ -118,42 +214,36 @@ impl Store for EtcdStore {
                 }
                 loop {
                     if let Some(event) = pending.next() {
-                        return Some((Ok(event), (stream, pending, false)));
+                        return Some((Ok(event), (stream, requests, pending, false)));
                     }
                     let message = match stream.message().await {
                         Ok(Some(m)) => m,
                         Ok(None) => return None,
-                        Err(e) => return Some((Err(backend(e)), (stream, pending, true))),
+                        Err(e) => return Some((Err(backend(e)), (stream, requests, pending, true))),
                     };
-                    if message.compact_revision() > 0 {
-                        let oldest = revision(message.compact_revision());
-                        return Some((Err(StoreError::Compacted { requested: after, oldest }), (stream, pending, true)));
+                    if message.compact_revision > 0 {
+                        let oldest = revision(message.compact_revision);
+                        return Some((Err(StoreError::Compacted { requested: after, oldest }), (stream, requests, pending, true)));
                     }
-                    if message.canceled() {
+                    if message.canceled {
                         return None;
                     }
-                    let mut batch = Vec::new();
-                    for e in message.events() {
-                        let Some(kv) = e.kv() else { continue };
-                        let kind = match e.event_type() {
-                            EventType::Put => EventKind::Put,
-                            EventType::Delete => EventKind::Delete,
-                        };
-                        let rev = revision(kv.mod_revision());
-                        seen.fetch_max(rev, Ordering::Relaxed);
-                        batch.push(Event {
-                            kind,
-                            key: String::from_utf8_lossy(kv.key()).into_owned(),
-                            value: Bytes::copy_from_slice(kv.value()),
-                            revision: rev,
-                            create_revision: e.prev_kv().map_or(revision(kv.create_revision()), |p| revision(p.create_revision())),
-                            prev: e.prev_kv().map(|p| Bytes::copy_from_slice(p.value())),
-                        });
-                    }
-                    pending = batch.into_iter();
+                    pending = events(&message, &seen).into_iter();
                 }
             }
         });
         Ok(events.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges_end_after_the_last_key_with_the_prefix() {
+        assert_eq!(prefix_end("/registry/services/"), b"/registry/services0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
     }
 }

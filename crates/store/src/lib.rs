@@ -8,13 +8,11 @@
 //! machines) are interchangeable.
 
 mod embedded;
-#[cfg(feature = "etcd")]
 mod etcd;
 mod metrics;
 mod model;
 
-pub use embedded::EmbeddedStore;
-#[cfg(feature = "etcd")]
+pub use embedded::{EmbeddedStore, DEFAULT_WATCH_HISTORY};
 pub use etcd::EtcdStore;
 pub use metrics::{Measured, StoreMetrics};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};

@@ -1,5 +1,4 @@
 //! The etcd backend against a real etcd on loopback.
-#![cfg(feature = "etcd")]
 
 mod semantics;
 

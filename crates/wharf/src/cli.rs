@@ -54,10 +54,21 @@ pub enum Command {
     Env(ClientArgs),
     /// Print the resolv.conf a pod of a namespace gets.
     ResolvConf(ClientArgs),
+    /// Print the LoadBalancer and NodePort services and the URLs to open.
+    Status(StatusArgs),
     /// Run a command as if in a pod of a namespace: that pod's
     /// /etc/resolv.conf (in a private mount namespace; needs root) and its
     /// service environment variables.
     Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The node IP node ports are on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_ip: String,
 }
 
 #[derive(Args)]
@@ -135,6 +146,10 @@ pub struct ServerArgs {
     /// API connections open at once; more are closed at accept.
     #[arg(long, default_value_t = 4096)]
     pub api_max_connections: usize,
+    /// Events the embedded store keeps for watches that fall behind; a
+    /// watch further behind gets 410 Gone and its client relists.
+    #[arg(long, default_value_t = wharf_store::DEFAULT_WATCH_HISTORY)]
+    pub watch_history: usize,
     /// Ranges a Service's `externalIPs` may use, comma separated. Empty
     /// (the default) refuses every external IP, as Kubernetes'
     /// DenyServiceExternalIPs advises: they let a service claim any

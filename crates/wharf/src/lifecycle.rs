@@ -69,21 +69,25 @@ impl Lifecycle {
     /// end (at most `grace` plus a second).
     pub async fn run(self, grace: Duration) -> anyhow::Result<()> {
         let Lifecycle { token, tasks } = self;
-        let (names, mut handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
-        let mut failure = None;
-        tokio::select! {
-            _ = token.cancelled() => {}
-            (result, i, _) = futures::future::select_all(handles.iter_mut()) => {
-                let name = names[i];
-                failure = Some(match result {
-                    Ok(Ok(())) => anyhow::anyhow!("{name} stopped"),
-                    Ok(Err(e)) => e.context(format!("{name} failed")),
-                    Err(e) => anyhow::Error::new(e).context(format!("{name} panicked")),
-                });
-                token.cancel();
+        let (mut names, mut handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
+        let ended = tokio::select! {
+            // A part that ends once shutdown began is no failure.
+            biased;
+            _ = token.cancelled() => None,
+            (result, i, _) = futures::future::select_all(handles.iter_mut()) => Some((i, result)),
+        };
+        let failure = ended.map(|(i, result)| {
+            // That handle is done: it must not be polled again.
+            let name = names.remove(i);
+            drop(handles.remove(i));
+            token.cancel();
+            match result {
+                Ok(Ok(())) => anyhow::anyhow!("{name} stopped"),
+                Ok(Err(e)) => e.context(format!("{name} failed")),
+                Err(e) => anyhow::Error::new(e).context(format!("{name} panicked")),
             }
-        }
-        let all = futures::future::join_all(handles.iter_mut());
+        });
+        let all = futures::future::join_all(handles);
         if tokio::time::timeout(grace + Duration::from_secs(1), all).await.is_err() {
             tracing::warn!(?grace, "parts still running after the shutdown grace; exiting anyway");
         }

@@ -11,6 +11,7 @@ mod metrics;
 mod node;
 mod pod_view;
 mod server_cmd;
+mod status;
 mod up;
 
 use clap::Parser;
@@ -48,6 +49,10 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Env(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(env::print(args))
+        }
+        cli::Command::Status(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(status::print(args.client, args.node_ip))
         }
         cli::Command::ResolvConf(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -49,20 +49,21 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<()> {
 
 fn enter_mount_namespace(resolv: &str) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
-    let file = tempfile_path();
-    std::fs::write(&file, resolv).with_context(|| format!("writing {}", file.display()))?;
+    use std::io::Write;
+    // A random name, created exclusively and readable by its owner only:
+    // nothing predictable in /tmp for another user to plant first.
+    let mut temp = tempfile::Builder::new().prefix("wharf-resolv-").tempfile().context("creating a temporary resolv.conf")?;
+    temp.write_all(resolv.as_bytes()).context("writing the temporary resolv.conf")?;
+    std::fs::set_permissions(temp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).context("making resolv.conf readable")?;
+    let file = temp.path().to_path_buf();
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("wharf exec needs root (CAP_SYS_ADMIN) to give the command its own /etc/resolv.conf")?;
     // Keep the new mounts out of the host's mount namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).context("making / private")?;
     mount(Some(&file), "/etc/resolv.conf", None::<&str>, MsFlags::MS_BIND, None::<&str>).context("bind-mounting resolv.conf")?;
     // The mount holds the file; its name is no longer needed.
-    let _ = std::fs::remove_file(&file);
+    drop(temp);
     Ok(())
-}
-
-fn tempfile_path() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("wharf-resolv-{}.conf", std::process::id()))
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ async fn open_store(args: &ServerCommandArgs, metrics: StoreMetrics) -> anyhow::
         StoreKind::Embedded => {
             let dir = &args.server.data.data_dir;
             crate::files::private_dir(dir)?;
-            let store = wharf_store::EmbeddedStore::open_measured(&dir.join("state.redb"), metrics.clone()).context("opening the store")?;
+            let store = wharf_store::EmbeddedStore::open_with(&dir.join("state.redb"), metrics.clone(), args.server.watch_history)
+                .context("opening the store")?;
             Ok(Arc::new(Measured::new(store, metrics)))
         }
         StoreKind::Etcd => {
@@ -31,15 +32,9 @@ async fn open_store(args: &ServerCommandArgs, metrics: StoreMetrics) -> anyhow::
     }
 }
 
-#[cfg(feature = "etcd")]
 async fn open_etcd(endpoints: &[String]) -> anyhow::Result<wharf_store::EtcdStore> {
     anyhow::ensure!(!endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
     wharf_store::EtcdStore::connect(endpoints).await.context("connecting to etcd")
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &[String]) -> anyhow::Result<wharf_store::EmbeddedStore> {
-    anyhow::bail!("this wharf was built without etcd support: build with `--features etcd` (needs protoc)")
 }
 
 pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {

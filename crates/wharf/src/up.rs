@@ -21,7 +21,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     crate::files::private_dir(data_dir)?;
     let store_metrics = StoreMetrics::default();
     store_metrics.register(&mut registry);
-    let store = EmbeddedStore::open_measured(&data_dir.join("state.redb"), store_metrics.clone()).context("opening the store")?;
+    let store = EmbeddedStore::open_with(&data_dir.join("state.redb"), store_metrics.clone(), args.server.watch_history)
+        .context("opening the store")?;
     let store = Arc::new(Measured::new(store, store_metrics));
     let control = control::start(&args.server, store, Some(&args.node.node_name), args.node.node_ip, &[], &mut life, &mut registry).await?;
     let controller_metrics = wharf_kube::ControllerMetrics::default();
@@ -50,6 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     addresses.write(args.process.addresses_file.as_deref())?;
     print_notes(&args, &control, metrics, node.dns);
+    print!("{}", crate::status::notes(&control.client, &args.node.node_ip.to_string()).await);
     life.run(args.process.shutdown_grace).await
 }
 

@@ -1,7 +1,6 @@
 //! Several nodes on one machine, out of network namespaces this test
 //! creates (addresses in 198.18.0.0/15 only): etcd, two API servers and
 //! three agents, then the faults a cluster must survive.
-#![cfg(feature = "etcd")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use wharf_kube::{Change, ObjectKey, Watched};
 
-use super::plan::{self, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
+use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
 
 /// (namespace, label key, label value)
 type SelectorTerm = (String, String, String);
@@ -45,8 +45,8 @@ fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
 }
 
-fn labels_match(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    let labels = pod.metadata.labels.as_ref();
+fn labels_match(selector: &BTreeMap<String, String>, pod: &PodInfo) -> bool {
+    let labels = pod.labels();
     selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
@@ -62,7 +62,7 @@ pub fn service_of_slice(slice: &EndpointSlice) -> Option<ObjectKey> {
 #[allow(clippy::large_enum_variant)]
 pub enum Update {
     Service(Event<Service>),
-    Pod(Event<Pod>),
+    Pod(Event<PodInfo>),
     Slice(Event<EndpointSlice>),
     Endpoints(Event<Endpoints>),
 }
@@ -70,7 +70,7 @@ pub enum Update {
 #[derive(Default)]
 pub struct Index {
     pub services: Watched<Service>,
-    pub pods: Watched<Pod>,
+    pub pods: Watched<PodInfo>,
     pub slices: Watched<EndpointSlice>,
     pub endpoints: Watched<Endpoints>,
     services_by_term: Postings,
@@ -147,7 +147,7 @@ impl Index {
         self.services_by_term.update(&key, new.and_then(selector), true);
     }
 
-    fn pod_changed(&mut self, change: &Change<Pod>, marked: &mut Vec<ObjectKey>) {
+    fn pod_changed(&mut self, change: &Change<PodInfo>, marked: &mut Vec<ObjectKey>) {
         let key = change.key();
         let (old, new) = match change {
             Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
@@ -156,18 +156,18 @@ impl Index {
         for pod in [old, new].into_iter().flatten() {
             self.services_selecting(pod, marked);
         }
-        let labels = |p: Option<&Pod>| p.and_then(|p| p.metadata.labels.clone());
-        if labels(old) != labels(new) {
-            self.pods_by_label.update(&key, old.and_then(|p| p.metadata.labels.as_ref()), false);
-            self.pods_by_label.update(&key, new.and_then(|p| p.metadata.labels.as_ref()), true);
+        let (old_labels, new_labels) = (old.and_then(PodInfo::labels), new.and_then(PodInfo::labels));
+        if old_labels != new_labels {
+            self.pods_by_label.update(&key, old_labels, false);
+            self.pods_by_label.update(&key, new_labels, true);
         }
     }
 
     /// Services whose selector the pod's labels may satisfy.
-    fn services_selecting(&self, pod: &Pod, out: &mut Vec<ObjectKey>) {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
+        let ns = pod.meta.namespace.as_deref().unwrap_or_default();
         let mut seen = HashSet::new();
-        for (k, v) in pod.metadata.labels.iter().flatten() {
+        for (k, v) in pod.labels().into_iter().flatten() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
                 if seen.insert(svc) {
                     out.push(svc.clone());
@@ -211,7 +211,7 @@ impl Index {
     }
 
     /// The pods a selector matches: the smallest posting list, filtered.
-    fn members(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<Pod>> {
+    fn members(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<PodInfo>> {
         let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
         let Some(Some(keys)) = smallest else { return Vec::new() };
         keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()

@@ -20,13 +20,13 @@ use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, WorkQueue};
 
 pub use index::Index;
 use index::{EndpointsWrite, Update, Work};
-pub use plan::{is_pod_ready, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
+pub use plan::{PodInfo, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
 
 /// Reconciles running at once.
 const WORKERS: usize = 8;
@@ -58,6 +58,18 @@ fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
+/// Pods become `PodInfo` as they arrive, before anything keeps them (a
+/// relist's buffer included).
+fn pod_info(event: Event<Pod>) -> Event<PodInfo> {
+    match event {
+        Event::Apply(p) => Event::Apply(PodInfo::from(&p)),
+        Event::Delete(p) => Event::Delete(PodInfo::from(&p)),
+        Event::Init => Event::Init,
+        Event::InitApply(p) => Event::InitApply(PodInfo::from(&p)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 impl EndpointSliceController {
     pub fn new(client: kube::Client, metrics: QueueHandles) -> Self {
         let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
@@ -73,7 +85,7 @@ impl EndpointSliceController {
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let updates = stream::select_all([
             watch::watch_all::<Service>(&self.client).map(Update::Service).boxed(),
-            watch::watch_all::<Pod>(&self.client).map(Update::Pod).boxed(),
+            watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(pod_info(e))).boxed(),
             watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(Update::Slice).boxed(),
             watch::watch_all::<Endpoints>(&self.client).map(Update::Endpoints).boxed(),
         ]);
