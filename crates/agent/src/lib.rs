@@ -5,10 +5,13 @@
 //! Kubernetes API (list/watch and status writes through `kube`).
 
 pub mod apiconn;
+pub mod exec;
 pub mod metrics;
 pub mod node;
+pub mod podview;
 pub mod pods;
 pub mod probe;
+pub mod remote;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -10,6 +10,7 @@ pub mod meta;
 pub mod names;
 pub mod object;
 pub mod pod;
+pub mod remote;
 pub mod selector;
 pub mod service;
 pub mod service_env;

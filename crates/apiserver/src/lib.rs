@@ -17,6 +17,7 @@ pub mod patch;
 pub mod pki;
 mod protobuf;
 pub mod registry;
+pub mod remote;
 mod request;
 mod server;
 pub mod ssa;
@@ -39,4 +40,6 @@ pub struct App {
     /// Cancelled when the server shuts down: watches end, the listener closes.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub metrics: ApiMetrics,
+    /// Agents' tunnels, for exec and port-forward sessions.
+    pub tunnels: std::sync::Arc<remote::Tunnels>,
 }

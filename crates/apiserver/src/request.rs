@@ -49,6 +49,7 @@ pub fn parse(path: &str) -> ApiResult<Target> {
         None => {}
         Some("status") if target.kind.info.has_status => {}
         Some("finalize") if target.kind == &kind::NAMESPACE => {}
+        Some("exec" | "portforward") if target.kind == &kind::POD => {}
         Some(_) => return Err(ApiError::NoRoute),
     }
     if target.name.as_deref() == Some("") {

@@ -22,7 +22,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let client =
         wharf_kube::client::from_kubeconfig_text_at(&text, &format!("https://{local}")).await.context("building a Kubernetes client")?;
-    let node = crate::node::start(client, &args.node, args.service_cidr, args.process.shutdown_grace, &mut life, &mut registry).await?;
+    let node = crate::node::start(client, &args.node, args.service_cidr, args.process.shutdown_grace, false, &mut life, &mut registry).await?;
     let metrics = crate::metrics::serve(args.node.metrics_listen, registry, &mut life).await?;
     let addresses = crate::files::Addresses { dns: Some(node.dns), metrics: Some(metrics), ..Default::default() };
     addresses.write(args.process.addresses_file.as_deref())?;

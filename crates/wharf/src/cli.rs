@@ -233,6 +233,15 @@ pub struct NodeArgs {
     /// The account exec probes run as when wharf runs as root.
     #[arg(long, default_value = "nobody")]
     pub probe_user: String,
+    /// Serve `kubectl exec` on this node's pods. wharf has no containers:
+    /// the command runs on this host (as `--exec-user`, with the pod's
+    /// environment and resolv.conf), so only `wharf up` allows it unless
+    /// told otherwise.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_exec: Option<bool>,
+    /// The account `kubectl exec` commands run as when wharf runs as root.
+    #[arg(long, default_value = "nobody")]
+    pub exec_user: String,
     /// Addresses a probe's `host` field may name besides the pod's own,
     /// comma separated (default: none).
     #[arg(long, value_delimiter = ',')]

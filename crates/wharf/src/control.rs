@@ -70,7 +70,13 @@ pub async fn start(
     }
     let metrics = wharf_apiserver::ApiMetrics::default();
     metrics.register(registry);
-    let app = App { registry: api_registry.clone(), token: creds.admin_token.clone().into(), shutdown: life.token.clone(), metrics };
+    let app = App {
+        registry: api_registry.clone(),
+        token: creds.admin_token.clone().into(),
+        shutdown: life.token.clone(),
+        metrics,
+        tunnels: wharf_apiserver::remote::tunnels(),
+    };
     let server =
         wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen, limits: api_limits(args) }, app, &creds)
             .await

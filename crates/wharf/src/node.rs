@@ -53,18 +53,33 @@ fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsCo
     })
 }
 
-/// What this node lets probes do. As root, exec probes drop to
-/// `--probe-user`; otherwise they run as wharf's own (unprivileged) user.
+/// The uid and gid of `name`, which commands started for users drop to
+/// when wharf runs as root (otherwise they run as wharf's own user).
+fn unprivileged_user(flag: &str, name: &str) -> anyhow::Result<Option<wharf_agent::probe::ProbeUser>> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name(name).with_context(|| format!("{flag} {name}"))?.with_context(|| format!("{flag} {name}: no such user"))?;
+    Ok(Some(wharf_agent::probe::ProbeUser { uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
+}
+
+/// What this node lets probes do.
 fn probe_policy(args: &NodeArgs) -> anyhow::Result<wharf_agent::probe::ProbePolicy> {
-    let exec_user = if args.allow_exec_probes && nix::unistd::Uid::effective().is_root() {
-        let user = nix::unistd::User::from_name(&args.probe_user)
-            .with_context(|| format!("--probe-user {}", args.probe_user))?
-            .with_context(|| format!("--probe-user {}: no such user", args.probe_user))?;
-        Some(wharf_agent::probe::ProbeUser { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
-    } else {
-        None
-    };
+    let exec_user = if args.allow_exec_probes { unprivileged_user("--probe-user", &args.probe_user)? } else { None };
     Ok(wharf_agent::probe::ProbePolicy { allow_exec: args.allow_exec_probes, exec_user, host_cidrs: args.probe_host_cidrs.clone() })
+}
+
+/// What `kubectl exec` may do on this node; `exec_default` is whether it
+/// is allowed without `--allow-exec` (only on the single-machine `up`).
+fn remote_config(args: &NodeArgs, exec_default: bool) -> anyhow::Result<wharf_agent::remote::RemoteConfig> {
+    let allow_exec = args.allow_exec.unwrap_or(exec_default);
+    Ok(wharf_agent::remote::RemoteConfig {
+        node_name: args.node_name.clone(),
+        node_ip: args.node_ip,
+        allow_exec,
+        exec_user: if allow_exec { unprivileged_user("--exec-user", &args.exec_user)? } else { None },
+        cluster_domain: args.cluster_domain.clone(),
+    })
 }
 
 /// `--dns-recursion-cidrs`, or loopback, the node IP and the service CIDR.
@@ -114,6 +129,7 @@ pub async fn start(
     args: &NodeArgs,
     cidr: Ipv4Net,
     grace: std::time::Duration,
+    exec_default: bool,
     life: &mut Lifecycle,
     registry: &mut Registry,
 ) -> anyhow::Result<Node> {
@@ -135,6 +151,12 @@ pub async fn start(
         metrics: agent_metrics,
         probes: probe_policy(args)?,
     };
+    let remote = remote_config(args, exec_default)?;
+    let (remote_client, remote_token) = (client.clone(), token.clone());
+    life.spawn("exec tunnel", async move {
+        wharf_agent::remote::serve(remote_client, remote, remote_token).await;
+        Ok(())
+    });
     let (agent_client, agent_token) = (client.clone(), token.clone());
     life.spawn("node agent", async move { Ok(wharf_agent::run(agent_client, agent_config, agent_token).await?) });
     let proxy_token = token.clone();

@@ -4,20 +4,11 @@
 use std::os::unix::process::CommandExt;
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::Api;
 
 use crate::cli::{ClientArgs, ExecArgs};
 
-/// The pod resolv.conf: the cluster DNS and the namespace's search list.
-pub fn resolv_conf(dns_ip: &str, namespace: &str, domain: &str) -> String {
-    format!("nameserver {dns_ip}\nsearch {namespace}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n")
-}
-
 async fn cluster_dns_ip(client: &kube::Client) -> anyhow::Result<String> {
-    let svc =
-        Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns").await.context("reading service kube-system/kube-dns")?;
-    svc.spec.and_then(|s| s.cluster_ip).context("kube-dns has no cluster IP")
+    wharf_agent::podview::cluster_dns_ip(client).await.context("reading service kube-system/kube-dns")
 }
 
 async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
@@ -26,7 +17,7 @@ async fn client(args: &ClientArgs) -> anyhow::Result<kube::Client> {
 
 pub async fn print_resolv_conf(args: ClientArgs) -> anyhow::Result<()> {
     let client = client(&args).await?;
-    print!("{}", resolv_conf(&cluster_dns_ip(&client).await?, &args.namespace, &args.cluster_domain));
+    print!("{}", wharf_agent::podview::resolv_conf(&cluster_dns_ip(&client).await?, &args.namespace, &args.cluster_domain));
     Ok(())
 }
 
@@ -37,8 +28,8 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<()> {
     let (resolv, env) = runtime.block_on(async {
         let client = client(&args.client).await?;
         let dns = cluster_dns_ip(&client).await?;
-        let env = crate::env::lookup(client, &args.client.namespace).await?;
-        anyhow::Ok((resolv_conf(&dns, &args.client.namespace, &args.client.cluster_domain), env))
+        let env = wharf_agent::podview::service_env(&client, &args.client.namespace).await?;
+        anyhow::Ok((wharf_agent::podview::resolv_conf(&dns, &args.client.namespace, &args.client.cluster_domain), env))
     })?;
     drop(runtime);
     enter_mount_namespace(&resolv)?;
@@ -64,15 +55,4 @@ fn enter_mount_namespace(resolv: &str) -> anyhow::Result<()> {
     // The mount holds the file; its name is no longer needed.
     drop(temp);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn resolv_conf_is_the_pod_one() {
-        assert_eq!(
-            super::resolv_conf("127.96.0.10", "default", "cluster.local"),
-            "nameserver 127.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
-        );
-    }
 }

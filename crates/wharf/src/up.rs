@@ -38,6 +38,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &args.node,
         args.server.service_cidr,
         args.process.shutdown_grace,
+        true,
         &mut life,
         &mut registry,
     )
