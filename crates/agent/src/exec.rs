@@ -88,7 +88,8 @@ pub fn start(command: &[String], view: &PodView, tty: bool) -> Result<Started, E
             }
             if let Some(source) = &mount_source {
                 if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0
+                    || libc::mount(std::ptr::null(), slash.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+                        != 0
                     || libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0
                 {
                     return Err(std::io::Error::last_os_error());

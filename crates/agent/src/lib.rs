@@ -8,8 +8,8 @@ pub mod apiconn;
 pub mod exec;
 pub mod metrics;
 pub mod node;
-pub mod podview;
 pub mod pods;
+pub mod podview;
 pub mod probe;
 pub mod remote;
 

@@ -45,14 +45,19 @@ enum RemoteError {
 const PING: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Keeps the tunnel open until `token` is cancelled, reconnecting with
-/// backoff.
-pub async fn serve(client: kube::Client, config: RemoteConfig, token: CancellationToken) {
+/// Keeps a tunnel open through each of `clients` (one per API server)
+/// until `token` is cancelled.
+pub async fn serve(clients: Vec<kube::Client>, config: RemoteConfig, token: CancellationToken) {
     let config = Arc::new(config);
+    futures::future::join_all(clients.iter().map(|client| keep_tunnel(client, &config, &token))).await;
+}
+
+/// One tunnel, reconnected with backoff.
+async fn keep_tunnel(client: &kube::Client, config: &Arc<RemoteConfig>, token: &CancellationToken) {
     let mut delay = Duration::from_millis(500);
     loop {
         let opened = tokio::time::Instant::now();
-        match tunnel(&client, &config, &token).await {
+        match tunnel(client, config, token).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "exec tunnel to the API server failed"),
         }
@@ -129,7 +134,13 @@ async fn pod_ip(client: &kube::Client, config: &RemoteConfig, namespace: &str, p
 }
 
 /// The pod's view for a command in `container` (the first by default).
-async fn pod_view(client: &kube::Client, config: &RemoteConfig, namespace: &str, name: &str, container: Option<&str>) -> Result<PodView, kube::Error> {
+async fn pod_view(
+    client: &kube::Client,
+    config: &RemoteConfig,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<PodView, kube::Error> {
     let pod = Api::<Pod>::namespaced(client.clone(), namespace).get(name).await?;
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
     let chosen = match container {
@@ -164,7 +175,10 @@ async fn finish(mut socket: Socket, exit: Result<i32, String>) -> Result<(), Rem
 
 /// kubectl reads a close without a code (1005) as a failed stream.
 fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
-    tokio_tungstenite::tungstenite::protocol::CloseFrame { code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() }
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }
 }
 
 /// Bytes the command wrote, on their way to the client.
@@ -193,7 +207,15 @@ fn pump(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static, channel: u
 
 /// Runs the command and carries its streams over the channel protocol
 /// until it exits; its exit code ends the session on the status channel.
-async fn run(socket: Socket, command: &[String], view: &PodView, want_stdin: bool, tty: bool, v5: bool, token: CancellationToken) -> Result<(), RemoteError> {
+async fn run(
+    socket: Socket,
+    command: &[String],
+    view: &PodView,
+    want_stdin: bool,
+    tty: bool,
+    v5: bool,
+    token: CancellationToken,
+) -> Result<(), RemoteError> {
     let mut started = match exec::start(command, view, tty) {
         Ok(started) => started,
         Err(e) => return finish(socket, Err(e.to_string())).await,
@@ -281,24 +303,31 @@ async fn run(socket: Socket, command: &[String], view: &PodView, want_stdin: boo
     }
 }
 
-/// Carries a TCP connection to `target` over the session's binary frames.
-async fn forward(socket: Socket, target: std::net::SocketAddr, token: CancellationToken) -> Result<(), RemoteError> {
-    let Ok(stream) = tokio::net::TcpStream::connect(target).await else {
-        let mut socket = socket;
-        let _ = socket.close(None).await;
-        return Ok(());
+/// Carries a TCP connection to `target` over the session's binary frames;
+/// an empty frame from the server means the client is done sending, and a
+/// text frame to it is the error that ended the connection.
+async fn forward(mut socket: Socket, target: std::net::SocketAddr, token: CancellationToken) -> Result<(), RemoteError> {
+    let stream = match tokio::net::TcpStream::connect(target).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = socket.send(Message::Text(format!("dial tcp {target}: {e}").into())).await;
+            let _ = socket.close(Some(normal_close())).await;
+            return Ok(());
+        }
     };
     let (mut read, mut write) = stream.into_split();
     let (mut to_client, mut from_client) = socket.split();
     let up = async {
         while let Some(Ok(message)) = from_client.next().await {
             match message {
+                Message::Binary(data) if data.is_empty() => {
+                    let _ = write.shutdown().await;
+                }
                 Message::Binary(data) if write.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
         }
-        let _ = write.shutdown().await;
     };
     let down = async {
         let mut buf = vec![0u8; 16 << 10];
@@ -312,11 +341,13 @@ async fn forward(socket: Socket, target: std::net::SocketAddr, token: Cancellati
                 }
             }
         }
-        let _ = to_client.close().await;
+        let _ = to_client.send(Message::Close(Some(normal_close()))).await;
     };
+    // The pod's side closing ends the connection; so does the server's.
     tokio::select! {
         _ = token.cancelled() => {}
-        _ = async { tokio::join!(up, down) } => {}
+        _ = up => {}
+        _ = down => {}
     }
     Ok(())
 }

@@ -15,11 +15,13 @@ pub mod metrics;
 pub mod object;
 pub mod patch;
 pub mod pki;
+mod portforward;
 mod protobuf;
 pub mod registry;
 pub mod remote;
 mod request;
 mod server;
+mod spdy;
 pub mod ssa;
 pub mod table;
 

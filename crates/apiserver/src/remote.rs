@@ -54,7 +54,7 @@ impl Tunnels {
     }
 
     /// Offers `request` to `node`'s agent and waits for its session.
-    async fn open(&self, node: &str, request: SessionRequest) -> ApiResult<WebSocket> {
+    pub(crate) async fn open(&self, node: &str, request: SessionRequest) -> ApiResult<WebSocket> {
         let unavailable = |why: String| ApiError::Internal(format!("node {node:?}: {why}"));
         let offers = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get(node).map(|(_, tx)| tx.clone());
         let offers = offers.ok_or_else(|| unavailable("its agent is not connected to this API server".into()))?;
@@ -137,7 +137,7 @@ fn flag(pairs: &[(String, String)], key: &str) -> bool {
 }
 
 /// The node a pod is bound to.
-async fn node_of(app: &App, namespace: &str, pod: &str) -> ApiResult<String> {
+pub(crate) async fn node_of(app: &App, namespace: &str, pod: &str) -> ApiResult<String> {
     let obj = app.registry.get(&kind::POD, namespace, pod).await?;
     obj["spec"]["nodeName"]
         .as_str()
@@ -147,7 +147,12 @@ async fn node_of(app: &App, namespace: &str, pod: &str) -> ApiResult<String> {
 }
 
 /// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec` over WebSocket.
-pub async fn exec(State(app): State<App>, Path((namespace, pod)): Path<(String, String)>, RawQuery(raw): RawQuery, ws: WebSocketUpgrade) -> Response {
+pub async fn exec(
+    State(app): State<App>,
+    Path((namespace, pod)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
     let pairs = query_pairs(raw.as_deref());
     let command: Vec<String> = pairs.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
     if command.is_empty() {
@@ -210,7 +215,7 @@ async fn relay(client: WebSocket, agent: WebSocket, shutdown: tokio_util::sync::
 }
 
 /// kubectl reads a close without a code (1005) as a failed stream.
-fn normal_close() -> Message {
+pub(crate) fn normal_close() -> Message {
     Message::Close(Some(axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() }))
 }
 

@@ -138,6 +138,10 @@ fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
         .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, &discovery::openapi_index()) }))
         .route("/openapi/v3/{*path}", get(|Path(p): Path<String>| async move { found(discovery::openapi_group_version(&p)) }))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", get(crate::remote::exec).post(crate::remote::exec))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            get(crate::portforward::portforward).post(crate::portforward::portforward),
+        )
         .route("/apis/wharf.dev/v1/nodes/{node}/tunnel", get(crate::remote::tunnel))
         .route("/apis/wharf.dev/v1/nodes/{node}/sessions/{id}", get(crate::remote::session))
         .fallback(handlers::resource)

@@ -59,7 +59,9 @@ fn unprivileged_user(flag: &str, name: &str) -> anyhow::Result<Option<wharf_agen
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
-    let user = nix::unistd::User::from_name(name).with_context(|| format!("{flag} {name}"))?.with_context(|| format!("{flag} {name}: no such user"))?;
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("{flag} {name}"))?
+        .with_context(|| format!("{flag} {name}: no such user"))?;
     Ok(Some(wharf_agent::probe::ProbeUser { uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
 }
 
@@ -71,6 +73,15 @@ fn probe_policy(args: &NodeArgs) -> anyhow::Result<wharf_agent::probe::ProbePoli
 
 /// What `kubectl exec` may do on this node; `exec_default` is whether it
 /// is allowed without `--allow-exec` (only on the single-machine `up`).
+/// How the API servers reach this node for `kubectl exec` and
+/// `port-forward`: a tunnel through each of `clients`, one per server, so
+/// whichever server a user's kubectl reaches holds one.
+pub struct RemoteAccess {
+    pub clients: Vec<kube::Client>,
+    /// `--allow-exec` when not given.
+    pub allow_exec_default: bool,
+}
+
 fn remote_config(args: &NodeArgs, exec_default: bool) -> anyhow::Result<wharf_agent::remote::RemoteConfig> {
     let allow_exec = args.allow_exec.unwrap_or(exec_default);
     Ok(wharf_agent::remote::RemoteConfig {
@@ -129,7 +140,7 @@ pub async fn start(
     args: &NodeArgs,
     cidr: Ipv4Net,
     grace: std::time::Duration,
-    exec_default: bool,
+    remote: RemoteAccess,
     life: &mut Lifecycle,
     registry: &mut Registry,
 ) -> anyhow::Result<Node> {
@@ -151,10 +162,10 @@ pub async fn start(
         metrics: agent_metrics,
         probes: probe_policy(args)?,
     };
-    let remote = remote_config(args, exec_default)?;
-    let (remote_client, remote_token) = (client.clone(), token.clone());
-    life.spawn("exec tunnel", async move {
-        wharf_agent::remote::serve(remote_client, remote, remote_token).await;
+    let remote_token = token.clone();
+    let config = remote_config(args, remote.allow_exec_default)?;
+    life.spawn("exec tunnels", async move {
+        wharf_agent::remote::serve(remote.clients, config, remote_token).await;
         Ok(())
     });
     let (agent_client, agent_token) = (client.clone(), token.clone());

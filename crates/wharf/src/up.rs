@@ -38,7 +38,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &args.node,
         args.server.service_cidr,
         args.process.shutdown_grace,
-        true,
+        crate::node::RemoteAccess { clients: vec![control.client.clone()], allow_exec_default: true },
         &mut life,
         &mut registry,
     )

@@ -271,6 +271,7 @@ impl Cluster {
                 "1",
                 "--proxy-workers",
                 "1",
+                "--allow-exec",
             ],
             &format!("agent{node}.log"),
         )
@@ -333,6 +334,12 @@ fn a_cluster_of_three_nodes_and_its_faults() {
         eventually(&format!("node {node}'s DNS"), Duration::from_secs(30), || c.dig(node, "web.default.svc.cluster.local") == ip);
     }
     eventually("node 0 reaching the pod on node 2", Duration::from_secs(30), || c.curl(0, &format!("http://{ip}/")));
+    // kubectl exec into node 2's pod through either server: its agent
+    // keeps a tunnel to each, and the command sees the cluster DNS.
+    for server in [1, 2] {
+        let hosts = c.kubectl_ok(server, &["exec", "web", "--", "getent", "hosts", "web"]);
+        assert!(hosts.starts_with(&format!("{ip} ")), "through server {server}: {hosts}");
+    }
 
     // Stop server 1: clients of server 2 keep working, and so do agents.
     c.net.kill(c.servers[0]);

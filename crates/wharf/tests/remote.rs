@@ -1,13 +1,14 @@
-//! `kubectl exec`, driven with the real kubectl (WebSocket
-//! `v5.channel.k8s.io`): the command runs on the pod's node through its
-//! agent's tunnel, with the pod's view of the cluster.
+//! `kubectl exec` and `kubectl port-forward`, driven with the real kubectl
+//! (WebSocket `v5.channel.k8s.io`; SPDY inside a WebSocket): the command
+//! runs, and the connection is dialled, on the pod's node through its
+//! agent's tunnel.
 
 mod support;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-use support::{example, Wharf};
+use support::{example, http_get, Backend, Wharf};
 
 fn seed() -> Wharf {
     let w = Wharf::start(&[]);
@@ -106,4 +107,100 @@ fn an_agent_without_allow_exec_refuses() {
     w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().expect("path")]);
     let err = w.kubectl_err(&["exec", "kolide-fleet-mysql-0", "--", "true"]);
     assert!(err.contains("--allow-exec"), "{err}");
+}
+
+/// `kubectl port-forward` until dropped, once it says it listens.
+struct PortForward(std::process::Child);
+
+impl PortForward {
+    fn start(w: &Wharf, target: &str, ports: &str) -> PortForward {
+        let mut child = Command::new(support::KUBECTL)
+            .args(["port-forward", "--address", "127.0.0.1", target, ports])
+            .env("KUBECONFIG", w.kubeconfig())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl port-forward");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("read kubectl");
+        assert!(first.starts_with("Forwarding from 127.0.0.1:"), "{first}");
+        // kubectl reports each connection there: keep the pipe open.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        PortForward(child)
+    }
+
+    /// Stops kubectl and returns what it wrote on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.0.kill();
+        let mut err = String::new();
+        let _ = self.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        err
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The seed's `kubectl port-forward svc/kolide-fleet-fleet 18443:443`, on
+/// a free local port: the service port maps to a fleet pod's port.
+#[test]
+fn port_forward_to_a_service_reaches_one_of_its_pods() {
+    let w = seed();
+    let fleet: Vec<Backend> = [8080, 8081].iter().map(|p| Backend::start(&format!("{}:{p}", w.node_ip), true)).collect();
+    let local = free_port();
+    let forward = PortForward::start(&w, "svc/kolide-fleet-fleet", &format!("{local}:443"));
+    for _ in 0..3 {
+        let answer = http_get(&format!("127.0.0.1:{local}")).expect("through the forward");
+        assert!(fleet.iter().any(|b| b.addr.port().to_string() == answer), "{answer}");
+    }
+    drop(forward);
+}
+
+/// Bytes both ways, more than any window, and the client's half-close
+/// reaching the pod: it answers only once its input has ended.
+#[test]
+fn port_forward_carries_bulk_data_and_half_closes() {
+    let w = seed();
+    let sink = std::net::TcpListener::bind(format!("{}:0", w.node_ip)).expect("bind sink");
+    let port = sink.local_addr().expect("addr").port();
+    let counted = std::thread::spawn(move || {
+        let (mut conn, _) = sink.accept().expect("accept");
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).expect("read to the end");
+        conn.write_all(format!("{} bytes", received.len()).as_bytes()).expect("answer");
+    });
+    w.apply_text(&format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: sink\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{containerPort: {port}}}\n"));
+    let local = free_port();
+    let forward = PortForward::start(&w, "pod/sink", &format!("{local}:{port}"));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("timeout");
+    conn.write_all(&vec![7u8; 3 << 20]).expect("send 3 MiB");
+    conn.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("answer");
+    assert_eq!(answer, format!("{} bytes", 3 << 20));
+    counted.join().expect("sink");
+    drop(forward);
+}
+
+#[test]
+fn port_forward_to_a_closed_port_reports_the_refusal() {
+    let w = seed();
+    let closed = free_port();
+    w.apply_text(&format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: closed\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{containerPort: {closed}}}\n"));
+    let local = free_port();
+    let forward = PortForward::start(&w, "pod/closed", &format!("{local}:{closed}"));
+    assert!(http_get(&format!("127.0.0.1:{local}")).is_err(), "nothing listens behind it");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let err = forward.stop();
+    assert!(err.contains("refused"), "{err}");
 }
