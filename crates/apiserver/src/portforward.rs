@@ -138,11 +138,14 @@ impl Session {
         let request_id = header("requestid").to_string();
         let port = header("port").parse::<u16>().ok().filter(|p| *p > 0);
         while self.connections.try_join_next().is_some() {}
+        // A connection whose pod side ended is gone even if the client never
+        // closed its stream.
+        self.data_streams.retain(|_, tx| !tx.is_closed());
         match (header("streamtype"), port) {
             ("error", Some(_)) if self.error_streams.len() < MAX_CONNECTIONS => {
                 self.error_streams.insert(request_id, stream);
             }
-            ("data", Some(port)) if self.connections.len() < MAX_CONNECTIONS => {
+            ("data", Some(port)) if self.connections.len().max(self.data_streams.len()) < MAX_CONNECTIONS => {
                 let error_stream = self.error_streams.remove(&request_id);
                 let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
                 self.data_streams.insert(stream, tx);
