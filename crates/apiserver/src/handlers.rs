@@ -28,6 +28,11 @@ use crate::App;
 
 type Query = HashMap<String, String>;
 
+/// A boolean parameter; absent is false, anything Go would not parse is 400.
+fn query_flag(q: &Query, name: &str) -> ApiResult<bool> {
+    q.get(name).map_or(Ok(false), |v| request::parse_bool(v).ok_or_else(|| ApiError::BadRequest(format!("{name}: invalid boolean {v:?}"))))
+}
+
 /// Whether the client asked for server-side printing.
 fn wants_table(headers: &HeaderMap) -> bool {
     header_str(headers, header::ACCEPT).contains("as=Table")
@@ -79,9 +84,7 @@ async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: 
             }
             Ok(ok(obj))
         }
-        (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(app, &target, &q, wants_table(headers)).await
-        }
+        (&Method::GET, None) if query_flag(&q, "watch")? => watch(app, &target, &q, wants_table(headers)).await,
         (&Method::GET, None) => {
             let filter = filter(kind, &q)?;
             let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
@@ -232,7 +235,7 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
     let opts = write_options(q)?;
     let sub = WriteTarget::from_subresource(target.subresource.as_deref());
     let manager = q.get("fieldManager").map_or("unknown", String::as_str);
-    let force = q.get("force").is_some_and(|f| f == "true");
+    let force = query_flag(q, "force")?;
     let result = registry
         .update_with(target.kind, &ns, name, sub, &opts, |current| match format {
             PatchKind::Apply => ssa::server_side_apply(target.kind, current, &patch_doc, manager, force),

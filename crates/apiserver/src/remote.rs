@@ -133,7 +133,7 @@ fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn flag(pairs: &[(String, String)], key: &str) -> bool {
-    pairs.iter().any(|(k, v)| k == key && matches!(v.as_str(), "true" | "1"))
+    pairs.iter().any(|(k, v)| k == key && crate::request::parse_bool(v) == Some(true))
 }
 
 /// The node a pod is bound to.

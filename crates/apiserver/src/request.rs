@@ -58,6 +58,16 @@ pub fn parse(path: &str) -> ApiResult<Target> {
     Ok(target)
 }
 
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it (the
+/// Python client sends `watch=True`): `None` when it is none of them.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +104,17 @@ mod tests {
         ] {
             assert!(parse(p).is_err(), "{p}");
         }
+    }
+
+    #[test]
+    fn booleans_parse_as_go_parses_them() {
+        for yes in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert_eq!(parse_bool(yes), Some(true), "{yes}");
+        }
+        for no in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(parse_bool(no), Some(false), "{no}");
+        }
+        assert_eq!(parse_bool("yes"), None);
+        assert_eq!(parse_bool("tRUE"), None);
     }
 }
