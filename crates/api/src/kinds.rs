@@ -136,8 +136,61 @@ pub const ENDPOINT_SLICE: KindInfo = KindInfo {
     has_status: false,
 };
 
+pub const CONFIG_MAP: KindInfo = KindInfo {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    list_kind: "ConfigMapList",
+    resource: "configmaps",
+    singular: "configmap",
+    namespaced: true,
+    short_names: &["cm"],
+    categories: &[],
+    has_status: false,
+};
+
+pub const SECRET: KindInfo = KindInfo {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    list_kind: "SecretList",
+    resource: "secrets",
+    singular: "secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
+pub const SERVICE_ACCOUNT: KindInfo = KindInfo {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    list_kind: "ServiceAccountList",
+    resource: "serviceaccounts",
+    singular: "serviceaccount",
+    namespaced: true,
+    short_names: &["sa"],
+    categories: &[],
+    has_status: false,
+};
+
+pub const LEASE: KindInfo = KindInfo {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    list_kind: "LeaseList",
+    resource: "leases",
+    singular: "lease",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
 /// Every served resource, core group first.
-pub const ALL: &[&KindInfo] = &[&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &ENDPOINT_SLICE];
+pub const ALL: &[&KindInfo] =
+    &[&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &CONFIG_MAP, &SECRET, &SERVICE_ACCOUNT, &ENDPOINT_SLICE, &LEASE];
 
 /// The served group/version pairs, in discovery order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {

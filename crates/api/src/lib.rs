@@ -3,6 +3,7 @@
 //! label and field selectors.
 
 pub mod cluster;
+pub mod config;
 pub mod endpoints;
 pub mod field;
 pub mod kinds;

@@ -169,10 +169,12 @@ mod tests {
         let core = aggregated(true);
         let names: Vec<&str> =
             core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().map(|r| r["resource"].as_str().unwrap()).collect();
-        assert_eq!(names, ["namespaces", "services", "pods", "endpoints", "nodes", "events"]);
+        assert_eq!(names, ["namespaces", "services", "pods", "endpoints", "nodes", "events", "configmaps", "secrets", "serviceaccounts"]);
         let groups = aggregated(false);
         assert_eq!(groups["items"][0]["metadata"]["name"], "discovery.k8s.io");
         assert_eq!(groups["items"][0]["versions"][0]["resources"][0]["resource"], "endpointslices");
+        assert_eq!(groups["items"][1]["metadata"]["name"], "coordination.k8s.io");
+        assert_eq!(groups["items"][1]["versions"][0]["resources"][0]["resource"], "leases");
     }
 
     #[test]

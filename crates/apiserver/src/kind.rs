@@ -7,7 +7,8 @@
 //! the registry gives it. A resource that is not here is not served: there
 //! is no default kind.
 
-use k8s_openapi::api::core::v1::{Endpoints, Event, Namespace, Node, Pod, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use wharf_api::kinds::{self, KindInfo};
 
@@ -154,15 +155,7 @@ pub static POD: Kind = Kind {
     lifecycle: Lifecycle::Pod,
 };
 
-pub static ENDPOINTS: Kind = Kind {
-    info: &kinds::ENDPOINTS,
-    codec: &Typed::<Endpoints>::new(),
-    printer: &table::ENDPOINTS,
-    selectable_fields: &[],
-    lists: &[],
-    status_reset_on_create: false,
-    lifecycle: Lifecycle::Plain,
-};
+pub static ENDPOINTS: Kind = plain(&kinds::ENDPOINTS, &Typed::<Endpoints>::new(), &table::ENDPOINTS);
 
 pub static NODE: Kind = Kind {
     info: &kinds::NODE,
@@ -196,18 +189,24 @@ pub static EVENT: Kind = Kind {
     lifecycle: Lifecycle::Plain,
 };
 
-pub static ENDPOINT_SLICE: Kind = Kind {
-    info: &kinds::ENDPOINT_SLICE,
-    codec: &Typed::<EndpointSlice>::new(),
-    printer: &table::ENDPOINT_SLICE,
-    selectable_fields: &[],
-    lists: &[],
-    status_reset_on_create: false,
-    lifecycle: Lifecycle::Plain,
+pub static ENDPOINT_SLICE: Kind = plain(&kinds::ENDPOINT_SLICE, &Typed::<EndpointSlice>::new(), &table::ENDPOINT_SLICE);
+
+/// A kind with nothing beyond storage, validation and its printer.
+const fn plain(info: &'static KindInfo, codec: &'static dyn Codec, printer: &'static Printer) -> Kind {
+    Kind { info, codec, printer, selectable_fields: &[], lists: &[], status_reset_on_create: false, lifecycle: Lifecycle::Plain }
+}
+
+pub static CONFIG_MAP: Kind = plain(&kinds::CONFIG_MAP, &Typed::<ConfigMap>::new(), &table::CONFIG_MAP);
+pub static SECRET: Kind = Kind { selectable_fields: &["type"], ..plain(&kinds::SECRET, &Typed::<Secret>::new(), &table::SECRET) };
+pub static SERVICE_ACCOUNT: Kind = Kind {
+    lists: &[by("secrets", "name"), by("imagePullSecrets", "name")],
+    ..plain(&kinds::SERVICE_ACCOUNT, &Typed::<ServiceAccount>::new(), &table::SERVICE_ACCOUNT)
 };
+pub static LEASE: Kind = plain(&kinds::LEASE, &Typed::<Lease>::new(), &table::LEASE);
 
 /// Every served kind, in discovery order.
-pub static ALL: [&Kind; 7] = [&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &ENDPOINT_SLICE];
+pub static ALL: [&Kind; 11] =
+    [&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &CONFIG_MAP, &SECRET, &SERVICE_ACCOUNT, &ENDPOINT_SLICE, &LEASE];
 
 /// The kind served at a group, version and plural resource name.
 pub fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static Kind> {

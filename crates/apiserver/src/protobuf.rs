@@ -1,5 +1,6 @@
-//! The protobuf request bodies that `kubectl create namespace` and
-//! `kubectl create service` send (they have no JSON fallback): the
+//! The protobuf request bodies that `kubectl create namespace`, `service`,
+//! `configmap`, `secret` and `serviceaccount` send (they have no JSON
+//! fallback): the
 //! `k8s\0` magic, then a `runtime.Unknown` envelope around the object.
 //! Only the fields those commands set are decoded; the result is the same
 //! JSON object a `-f` manifest would give.
@@ -50,6 +51,29 @@ struct Envelope {
     metadata: Option<ObjectMeta>,
     #[prost(bytes = "vec", optional, tag = "2")]
     spec: Option<Vec<u8>>,
+}
+
+/// ConfigMap and Secret: their data maps (`generated.proto` numbers).
+#[derive(Clone, PartialEq, Message)]
+struct ConfigMap {
+    #[prost(btree_map = "string, string", tag = "2")]
+    data: BTreeMap<String, String>,
+    #[prost(btree_map = "string, bytes", tag = "3")]
+    binary_data: BTreeMap<String, Vec<u8>>,
+    #[prost(bool, optional, tag = "4")]
+    immutable: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Secret {
+    #[prost(btree_map = "string, bytes", tag = "2")]
+    data: BTreeMap<String, Vec<u8>>,
+    #[prost(string, optional, tag = "3")]
+    type_: Option<String>,
+    #[prost(btree_map = "string, string", tag = "4")]
+    string_data: BTreeMap<String, String>,
+    #[prost(bool, optional, tag = "5")]
+    immutable: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -160,17 +184,40 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
     let type_meta = unknown.type_meta.unwrap_or_default();
     let kind = type_meta.kind.unwrap_or_default();
     let api_version = type_meta.api_version.unwrap_or_default();
-    let envelope = Envelope::decode(unknown.raw.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
+    let raw = unknown.raw.unwrap_or_default();
+    let envelope = Envelope::decode(raw.as_slice()).map_err(|e| bad(&e.to_string()))?;
     let mut obj = json!({"apiVersion": api_version, "kind": kind, "metadata": metadata(&envelope.metadata.unwrap_or_default())});
+    let base64 = |bytes: &Vec<u8>| json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes));
     match kind.as_str() {
-        "Namespace" => {}
+        "Namespace" | "ServiceAccount" => {}
         "Service" => {
             let spec = ServiceSpec::decode(envelope.spec.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
             obj["spec"] = service_spec(&spec);
         }
+        "ConfigMap" => {
+            let cm = ConfigMap::decode(raw.as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["data"] = json!(cm.data);
+            if !cm.binary_data.is_empty() {
+                obj["binaryData"] = cm.binary_data.iter().map(|(k, v)| (k.clone(), base64(v))).collect();
+            }
+            if let Some(immutable) = cm.immutable {
+                obj["immutable"] = json!(immutable);
+            }
+        }
+        "Secret" => {
+            let secret = Secret::decode(raw.as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["data"] = secret.data.iter().map(|(k, v)| (k.clone(), base64(v))).collect();
+            if !secret.string_data.is_empty() {
+                obj["stringData"] = json!(secret.string_data);
+            }
+            set(obj.as_object_mut().ok_or_else(|| bad("not an object"))?, "type", secret.type_.as_deref());
+            if let Some(immutable) = secret.immutable {
+                obj["immutable"] = json!(immutable);
+            }
+        }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "protobuf bodies are accepted for Namespace and Service only, not {other:?}; send JSON"
+                "protobuf bodies are accepted for Namespace, Service, ConfigMap, Secret and ServiceAccount only, not {other:?}; send JSON"
             )))
         }
     }
@@ -216,5 +263,22 @@ mod tests {
         assert_eq!(v["spec"]["selector"]["app"], "web");
         assert!(decode(b"nope").is_err());
         assert!(decode(&envelope("Pod", Vec::new())).is_err());
+    }
+
+    #[test]
+    fn secret_and_config_map_data() {
+        let meta = ObjectMeta { name: Some("db".into()), ..Default::default() };
+        let mut raw = Envelope { metadata: Some(meta), spec: None }.encode_to_vec();
+        raw.extend(
+            Secret { data: [("password".into(), b"hunter2".to_vec())].into(), type_: Some("Opaque".into()), ..Default::default() }
+                .encode_to_vec(),
+        );
+        let v = decode(&envelope("Secret", raw)).unwrap();
+        assert_eq!(v["metadata"]["name"], "db");
+        assert_eq!(v["data"]["password"], "aHVudGVyMg==");
+        assert_eq!(v["type"], "Opaque");
+        let raw = ConfigMap { data: [("a".into(), "1".into()), ("b".into(), "2".into())].into(), ..Default::default() }.encode_to_vec();
+        let v = decode(&envelope("ConfigMap", raw)).unwrap();
+        assert_eq!(v["data"], json!({"a": "1", "b": "2"}));
     }
 }

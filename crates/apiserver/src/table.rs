@@ -45,6 +45,10 @@ const NODE_COLUMNS: &[Column] = &[
     wide("Kernel-Version"),
     wide("Container-Runtime"),
 ];
+const CONFIG_MAP_COLUMNS: &[Column] = &[col("Name"), col("Data"), col("Age")];
+const SECRET_COLUMNS: &[Column] = &[col("Name"), col("Type"), col("Data"), col("Age")];
+const SERVICE_ACCOUNT_COLUMNS: &[Column] = &[col("Name"), col("Secrets"), col("Age")];
+const LEASE_COLUMNS: &[Column] = &[col("Name"), col("Holder"), col("Age")];
 const EVENT_COLUMNS: &[Column] = &[col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Message")];
 /// How `kubectl get` prints a kind: its columns, and a row's cells.
 pub struct Printer {
@@ -59,6 +63,18 @@ pub const ENDPOINT_SLICE: Printer = Printer { columns: ENDPOINT_SLICE_COLUMNS, c
 pub const NAMESPACE: Printer = Printer { columns: NAMESPACE_COLUMNS, cells: |o, now| named(o, now, namespace_cells(o)) };
 pub const NODE: Printer = Printer { columns: NODE_COLUMNS, cells: |o, now| named(o, now, node_cells(o)) };
 pub const EVENT: Printer = Printer { columns: EVENT_COLUMNS, cells: event_cells };
+pub const CONFIG_MAP: Printer = Printer {
+    columns: CONFIG_MAP_COLUMNS,
+    cells: |o, now| named(o, now, vec![json!(entries(&o["data"]) + entries(&o["binaryData"])), Value::Null]),
+};
+pub const SECRET: Printer =
+    Printer { columns: SECRET_COLUMNS, cells: |o, now| named(o, now, vec![o["type"].clone(), json!(entries(&o["data"])), Value::Null]) };
+pub const SERVICE_ACCOUNT: Printer = Printer {
+    columns: SERVICE_ACCOUNT_COLUMNS,
+    cells: |o, now| named(o, now, vec![json!(o["secrets"].as_array().map_or(0, Vec::len)), Value::Null]),
+};
+pub const LEASE: Printer =
+    Printer { columns: LEASE_COLUMNS, cells: |o, now| named(o, now, vec![json!(str_or(&o["spec"]["holderIdentity"], "")), Value::Null]) };
 
 fn column_definitions(printer: &Printer) -> Vec<Value> {
     printer
@@ -323,6 +339,11 @@ fn event_cells(obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
 }
 
 /// A row: the name, then `rest`, where `Value::Null` marks the Age column.
+/// How many keys a data map holds.
+fn entries(map: &Value) -> usize {
+    map.as_object().map_or(0, serde_json::Map::len)
+}
+
 fn named(obj: &Value, now: jiff::Timestamp, rest: Vec<Value>) -> Vec<Value> {
     let age_cell = json!(age(&obj["metadata"]["creationTimestamp"], now));
     let rest = rest.into_iter().map(|c| if c.is_null() { age_cell.clone() } else { c });

@@ -352,3 +352,43 @@ fn server_side_apply_keeps_one_port_number_on_two_protocols() {
         assert_eq!(ports.trim(), "53/UDP 53/TCP");
     }
 }
+
+/// What every chart and client-go controller carries: ConfigMaps and
+/// Secrets from `kubectl create`, ServiceAccounts, and Leases.
+#[test]
+fn config_maps_secrets_service_accounts_and_leases() {
+    let w = Wharf::start(&[]);
+    w.kubectl_ok(&["create", "configmap", "app", "--from-literal=a=1", "--from-literal=b=2"]);
+    w.kubectl_ok(&["create", "secret", "generic", "db", "--from-literal=password=hunter2"]);
+    w.kubectl_ok(&["create", "serviceaccount", "builder"]);
+    let got = w.kubectl_ok(&["get", "configmap,secret,serviceaccount", "--no-headers"]);
+    let rows: Vec<Vec<&str>> = got.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert!(rows.iter().any(|r| r[..2] == ["configmap/app", "2"]), "{got}");
+    assert!(rows.iter().any(|r| r[..3] == ["secret/db", "Opaque", "1"]), "{got}");
+    assert!(rows.iter().any(|r| r[..2] == ["serviceaccount/builder", "0"]), "{got}");
+    assert_eq!(w.kubectl_ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]), "aHVudGVyMg==");
+
+    // stringData is written into data and not stored.
+    let out = w.apply_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\nstringData:\n  token: s3cret\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = w.kubectl_ok(&["get", "secret", "token", "-o", "json"]);
+    let stored: serde_json::Value = serde_json::from_str(&stored).expect("json");
+    assert_eq!(stored["data"]["token"], "czNjcmV0");
+    assert!(stored.get("stringData").is_none(), "{stored}");
+
+    // Immutable data stays; a bad key is refused naming it.
+    w.kubectl_ok(&["patch", "configmap", "app", "-p", r#"{"immutable":true}"#]);
+    let err = w.kubectl_err(&["patch", "configmap", "app", "-p", r#"{"data":{"a":"9"}}"#]);
+    assert!(err.contains("field is immutable when `immutable` is set"), "{err}");
+    assert_eq!(w.kubectl_ok(&["get", "configmap", "app", "-o", "jsonpath={.data.a}"]), "1");
+    let out = w.apply_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndata:\n  x/y: \"1\"\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data[x/y]"), "{err}");
+
+    let out = w.apply_text("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: my-lock\nspec:\n  holderIdentity: me\n  leaseDurationSeconds: 15\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = w.kubectl_ok(&["get", "lease", "my-lock", "--no-headers"]);
+    assert_eq!(got.split_whitespace().take(2).collect::<Vec<_>>(), ["my-lock", "me"], "{got}");
+    let out = w.apply_text("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: bad\nspec:\n  leaseDurationSeconds: 0\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.leaseDurationSeconds"), "{}", String::from_utf8_lossy(&out.stderr));
+}
