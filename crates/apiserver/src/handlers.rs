@@ -20,7 +20,7 @@ use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::kind::Kind;
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
-use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WriteOptions, WriteTarget};
+use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WatchStart, WriteOptions, WriteTarget};
 use crate::request::{self, Target};
 use crate::ssa;
 use crate::table::{self, IncludeObject, Printer};
@@ -258,7 +258,8 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
 
 /// One line of a watch stream: `{"type":..,"object":..}\n`.
 fn watch_line(event: &WatchEvent, printer: &Printer, as_table: bool, first: bool) -> Bytes {
-    let object = if as_table {
+    // A bookmark carries only a resourceVersion, even in a Table watch.
+    let object = if as_table && event.kind != "BOOKMARK" {
         let rv = object::resource_version(&event.object).to_string();
         table::table(printer, std::slice::from_ref(&event.object), &rv, IncludeObject::Metadata, first)
     } else {
@@ -275,6 +276,36 @@ fn error_line(e: &ApiError) -> Bytes {
     Bytes::from(line)
 }
 
+/// Where a watch starts, from `resourceVersion` and, for a streaming list,
+/// `sendInitialEvents` (which kube-apiserver allows only with
+/// `resourceVersionMatch=NotOlderThan` and bookmarks).
+fn watch_start(q: &Query) -> ApiResult<WatchStart> {
+    let since = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?),
+    };
+    if !query_flag(q, "sendInitialEvents")? {
+        return Ok(since.map_or(WatchStart::Current { end_bookmark: false }, WatchStart::After));
+    }
+    let invalid = |field: &str, detail: &str| ApiError::Invalid {
+        kind: "ListOptions",
+        group: "meta.k8s.io",
+        name: String::new(),
+        causes: vec![wharf_api::field::FieldError::forbidden(field, detail)],
+    };
+    if q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+        return Err(invalid(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
+        ));
+    }
+    if !query_flag(q, "allowWatchBookmarks")? {
+        return Err(invalid("allowWatchBookmarks", "allowWatchBookmarks must be set to true when sendInitialEvents is true"));
+    }
+    // The current state is never older than any revision the client names.
+    Ok(WatchStart::Current { end_bookmark: true })
+}
+
 /// Kubernetes keeps a watch without `timeoutSeconds` open for 30 to 60 minutes.
 const DEFAULT_WATCH_SECONDS: u64 = 1800;
 
@@ -286,12 +317,9 @@ async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResu
     if let Some(name) = &target.name {
         filter.fields.0.push(wharf_api::selector::FieldRequirement { field: "metadata.name".into(), value: name.clone(), equal: true });
     }
-    let since = match q.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?),
-    };
+    let start = watch_start(q)?;
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_WATCH_SECONDS);
-    let lines = match registry.watch(kind, target.namespace.as_deref(), filter, since).await {
+    let lines = match registry.watch(kind, target.namespace.as_deref(), filter, start).await {
         Ok(events) => {
             // Columns go with the first event only; an error event ends the stream.
             events

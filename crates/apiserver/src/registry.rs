@@ -76,6 +76,26 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchStart {
+    /// The changes after this revision.
+    After(Revision),
+    /// The objects as they are now, then their changes;
+    /// `end_bookmark` marks the end of the initial events
+    /// (`sendInitialEvents=true`).
+    Current { end_bookmark: bool },
+}
+
+/// The bookmark that ends a streaming list's initial events.
+fn initial_events_end(info: &KindInfo, rv: Revision) -> Value {
+    serde_json::json!({
+        "kind": info.kind,
+        "apiVersion": info.api_version(),
+        "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}},
+    })
+}
+
 /// What an update may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteTarget {
@@ -563,19 +583,27 @@ impl Registry {
 
     /// Events after `since` (or, without it, the current objects as ADDED
     /// followed by every later change), filtered like a list.
+    /// Changes from `start`: after a revision; or the current objects as
+    /// ADDED first (a watch from "now"); or, for a streaming list, those and
+    /// then a BOOKMARK marking the end of the initial events.
     pub async fn watch(
         &self,
         kind: &'static Kind,
         namespace: Option<&str>,
         filter: Filter,
-        since: Option<Revision>,
+        start: WatchStart,
     ) -> ApiResult<BoxStream<'static, ApiResult<WatchEvent>>> {
         let prefix = list_prefix(kind.info, namespace);
-        let (initial, from) = match since {
-            Some(rv) => (Vec::new(), rv),
-            None => {
+        let (initial, from) = match start {
+            WatchStart::After(rv) => (Vec::new(), rv),
+            WatchStart::Current { end_bookmark } => {
                 let (items, rv) = self.list(kind, namespace, &filter).await?;
-                (items.into_iter().map(|object| Ok(WatchEvent { kind: "ADDED", object })).collect(), rv)
+                let mut events: Vec<ApiResult<WatchEvent>> =
+                    items.into_iter().map(|object| Ok(WatchEvent { kind: "ADDED", object })).collect();
+                if end_bookmark {
+                    events.push(Ok(WatchEvent { kind: "BOOKMARK", object: initial_events_end(kind.info, rv) }));
+                }
+                (events, rv)
             }
         };
         let live = self.store.watch(&prefix, from).await?;

@@ -1,5 +1,6 @@
 //! Third-party Kubernetes clients against a running wharf, each asserting
-//! what it saw: the official Python client (Debian `python3-kubernetes`).
+//! what it saw: the official Python client (Debian `python3-kubernetes`),
+//! and kube-rs listing by streaming watch as client-go 1.35 does.
 
 mod support;
 
@@ -25,4 +26,56 @@ fn the_python_client_crud_and_watch() {
     let events: Vec<(&str, &str)> =
         lines[3..].iter().map(|e| (e["event"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""))).collect();
     assert_eq!(events, [("ADDED", "py-svc"), ("MODIFIED", "py-svc"), ("DELETED", "py-svc")], "{stdout}");
+}
+
+/// `watcher::Config::streaming_lists()`: `sendInitialEvents=true`, the
+/// objects as ADDED, then the `k8s.io/initial-events-end` bookmark; a
+/// watcher that never saw it would never report InitDone.
+#[tokio::test]
+async fn kube_rs_streaming_lists_reach_init_done_then_follow_changes() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    use kube::runtime::watcher::{self, Event};
+
+    let w = Wharf::start(&[]);
+    let client = w.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    for name in ["one", "two"] {
+        let cm: ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}})).expect("configmap");
+        maps.create(&PostParams::default(), &cm).await.expect("create");
+    }
+    let mut events = watcher::watcher(maps.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    let within = std::time::Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(within, events.next()).await.expect("an event in time").expect("the stream goes on").expect("no error") {
+            Event::Init => {}
+            Event::InitApply(cm) => initial.push(cm.metadata.name.unwrap_or_default()),
+            Event::InitDone => break,
+            other => panic!("before InitDone: {other:?}"),
+        }
+    }
+    initial.sort();
+    assert_eq!(initial, ["one", "two"]);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "three"}})).expect("configmap");
+    maps.create(&PostParams::default(), &cm).await.expect("create");
+    match tokio::time::timeout(within, events.next()).await.expect("an event in time").expect("the stream goes on").expect("no error") {
+        Event::Apply(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("three")),
+        other => panic!("after InitDone: {other:?}"),
+    }
+}
+
+/// kube-apiserver's rules for a streaming list, and the same answers.
+#[test]
+fn a_streaming_list_needs_not_older_than_and_bookmarks() {
+    let w = Wharf::start(&[]);
+    let out = w.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&timeoutSeconds=2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("resourceVersionMatch"), "{err}");
 }
