@@ -87,12 +87,24 @@ async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: 
         (&Method::GET, None) if query_flag(&q, "watch")? => watch(app, &target, &q, wants_table(headers)).await,
         (&Method::GET, None) => {
             let filter = filter(kind, &q)?;
-            let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
-            let objects = stored.decode(&filter);
-            let body = if wants_table(headers) {
-                table::write_table(kind.printer, objects, &rv.to_string(), include_object(&q))?
+            let limit = match q.get("limit").map(|l| l.parse::<i64>()) {
+                None => 0,
+                Some(Ok(l)) => l.max(0) as usize,
+                Some(Err(_)) => return Err(ApiError::BadRequest("limit: not an integer".into())),
+            };
+            let token = q.get("continue").map(String::as_str).filter(|t| !t.is_empty());
+            let body = if limit > 0 || token.is_some() {
+                let page = registry.list_page(kind, target.namespace.as_deref(), &filter, limit, token).await?;
+                write_listing(
+                    kind,
+                    headers,
+                    &q,
+                    page.items.into_iter().map(Ok),
+                    list_metadata(page.revision, page.continue_token.as_deref()),
+                )?
             } else {
-                write_list(info, objects, rv)?
+                let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
+                write_listing(kind, headers, &q, stored.decode(&filter), list_metadata(rv, None))?
             };
             Ok(raw_json(body))
         }
@@ -155,12 +167,33 @@ fn raw_json(body: Vec<u8>) -> Response {
 }
 
 /// A `<Kind>List`, serialized while the items are decoded one by one.
-fn write_list(info: &KindInfo, items: impl Iterator<Item = ApiResult<Value>>, revision: u64) -> ApiResult<Vec<u8>> {
-    let head = format!(
-        r#"{{"kind":{},"apiVersion":{},"metadata":{{"resourceVersion":"{revision}"}},"items":["#,
-        json!(info.list_kind),
-        json!(info.api_version())
-    );
+/// A list's `metadata`: its revision and, when there is more, the token
+/// of the next page.
+fn list_metadata(revision: u64, continue_token: Option<&str>) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    metadata
+}
+
+/// A list, or the Table kubectl asks for, streamed from `items`.
+fn write_listing(
+    kind: &Kind,
+    headers: &HeaderMap,
+    q: &Query,
+    items: impl Iterator<Item = ApiResult<Value>>,
+    metadata: Value,
+) -> ApiResult<Vec<u8>> {
+    if wants_table(headers) {
+        table::write_table(kind.printer, items, metadata, include_object(q))
+    } else {
+        write_list(kind.info, items, metadata)
+    }
+}
+
+fn write_list(info: &KindInfo, items: impl Iterator<Item = ApiResult<Value>>, metadata: Value) -> ApiResult<Vec<u8>> {
+    let head = format!(r#"{{"kind":{},"apiVersion":{},"metadata":{metadata},"items":["#, json!(info.list_kind), json!(info.api_version()));
     let mut out = head.into_bytes();
     for (i, item) in items.enumerate() {
         if i > 0 {

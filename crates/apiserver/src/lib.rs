@@ -13,6 +13,7 @@ pub mod kind;
 pub mod limits;
 pub mod metrics;
 pub mod object;
+mod pager;
 pub mod patch;
 pub mod pki;
 mod portforward;

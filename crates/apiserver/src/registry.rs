@@ -51,6 +51,14 @@ impl Filter {
 /// Encoded objects as the store returned them.
 pub struct Stored(Vec<KeyValue>);
 
+/// One page of a list (`limit`/`continue`).
+pub struct Page {
+    pub items: Vec<Value>,
+    /// The revision of the listing every page of this list reads.
+    pub revision: Revision,
+    pub continue_token: Option<String>,
+}
+
 impl Stored {
     /// Decodes the objects one at a time, keeping those `filter` selects.
     pub fn decode<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
@@ -195,11 +203,12 @@ pub struct Registry {
     default_node: Option<Arc<str>>,
     /// Namespaces (by uid) whose finalizer is running: one at a time each.
     finalizing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pager: Arc<crate::pager::Pager>,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, allocator: Allocator) -> Self {
-        Self { store, allocator, default_node: None, finalizing: Arc::default() }
+        Self { store, allocator, default_node: None, finalizing: Arc::default(), pager: Arc::default() }
     }
 
     /// Binds pods created without `spec.nodeName` to `node`.
@@ -235,6 +244,47 @@ impl Registry {
         let info = kind.info;
         let (kvs, revision) = self.store.list(&list_prefix(info, namespace)).await?;
         Ok((Stored(kvs), revision))
+    }
+
+    /// At most `limit` objects `filter` selects (0: all), from a new
+    /// listing or the one `token` continues, and the token for the rest.
+    pub async fn list_page(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        filter: &Filter,
+        limit: usize,
+        token: Option<&str>,
+    ) -> ApiResult<Page> {
+        let prefix = list_prefix(kind.info, namespace);
+        let (listing, revision, kept, start) = match token {
+            Some(token) => {
+                let (listing, revision, id, start) = self.pager.resume(token, &prefix)?;
+                (listing, revision, Some(id), start)
+            }
+            None => {
+                let (kvs, revision) = self.store.list(&prefix).await?;
+                (Arc::new(kvs), revision, None, String::new())
+            }
+        };
+        let from = listing.partition_point(|kv| kv.key < start);
+        let mut items = Vec::new();
+        let mut next = None;
+        for (i, kv) in listing.iter().enumerate().skip(from) {
+            if limit > 0 && items.len() == limit {
+                next = Some(i);
+                break;
+            }
+            let object = decode_kv(kv)?;
+            if filter.matches(&object) {
+                items.push(object);
+            }
+        }
+        let continue_token = next.map(|i| {
+            let id = kept.unwrap_or_else(|| self.pager.keep(listing.clone(), revision));
+            crate::pager::encode(id, revision, &listing[i].key)
+        });
+        Ok(Page { items, revision, continue_token })
     }
 
     /// Fills `apiVersion` and `kind`, refusing a body of another kind.

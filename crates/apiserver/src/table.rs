@@ -393,14 +393,14 @@ pub fn table(printer: &Printer, objects: &[Value], resource_version: &str, inclu
 pub fn write_table<E>(
     printer: &Printer,
     objects: impl Iterator<Item = Result<Value, E>>,
-    resource_version: &str,
+    metadata: Value,
     include: IncludeObject,
 ) -> Result<Vec<u8>, E> {
     let now = jiff::Timestamp::now();
     let head = json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": resource_version},
+        "metadata": metadata,
         "columnDefinitions": column_definitions(printer),
     });
     let mut out = serde_json::to_vec(&head).unwrap_or_default();
@@ -462,7 +462,8 @@ mod tests {
     fn streamed_table_equals_built_table() {
         let objs = vec![json!({"metadata": {"name": "a"}}), json!({"metadata": {"name": "b"}})];
         let built = table(&NAMESPACE, &objs, "3", IncludeObject::Metadata, true);
-        let streamed = write_table::<()>(&NAMESPACE, objs.into_iter().map(Ok), "3", IncludeObject::Metadata).unwrap();
+        let streamed =
+            write_table::<()>(&NAMESPACE, objs.into_iter().map(Ok), json!({"resourceVersion": "3"}), IncludeObject::Metadata).unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&streamed).unwrap(), built);
     }
 

@@ -22,9 +22,13 @@ fn the_python_client_crud_and_watch() {
     assert!(lines[0]["created"].as_str().is_some_and(|ip| ip.starts_with("127.")), "{stdout}");
     assert_eq!(lines[1]["read"]["tier"], "db", "{stdout}");
     assert_eq!(lines[2]["listed"], serde_json::json!(["py-svc"]), "{stdout}");
+    // Two pages of one listing: page-c, created between them, is in neither.
+    assert_eq!(lines[3]["pages"], serde_json::json!([["page-a"], ["page-b"]]), "{stdout}");
+    assert_eq!(lines[3]["same_revision"], true, "{stdout}");
+    assert!(lines[3]["more"].is_null(), "the last page has no token: {stdout}");
     // `watch=True`, as this client sends it, is a watch: every change since the list.
     let events: Vec<(&str, &str)> =
-        lines[3..].iter().map(|e| (e["event"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""))).collect();
+        lines[4..].iter().map(|e| (e["event"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""))).collect();
     assert_eq!(events, [("ADDED", "py-svc"), ("MODIFIED", "py-svc"), ("DELETED", "py-svc")], "{stdout}");
 }
 

@@ -368,6 +368,15 @@ fn config_maps_secrets_service_accounts_and_leases() {
     assert!(rows.iter().any(|r| r[..2] == ["serviceaccount/builder", "0"]), "{got}");
     assert_eq!(w.kubectl_ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]), "aHVudGVyMg==");
 
+    // kubectl follows continue tokens page by page; a forged one is 400.
+    for name in ["app2", "app3"] {
+        w.kubectl_ok(&["create", "configmap", name]);
+    }
+    let paged = w.kubectl_ok(&["get", "configmaps", "--chunk-size=1", "--no-headers", "-o", "name"]);
+    assert_eq!(paged.lines().collect::<Vec<_>>(), ["configmap/app", "configmap/app2", "configmap/app3"]);
+    let err = w.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?limit=1&continue=bm90LWEtdG9rZW4"]);
+    assert!(err.contains("continue key is not valid"), "{err}");
+
     // stringData is written into data and not stored.
     let out = w.apply_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\nstringData:\n  token: s3cret\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

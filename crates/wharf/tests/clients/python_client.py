@@ -22,6 +22,16 @@ listed = v1.list_namespaced_service("default", label_selector="app=py")
 print(json.dumps({"listed": [s.metadata.name for s in listed.items]}))
 v1.delete_namespaced_service("py-svc", "default")
 
+# Pages: limit=1, then the continue token, one consistent listing.
+for name in ["page-a", "page-b"]:
+    v1.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"app": "pages"})))
+first = v1.list_namespaced_config_map("default", label_selector="app=pages", limit=1)
+v1.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="page-c", labels={"app": "pages"})))
+rest = v1.list_namespaced_config_map("default", label_selector="app=pages", _continue=first.metadata._continue)
+print(json.dumps({"pages": [[c.metadata.name for c in first.items], [c.metadata.name for c in rest.items]],
+                  "same_revision": first.metadata.resource_version == rest.metadata.resource_version,
+                  "more": rest.metadata._continue}))
+
 w = watch.Watch()
 for event in w.stream(v1.list_namespaced_service, "default", label_selector="app=py", resource_version=rv, timeout_seconds=20):
     print(json.dumps({"event": event["type"], "name": event["object"].metadata.name}), flush=True)
