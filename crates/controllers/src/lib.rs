@@ -5,8 +5,10 @@
 
 pub mod endpointslice;
 pub mod loadbalancer;
+pub mod mirroring;
 pub mod nodelifecycle;
 
 pub use endpointslice::EndpointSliceController;
 pub use loadbalancer::LoadBalancerController;
+pub use mirroring::MirroringController;
 pub use nodelifecycle::NodeLifecycleController;

@@ -78,6 +78,14 @@ pub enum Change<K> {
 }
 
 impl<K: Resource> Change<K> {
+    /// The object as it is now, or as it was last when deleted.
+    pub fn object(&self) -> &K {
+        match self {
+            Change::Applied { new, .. } => new,
+            Change::Deleted(old) => old,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         match self {
             Change::Applied { new, .. } => ObjectKey::of(new.as_ref()),

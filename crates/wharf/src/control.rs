@@ -100,9 +100,10 @@ pub async fn start(
 pub async fn controllers(client: kube::Client, args: ServerArgs, metrics: ControllerMetrics, token: CancellationToken) {
     let endpointslices = wharf_controllers::EndpointSliceController::new(client.clone(), metrics.handles("endpointslice"));
     let lb = Arc::new(wharf_controllers::LoadBalancerController::new(client.clone(), args.lb_pool, metrics.handles("loadbalancer")));
+    let mirroring = Arc::new(wharf_controllers::MirroringController::new(client.clone(), metrics.handles("mirroring")));
     let nodes =
         Arc::new(wharf_controllers::NodeLifecycleController::new(client, args.node_monitor_grace_period, metrics.handles("nodelifecycle")));
-    tokio::join!(endpointslices.run(token.clone()), lb.run(token.clone()), nodes.run(token));
+    tokio::join!(endpointslices.run(token.clone()), lb.run(token.clone()), mirroring.run(token.clone()), nodes.run(token));
 }
 
 /// Runs the controllers only while `leading` says this server leads; a

@@ -211,3 +211,40 @@ fn env_prints_the_kubelet_variables() {
     let other = String::from_utf8(other.stdout).unwrap();
     assert!(!other.is_empty() && other.lines().all(|l| l.starts_with("KUBERNETES_")), "{other}");
 }
+
+/// The classic way to name an outside database: a Service without a
+/// selector and Endpoints written by hand. They are mirrored into
+/// EndpointSlices, so the proxy carries traffic to them, and the mirror
+/// follows the Endpoints away.
+#[test]
+fn hand_written_endpoints_of_a_selectorless_service_are_mirrored() {
+    let w = Wharf::start(&[]);
+    let db = Backend::start("127.0.0.1:0", true);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: external-db\nspec:\n  ports:\n  - {{name: sql, port: 80, targetPort: {port}}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: external-db\nsubsets:\n- addresses: [{{ip: 127.0.0.1}}]\n  ports:\n  - {{name: sql, port: {port}}}\n",
+        port = db.addr.port()
+    );
+    let out = w.apply_text(&manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip = w.kubectl_ok(&["get", "svc", "external-db", "-o", "jsonpath={.spec.clusterIP}"]);
+    let reached = support::eventually(Duration::from_secs(20), || support::http_get(&format!("{ip}:80")).ok());
+    assert_eq!(reached.as_deref(), Some(db.addr.port().to_string().as_str()), "through the cluster IP to the hand-written endpoint");
+    let managed = w.kubectl_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=external-db",
+        "-o",
+        "jsonpath={.items[*].metadata.labels.endpointslice\\.kubernetes\\.io/managed-by}",
+    ]);
+    assert_eq!(managed, "endpointslicemirroring-controller.k8s.io");
+
+    w.kubectl_ok(&["delete", "endpoints", "external-db"]);
+    let gone = support::eventually(Duration::from_secs(20), || {
+        w.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=external-db", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "the mirror outlived its Endpoints");
+}
