@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use wharf_api::kinds::KindInfo;
@@ -309,6 +310,57 @@ fn error_line(e: &ApiError) -> Bytes {
     Bytes::from(line)
 }
 
+/// The watch's lines: columns go with the first event only; an error
+/// event ends the stream.
+fn watch_lines(events: BoxStream<'static, ApiResult<WatchEvent>>, printer: &'static Printer, as_table: bool) -> BoxStream<'static, Bytes> {
+    events
+        .scan((true, false), move |(first, failed), event| {
+            let line = match event {
+                _ if *failed => None,
+                Ok(event) => Some(watch_line(&event, printer, as_table, std::mem::take(first))),
+                Err(e) => {
+                    *failed = true;
+                    Some(error_line(&e))
+                }
+            };
+            futures::future::ready(line)
+        })
+        .boxed()
+}
+
+/// Adds a BOOKMARK every `interval` (when the client allows them) with the
+/// latest resourceVersion the watch has sent (or started from), so a quiet
+/// or filtered watch can resume from a recent revision.
+fn with_bookmarks(
+    events: BoxStream<'static, ApiResult<WatchEvent>>,
+    info: &'static KindInfo,
+    interval: Option<Duration>,
+    since: Option<String>,
+) -> BoxStream<'static, ApiResult<WatchEvent>> {
+    let Some(interval) = interval else { return events };
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
+    let merged = futures::stream::select(events.map(Some), ticks.map(|_| None));
+    merged
+        .scan(since, move |latest: &mut Option<String>, item| {
+            let out = match item {
+                Some(Ok(event)) => {
+                    *latest = Some(object::resource_version(&event.object).to_string());
+                    Some(Some(Ok(event)))
+                }
+                Some(Err(e)) => Some(Some(Err(e))),
+                // Nothing sent yet: nothing to bookmark.
+                None => Some(latest.as_deref().map(|rv| Ok(WatchEvent { kind: "BOOKMARK", object: bookmark(info, rv) }))),
+            };
+            futures::future::ready(out)
+        })
+        .filter_map(futures::future::ready)
+        .boxed()
+}
+
+fn bookmark(info: &KindInfo, rv: &str) -> Value {
+    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rv}})
+}
+
 /// Where a watch starts, from `resourceVersion` and, for a streaming list,
 /// `sendInitialEvents` (which kube-apiserver allows only with
 /// `resourceVersionMatch=NotOlderThan` and bookmarks).
@@ -352,23 +404,13 @@ async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResu
     }
     let start = watch_start(q)?;
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_WATCH_SECONDS);
+    let bookmarks = query_flag(q, "allowWatchBookmarks")?.then_some(app.bookmark_interval);
+    let since = match start {
+        WatchStart::After(rv) => Some(rv.to_string()),
+        WatchStart::Current { .. } => None,
+    };
     let lines = match registry.watch(kind, target.namespace.as_deref(), filter, start).await {
-        Ok(events) => {
-            // Columns go with the first event only; an error event ends the stream.
-            events
-                .scan((true, false), move |(first, failed), event| {
-                    let line = match event {
-                        _ if *failed => None,
-                        Ok(event) => Some(watch_line(&event, kind.printer, as_table, std::mem::take(first))),
-                        Err(e) => {
-                            *failed = true;
-                            Some(error_line(&e))
-                        }
-                    };
-                    futures::future::ready(line)
-                })
-                .boxed()
-        }
+        Ok(events) => watch_lines(with_bookmarks(events, kind.info, bookmarks, since), kind.printer, as_table),
         // A resource version that is too old ends the stream with an ERROR
         // event, as kube-apiserver answers it; reflectors then relist.
         Err(e @ ApiError::Gone(_)) => futures::stream::once(async move { error_line(&e) }).boxed(),

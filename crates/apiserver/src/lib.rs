@@ -45,4 +45,6 @@ pub struct App {
     pub metrics: ApiMetrics,
     /// Agents' tunnels, for exec and port-forward sessions.
     pub tunnels: std::sync::Arc<remote::Tunnels>,
+    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
+    pub bookmark_interval: std::time::Duration,
 }

@@ -150,6 +150,10 @@ pub struct ServerArgs {
     /// watch further behind gets 410 Gone and its client relists.
     #[arg(long, default_value_t = wharf_store::DEFAULT_WATCH_HISTORY)]
     pub watch_history: usize,
+    /// How often a watch that allows bookmarks gets a BOOKMARK with the
+    /// latest resourceVersion it has seen (kube-apiserver: about a minute).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub watch_bookmark_interval: Duration,
     /// Ranges a Service's `externalIPs` may use, comma separated. Empty
     /// (the default) refuses every external IP, as Kubernetes'
     /// DenyServiceExternalIPs advises: they let a service claim any

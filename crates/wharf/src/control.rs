@@ -76,6 +76,7 @@ pub async fn start(
         shutdown: life.token.clone(),
         metrics,
         tunnels: wharf_apiserver::remote::tunnels(),
+        bookmark_interval: args.watch_bookmark_interval,
     };
     let server =
         wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen, limits: api_limits(args) }, app, &creds)

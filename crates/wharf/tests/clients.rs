@@ -83,3 +83,29 @@ fn a_streaming_list_needs_not_older_than_and_bookmarks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("resourceVersionMatch"), "{err}");
 }
+
+/// `allowWatchBookmarks`: a quiet watch gets BOOKMARKs with its revision;
+/// one that did not ask gets none.
+#[test]
+fn quiet_watches_get_bookmarks_when_they_allow_them() {
+    let w = Wharf::start(&["--watch-bookmark-interval", "1s"]);
+    let rv = w.kubectl_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]);
+    let rv: serde_json::Value = serde_json::from_str(&rv).expect("a list");
+    let rv = rv["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string();
+    let watch = |extra: &str| {
+        w.kubectl_ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=3{extra}"),
+        ])
+    };
+    let lines: Vec<serde_json::Value> =
+        watch("&allowWatchBookmarks=true").lines().map(|l| serde_json::from_str(l).expect("an event")).collect();
+    assert!(!lines.is_empty(), "no bookmark in 3 s at a 1 s interval");
+    for line in &lines {
+        assert_eq!(line["type"], "BOOKMARK");
+        assert_eq!(line["object"]["metadata"]["resourceVersion"], rv.as_str());
+        assert_eq!(line["object"]["kind"], "ConfigMap");
+    }
+    assert_eq!(watch("").trim(), "", "bookmarks only for watches that allow them");
+}
