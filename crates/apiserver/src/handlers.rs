@@ -338,18 +338,25 @@ fn with_bookmarks(
     since: Option<String>,
 ) -> BoxStream<'static, ApiResult<WatchEvent>> {
     let Some(interval) = interval else { return events };
+    enum Item {
+        Event(ApiResult<WatchEvent>),
+        Tick,
+        /// The watch itself ended: so does the stream, ticks or not.
+        End,
+    }
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
-    let merged = futures::stream::select(events.map(Some), ticks.map(|_| None));
-    merged
+    let events = events.map(Item::Event).chain(futures::stream::once(futures::future::ready(Item::End)));
+    futures::stream::select(events, ticks.map(|_| Item::Tick))
         .scan(since, move |latest: &mut Option<String>, item| {
             let out = match item {
-                Some(Ok(event)) => {
+                Item::Event(Ok(event)) => {
                     *latest = Some(object::resource_version(&event.object).to_string());
                     Some(Some(Ok(event)))
                 }
-                Some(Err(e)) => Some(Some(Err(e))),
+                Item::Event(Err(e)) => Some(Some(Err(e))),
                 // Nothing sent yet: nothing to bookmark.
-                None => Some(latest.as_deref().map(|rv| Ok(WatchEvent { kind: "BOOKMARK", object: bookmark(info, rv) }))),
+                Item::Tick => Some(latest.as_deref().map(|rv| Ok(WatchEvent { kind: "BOOKMARK", object: bookmark(info, rv) }))),
+                Item::End => None,
             };
             futures::future::ready(out)
         })
