@@ -438,3 +438,29 @@ async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResu
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(rv: &str) -> ApiResult<WatchEvent> {
+        Ok(WatchEvent { kind: "ADDED", object: json!({"metadata": {"resourceVersion": rv}}) })
+    }
+
+    /// The ticks never end; the stream must end with the watch, or a client
+    /// cut off from the store would wait for events that never come.
+    #[tokio::test(start_paused = true)]
+    async fn bookmarks_carry_the_latest_revision_and_end_with_the_watch() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let stream = with_bookmarks(rx.boxed(), &wharf_api::kinds::CONFIG_MAP, Some(Duration::from_secs(1)), Some("5".into()));
+        futures::pin_mut!(stream);
+        let first = stream.next().await.and_then(Result::ok).expect("a bookmark");
+        assert_eq!((first.kind, &first.object["metadata"]["resourceVersion"]), ("BOOKMARK", &json!("5")));
+        tx.unbounded_send(event("7")).expect("send");
+        assert_eq!(stream.next().await.and_then(Result::ok).map(|e| e.kind), Some("ADDED"));
+        let next = stream.next().await.and_then(Result::ok).expect("a bookmark");
+        assert_eq!(next.object["metadata"]["resourceVersion"], "7");
+        drop(tx);
+        assert!(stream.next().await.is_none(), "the watch ended, so must the stream");
+    }
+}
