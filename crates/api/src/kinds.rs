@@ -40,9 +40,13 @@ impl KindInfo {
 
 const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
-/// The verbs every served resource supports.
-pub fn verbs() -> &'static [&'static str] {
-    ALL_VERBS
+/// The verbs a served resource supports: reviews are only created.
+pub fn verbs(k: &KindInfo) -> &'static [&'static str] {
+    if REVIEWS.contains(&k) {
+        &["create"]
+    } else {
+        ALL_VERBS
+    }
 }
 
 pub const NAMESPACE: KindInfo = KindInfo {
@@ -188,14 +192,112 @@ pub const LEASE: KindInfo = KindInfo {
     has_status: false,
 };
 
+pub const ROLE: KindInfo = KindInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "Role",
+    list_kind: "RoleList",
+    resource: "roles",
+    singular: "role",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
+pub const CLUSTER_ROLE: KindInfo = KindInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRole",
+    list_kind: "ClusterRoleList",
+    resource: "clusterroles",
+    singular: "clusterrole",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
+pub const ROLE_BINDING: KindInfo = KindInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "RoleBinding",
+    list_kind: "RoleBindingList",
+    resource: "rolebindings",
+    singular: "rolebinding",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
+pub const CLUSTER_ROLE_BINDING: KindInfo = KindInfo {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRoleBinding",
+    list_kind: "ClusterRoleBindingList",
+    resource: "clusterrolebindings",
+    singular: "clusterrolebinding",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    has_status: false,
+};
+
 /// Every served resource, core group first.
-pub const ALL: &[&KindInfo] =
-    &[&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &CONFIG_MAP, &SECRET, &SERVICE_ACCOUNT, &ENDPOINT_SLICE, &LEASE];
+pub const ALL: &[&KindInfo] = &[
+    &NAMESPACE,
+    &SERVICE,
+    &POD,
+    &ENDPOINTS,
+    &NODE,
+    &EVENT,
+    &CONFIG_MAP,
+    &SECRET,
+    &SERVICE_ACCOUNT,
+    &ENDPOINT_SLICE,
+    &LEASE,
+    &ROLE,
+    &CLUSTER_ROLE,
+    &ROLE_BINDING,
+    &CLUSTER_ROLE_BINDING,
+];
+
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    list_kind: &'static str,
+    resource: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> KindInfo {
+    KindInfo { group, version: "v1", kind, list_kind, resource, singular, namespaced, short_names: &[], categories: &[], has_status: false }
+}
+
+pub const SELF_SUBJECT_ACCESS_REVIEW: KindInfo =
+    review("authorization.k8s.io", "SelfSubjectAccessReview", "", "selfsubjectaccessreviews", "selfsubjectaccessreview", false);
+pub const SUBJECT_ACCESS_REVIEW: KindInfo =
+    review("authorization.k8s.io", "SubjectAccessReview", "", "subjectaccessreviews", "subjectaccessreview", false);
+pub const LOCAL_SUBJECT_ACCESS_REVIEW: KindInfo =
+    review("authorization.k8s.io", "LocalSubjectAccessReview", "", "localsubjectaccessreviews", "localsubjectaccessreview", true);
+pub const SELF_SUBJECT_RULES_REVIEW: KindInfo =
+    review("authorization.k8s.io", "SelfSubjectRulesReview", "", "selfsubjectrulesreviews", "selfsubjectrulesreview", false);
+pub const SELF_SUBJECT_REVIEW: KindInfo =
+    review("authentication.k8s.io", "SelfSubjectReview", "", "selfsubjectreviews", "selfsubjectreview", false);
+
+/// Resources that are only created, answered and never stored.
+pub const REVIEWS: &[&KindInfo] =
+    &[&SELF_SUBJECT_ACCESS_REVIEW, &SUBJECT_ACCESS_REVIEW, &LOCAL_SUBJECT_ACCESS_REVIEW, &SELF_SUBJECT_RULES_REVIEW, &SELF_SUBJECT_REVIEW];
+
+/// Everything discovery lists: the stored kinds, then the reviews.
+pub fn discoverable() -> impl Iterator<Item = &'static KindInfo> {
+    ALL.iter().chain(REVIEWS).copied()
+}
 
 /// The served group/version pairs, in discovery order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for k in ALL {
+    for k in discoverable() {
         if !out.contains(&(k.group, k.version)) {
             out.push((k.group, k.version));
         }

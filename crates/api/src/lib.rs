@@ -11,6 +11,7 @@ pub mod meta;
 pub mod names;
 pub mod object;
 pub mod pod;
+pub mod rbac;
 pub mod remote;
 pub mod selector;
 pub mod service;

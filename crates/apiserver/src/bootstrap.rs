@@ -1,6 +1,7 @@
 //! What exists from the start: the system namespaces, the `kubernetes`
 //! service (the API itself, at the first service IP) with its endpoints,
-//! and the cluster DNS service `kube-dns` at the tenth service IP.
+//! the cluster DNS service `kube-dns` at the tenth service IP, and the
+//! default RBAC roles and bindings.
 
 use std::net::SocketAddr;
 
@@ -35,9 +36,51 @@ async fn reconcile(registry: &Registry, kind: &Kind, namespace: &str, obj: Value
     }
 }
 
+/// Appends to `list` (a JSON array in `obj`) the defaults it lacks: as
+/// kube-apiserver reconciles its roles, additions made by hand are kept.
+fn with_defaults(current: &Value, default: &Value, list: &str) -> Value {
+    let mut desired = current.clone();
+    let mut items = current[list].as_array().cloned().unwrap_or_default();
+    for item in default[list].as_array().into_iter().flatten() {
+        if !items.contains(item) {
+            items.push(item.clone());
+        }
+    }
+    desired[list] = Value::Array(items);
+    desired
+}
+
+/// Creates each default role and binding, and puts back what is missing
+/// from those whose `autoupdate` annotation is not "false".
+async fn default_rbac(registry: &Registry) -> ApiResult<()> {
+    let to_json = |v: serde_json::Result<Value>| v.map_err(|e| ApiError::Internal(e.to_string()));
+    let roles = wharf_auth::defaults::cluster_roles().into_iter().map(|r| (&kind::CLUSTER_ROLE, serde_json::to_value(r), "rules"));
+    let bindings = wharf_auth::defaults::cluster_role_bindings()
+        .into_iter()
+        .map(|b| (&kind::CLUSTER_ROLE_BINDING, serde_json::to_value(b), "subjects"));
+    for (kind, obj, list) in roles.chain(bindings) {
+        let obj = to_json(obj)?;
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        match registry.create(kind, "", obj.clone(), &WriteOptions::default()).await {
+            Ok(_) => continue,
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let update = |current: &Value| {
+            if current["metadata"]["annotations"][wharf_auth::defaults::AUTOUPDATE] == "false" {
+                return Ok(current.clone());
+            }
+            Ok(with_defaults(current, &obj, list))
+        };
+        registry.update_with(kind, "", &name, WriteTarget::Main, &WriteOptions::default(), update).await?;
+    }
+    Ok(())
+}
+
 /// Creates the built-in objects that are missing; `api_endpoint` is where
 /// clients reach the API server.
 pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResult<()> {
+    default_rbac(registry).await?;
     for ns in SYSTEM_NAMESPACES {
         ensure(registry, &kind::NAMESPACE, "", json!({"metadata": {"name": ns}})).await?;
     }

@@ -37,7 +37,7 @@ fn resource_discovery(k: &KindInfo) -> Value {
         "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
         "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
         "shortNames": k.short_names,
-        "verbs": kinds::verbs(),
+        "verbs": kinds::verbs(k),
     });
     if !k.categories.is_empty() {
         r["categories"] = json!(k.categories);
@@ -57,7 +57,7 @@ fn groups(core: bool) -> Vec<(&'static str, &'static str)> {
 }
 
 fn kinds_of<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static KindInfo> + 'a {
-    kinds::ALL.iter().copied().filter(move |k| k.group == group && k.version == version)
+    kinds::discoverable().filter(move |k| k.group == group && k.version == version)
 }
 
 /// `/api` (core) or `/apis` (named groups) in the aggregated form.
@@ -102,7 +102,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     for k in kinds_of(group, version) {
         resources.push(json!({
             "name": k.resource, "singularName": k.singular, "namespaced": k.namespaced, "kind": k.kind,
-            "verbs": kinds::verbs(), "shortNames": k.short_names, "categories": k.categories,
+            "verbs": kinds::verbs(k), "shortNames": k.short_names, "categories": k.categories,
         }));
         if k.has_status {
             resources.push(json!({

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
@@ -16,12 +16,14 @@ use serde_json::{json, Value};
 use wharf_api::kinds::KindInfo;
 use wharf_api::selector::{FieldSelector, LabelSelector};
 
+use crate::admission;
+use crate::authz::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::kind::Kind;
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
-use crate::registry::{check_field_selector, DeleteOptions, Filter, Registry, WatchEvent, WatchStart, WriteOptions, WriteTarget};
+use crate::registry::{check_field_selector, DeleteOptions, Filter, WatchEvent, WatchStart, WriteOptions, WriteTarget};
 use crate::request::{self, Target};
 use crate::ssa;
 use crate::table::{self, IncludeObject, Printer};
@@ -62,14 +64,26 @@ fn filter(kind: &Kind, q: &Query) -> ApiResult<Filter> {
     Ok(Filter { labels, fields })
 }
 
-pub async fn resource(State(app): State<App>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    match serve(&app, method, &uri, &headers, body).await {
+pub async fn resource(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match serve(&app, &caller, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
+/// The admission checks on an object about to be stored.
+fn admit(app: &App, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value) -> ApiResult<()> {
+    admission::admit(&app.auth.policy.read(), caller, kind, namespace, obj)
+}
+
+async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
     let registry = &app.registry;
     let target = request::parse(uri.path())?;
     let q: Query = uri.query().map(url_decode_pairs).unwrap_or_default();
@@ -111,6 +125,7 @@ async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: 
         }
         (&Method::POST, None) => {
             let obj = decode_body(headers, &body)?;
+            admit(app, caller, kind, &ns, &obj)?;
             let written = registry.create(kind, &ns, obj, &write_options(&q)?).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }
@@ -118,11 +133,14 @@ async fn serve(app: &App, method: Method, uri: &Uri, headers: &HeaderMap, body: 
             let obj = decode_body(headers, &body)?;
             let opts = write_options(&q)?;
             let written = registry
-                .update_with(kind, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| Ok(obj.clone()))
+                .update_with(kind, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| {
+                    admit(app, caller, kind, &ns, &obj)?;
+                    Ok(obj.clone())
+                })
                 .await?;
             Ok(with_warnings(ok(written.object), &written.warnings))
         }
-        (&Method::PATCH, Some(name)) => patch(registry, &target, name, headers, &body, &q).await,
+        (&Method::PATCH, Some(name)) => patch(app, caller, &target, name, headers, &body, &q).await,
         (&Method::DELETE, Some(name)) => {
             let opts = delete_options(&body, &q)?;
             let obj = registry.delete(kind, &ns, name, &opts).await?;
@@ -217,7 +235,7 @@ fn list(info: &KindInfo, items: Vec<Value>, revision: u64) -> Value {
 
 /// Reads a create or update body: JSON, YAML, or the protobuf envelope
 /// `kubectl create namespace` and `kubectl create service` send.
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+pub(crate) fn decode_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
     if content_type.starts_with("application/vnd.kubernetes.protobuf") {
         return crate::protobuf::decode(body);
@@ -262,7 +280,16 @@ fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
     })
 }
 
-async fn patch(registry: &Registry, target: &Target, name: &str, headers: &HeaderMap, body: &[u8], q: &Query) -> ApiResult<Response> {
+async fn patch(
+    app: &App,
+    caller: &Caller,
+    target: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    q: &Query,
+) -> ApiResult<Response> {
+    let registry = &app.registry;
     let format = PatchKind::from_content_type(header_str(headers, header::CONTENT_TYPE))?;
     let patch_doc = patch::parse_body(format, body)?;
     let ns = target.namespace.clone().unwrap_or_default();
@@ -271,9 +298,13 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
     let manager = q.get("fieldManager").map_or("unknown", String::as_str);
     let force = query_flag(q, "force")?;
     let result = registry
-        .update_with(target.kind, &ns, name, sub, &opts, |current| match format {
-            PatchKind::Apply => ssa::server_side_apply(target.kind, current, &patch_doc, manager, force),
-            _ => patch::apply(format, target.kind, current, &patch_doc),
+        .update_with(target.kind, &ns, name, sub, &opts, |current| {
+            let patched = match format {
+                PatchKind::Apply => ssa::server_side_apply(target.kind, current, &patch_doc, manager, force),
+                _ => patch::apply(format, target.kind, current, &patch_doc),
+            }?;
+            admit(app, caller, target.kind, &ns, &patched)?;
+            Ok(patched)
         })
         .await;
     match result {
@@ -283,6 +314,7 @@ async fn patch(registry: &Registry, target: &Target, name: &str, headers: &Heade
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
             ssa::record_apply(&mut obj, &ssa::field_set(target.kind, &patch_doc), manager, &patch_doc);
+            admit(app, caller, target.kind, &ns, &obj)?;
             let written = registry.create(target.kind, &ns, obj, &opts).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }

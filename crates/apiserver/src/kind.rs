@@ -10,6 +10,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use wharf_api::kinds::{self, KindInfo};
 
 use crate::object::{Codec, Typed};
@@ -204,9 +205,30 @@ pub static SERVICE_ACCOUNT: Kind = Kind {
 };
 pub static LEASE: Kind = plain(&kinds::LEASE, &Typed::<Lease>::new(), &table::LEASE);
 
+pub static ROLE: Kind = plain(&kinds::ROLE, &Typed::<Role>::new(), &table::ROLE);
+pub static CLUSTER_ROLE: Kind = plain(&kinds::CLUSTER_ROLE, &Typed::<ClusterRole>::new(), &table::ROLE);
+// Rules and subjects are atomic lists in the Kubernetes schema.
+pub static ROLE_BINDING: Kind = plain(&kinds::ROLE_BINDING, &Typed::<RoleBinding>::new(), &table::BINDING);
+pub static CLUSTER_ROLE_BINDING: Kind = plain(&kinds::CLUSTER_ROLE_BINDING, &Typed::<ClusterRoleBinding>::new(), &table::BINDING);
+
 /// Every served kind, in discovery order.
-pub static ALL: [&Kind; 11] =
-    [&NAMESPACE, &SERVICE, &POD, &ENDPOINTS, &NODE, &EVENT, &CONFIG_MAP, &SECRET, &SERVICE_ACCOUNT, &ENDPOINT_SLICE, &LEASE];
+pub static ALL: [&Kind; 15] = [
+    &NAMESPACE,
+    &SERVICE,
+    &POD,
+    &ENDPOINTS,
+    &NODE,
+    &EVENT,
+    &CONFIG_MAP,
+    &SECRET,
+    &SERVICE_ACCOUNT,
+    &ENDPOINT_SLICE,
+    &LEASE,
+    &ROLE,
+    &CLUSTER_ROLE,
+    &ROLE_BINDING,
+    &CLUSTER_ROLE_BINDING,
+];
 
 /// The kind served at a group, version and plural resource name.
 pub fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static Kind> {

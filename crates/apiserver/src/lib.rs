@@ -2,7 +2,11 @@
 //! [`wharf_store::Store`]. Stock kubectl and any Kubernetes client talk to
 //! it unchanged.
 
+pub mod admission;
 pub mod alloc;
+pub mod audit;
+pub mod authn;
+pub mod authz;
 mod bootstrap;
 mod discovery;
 pub mod election;
@@ -16,11 +20,13 @@ pub mod object;
 mod pager;
 pub mod patch;
 pub mod pki;
+pub mod policy;
 mod portforward;
 mod protobuf;
 pub mod registry;
 pub mod remote;
 mod request;
+mod review;
 mod server;
 mod spdy;
 pub mod ssa;
@@ -38,8 +44,8 @@ pub use server::{serve, ApiServerConfig, RunningApiServer};
 #[derive(Clone)]
 pub struct App {
     pub registry: Registry,
-    /// The admin bearer token; requests without it get 401.
-    pub token: std::sync::Arc<str>,
+    /// Who callers are, what they may do, and the audit trail.
+    pub auth: std::sync::Arc<authz::Auth>,
     /// Cancelled when the server shuts down: watches end, the listener closes.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub metrics: ApiMetrics,

@@ -1,6 +1,6 @@
 //! The cluster's credentials: a CA, the API server's serving certificate
 //! and the admin bearer token, created in the data dir at first start and
-//! reused afterwards.
+//! reused afterwards; and client certificates for users and wharf's parts.
 
 use std::fs;
 use std::io::Write;
@@ -127,10 +127,37 @@ fn new_serving_cert(ca_cert_pem: &str, ca_key_pem: &str, hosts: &[String]) -> Re
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The admin kubeconfig: the cluster's CA, the server URL and the token.
-pub fn kubeconfig(creds: &Credentials, server_url: &str) -> String {
+/// A client certificate signed by the CA in `dir`, as kube-apiserver reads
+/// one: CN is the user, O the group. Valid from a minute ago (for clocks a
+/// little behind) for `valid_for`.
+pub fn client_certificate(
+    dir: &Path,
+    user: &str,
+    group: Option<&str>,
+    valid_for: std::time::Duration,
+) -> Result<(String, String), PkiError> {
+    let missing = |path: PathBuf| PkiError::Io { path, source: std::io::ErrorKind::NotFound.into() };
+    let ca_cert = read(&dir.join(CA_CERT))?.ok_or_else(|| missing(dir.join(CA_CERT)))?;
+    let ca_key = read(&dir.join(CA_KEY))?.ok_or_else(|| missing(dir.join(CA_KEY)))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, KeyPair::from_pem(&ca_key)?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params.distinguished_name.push(DnType::OrganizationName, group);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + valid_for;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn kubeconfig_text(ca_cert_pem: &str, server_url: &str, user: &str, credential: &str) -> String {
     use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(&creds.ca_cert_pem);
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_cert_pem);
     format!(
         "apiVersion: v1
 kind: Config
@@ -140,19 +167,31 @@ clusters:
     server: {server_url}
     certificate-authority-data: {ca}
 users:
-- name: wharf-admin
+- name: {user}
   user:
-    token: {token}
+{credential}
 contexts:
 - name: wharf
   context:
     cluster: wharf
-    user: wharf-admin
+    user: {user}
     namespace: default
 current-context: wharf
-",
-        token = creds.admin_token
+"
     )
+}
+
+/// The admin kubeconfig: the cluster's CA, the server URL and the token.
+pub fn kubeconfig(creds: &Credentials, server_url: &str) -> String {
+    kubeconfig_text(&creds.ca_cert_pem, server_url, "wharf-admin", &format!("    token: {}", creds.admin_token))
+}
+
+/// A kubeconfig that authenticates with a client certificate.
+pub fn certificate_kubeconfig(ca_cert_pem: &str, server_url: &str, user: &str, cert_pem: &str, key_pem: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let credential = format!("    client-certificate-data: {}\n    client-key-data: {}", b64(cert_pem), b64(key_pem));
+    kubeconfig_text(ca_cert_pem, server_url, user, &credential)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The protobuf request bodies that `kubectl create namespace`, `service`,
-//! `configmap`, `secret` and `serviceaccount` send (they have no JSON
-//! fallback): the
+//! `configmap`, `secret`, `serviceaccount`, `role`, `clusterrole`,
+//! `rolebinding`, `clusterrolebinding` and `kubectl auth can-i`/`whoami`
+//! send (they have no JSON fallback): the
 //! `k8s\0` magic, then a `runtime.Unknown` envelope around the object.
 //! Only the fields those commands set are decoded; the result is the same
 //! JSON object a `-f` manifest would give.
@@ -118,6 +119,167 @@ struct IntOrString {
     str_val: Option<String>,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct PolicyRule {
+    #[prost(string, repeated, tag = "1")]
+    verbs: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    api_groups: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    resources: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    resource_names: Vec<String>,
+    #[prost(string, repeated, tag = "5")]
+    non_resource_urls: Vec<String>,
+}
+
+/// Role and ClusterRole (whose aggregation rule, field 3, is not read).
+#[derive(Clone, PartialEq, Message)]
+struct Role {
+    #[prost(message, repeated, tag = "2")]
+    rules: Vec<PolicyRule>,
+}
+
+/// RoleBinding and ClusterRoleBinding.
+#[derive(Clone, PartialEq, Message)]
+struct Binding {
+    #[prost(message, repeated, tag = "2")]
+    subjects: Vec<Subject>,
+    #[prost(message, optional, tag = "3")]
+    role_ref: Option<RoleRef>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Subject {
+    #[prost(string, optional, tag = "1")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    api_group: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    namespace: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RoleRef {
+    #[prost(string, optional, tag = "1")]
+    api_group: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    name: Option<String>,
+}
+
+/// The spec of the access reviews (a SelfSubjectAccessReview's has only
+/// the attributes; a SelfSubjectRulesReview's namespace is field 1 too,
+/// read apart).
+#[derive(Clone, PartialEq, Message)]
+struct AccessReviewSpec {
+    #[prost(message, optional, tag = "1")]
+    resource_attributes: Option<ResourceAttributes>,
+    #[prost(message, optional, tag = "2")]
+    non_resource_attributes: Option<NonResourceAttributes>,
+    #[prost(string, optional, tag = "3")]
+    user: Option<String>,
+    #[prost(string, repeated, tag = "4")]
+    groups: Vec<String>,
+    #[prost(string, optional, tag = "6")]
+    uid: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ResourceAttributes {
+    #[prost(string, optional, tag = "1")]
+    namespace: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    verb: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    group: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    version: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    resource: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    subresource: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NonResourceAttributes {
+    #[prost(string, optional, tag = "1")]
+    path: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    verb: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RulesReviewSpec {
+    #[prost(string, optional, tag = "1")]
+    namespace: Option<String>,
+}
+
+fn policy_rule(r: &PolicyRule) -> Value {
+    let mut m = Map::new();
+    m.insert("verbs".into(), json!(r.verbs));
+    for (key, list) in [
+        ("apiGroups", &r.api_groups),
+        ("resources", &r.resources),
+        ("resourceNames", &r.resource_names),
+        ("nonResourceURLs", &r.non_resource_urls),
+    ] {
+        if !list.is_empty() {
+            m.insert(key.into(), json!(list));
+        }
+    }
+    Value::Object(m)
+}
+
+/// The fields a message sets, as a JSON object (empty ones left out).
+fn fields(pairs: &[(&str, &Option<String>)]) -> Value {
+    let mut m = Map::new();
+    for (key, value) in pairs {
+        set(&mut m, key, value.as_deref());
+    }
+    Value::Object(m)
+}
+
+fn binding(b: &Binding) -> (Value, Value) {
+    let subjects: Vec<Value> = b
+        .subjects
+        .iter()
+        .map(|s| fields(&[("kind", &s.kind), ("apiGroup", &s.api_group), ("name", &s.name), ("namespace", &s.namespace)]))
+        .collect();
+    let r = b.role_ref.clone().unwrap_or_default();
+    (json!(subjects), fields(&[("apiGroup", &r.api_group), ("kind", &r.kind), ("name", &r.name)]))
+}
+
+fn access_review_spec(spec: &AccessReviewSpec) -> Value {
+    let mut out = Map::new();
+    if let Some(r) = &spec.resource_attributes {
+        let attrs = [
+            ("namespace", &r.namespace),
+            ("verb", &r.verb),
+            ("group", &r.group),
+            ("version", &r.version),
+            ("resource", &r.resource),
+            ("subresource", &r.subresource),
+            ("name", &r.name),
+        ];
+        out.insert("resourceAttributes".into(), fields(&attrs));
+    }
+    if let Some(n) = &spec.non_resource_attributes {
+        out.insert("nonResourceAttributes".into(), fields(&[("path", &n.path), ("verb", &n.verb)]));
+    }
+    set(&mut out, "user", spec.user.as_deref());
+    set(&mut out, "uid", spec.uid.as_deref());
+    if !spec.groups.is_empty() {
+        out.insert("groups".into(), json!(spec.groups));
+    }
+    Value::Object(out)
+}
+
 fn bad(what: &str) -> ApiError {
     ApiError::BadRequest(format!("unable to decode protobuf body: {what}"))
 }
@@ -215,9 +377,27 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
                 obj["immutable"] = json!(immutable);
             }
         }
+        "Role" | "ClusterRole" => {
+            let role = Role::decode(raw.as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["rules"] = role.rules.iter().map(policy_rule).collect();
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let (subjects, role_ref) = binding(&Binding::decode(raw.as_slice()).map_err(|e| bad(&e.to_string()))?);
+            obj["subjects"] = subjects;
+            obj["roleRef"] = role_ref;
+        }
+        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            let spec = AccessReviewSpec::decode(envelope.spec.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["spec"] = access_review_spec(&spec);
+        }
+        "SelfSubjectRulesReview" => {
+            let spec = RulesReviewSpec::decode(envelope.spec.unwrap_or_default().as_slice()).map_err(|e| bad(&e.to_string()))?;
+            obj["spec"] = fields(&[("namespace", &spec.namespace)]);
+        }
+        "SelfSubjectReview" => {}
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "protobuf bodies are accepted for Namespace, Service, ConfigMap, Secret and ServiceAccount only, not {other:?}; send JSON"
+                "protobuf bodies are accepted for the kinds kubectl's create commands send, not {other:?}; send JSON"
             )))
         }
     }

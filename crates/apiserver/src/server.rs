@@ -8,19 +8,20 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::discovery;
 use crate::error::ApiError;
 use crate::http::{header_str, json_response, typed_response};
 use crate::pki::Credentials;
-use crate::{handlers, App};
+use crate::{authn, authz, handlers, review, App};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -40,39 +41,18 @@ pub struct RunningApiServer {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-fn tls_config(creds: &Credentials) -> Result<rustls::ServerConfig, ServeError> {
+fn tls_config(creds: &Credentials, app: &App) -> Result<rustls::ServerConfig, ServeError> {
     let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
     let certs = rustls_pemfile::certs(&mut creds.serving_cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| tls(&e))?;
     let key = rustls_pemfile::private_key(&mut creds.serving_key_pem.as_bytes())
         .map_err(|e| tls(&e))?
         .ok_or_else(|| ServeError::Tls("no private key in serving key file".into()))?;
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(app.auth.authenticator.tls_verifier())
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Paths anyone may read, as kube-apiserver's `system:public-info-viewer`.
-fn is_public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
-}
-
-const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;
-
-fn token_matches(given: &str, expected: &str) -> bool {
-    // Constant time in the token's length, so timing reveals nothing.
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
-    let given = header_str(request.headers(), header::AUTHORIZATION).strip_prefix("Bearer ").unwrap_or_default().trim();
-    if is_public(request.uri().path()) || token_matches(given, &app.token) {
-        next.run(request).await
-    } else {
-        // Read (a bounded amount of) the body first: an HTTP/2 stream reset
-        // while the client is still sending makes some clients lose the 401.
-        let _ = axum::body::to_bytes(request.into_body(), UNAUTHENTICATED_BODY_LIMIT).await;
-        ApiError::Unauthorized.into_response()
-    }
 }
 
 /// Requests being served, mutating and not, as kube-apiserver's
@@ -144,9 +124,15 @@ fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
         )
         .route("/apis/wharf.dev/v1/nodes/{node}/tunnel", get(crate::remote::tunnel))
         .route("/apis/wharf.dev/v1/nodes/{node}/sessions/{id}", get(crate::remote::session))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", post(review::self_subject_access))
+        .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", post(review::subject_access))
+        .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", post(review::local_subject_access))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", post(review::self_subject_rules))
+        .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", post(review::self_subject))
         .fallback(handlers::resource)
         .layer(middleware::from_fn_with_state(in_flight, limit_in_flight))
-        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(app.clone(), authz::authorize))
+        .layer(middleware::from_fn_with_state(app.clone(), authn::authenticate))
         .layer(middleware::from_fn_with_state(app.clone(), crate::metrics::observe))
         .layer(DefaultBodyLimit::max(crate::limits::MAX_REQUEST_BODY_BYTES))
         .with_state(app)
@@ -159,13 +145,20 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// stops accepting, ends watches, lets requests in flight finish (for up to
 /// `SHUTDOWN_GRACE`) and the task ends.
 pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Result<RunningApiServer, ServeError> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(creds)?));
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(creds, &app)?));
     let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let token = app.shutdown.clone();
     let limits = config.limits;
+    let auth = app.auth.clone();
     let router = router(app, limits);
     let task = tokio::spawn(async move {
+        // Nothing is authorized from half a policy: the connections wait in
+        // the backlog until the RBAC objects are all in.
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = auth.policy.synced() => {}
+        }
         let graceful = GracefulShutdown::new();
         let connections = wharf_limits::Slots::new("api_connections", limits.connections);
         loop {
@@ -176,7 +169,8 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
             let Some(slot) = connections.take(&format!("closed an API connection from {peer}")) else { continue };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let service = TowerToHyperService::new(router.clone());
+            let router = router.clone();
+            let auth = auth.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -195,6 +189,11 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
                         return;
                     }
                 };
+                let identity = auth.authenticator.peer(peer, tls.get_ref().1.peer_certificates());
+                let service = TowerToHyperService::new(router.map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(identity.clone());
+                    request
+                }));
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder.http1().timer(TokioTimer::new()).header_read_timeout(crate::limits::HEADER_READ_TIMEOUT);
                 builder

@@ -49,6 +49,8 @@ const CONFIG_MAP_COLUMNS: &[Column] = &[col("Name"), col("Data"), col("Age")];
 const SECRET_COLUMNS: &[Column] = &[col("Name"), col("Type"), col("Data"), col("Age")];
 const SERVICE_ACCOUNT_COLUMNS: &[Column] = &[col("Name"), col("Secrets"), col("Age")];
 const LEASE_COLUMNS: &[Column] = &[col("Name"), col("Holder"), col("Age")];
+const ROLE_COLUMNS: &[Column] = &[col("Name"), col("Created At")];
+const BINDING_COLUMNS: &[Column] = &[col("Name"), col("Role"), col("Age"), wide("Users"), wide("Groups"), wide("ServiceAccounts")];
 const EVENT_COLUMNS: &[Column] = &[col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Message")];
 /// How `kubectl get` prints a kind: its columns, and a row's cells.
 pub struct Printer {
@@ -75,6 +77,28 @@ pub const SERVICE_ACCOUNT: Printer = Printer {
 };
 pub const LEASE: Printer =
     Printer { columns: LEASE_COLUMNS, cells: |o, now| named(o, now, vec![json!(str_or(&o["spec"]["holderIdentity"], "")), Value::Null]) };
+pub const ROLE: Printer =
+    Printer { columns: ROLE_COLUMNS, cells: |o, _| vec![json!(o["metadata"]["name"]), o["metadata"]["creationTimestamp"].clone()] };
+pub const BINDING: Printer = Printer { columns: BINDING_COLUMNS, cells: |o, now| named(o, now, binding_cells(o)) };
+
+/// `ClusterRole/edit`, then the subjects by kind (service accounts as
+/// `namespace:name`).
+fn binding_cells(obj: &Value) -> Vec<Value> {
+    let role = format!("{}/{}", str_or(&obj["roleRef"]["kind"], ""), str_or(&obj["roleRef"]["name"], ""));
+    let subjects = obj["subjects"].as_array().cloned().unwrap_or_default();
+    let of = |kind: &str| -> Value {
+        let names: Vec<String> = subjects
+            .iter()
+            .filter(|s| s["kind"] == kind)
+            .map(|s| match s["namespace"].as_str() {
+                Some(ns) if kind == "ServiceAccount" => format!("{ns}:{}", str_or(&s["name"], "")),
+                _ => str_or(&s["name"], "").to_string(),
+            })
+            .collect();
+        json!(names.join(", "))
+    };
+    vec![json!(role), Value::Null, of("User"), of("Group"), of("ServiceAccount")]
+}
 
 fn column_definitions(printer: &Printer) -> Vec<Value> {
     printer

@@ -48,8 +48,9 @@ pub enum Command {
     /// Run a node: its agent, cluster DNS and service proxy, talking to
     /// the API servers.
     Agent(AgentArgs),
-    /// Print the admin kubeconfig of a data dir.
-    Kubeconfig(DataDirArgs),
+    /// Print the admin kubeconfig of a data dir, or with `--user` one with a
+    /// fresh client certificate for that user.
+    Kubeconfig(KubeconfigArgs),
     /// Print the service environment variables a pod of a namespace gets.
     Env(ClientArgs),
     /// Print the resolv.conf a pod of a namespace gets.
@@ -60,6 +61,23 @@ pub enum Command {
     /// /etc/resolv.conf (in a private mount namespace; needs root) and its
     /// service environment variables.
     Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// The user the certificate names (its CN); what it may do is up to
+    /// RBAC bindings.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The group the certificate names (its O). One: rcgen writes each
+    /// subject attribute once; more groups come from bindings or a token.
+    #[arg(long, requires = "user")]
+    pub group: Option<String>,
+    /// How long the certificate is valid.
+    #[arg(long, default_value = "720h", value_parser = parse_duration, requires = "user")]
+    pub expires: Duration,
 }
 
 #[derive(Args)]
@@ -154,6 +172,14 @@ pub struct ServerArgs {
     /// latest resourceVersion it has seen (kube-apiserver: about a minute).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watch_bookmark_interval: Duration,
+    /// Bearer tokens of users, kube-apiserver's CSV format, one per line:
+    /// `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// `<data-dir>/audit.log` is rotated when it would pass this many MiB
+    /// (three old files are kept).
+    #[arg(long, default_value_t = 100)]
+    pub audit_log_max_size_mb: u64,
     /// Ranges a Service's `externalIPs` may use, comma separated. Empty
     /// (the default) refuses every external IP, as Kubernetes'
     /// DenyServiceExternalIPs advises: they let a service claim any

@@ -70,9 +70,21 @@ pub async fn start(
     }
     let metrics = wharf_apiserver::ApiMetrics::default();
     metrics.register(registry);
+    let tokens = match &args.token_auth_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--token-auth-file {}", path.display()))?;
+            wharf_auth::tokens::TokenFile::parse(&text).with_context(|| format!("--token-auth-file {}", path.display()))?
+        }
+        None => Default::default(),
+    };
+    let audit_path = data_dir.join("audit.log");
+    let audit = wharf_apiserver::audit::AuditLog::open(&audit_path, args.audit_log_max_size_mb.saturating_mul(1 << 20))
+        .with_context(|| format!("opening {}", audit_path.display()))?;
+    let auth = wharf_apiserver::authz::Auth::new(&creds, tokens, audit, api_registry.clone(), life.token.clone())
+        .map_err(|e| anyhow::anyhow!("the cluster CA: {e}"))?;
     let app = App {
         registry: api_registry.clone(),
-        token: creds.admin_token.clone().into(),
+        auth,
         shutdown: life.token.clone(),
         metrics,
         tunnels: wharf_apiserver::remote::tunnels(),

@@ -35,3 +35,21 @@ impl Addresses {
         wharf_apiserver::pki::write_private(path, &text).with_context(|| format!("--addresses-file {}", path.display()))
     }
 }
+
+/// `wharf kubeconfig`: the admin kubeconfig of a data dir, or, with
+/// `--user`, one for that user with a fresh certificate from the data
+/// dir's CA (same server, same CA).
+pub fn kubeconfig(args: &crate::cli::KubeconfigArgs) -> anyhow::Result<String> {
+    let data_dir = &args.data.data_dir;
+    let path = crate::control::kubeconfig_path(data_dir);
+    let admin = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}; start `wharf up --data-dir {}` first", path.display(), data_dir.display()))?;
+    let Some(user) = &args.user else { return Ok(admin) };
+    let server =
+        admin.lines().find_map(|l| l.trim().strip_prefix("server: ")).with_context(|| format!("{} names no server", path.display()))?;
+    let pki = data_dir.join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).with_context(|| format!("reading {}", pki.join("ca.crt").display()))?;
+    let (cert, key) = wharf_apiserver::pki::client_certificate(&pki, user, args.group.as_deref(), args.expires)
+        .with_context(|| format!("signing a certificate with the CA in {}", pki.display()))?;
+    Ok(wharf_apiserver::pki::certificate_kubeconfig(&ca, server, user, &cert, &key))
+}

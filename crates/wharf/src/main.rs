@@ -60,11 +60,7 @@ fn main() -> anyhow::Result<()> {
         }
         cli::Command::Exec(args) => pod_view::exec(args),
         cli::Command::Kubeconfig(args) => {
-            let path = up::kubeconfig_path(&args.data_dir);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                anyhow::anyhow!("cannot read {}: {e}; start `wharf up --data-dir {}` first", path.display(), args.data_dir.display())
-            })?;
-            print!("{text}");
+            print!("{}", files::kubeconfig(&args)?);
             Ok(())
         }
     }

@@ -1,0 +1,70 @@
+//! Checks on what a caller writes, after RBAC allowed the request:
+//! privilege-escalation prevention for roles and bindings, as kube's RBAC
+//! storage does it — a role may hold, and a binding may grant, only rules
+//! its writer already holds, unless the writer may `escalate` (roles) or
+//! `bind` (the referenced role).
+
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
+use serde_json::Value;
+use wharf_auth::rbac::{describe, GROUP};
+use wharf_auth::{Attributes, Policy, ResourceAttributes, User};
+
+use crate::authz::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::kind::{self, Kind};
+use crate::object;
+
+/// Whether `caller` may store `obj` of `kind` in `namespace`.
+pub fn admit(policy: &Policy, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value) -> ApiResult<()> {
+    let user = &caller.user;
+    if user.is_master() {
+        return Ok(());
+    }
+    let name = object::name(obj);
+    let decode = |e: serde_json::Error| ApiError::BadRequest(format!("error decoding {}: {e}", kind.info.kind));
+    if kind == &kind::ROLE || kind == &kind::CLUSTER_ROLE {
+        let escalate = ResourceAttributes::new("escalate", GROUP, kind.info.resource, namespace, name);
+        if policy.allows(user, &Attributes::Resource(escalate)) {
+            return Ok(());
+        }
+        let rules: Vec<PolicyRule> = serde_json::from_value(obj["rules"].clone())
+            .or_else(|e| if obj["rules"].is_null() { Ok(Vec::new()) } else { Err(e) })
+            .map_err(decode)?;
+        return no_escalation(policy, user, kind, namespace, name, &rules);
+    }
+    if kind == &kind::ROLE_BINDING || kind == &kind::CLUSTER_ROLE_BINDING {
+        let role_ref: RoleRef = serde_json::from_value(obj["roleRef"].clone()).map_err(decode)?;
+        let role_resource = if role_ref.kind == "Role" { "roles" } else { "clusterroles" };
+        let bind = ResourceAttributes::new("bind", GROUP, role_resource, namespace, &role_ref.name);
+        if policy.allows(user, &Attributes::Resource(bind)) {
+            return Ok(());
+        }
+        let Some(rules) = policy.role_rules(&role_ref, namespace) else {
+            return Err(forbidden(kind, name, format!("{} {:?} not found", role_resource, role_ref.name)));
+        };
+        return no_escalation(policy, user, kind, namespace, name, rules);
+    }
+    Ok(())
+}
+
+fn forbidden(kind: &Kind, name: &str, why: String) -> ApiError {
+    ApiError::Forbidden(format!("{} {name:?} is forbidden: {why}", kind.info.qualified_resource()))
+}
+
+fn no_escalation(policy: &Policy, user: &User, kind: &Kind, namespace: &str, name: &str, rules: &[PolicyRule]) -> ApiResult<()> {
+    let missing = policy.not_held(user, namespace, rules);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = missing.iter().map(describe).collect();
+    Err(forbidden(
+        kind,
+        name,
+        format!(
+            "user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+            user.name,
+            user.groups,
+            listed.join("\n")
+        ),
+    ))
+}
