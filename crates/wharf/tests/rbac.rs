@@ -24,7 +24,7 @@ fn user_kubeconfig(w: &Wharf, user: &str, extra: &[&str]) -> PathBuf {
     path
 }
 
-fn as_config(w: &Wharf, config: &PathBuf, args: &[&str]) -> Output {
+fn as_config(w: &Wharf, config: &std::path::Path, args: &[&str]) -> Output {
     let mut all = vec!["--kubeconfig", config.to_str().unwrap()];
     all.extend_from_slice(args);
     w.kubectl(&all)
