@@ -80,7 +80,7 @@ pub async fn resource(
 
 /// The admission checks on an object about to be stored.
 fn admit(app: &App, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value) -> ApiResult<()> {
-    admission::admit(&app.auth.policy.read(), caller, kind, namespace, obj)
+    admission::admit(&app.auth.policy, caller, kind, namespace, obj)
 }
 
 async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {

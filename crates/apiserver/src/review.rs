@@ -59,8 +59,7 @@ fn answered(kind: &str, group: &str, mut review: Value, status: Value) -> Respon
 
 fn access(app: &App, kind: &'static str, user: &User, review: Value, attrs: &Attributes) -> Response {
     let allowed = app.auth.policy.read().allows(user, attrs);
-    let status = if allowed { json!({"allowed": true}) } else { json!({"allowed": false}) };
-    answered(kind, "authorization.k8s.io", review, status)
+    answered(kind, "authorization.k8s.io", review, json!({"allowed": allowed}))
 }
 
 fn or_error(result: ApiResult<Response>) -> Response {

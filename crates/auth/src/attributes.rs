@@ -112,7 +112,7 @@ fn is_true(value: Option<&str>) -> bool {
 /// The name a list or watch narrows itself to with `fieldSelector=metadata.name=X`.
 fn selected_name(query: &str) -> Option<String> {
     let raw = query_value(query, "fieldSelector")?;
-    let decoded = raw.replace("%3D", "=").replace("%3d", "=").replace("%2C", ",").replace("%2c", ",");
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     let mut names = decoded.split(',').filter_map(|req| req.strip_prefix("metadata.name=").or_else(|| req.strip_prefix("metadata.name==")));
     let name = names.next()?;
     names.next().is_none().then(|| name.to_string())
