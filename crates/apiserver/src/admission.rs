@@ -1,4 +1,5 @@
-//! Checks on what a caller writes, after RBAC allowed the request:
+//! Checks on what a caller writes, after RBAC allowed the request: a
+//! node's writes held to its own objects (NodeRestriction), and
 //! privilege-escalation prevention for roles and bindings, as kube's RBAC
 //! storage does it — a role may hold, and a binding may grant, only rules
 //! its writer already holds, unless the writer may `escalate` (roles) or
@@ -15,10 +16,15 @@ use crate::kind::{self, Kind};
 use crate::object;
 use crate::policy::PolicyCache;
 
-/// Whether `caller` may store `obj` of `kind` in `namespace`. Only RBAC
-/// writes read the policy; other kinds pass untouched.
-pub fn admit(policy: &PolicyCache, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value) -> ApiResult<()> {
+/// Whether `caller` may store `obj` of `kind` in `namespace`, replacing
+/// `current` (`None` on create). Only RBAC writes read the policy.
+pub fn admit(policy: &PolicyCache, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value, current: Option<&Value>) -> ApiResult<()> {
     let user = &caller.user;
+    if let Some(node) = user.node_name() {
+        if let Some(why) = wharf_auth::node::admits(node, kind.info.resource, namespace, obj, current) {
+            return Err(forbidden(kind, object::name(obj), why));
+        }
+    }
     let rbac = [&kind::ROLE, &kind::CLUSTER_ROLE, &kind::ROLE_BINDING, &kind::CLUSTER_ROLE_BINDING];
     if user.is_master() || !rbac.contains(&kind) {
         return Ok(());

@@ -1,6 +1,6 @@
 //! Authorization: every request is resolved into [`Attributes`] and
 //! allowed only if RBAC grants it to the caller (members of
-//! `system:masters` always). Impersonation (`kubectl --as`) is honoured
+//! `system:masters` always) and, for a node, only on its own objects. Impersonation (`kubectl --as`) is honoured
 //! for callers RBAC allows to `impersonate` each part of the identity.
 //! Writes and refusals are audited here.
 
@@ -121,8 +121,10 @@ pub async fn authorize(State(app): State<App>, mut request: Request, next: Next)
         let policy = auth.policy.read();
         match impersonate(&policy, user.clone(), request.headers()) {
             Err(e) => Err((e, Caller { user, impersonator: None })),
-            Ok(caller) if policy.allows(&caller.user, &attributes) => Ok(caller),
-            Ok(caller) => Err((ApiError::Forbidden(attributes.forbidden_message(&caller.user.name)), caller)),
+            Ok(caller) => match wharf_auth::authorize(&policy, &caller.user, &attributes) {
+                Ok(()) => Ok(caller),
+                Err(why) => Err((ApiError::Forbidden(why), caller)),
+            },
         }
     };
     let caller = match decided {

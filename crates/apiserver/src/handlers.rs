@@ -79,8 +79,8 @@ pub async fn resource(
 }
 
 /// The admission checks on an object about to be stored.
-fn admit(app: &App, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value) -> ApiResult<()> {
-    admission::admit(&app.auth.policy, caller, kind, namespace, obj)
+fn admit(app: &App, caller: &Caller, kind: &Kind, namespace: &str, obj: &Value, current: Option<&Value>) -> ApiResult<()> {
+    admission::admit(&app.auth.policy, caller, kind, namespace, obj, current)
 }
 
 async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
@@ -125,7 +125,7 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
         }
         (&Method::POST, None) => {
             let obj = decode_body(headers, &body)?;
-            admit(app, caller, kind, &ns, &obj)?;
+            admit(app, caller, kind, &ns, &obj, None)?;
             let written = registry.create(kind, &ns, obj, &write_options(&q)?).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }
@@ -133,8 +133,8 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
             let obj = decode_body(headers, &body)?;
             let opts = write_options(&q)?;
             let written = registry
-                .update_with(kind, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |_| {
-                    admit(app, caller, kind, &ns, &obj)?;
+                .update_with(kind, &ns, name, WriteTarget::from_subresource(target.subresource.as_deref()), &opts, |current| {
+                    admit(app, caller, kind, &ns, &obj, Some(current))?;
                     Ok(obj.clone())
                 })
                 .await?;
@@ -143,6 +143,10 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
         (&Method::PATCH, Some(name)) => patch(app, caller, &target, name, headers, &body, &q).await,
         (&Method::DELETE, Some(name)) => {
             let opts = delete_options(&body, &q)?;
+            if caller.user.node_name().is_some() {
+                let current = registry.get(kind, &ns, name).await?;
+                admit(app, caller, kind, &ns, &current, Some(&current))?;
+            }
             let obj = registry.delete(kind, &ns, name, &opts).await?;
             Ok(ok(obj))
         }
@@ -303,7 +307,7 @@ async fn patch(
                 PatchKind::Apply => ssa::server_side_apply(target.kind, current, &patch_doc, manager, force),
                 _ => patch::apply(format, target.kind, current, &patch_doc),
             }?;
-            admit(app, caller, target.kind, &ns, &patched)?;
+            admit(app, caller, target.kind, &ns, &patched, Some(current))?;
             Ok(patched)
         })
         .await;
@@ -314,7 +318,7 @@ async fn patch(
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
             ssa::record_apply(&mut obj, &ssa::field_set(target.kind, &patch_doc), manager, &patch_doc);
-            admit(app, caller, target.kind, &ns, &obj)?;
+            admit(app, caller, target.kind, &ns, &obj, None)?;
             let written = registry.create(target.kind, &ns, obj, &opts).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &written.object), &written.warnings))
         }

@@ -33,7 +33,8 @@ const AGENT_ANSWER: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Tunnels {
     nodes: Mutex<HashMap<String, (u64, mpsc::Sender<SessionOffer>)>>,
-    waiting: Mutex<HashMap<String, oneshot::Sender<WebSocket>>>,
+    /// By session id: the node that must answer, and where its socket goes.
+    waiting: Mutex<HashMap<String, (String, oneshot::Sender<WebSocket>)>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -66,7 +67,7 @@ impl Tunnels {
                 wharf_limits::reached("remote_sessions_waiting", MAX_WAITING, "refused a session");
                 return Err(ApiError::TooManyRequests);
             }
-            waiting.insert(id.clone(), answer);
+            waiting.insert(id.clone(), (node.to_string(), answer));
         }
         let offered = offers.try_send(SessionOffer { id: id.clone(), request });
         let socket = match offered {
@@ -77,9 +78,14 @@ impl Tunnels {
         socket.ok_or_else(|| unavailable("its agent did not take the session".into()))
     }
 
-    fn answer(&self, id: &str, socket: WebSocket) {
-        if let Some(waiting) = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
-            let _ = waiting.send(socket);
+    /// Hands `socket` to session `id`, if it is one offered to `node` (a
+    /// node cannot take over another node's sessions).
+    fn answer(&self, node: &str, id: &str, socket: WebSocket) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.get(id).is_some_and(|(for_node, _)| for_node == node) {
+            if let Some((_, answer)) = waiting.remove(id) {
+                let _ = answer.send(socket);
+            }
         }
     }
 }
@@ -115,8 +121,8 @@ async fn serve_tunnel(app: App, node: String, socket: WebSocket) {
 }
 
 /// An agent connecting back for session `id`.
-pub async fn session(State(app): State<App>, Path((_node, id)): Path<(String, String)>, ws: WebSocketUpgrade) -> Response {
-    ws.protocols([remote::CHANNEL_PROTOCOL]).on_upgrade(move |socket| async move { app.tunnels.answer(&id, socket) })
+pub async fn session(State(app): State<App>, Path((node, id)): Path<(String, String)>, ws: WebSocketUpgrade) -> Response {
+    ws.protocols([remote::CHANNEL_PROTOCOL]).on_upgrade(move |socket| async move { app.tunnels.answer(&node, &id, socket) })
 }
 
 /// `command=a&command=b&stdin=true&...`: repeated keys kept, in order.

@@ -90,13 +90,15 @@ fn controller_rules() -> Vec<PolicyRule> {
 /// node's own objects.
 pub fn node_rules() -> Vec<PolicyRule> {
     vec![
-        rule("", &["services", "endpoints", "nodes", "pods"], READ),
+        rule("", &["services", "endpoints", "nodes", "pods", "namespaces"], READ),
+        // Pods bound to the node only, once they have terminated.
+        rule("", &["pods"], &["delete"]),
         rule("discovery.k8s.io", &["endpointslices"], READ),
         rule("", &["nodes", "nodes/status"], &["create", "get", "update", "patch"]),
         rule("", &["pods/status"], &["update", "patch"]),
         rule("", &["events"], &["create", "update", "patch"]),
         rule("coordination.k8s.io", &["leases"], &["create", "get", "update", "patch"]),
-        rule("wharf.dev", &["nodes/tunnel"], &["get"]),
+        rule("wharf.dev", &["nodes/tunnel", "nodes/sessions"], &["get"]),
     ]
 }
 

@@ -6,6 +6,7 @@
 
 pub mod attributes;
 pub mod defaults;
+pub mod node;
 pub mod rbac;
 pub mod tokens;
 pub mod user;
@@ -13,3 +14,18 @@ pub mod user;
 pub use attributes::{Attributes, ResourceAttributes};
 pub use rbac::Policy;
 pub use user::User;
+
+/// The decision kube-apiserver's `Node,RBAC` chain makes on a request:
+/// RBAC must allow it, and a node must stay within its own objects. The
+/// refusal is the message of a 403.
+pub fn authorize(policy: &Policy, user: &User, attributes: &Attributes) -> Result<(), String> {
+    if !policy.allows(user, attributes) {
+        return Err(attributes.forbidden_message(&user.name));
+    }
+    if let (Some(node), Attributes::Resource(request)) = (user.node_name(), attributes) {
+        if let Some(why) = node::refuses(node, request) {
+            return Err(format!("{}: {why}", attributes.forbidden_message(&user.name)));
+        }
+    }
+    Ok(())
+}

@@ -23,8 +23,37 @@ pub struct ControlPlane {
     /// Where clients reach the API.
     pub endpoint: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// The admin's client, for the server's own start-up notes only.
     pub client: kube::Client,
     pub allocator: Allocator,
+    pki_dir: PathBuf,
+}
+
+/// How long the certificates of in-process parts last: they live only in
+/// memory and are issued afresh at every start.
+const IN_PROCESS_CERTIFICATE: std::time::Duration = std::time::Duration::from_secs(5 * 365 * 24 * 3600);
+
+impl ControlPlane {
+    /// A client of this API server acting as `user` in `group`, with a
+    /// certificate from the cluster CA that never leaves memory: each
+    /// in-process part gets only its own role's rights.
+    pub async fn client_as(&self, user: &str, group: &str) -> anyhow::Result<kube::Client> {
+        let (cert, key) = pki::client_certificate(&self.pki_dir, user, Some(group), IN_PROCESS_CERTIFICATE)
+            .with_context(|| format!("issuing a certificate for {user}"))?;
+        let ca = std::fs::read_to_string(self.pki_dir.join("ca.crt")).context("reading the cluster CA")?;
+        let text = pki::certificate_kubeconfig(&ca, &format!("https://{}", self.endpoint), user, &cert, &key);
+        crate::client::from_kubeconfig_text(&text).await
+    }
+
+    /// The controllers' client (`system:wharf:controllers`).
+    pub async fn controllers_client(&self) -> anyhow::Result<kube::Client> {
+        self.client_as(wharf_auth::defaults::CONTROLLERS, wharf_auth::defaults::CONTROLLERS).await
+    }
+
+    /// A node's client (`system:node:<name>` in `system:nodes`).
+    pub async fn node_client(&self, node: &str) -> anyhow::Result<kube::Client> {
+        self.client_as(&format!("{}{node}", wharf_auth::user::NODE_PREFIX), wharf_auth::user::NODES).await
+    }
 }
 
 /// The address clients use: the listen address, or `fallback` when
@@ -60,7 +89,8 @@ pub async fn start(
     let mut hosts = vec![advertised(args.api_listen, advertise_fallback).ip().to_string()];
     hosts.extend(["localhost".to_string(), "127.0.0.1".to_string(), advertise_fallback.to_string()]);
     hosts.extend(extra_sans.iter().cloned());
-    let creds = pki::load_or_create(&data_dir.join("pki"), &hosts).context("preparing certificates")?;
+    let pki_dir = data_dir.join("pki");
+    let creds = pki::load_or_create(&pki_dir, &hosts).context("preparing certificates")?;
 
     let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone())
         .with_external_ips(args.external_ip_cidrs.clone(), vec![args.lb_pool.into()]);
@@ -106,7 +136,7 @@ pub async fn start(
     let kubeconfig_text = pki::kubeconfig(&creds, &format!("https://{endpoint}"));
     pki::write_private(&kubeconfig, &kubeconfig_text).with_context(|| format!("writing {}", kubeconfig.display()))?;
     let client = crate::client::from_kubeconfig_text(&kubeconfig_text).await?;
-    Ok(ControlPlane { endpoint, kubeconfig, client, allocator })
+    Ok(ControlPlane { endpoint, kubeconfig, client, allocator, pki_dir })
 }
 
 /// The cluster's controllers, running together until `token` is cancelled.

@@ -49,8 +49,13 @@ pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {
     let leading = wharf_apiserver::election::campaign(store, "/wharf/leader/controllers".into(), id, LEADER_LEASE, life.token.clone());
     let controller_metrics = wharf_kube::ControllerMetrics::default();
     controller_metrics.register(&mut registry);
-    let controllers =
-        control::controllers_when_leading(control.client.clone(), args.server.clone(), controller_metrics, leading, life.token.clone());
+    let controllers = control::controllers_when_leading(
+        control.controllers_client().await?,
+        args.server.clone(),
+        controller_metrics,
+        leading,
+        life.token.clone(),
+    );
     life.spawn("controllers", async move {
         controllers.await;
         Ok(())

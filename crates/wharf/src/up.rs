@@ -28,17 +28,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let controller_metrics = wharf_kube::ControllerMetrics::default();
     controller_metrics.register(&mut registry);
     let token = life.token.clone();
-    let controllers = control::controllers(control.client.clone(), args.server.clone(), controller_metrics, token);
+    let controllers = control::controllers(control.controllers_client().await?, args.server.clone(), controller_metrics, token);
     life.spawn("controllers", async move {
         controllers.await;
         Ok(())
     });
+    let node_client = control.node_client(&args.node.node_name).await?;
     let node = crate::node::start(
-        control.client.clone(),
+        node_client.clone(),
         &args.node,
         args.server.service_cidr,
         args.process.shutdown_grace,
-        crate::node::RemoteAccess { clients: vec![control.client.clone()], allow_exec_default: true },
+        crate::node::RemoteAccess { clients: vec![node_client], allow_exec_default: true },
         &mut life,
         &mut registry,
     )
