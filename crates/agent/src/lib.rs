@@ -5,6 +5,7 @@
 //! Kubernetes API (list/watch and status writes through `kube`).
 
 pub mod apiconn;
+pub mod credentials;
 pub mod exec;
 pub mod metrics;
 pub mod node;

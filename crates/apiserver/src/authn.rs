@@ -1,7 +1,7 @@
 //! Authentication, as kube-apiserver does it: an X.509 client certificate
 //! signed by the cluster CA (CN = user, O = groups), else a bearer token
 //! (the admin token, a member of `system:masters`, or one from
-//! `--token-auth-file`). No credential is anonymous, allowed only the
+//! `--token-auth-file`), or a bootstrap token. No credential is anonymous, allowed only the
 //! public paths; a credential that is wrong is 401.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use wharf_auth::bootstrap;
 use wharf_auth::tokens::TokenFile;
 use wharf_auth::User;
 
@@ -158,10 +159,37 @@ fn is_public(path: &str) -> bool {
 
 const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;
 
+/// The user a bootstrap token `(id, secret)` authenticates, from its
+/// Secret in the store.
+async fn bootstrap_user(app: &App, id: &str, secret: &str) -> Result<User, String> {
+    let name = bootstrap::secret_name(id);
+    let stored = app.registry.get(&crate::kind::SECRET, bootstrap::NAMESPACE, &name).await.map_err(|e| e.to_string())?;
+    let stored: k8s_openapi::api::core::v1::Secret = serde_json::from_value(stored).map_err(|e| format!("{name}: {e}"))?;
+    bootstrap::authenticate(&stored, id, secret, jiff::Timestamp::now())
+}
+
+/// The caller: a client certificate, the admin token or a token-file
+/// token, else a bootstrap token (looked up in the store only then).
+async fn authenticate_request(app: &App, peer: Option<&Peer>, authorization: &str) -> Result<Option<User>, String> {
+    let outcome = app.auth.authenticator.authenticate(peer, authorization);
+    let bootstrap_token = authorization.strip_prefix("Bearer ").map(str::trim).and_then(bootstrap::parse);
+    match (outcome, bootstrap_token) {
+        (Err(_), Some((id, secret))) => {
+            let user = bootstrap_user(app, id, secret).await;
+            if let Err(why) = &user {
+                tracing::info!(token_id = id, why = %why, "refused a bootstrap token");
+            }
+            user.map(Some)
+        }
+        (outcome, _) => outcome,
+    }
+}
+
 /// Middleware: puts the caller's [`User`] into the request, or answers 401.
 pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<Peer>();
-    let outcome = app.auth.authenticator.authenticate(peer, header_str(request.headers(), header::AUTHORIZATION));
+    let peer = request.extensions().get::<Peer>().cloned();
+    let authorization = header_str(request.headers(), header::AUTHORIZATION).to_string();
+    let outcome = authenticate_request(&app, peer.as_ref(), &authorization).await;
     let user = match outcome {
         Ok(Some(user)) => user,
         Ok(None) if is_public(request.uri().path()) => User::anonymous(),

@@ -25,21 +25,25 @@ pub struct Auth {
     pub authenticator: Authenticator,
     pub policy: Arc<PolicyCache>,
     pub audit: AuditLog,
+    pub node_signer: crate::nodecert::NodeSigner,
 }
 
 impl Auth {
     /// Authentication by the cluster CA, the admin token and `tokens`;
     /// authorization by the RBAC objects in `registry`'s store (followed
-    /// until `shutdown`); writes and refusals into `audit`.
+    /// until `shutdown`); writes and refusals into `audit`; node
+    /// certificates valid for `node_certificate_validity`.
     pub fn new(
         creds: &crate::pki::Credentials,
         tokens: wharf_auth::tokens::TokenFile,
         audit: AuditLog,
         registry: crate::Registry,
+        node_certificate_validity: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, String> {
         let authenticator = Authenticator::new(&creds.ca_cert_pem, creds.admin_token.clone(), tokens)?;
-        Ok(Arc::new(Self { authenticator, policy: PolicyCache::start(registry, shutdown), audit }))
+        let node_signer = crate::nodecert::NodeSigner { creds: creds.clone(), validity: node_certificate_validity };
+        Ok(Arc::new(Self { authenticator, policy: PolicyCache::start(registry, shutdown), audit, node_signer }))
     }
 }
 

@@ -16,6 +16,7 @@ mod http;
 pub mod kind;
 pub mod limits;
 pub mod metrics;
+pub mod nodecert;
 pub mod object;
 mod pager;
 pub mod patch;

@@ -22,6 +22,8 @@ pub enum PkiError {
 #[derive(Clone)]
 pub struct Credentials {
     pub ca_cert_pem: String,
+    /// Signs node certificates (`NodeCertificateRequest`).
+    pub ca_key_pem: String,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
     pub admin_token: String,
@@ -88,7 +90,7 @@ pub fn load_or_create(dir: &Path, serving_hosts: &[String]) -> Result<Credential
             token
         }
     };
-    Ok(Credentials { ca_cert_pem, serving_cert_pem, serving_key_pem, admin_token })
+    Ok(Credentials { ca_cert_pem, ca_key_pem, serving_cert_pem, serving_key_pem, admin_token })
 }
 
 fn random_token() -> String {
@@ -127,9 +129,26 @@ fn new_serving_cert(ca_cert_pem: &str, ca_key_pem: &str, hosts: &[String]) -> Re
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A client certificate signed by the CA in `dir`, as kube-apiserver reads
-/// one: CN is the user, O the group. Valid from a minute ago (for clocks a
-/// little behind) for `valid_for`.
+/// What kube-apiserver reads from a client certificate: CN is the user,
+/// O the group. Valid from a little ago (for clocks a little behind: a
+/// minute, or a tenth of a short lifetime, so that renewing at two thirds
+/// of it still comes after the issue) for `valid_for`; for client
+/// authentication only.
+fn client_params(user: &str, group: Option<&str>, valid_for: std::time::Duration) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params.distinguished_name.push(DnType::OrganizationName, group);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1).min(time::Duration::try_from(valid_for / 10).unwrap_or_default());
+    params.not_after = now + valid_for;
+    Ok(params)
+}
+
+/// A client certificate and its new key, signed by the CA in `dir`.
 pub fn client_certificate(
     dir: &Path,
     user: &str,
@@ -141,18 +160,24 @@ pub fn client_certificate(
     let ca_key = read(&dir.join(CA_KEY))?.ok_or_else(|| missing(dir.join(CA_KEY)))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert, KeyPair::from_pem(&ca_key)?)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, user);
-    if let Some(group) = group {
-        params.distinguished_name.push(DnType::OrganizationName, group);
-    }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(1);
-    params.not_after = now + valid_for;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = client_params(user, group, valid_for)?.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Signs the key of `request` (a PEM certificate signing request, its
+/// signature checked) as `user` in `group`. Whatever else the request
+/// asks for (subject, names, usages) is ignored: the signer decides.
+pub fn sign_request(
+    creds: &Credentials,
+    request_pem: &str,
+    user: &str,
+    group: &str,
+    valid_for: std::time::Duration,
+) -> Result<String, PkiError> {
+    let issuer = Issuer::from_ca_cert_pem(&creds.ca_cert_pem, KeyPair::from_pem(&creds.ca_key_pem)?)?;
+    let mut request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)?;
+    request.params = client_params(user, Some(group), valid_for)?;
+    Ok(request.signed_by(&issuer)?.pem())
 }
 
 fn kubeconfig_text(ca_cert_pem: &str, server_url: &str, user: &str, credential: &str) -> String {

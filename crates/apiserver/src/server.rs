@@ -124,6 +124,7 @@ fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
         )
         .route("/apis/wharf.dev/v1/nodes/{node}/tunnel", get(crate::remote::tunnel))
         .route("/apis/wharf.dev/v1/nodes/{node}/sessions/{id}", get(crate::remote::session))
+        .route("/apis/wharf.dev/v1/nodecertificaterequests", post(crate::nodecert::create))
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", post(review::self_subject_access))
         .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", post(review::subject_access))
         .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", post(review::local_subject_access))

@@ -18,6 +18,8 @@ pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 /// The group of wharf's controllers.
 pub const CONTROLLERS: &str = "system:wharf:controllers";
 pub const NODE_ROLE: &str = "system:node";
+/// What a bootstrap token may do: ask for a node certificate.
+pub const NODE_BOOTSTRAPPER: &str = "system:node-bootstrapper";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -90,7 +92,7 @@ fn controller_rules() -> Vec<PolicyRule> {
 /// node's own objects.
 pub fn node_rules() -> Vec<PolicyRule> {
     vec![
-        rule("", &["services", "endpoints", "nodes", "pods", "namespaces"], READ),
+        rule("", &["services", "endpoints", "nodes", "nodes/status", "pods", "pods/status", "namespaces"], READ),
         // Pods bound to the node only, once they have terminated.
         rule("", &["pods"], &["delete"]),
         rule("discovery.k8s.io", &["endpointslices"], READ),
@@ -99,6 +101,8 @@ pub fn node_rules() -> Vec<PolicyRule> {
         rule("", &["events"], &["create", "update", "patch"]),
         rule("coordination.k8s.io", &["leases"], &["create", "get", "update", "patch"]),
         rule("wharf.dev", &["nodes/tunnel", "nodes/sessions"], &["get"]),
+        // Renewing its own certificate.
+        rule("wharf.dev", &["nodecertificaterequests"], &["create"]),
     ]
 }
 
@@ -122,6 +126,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         role(CONTROLLERS, controller_rules()),
         role(NODE_ROLE, node_rules()),
+        role(NODE_BOOTSTRAPPER, vec![rule("wharf.dev", &["nodecertificaterequests"], &["create"])]),
     ]
 }
 
@@ -139,6 +144,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
         bind("system:basic-user", vec![group(AUTHENTICATED)]),
         bind(CONTROLLERS, vec![group(CONTROLLERS)]),
         bind(NODE_ROLE, vec![group(crate::user::NODES)]),
+        bind(NODE_BOOTSTRAPPER, vec![group(crate::bootstrap::GROUP)]),
     ]
 }
 

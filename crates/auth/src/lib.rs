@@ -5,6 +5,7 @@
 //! file. Pure logic: the API server feeds it objects and requests.
 
 pub mod attributes;
+pub mod bootstrap;
 pub mod defaults;
 pub mod node;
 pub mod rbac;

@@ -9,6 +9,7 @@
 //! create); and without keepalive a watch whose server vanished without a
 //! FIN waits for data that never comes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_timeout::TimeoutConnector;
@@ -16,6 +17,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kube::client::retry::RetryPolicy;
 use kube::client::ConfigExt;
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
 use tower::retry::RetryLayer;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
@@ -34,6 +38,8 @@ pub enum ClientError {
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("building the client: {0}")]
     Build(#[from] kube::Error),
+    #[error("client certificate: {0}")]
+    Identity(String),
 }
 
 /// Turns on keepalive and the user timeout on a TCP connection to an API
@@ -59,6 +65,69 @@ fn connector() -> HttpConnector {
 /// A client for `config`, with kube's layers on wharf's connector.
 pub fn build(config: kube::Config) -> Result<kube::Client, ClientError> {
     let https = config.rustls_https_connector_with_connector(connector())?;
+    build_on(config, https)
+}
+
+/// A client certificate that can be replaced while clients use it: a node
+/// renews its own, and its clients' next connections present the new one.
+#[derive(Debug)]
+pub struct ClientIdentity(std::sync::RwLock<Arc<CertifiedKey>>);
+
+fn certified_key(provider: &CryptoProvider, cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, ClientError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| ClientError::Identity(format!("{what}: {e}"));
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| bad("certificate", &e))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).map_err(|e| bad("key", &e))?;
+    let key = key.ok_or_else(|| ClientError::Identity("no private key in the PEM".into()))?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, provider).map_err(|e| bad("certificate and key", &e))?))
+}
+
+impl ClientIdentity {
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, ClientError> {
+        Ok(Arc::new(Self(std::sync::RwLock::new(certified_key(&provider(), cert_pem, key_pem)?))))
+    }
+
+    /// Presents `cert_pem` (with `key_pem`) from the next connection on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClientError> {
+        let key = certified_key(&provider(), cert_pem, key_pem)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+fn provider() -> CryptoProvider {
+    CryptoProvider::get_default().map(|p| (**p).clone()).unwrap_or_else(rustls::crypto::aws_lc_rs::default_provider)
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The first certificate of a PEM text, as DER (kube's `root_cert`).
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, ClientError> {
+    let first = rustls_pemfile::certs(&mut pem.as_bytes()).next();
+    let cert = first.ok_or_else(|| ClientError::Identity("no certificate in the PEM".into()))?;
+    Ok(cert.map_err(|e| ClientError::Identity(format!("CA: {e}")))?.to_vec())
+}
+
+/// A client of `server` (trusting the PEM `ca_pem`) that authenticates
+/// with `identity`.
+pub fn with_identity(server: &str, ca_pem: &str, identity: Arc<ClientIdentity>) -> Result<kube::Client, ClientError> {
+    let uri: http::Uri = server.parse().map_err(|e| ClientError::Identity(format!("server {server:?}: {e}")))?;
+    let mut config = kube::Config::new(uri);
+    config.root_cert = Some(vec![pem_to_der(ca_pem)?]);
+    let mut tls = config.rustls_client_config()?;
+    tls.client_auth_cert_resolver = identity;
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector());
+    build_on(config, https)
+}
+
+fn build_on(config: kube::Config, https: hyper_rustls::HttpsConnector<HttpConnector>) -> Result<kube::Client, ClientError> {
     let mut timed = TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
     timed.set_read_timeout(config.read_timeout);
@@ -81,19 +150,6 @@ pub fn build(config: kube::Config) -> Result<kube::Client, ClientError> {
 /// A client from a kubeconfig's text.
 pub async fn from_kubeconfig_text(text: &str) -> Result<kube::Client, ClientError> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    build(config)
-}
-
-/// A client from a kubeconfig whose server address is replaced by `server`
-/// (an agent reaches its API servers through a local failover port).
-pub async fn from_kubeconfig_text_at(text: &str, server: &str) -> Result<kube::Client, ClientError> {
-    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
-    for cluster in &mut kubeconfig.clusters {
-        if let Some(c) = cluster.cluster.as_mut() {
-            c.server = Some(server.to_string());
-        }
-    }
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     build(config)
 }

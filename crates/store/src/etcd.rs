@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 use crate::{Result, Store, StoreError, WatchStream};
@@ -71,9 +71,31 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-fn endpoint(url: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| StoreError::Backend(format!("etcd endpoint {url:?}: {e}")))?
+/// Client TLS to etcd, as PEM: the CA that signed etcd's serving
+/// certificates and, when etcd asks for one, this client's certificate.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub client: Option<(String, String)>,
+}
+
+impl EtcdTls {
+    fn config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.client {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
+fn endpoint(url: &str, tls: Option<&EtcdTls>) -> Result<Endpoint> {
+    let bad = |e: tonic::transport::Error| StoreError::Backend(format!("etcd endpoint {url:?}: {e}"));
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(bad)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.config()).map_err(bad)?;
+    }
+    Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
@@ -82,9 +104,10 @@ fn endpoint(url: &str) -> Result<Endpoint> {
 }
 
 impl EtcdStore {
-    /// Connects to etcd at `endpoints` (requests go to any that answers).
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let endpoints = endpoints.iter().map(|e| endpoint(e)).collect::<Result<Vec<_>>>()?;
+    /// Connects to etcd at `endpoints` (requests go to any that answers),
+    /// over `tls` when given (`https://` endpoints).
+    pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self> {
+        let endpoints = endpoints.iter().map(|e| endpoint(e, tls)).collect::<Result<Vec<_>>>()?;
         let channel = Channel::balance_list(endpoints.into_iter());
         let store = Self { kv: KvClient::new(channel.clone()), watch: WatchClient::new(channel), seen: Arc::new(AtomicU64::new(0)) };
         // Learn the current revision, and that etcd answers at all.

@@ -66,7 +66,7 @@ impl Drop for Etcd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_semantics_on_etcd() {
     let etcd = Etcd::start();
-    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap());
     semantics::compare_and_swap_guards_writes(store.as_ref(), "/t1").await;
     semantics::failed_compare_writes_none_of_the_ops(store.as_ref(), "/t2").await;
     semantics::list_is_limited_to_the_prefix(store.as_ref(), "/t3").await;
@@ -77,8 +77,8 @@ async fn shared_semantics_on_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_share_one_keyspace_and_revision() {
     let etcd = Etcd::start();
-    let a = EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap();
-    let b = EtcdStore::connect(std::slice::from_ref(&etcd.url)).await.unwrap();
+    let a = EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap();
+    let b = EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap();
     let TxnOutcome::Committed(rev) = a.txn(Txn::new().put("/shared", "from a")).await.unwrap() else { panic!() };
     let kv = b.get("/shared").await.unwrap().unwrap();
     assert_eq!((&kv.value[..], kv.mod_revision), (&b"from a"[..], rev));

@@ -51,6 +51,9 @@ pub enum Command {
     /// Print the admin kubeconfig of a data dir, or with `--user` one with a
     /// fresh client certificate for that user.
     Kubeconfig(KubeconfigArgs),
+    /// Bootstrap tokens, with which new nodes join (`wharf agent --token`).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the service environment variables a pod of a namespace gets.
     Env(ClientArgs),
     /// Print the resolv.conf a pod of a namespace gets.
@@ -61,6 +64,27 @@ pub enum Command {
     /// /etc/resolv.conf (in a private mount namespace; needs root) and its
     /// service environment variables.
     Exec(ExecArgs),
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token and print it (`<id>.<secret>`).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Kubeconfig to use (default: $KUBECONFIG, then the data dir's).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long the token can be used to join.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Why the token exists, kept in its Secret.
+    #[arg(long, default_value = "joins a node with wharf agent --token")]
+    pub description: String,
 }
 
 #[derive(Args)]
@@ -115,6 +139,10 @@ pub struct ClientArgs {
 
 fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".wharf")
+}
+
+fn default_agent_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".wharf-agent")
 }
 
 fn default_node_name() -> String {
@@ -176,6 +204,10 @@ pub struct ServerArgs {
     /// `token,user,uid,"group1,group2"`.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// How long the certificates nodes obtain are valid; agents renew
+    /// theirs at two thirds of it.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pub node_certificate_validity: Duration,
     /// `<data-dir>/audit.log` is rotated when it would pass this many MiB
     /// (three old files are kept).
     #[arg(long, default_value_t = 100)]
@@ -306,6 +338,15 @@ pub struct ServerCommandArgs {
     /// etcd client URLs, comma separated (with `--store etcd`).
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// The CA of etcd's serving certificates: talk TLS to etcd (`https://`
+    /// endpoints).
+    #[arg(long, requires = "etcd_endpoints")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// This server's client certificate for etcd (`--client-cert-auth`).
+    #[arg(long, requires_all = ["etcd_cafile", "etcd_keyfile"])]
+    pub etcd_certfile: Option<PathBuf>,
+    #[arg(long, requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// Extra names or addresses for the serving certificate.
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,
@@ -319,12 +360,21 @@ pub struct AgentArgs {
     pub node: NodeArgs,
     /// API servers, `HOST:PORT` or `https://HOST:PORT`, comma separated;
     /// the agent uses whichever answers.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, visible_alias = "join", value_delimiter = ',', required = true)]
     pub server: Vec<String>,
-    /// Kubeconfig with the cluster's CA and credentials (its server
-    /// address is replaced by `--server`).
+    /// Where the node keeps its certificate, key and the cluster CA
+    /// (owner only). A node that holds a valid certificate here needs no
+    /// token.
+    #[arg(long, default_value_os_t = default_agent_dir())]
+    pub data_dir: PathBuf,
+    /// A bootstrap token (`wharf token create`), exchanged once for the
+    /// node's certificate.
+    #[arg(long, env = "WHARF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster CA (the server's `<data-dir>/pki/ca.crt`), to trust the
+    /// API servers when joining; kept in `--data-dir` afterwards.
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub ca_cert: Option<PathBuf>,
     /// The cluster's service CIDR (for the DNS address and reverse zone).
     #[arg(long, default_value = "127.96.0.0/12")]
     pub service_cidr: Ipv4Net,

@@ -74,6 +74,23 @@ fn api_limits(args: &ServerArgs) -> wharf_apiserver::limits::ApiLimits {
     }
 }
 
+/// Creates the built-in objects; a store that fails (etcd restarting) is
+/// retried with backoff, so a server never gives up on a passing outage.
+async fn bootstrap(registry: &wharf_apiserver::Registry, endpoint: SocketAddr, token: &CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match wharf_apiserver::bootstrap(registry, endpoint).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "creating the built-in objects failed"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => anyhow::bail!("stopped before the built-in objects were created"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
 /// Starts the API server on `store` (as a part of `life`), creates the
 /// built-in objects and writes the admin kubeconfig.
 pub async fn start(
@@ -110,8 +127,9 @@ pub async fn start(
     let audit_path = data_dir.join("audit.log");
     let audit = wharf_apiserver::audit::AuditLog::open(&audit_path, args.audit_log_max_size_mb.saturating_mul(1 << 20))
         .with_context(|| format!("opening {}", audit_path.display()))?;
-    let auth = wharf_apiserver::authz::Auth::new(&creds, tokens, audit, api_registry.clone(), life.token.clone())
-        .map_err(|e| anyhow::anyhow!("the cluster CA: {e}"))?;
+    let auth =
+        wharf_apiserver::authz::Auth::new(&creds, tokens, audit, api_registry.clone(), args.node_certificate_validity, life.token.clone())
+            .map_err(|e| anyhow::anyhow!("the cluster CA: {e}"))?;
     let app = App {
         registry: api_registry.clone(),
         auth,
@@ -125,7 +143,7 @@ pub async fn start(
             .await
             .context("--api-listen")?;
     let endpoint = advertised(server.local_addr, advertise_fallback);
-    wharf_apiserver::bootstrap(&api_registry, endpoint).await.context("creating built-in objects")?;
+    bootstrap(&api_registry, endpoint, &life.token).await?;
     let task = server.task;
     life.spawn("API server", async move {
         task.await?;

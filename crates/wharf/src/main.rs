@@ -12,6 +12,7 @@ mod node;
 mod pod_view;
 mod server_cmd;
 mod status;
+mod token;
 mod up;
 
 use clap::Parser;
@@ -59,6 +60,11 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(pod_view::print_resolv_conf(args))
         }
         cli::Command::Exec(args) => pod_view::exec(args),
+        cli::Command::Token(cli::TokenCommand::Create(args)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            println!("{}", runtime.block_on(token::create(args))?);
+            Ok(())
+        }
         cli::Command::Kubeconfig(args) => {
             print!("{}", files::kubeconfig(&args)?);
             Ok(())

@@ -27,14 +27,29 @@ async fn open_store(args: &ServerCommandArgs, metrics: StoreMetrics) -> anyhow::
         }
         StoreKind::Etcd => {
             crate::files::private_dir(&args.server.data.data_dir)?;
-            Ok(Arc::new(Measured::new(open_etcd(&args.etcd_endpoints).await?, metrics)))
+            Ok(Arc::new(Measured::new(open_etcd(args).await?, metrics)))
         }
     }
 }
 
-async fn open_etcd(endpoints: &[String]) -> anyhow::Result<wharf_store::EtcdStore> {
-    anyhow::ensure!(!endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
-    wharf_store::EtcdStore::connect(endpoints).await.context("connecting to etcd")
+fn read(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+}
+
+/// `--etcd-cafile`, `--etcd-certfile` and `--etcd-keyfile`, when given.
+fn etcd_tls(args: &ServerCommandArgs) -> anyhow::Result<Option<wharf_store::EtcdTls>> {
+    let Some(ca) = &args.etcd_cafile else { return Ok(None) };
+    let client = match (&args.etcd_certfile, &args.etcd_keyfile) {
+        (Some(cert), Some(key)) => Some((read("--etcd-certfile", cert)?, read("--etcd-keyfile", key)?)),
+        _ => None,
+    };
+    Ok(Some(wharf_store::EtcdTls { ca_pem: read("--etcd-cafile", ca)?, client }))
+}
+
+async fn open_etcd(args: &ServerCommandArgs) -> anyhow::Result<wharf_store::EtcdStore> {
+    anyhow::ensure!(!args.etcd_endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
+    let tls = etcd_tls(args)?;
+    wharf_store::EtcdStore::connect(&args.etcd_endpoints, tls.as_ref()).await.context("connecting to etcd")
 }
 
 pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {

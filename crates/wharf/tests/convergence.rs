@@ -247,7 +247,15 @@ async fn reconciles_that_fail_are_retried_until_the_slices_match() {
     let token = tokio_util::sync::CancellationToken::new();
     let app = wharf_apiserver::App {
         registry: registry.clone(),
-        auth: wharf_apiserver::authz::Auth::new(&creds, Default::default(), Default::default(), registry.clone(), token.clone()).unwrap(),
+        auth: wharf_apiserver::authz::Auth::new(
+            &creds,
+            Default::default(),
+            Default::default(),
+            registry.clone(),
+            std::time::Duration::from_secs(3600),
+            token.clone(),
+        )
+        .unwrap(),
         shutdown: token.clone(),
         metrics: wharf_apiserver::ApiMetrics::default(),
         tunnels: wharf_apiserver::remote::tunnels(),

@@ -32,7 +32,13 @@ impl Net {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let subnet = (std::process::id() * 3 + n) % 250 + 1;
         let prefix = format!("wh{}-{n}", std::process::id());
-        let mut net = Net { prefix, subnet, namespaces: Vec::new(), children: Vec::new(), dir: tempfile::tempdir().unwrap() };
+        let mut net = Net {
+            prefix,
+            subnet,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::Builder::new().keep(std::env::var_os("WHARF_KEEP_TEST_DIR").is_some()).tempdir().unwrap(),
+        };
         let switch = net.netns("sw");
         run("ip", &["-n", &switch, "link", "add", "br0", "type", "bridge"]);
         run("ip", &["-n", &switch, "link", "set", "br0", "up"]);
@@ -138,6 +144,29 @@ struct Cluster {
     etcd: usize,
     servers: Vec<usize>,
     agents: Vec<usize>,
+    /// The bootstrap token agents join with.
+    join_token: String,
+}
+
+/// A CA, etcd's serving certificate for `ip` and a client certificate for
+/// the API servers, as PEM files in `dir`: etcd runs with TLS and
+/// `--client-cert-auth`.
+fn etcd_pki(dir: &Path, ip: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "etcd-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(dir.join("ca.crt"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, sans) in [("server", vec![ip.to_string()]), ("client", Vec::new())] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, format!("etcd-{name}"));
+        std::fs::write(dir.join(format!("{name}.crt")), params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
 }
 
 impl Cluster {
@@ -170,9 +199,14 @@ impl Cluster {
         self.kubectl_ok(server, &["apply", "-f", path.to_str().unwrap()]);
     }
 
+    fn etcd_file(&self, name: &str) -> String {
+        self.net.path(&format!("etcd-pki/{name}")).display().to_string()
+    }
+
     fn start_etcd(&mut self) -> usize {
-        let url = format!("http://{}:2379", self.ctrl_ip);
+        let url = format!("https://{}:2379", self.ctrl_ip);
         let peer = format!("http://{}:2380", self.ctrl_ip);
+        let (ca, cert, key) = (self.etcd_file("ca.crt"), self.etcd_file("server.crt"), self.etcd_file("server.key"));
         let data = self.net.path("etcd");
         let ctrl = self.ctrl.clone();
         let log = self.net.path("etcd.log");
@@ -195,6 +229,13 @@ impl Cluster {
                 &peer,
                 "--initial-cluster",
                 &format!("e={peer}"),
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                &ca,
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
             ],
             "etcd.log",
         );
@@ -208,7 +249,8 @@ impl Cluster {
         let data = self.net.path(&format!("server{i}"));
         let (api_ns, api_ip) = self.apis[i].clone();
         let listen = format!("{api_ip}:6443");
-        let etcd = format!("http://{}:2379", self.ctrl_ip);
+        let etcd = format!("https://{}:2379", self.ctrl_ip);
+        let (ca, cert, key) = (self.etcd_file("ca.crt"), self.etcd_file("client.crt"), self.etcd_file("client.key"));
         let log = format!("server{i}.log");
         let idx = self.net.spawn_logging(
             &api_ns,
@@ -219,6 +261,12 @@ impl Cluster {
                 "etcd",
                 "--etcd-endpoints",
                 &etcd,
+                "--etcd-cafile",
+                &ca,
+                "--etcd-certfile",
+                &cert,
+                "--etcd-keyfile",
+                &key,
                 "--data-dir",
                 data.to_str().unwrap(),
                 "--api-listen",
@@ -229,6 +277,9 @@ impl Cluster {
                 &format!("198.18.{}.128/26", self.net.subnet),
                 "--node-monitor-grace-period",
                 "6s",
+                // Short-lived node certificates: agents renew them during the test.
+                "--node-certificate-validity",
+                "30s",
             ],
             &log,
             "warn,wharf::control=info",
@@ -244,17 +295,22 @@ impl Cluster {
     fn start_agent(&mut self, node: usize, servers: &[usize]) -> usize {
         let (ns, ip) = self.nodes[node].clone();
         let list: Vec<String> = servers.iter().map(|s| format!("{}:6443", self.apis[*s].1)).collect();
-        let kubeconfig = self.kubeconfig(1);
+        let ca = self.net.path("server1/pki/ca.crt");
+        let data = self.agent_dir(node);
         let name = format!("node-{node}");
-        self.net.spawn(
+        self.net.spawn_logging(
             &ns,
             WHARF,
             &[
                 "agent",
-                "--server",
+                "--join",
                 &list.join(","),
-                "--kubeconfig",
-                kubeconfig.to_str().unwrap(),
+                "--token",
+                &self.join_token,
+                "--ca-cert",
+                ca.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
                 "--node-name",
                 &name,
                 "--node-ip",
@@ -274,7 +330,38 @@ impl Cluster {
                 "--allow-exec",
             ],
             &format!("agent{node}.log"),
+            "warn,wharf_agent::credentials=info",
         )
+    }
+
+    fn agent_dir(&self, node: usize) -> PathBuf {
+        self.net.path(&format!("agent{node}"))
+    }
+
+    /// A bootstrap token from `wharf token create` through server 1.
+    fn create_token(&self) -> String {
+        let kubeconfig = self.kubeconfig(1);
+        let token = self.net.stdout(&self.ctrl, WHARF, &["token", "create", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+        assert_eq!(token.trim().len(), 23, "a token is <6>.<16> characters: {token:?}");
+        token.trim().to_string()
+    }
+
+    /// kubectl with node `node`'s own certificate, as its agent holds it.
+    fn kubectl_as_node(&self, node: usize, args: &[&str]) -> Output {
+        use base64::Engine;
+        let b64 = |f: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.agent_dir(node).join(f)).unwrap());
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {}\nusers:\n- name: node\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: node}}\ncurrent-context: c\n",
+            self.apis[1].1,
+            b64("ca.crt"),
+            b64("node.pem"),
+            b64("node.pem"),
+        );
+        let path = self.net.path(&format!("node{node}.kubeconfig"));
+        std::fs::write(&path, config).unwrap();
+        let mut full = vec!["--kubeconfig", path.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Command::new("ip").args(["netns", "exec", &self.ctrl, "kubectl"]).args(&full).stdin(Stdio::null()).output().unwrap()
     }
 
     fn dig(&self, node: usize, name: &str) -> String {
@@ -290,7 +377,9 @@ impl Cluster {
         let (ctrl, ctrl_ip) = net.host("ctrl", 2);
         let apis = [(String::new(), String::new()), net.host("api1", 3), net.host("api2", 4)];
         let nodes = (0..nodes).map(|i| net.host(&format!("n{i}"), 11 + i)).collect();
-        let mut c = Cluster { net, ctrl, ctrl_ip, apis, nodes, etcd: 0, servers: Vec::new(), agents: Vec::new() };
+        let mut c =
+            Cluster { net, ctrl, ctrl_ip, apis, nodes, etcd: 0, servers: Vec::new(), agents: Vec::new(), join_token: String::new() };
+        etcd_pki(&c.net.path("etcd-pki"), &c.ctrl_ip);
         c.etcd = c.start_etcd();
         let first = c.start_server(1);
         // The second server shares the first one's CA and token.
@@ -302,6 +391,7 @@ impl Cluster {
         }
         let second = c.start_server(2);
         c.servers = vec![first, second];
+        c.join_token = c.create_token();
         c.agents = (0..c.nodes.len()).map(|n| c.start_agent(n, &[1, 2])).collect();
         let want = c.nodes.len();
         eventually("every node ready", Duration::from_secs(60), || {
@@ -340,6 +430,7 @@ fn a_cluster_of_three_nodes_and_its_faults() {
         let hosts = c.kubectl_ok(server, &["exec", "web", "--", "getent", "hosts", "web"]);
         assert!(hosts.starts_with(&format!("{ip} ")), "through server {server}: {hosts}");
     }
+    node_restriction(&c);
 
     // Stop server 1: clients of server 2 keep working, and so do agents.
     c.net.kill(c.servers[0]);
@@ -383,6 +474,32 @@ fn a_cluster_of_three_nodes_and_its_faults() {
     });
     eventually("node 0 no longer sending to node 2", Duration::from_secs(30), || !c.curl(0, &format!("http://{ip}/")));
     let _ = Path::new("/");
+}
+
+/// A joined agent's certificate reads what its DNS and proxy need and
+/// writes its own Node, but touches nothing else.
+fn node_restriction(c: &Cluster) {
+    let refused = |args: &[&str], why: &str| {
+        let out = c.kubectl_as_node(0, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("forbidden"), "{args:?} was not refused: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    refused(&["delete", "svc", "web"], r#"User "system:node:node-0" cannot delete resource "services""#);
+    refused(&["label", "node", "node-1", "taken=yes"], r#"node "node-0" is not allowed to modify node "node-1""#);
+    let fail = r#"{"status":{"phase":"Failed"}}"#;
+    refused(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", fail], "can only change pods bound to it");
+    refused(&["get", "secrets", "-n", "kube-system"], "cannot list resource \"secrets\"");
+    let own = c.kubectl_as_node(0, &["label", "node", "node-0", "checked=yes"]);
+    assert!(own.status.success(), "its own Node: {}", String::from_utf8_lossy(&own.stderr));
+    let read = c.kubectl_as_node(0, &["get", "endpointslices", "-A"]);
+    assert!(read.status.success(), "what its proxy reads: {}", String::from_utf8_lossy(&read.stderr));
+    // The certificate names the node and is short-lived here; agents renew theirs.
+    let whoami = String::from_utf8_lossy(&c.kubectl_as_node(0, &["auth", "whoami"]).stdout).to_string();
+    assert!(whoami.contains("system:node:node-0") && whoami.contains("system:nodes"), "{whoami}");
+    eventually("a renewed node certificate", Duration::from_secs(60), || {
+        std::fs::read_to_string(c.net.path("agent1.log")).is_ok_and(|l| l.contains("renewed the node certificate"))
+    });
 }
 
 /// The time at the start of a log line (tracing's RFC 3339 prefix) that

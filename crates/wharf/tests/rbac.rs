@@ -134,3 +134,85 @@ fn token_file_users_groups_and_impersonation() {
     let lines = audit_lines(&w);
     assert!(lines.iter().any(|l| l["user"] == "dave" && l["impersonatedBy"] == "erin" && l["code"] == 403), "{lines:?}");
 }
+
+/// A `NodeCertificateRequest` body for `node` with a fresh CSR.
+fn node_certificate_request(dir: &std::path::Path, node: &str, csr: Option<&str>) -> PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let made = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap().pem().unwrap();
+    let body = serde_json::json!({
+        "apiVersion": "wharf.dev/v1",
+        "kind": "NodeCertificateRequest",
+        "spec": {"nodeName": node, "request": csr.unwrap_or(&made)},
+    });
+    let path = dir.join(format!("ncr-{node}.json"));
+    std::fs::write(&path, body.to_string()).unwrap();
+    path
+}
+
+const REQUESTS: &str = "/apis/wharf.dev/v1/nodecertificaterequests";
+
+#[test]
+fn bootstrap_tokens_buy_node_certificates_and_nothing_else() {
+    let w = Wharf::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["token", "create", "--data-dir", w.data_dir().to_str().unwrap(), "--ttl", "1h"])
+        .env("KUBECONFIG", w.data_dir().join("admin.kubeconfig"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    let dir = w.dir.path();
+
+    // The token buys a certificate for a node of any name, and only that.
+    let asked = node_certificate_request(dir, "n9", None);
+    let signed = w.kubectl(&["--token", &token, "create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    let answer: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    let pem = answer["status"]["certificate"].as_str().expect("a certificate");
+    let (_, cert) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = cert.parse_x509().unwrap();
+    assert_eq!(cert.subject().to_string(), "CN=system:node:n9, O=system:nodes");
+    let whoami = w.kubectl_ok(&["--token", &token, "auth", "whoami"]);
+    assert!(whoami.contains("system:bootstrap:") && whoami.contains("system:bootstrappers"), "{whoami}");
+    let out = w.kubectl(&["--token", &token, "get", "svc"]);
+    assert!(stderr(&out).contains("cannot list resource \"services\""), "{}", stderr(&out));
+
+    // A wrong secret, an expired token, and a CSR that is not one.
+    let (id, _) = token.split_once('.').unwrap();
+    let out = w.kubectl(&["--token", &format!("{id}.0000000000000000"), "get", "svc"]);
+    assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+    w.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-old000",
+        "-n",
+        "kube-system",
+        "--type",
+        "bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=old000",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=expiration=2020-01-01T00:00:00Z",
+        "--from-literal=usage-bootstrap-authentication=true",
+    ]);
+    let out = w.kubectl(&["--token", "old000.0123456789abcdef", "create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
+    assert!(stderr(&out).contains("Unauthorized"), "expired: {}", stderr(&out));
+    let garbage =
+        node_certificate_request(dir, "n7", Some("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"));
+    let out = w.kubectl(&["--token", &token, "create", "--raw", REQUESTS, "-f", garbage.to_str().unwrap()]);
+    assert!(stderr(&out).contains("spec.request"), "{}", stderr(&out));
+    let bad_name = node_certificate_request(dir, "Not_A_Name", None);
+    let out = w.kubectl(&["--token", &token, "create", "--raw", REQUESTS, "-f", bad_name.to_str().unwrap()]);
+    assert!(stderr(&out).contains("spec.nodeName"), "{}", stderr(&out));
+
+    // A node renews only its own certificate; other users may not ask.
+    let node = user_kubeconfig(&w, "system:node:n9", &["--group", "system:nodes"]);
+    let own = as_config(&w, &node, &["create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
+    assert!(own.status.success(), "{}", stderr(&own));
+    let other = node_certificate_request(dir, "n8", None);
+    let out = as_config(&w, &node, &["create", "--raw", REQUESTS, "-f", other.to_str().unwrap()]);
+    assert!(stderr(&out).contains(r#"node "n9" may only renew its own certificate"#), "{}", stderr(&out));
+    let alice = user_kubeconfig(&w, "alice", &[]);
+    let out = as_config(&w, &alice, &["create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+}
