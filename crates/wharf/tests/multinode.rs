@@ -37,7 +37,7 @@ impl Net {
             subnet,
             namespaces: Vec::new(),
             children: Vec::new(),
-            dir: tempfile::Builder::new().keep(std::env::var_os("WHARF_KEEP_TEST_DIR").is_some()).tempdir().unwrap(),
+            dir: tempfile::Builder::new().disable_cleanup(std::env::var_os("WHARF_KEEP_TEST_DIR").is_some()).tempdir().unwrap(),
         };
         let switch = net.netns("sw");
         run("ip", &["-n", &switch, "link", "add", "br0", "type", "bridge"]);
