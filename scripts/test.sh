@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive (kubectl is preinstalled): dig, ip,
-# curl, python3 (backend processes), etcd for the several-node test and
+# curl, python3 (backend processes), etcd and etcdctl (the store's and the
+# several-node tests) and
 # script (a terminal for `kubectl exec -t`); the official Python client.
 missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
@@ -13,6 +14,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v script >/dev/null || missing+=(bsdutils)
 /usr/bin/python3 -c 'import kubernetes' 2>/dev/null || missing+=(python3-kubernetes)
 if [ ${#missing[@]} -gt 0 ]; then

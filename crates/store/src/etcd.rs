@@ -23,8 +23,13 @@ mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 
+use pb::auth_client::AuthClient;
 use pb::kv_client::KvClient;
 use pb::watch_client::WatchClient;
+use tonic::service::interceptor::InterceptedService;
+
+/// The channel every request goes through, with the auth token (if any).
+type Authed = InterceptedService<Channel, TokenHeader>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Detects a dead etcd connection (so watches fail over and restart).
@@ -34,10 +39,57 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
+    kv: KvClient<Authed>,
+    watch: WatchClient<Authed>,
     /// The newest revision any response has shown.
     seen: Arc<AtomicU64>,
+    login: Option<Arc<Login>>,
+}
+
+/// An etcd user and password (etcd's `--auth` enabled).
+#[derive(Clone)]
+pub struct EtcdCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+/// Puts the current auth token into each request's metadata.
+#[derive(Clone, Default)]
+pub struct TokenHeader(Arc<std::sync::RwLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>>);
+
+impl tonic::service::Interceptor for TokenHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            request.metadata_mut().insert("token", token);
+        }
+        Ok(request)
+    }
+}
+
+/// How the store gets (and, when etcd expires it, renews) its token.
+struct Login {
+    auth: AuthClient<Channel>,
+    credentials: EtcdCredentials,
+    token: TokenHeader,
+}
+
+impl Login {
+    async fn authenticate(&self) -> Result<()> {
+        let request = pb::AuthenticateRequest { name: self.credentials.user.clone(), password: self.credentials.password.clone() };
+        let mut auth = self.auth.clone();
+        let answer =
+            tokio::time::timeout(REQUEST_TIMEOUT, auth.authenticate(request)).await.map_err(|_| backend("authenticate timed out"))?;
+        let token =
+            answer.map_err(|e| backend(format!("authenticating as {:?}: {}", self.credentials.user, e.message())))?.into_inner().token;
+        let value = token.parse().map_err(|_| backend("etcd sent an auth token that is not ASCII"))?;
+        *self.token.0.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
+    }
+}
+
+/// Whether etcd refused a request for its (expired) auth token.
+fn token_expired(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated || status.message().contains("invalid auth token")
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -105,11 +157,23 @@ fn endpoint(url: &str, tls: Option<&EtcdTls>) -> Result<Endpoint> {
 
 impl EtcdStore {
     /// Connects to etcd at `endpoints` (requests go to any that answers),
-    /// over `tls` when given (`https://` endpoints).
-    pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self> {
+    /// over `tls` when given (`https://` endpoints), as `credentials`'s
+    /// user when given.
+    pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>, credentials: Option<EtcdCredentials>) -> Result<Self> {
         let endpoints = endpoints.iter().map(|e| endpoint(e, tls)).collect::<Result<Vec<_>>>()?;
         let channel = Channel::balance_list(endpoints.into_iter());
-        let store = Self { kv: KvClient::new(channel.clone()), watch: WatchClient::new(channel), seen: Arc::new(AtomicU64::new(0)) };
+        let token = TokenHeader::default();
+        let login =
+            credentials.map(|credentials| Arc::new(Login { auth: AuthClient::new(channel.clone()), credentials, token: token.clone() }));
+        if let Some(login) = &login {
+            tokio::time::timeout(CONNECT_TIMEOUT, login.authenticate()).await.map_err(|_| backend("etcd did not answer"))??;
+        }
+        let store = Self {
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()),
+            watch: WatchClient::with_interceptor(channel, token),
+            seen: Arc::new(AtomicU64::new(0)),
+            login,
+        };
         // Learn the current revision, and that etcd answers at all.
         tokio::time::timeout(CONNECT_TIMEOUT, store.get("/wharf/ping"))
             .await
@@ -123,12 +187,31 @@ impl EtcdStore {
         rev
     }
 
+    /// Runs `call` (timed out after REQUEST_TIMEOUT); when etcd says the
+    /// auth token expired, logs in again and runs it once more.
+    async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timed = || async { tokio::time::timeout(REQUEST_TIMEOUT, call()).await.map_err(|_| backend(format!("{what} timed out"))) };
+        match (timed().await?, &self.login) {
+            (Err(status), Some(login)) if token_expired(&status) => {
+                tracing::info!("etcd auth token expired; logging in again");
+                login.authenticate().await?;
+                Ok(timed().await?.map_err(backend)?.into_inner())
+            }
+            (answer, _) => Ok(answer.map_err(backend)?.into_inner()),
+        }
+    }
+
     async fn range(&self, key: &str, range_end: Vec<u8>) -> Result<pb::RangeResponse> {
         let request = pb::RangeRequest { key: key.as_bytes().to_vec(), range_end, ..Default::default() };
-        let mut kv = self.kv.clone();
-        let call = kv.range(request);
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.map_err(|_| backend("range timed out"))?.map_err(backend)?;
-        Ok(response.into_inner())
+        self.call("range", || {
+            let (mut kv, request) = (self.kv.clone(), request.clone());
+            async move { kv.range(request).await }
+        })
+        .await
     }
 }
 
@@ -204,9 +287,12 @@ impl Store for EtcdStore {
             success: txn.ops.iter().map(request_op).collect(),
             failure: Vec::new(),
         };
-        let mut kv = self.kv.clone();
-        let call = kv.txn(request);
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, call).await.map_err(|_| backend("txn timed out"))?.map_err(backend)?.into_inner();
+        let resp = self
+            .call("txn", || {
+                let (mut kv, request) = (self.kv.clone(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await?;
         let rev = self.observe(resp.header.as_ref());
         Ok(if resp.succeeded { TxnOutcome::Committed(rev) } else { TxnOutcome::Failed })
     }
@@ -219,6 +305,11 @@ impl Store for EtcdStore {
             progress_notify: false,
             prev_kv: true,
         };
+        if self.login.is_some() {
+            // A cheap read first: it logs in again if the token expired,
+            // which a watch's own start cannot.
+            self.range("/wharf/ping", Vec::new()).await?;
+        }
         // The request stream stays open for as long as the watch: etcd
         // ends a watch whose client stream closed.
         let (requests, outgoing) = tokio::sync::mpsc::channel(1);

@@ -13,7 +13,7 @@ mod metrics;
 mod model;
 
 pub use embedded::{EmbeddedStore, DEFAULT_WATCH_HISTORY};
-pub use etcd::{EtcdStore, EtcdTls};
+pub use etcd::{EtcdCredentials, EtcdStore, EtcdTls};
 pub use metrics::{Measured, StoreMetrics};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 

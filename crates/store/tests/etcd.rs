@@ -20,6 +20,10 @@ fn free_port() -> u16 {
 
 impl Etcd {
     fn start() -> Etcd {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
@@ -43,6 +47,7 @@ impl Etcd {
                 "--initial-cluster",
                 &format!("t={peer_url}"),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,7 +71,7 @@ impl Drop for Etcd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_semantics_on_etcd() {
     let etcd = Etcd::start();
-    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap());
     semantics::compare_and_swap_guards_writes(store.as_ref(), "/t1").await;
     semantics::failed_compare_writes_none_of_the_ops(store.as_ref(), "/t2").await;
     semantics::list_is_limited_to_the_prefix(store.as_ref(), "/t3").await;
@@ -77,12 +82,41 @@ async fn shared_semantics_on_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_share_one_keyspace_and_revision() {
     let etcd = Etcd::start();
-    let a = EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap();
-    let b = EtcdStore::connect(std::slice::from_ref(&etcd.url), None).await.unwrap();
+    let a = EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap();
+    let b = EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap();
     let TxnOutcome::Committed(rev) = a.txn(Txn::new().put("/shared", "from a")).await.unwrap() else { panic!() };
     let kv = b.get("/shared").await.unwrap().unwrap();
     assert_eq!((&kv.value[..], kv.mod_revision), (&b"from a"[..], rev));
     // A key taken through one client is taken for the other.
     let taken = b.txn(Txn::new().when(wharf_store::Compare::Absent("/shared".into())).put("/shared", "b")).await.unwrap();
     assert_eq!(taken, TxnOutcome::Failed);
+}
+
+fn etcdctl(etcd: &Etcd, args: &[&str]) {
+    let out = Command::new("etcdctl").arg("--endpoints").arg(&etcd.url).args(args).output().expect("etcdctl (Debian etcd-client)");
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_on_an_etcd_with_auth_even_after_the_token_expires() {
+    // Tokens expire after a second here; the store logs in again.
+    let etcd = Etcd::start_with(&["--auth-token-ttl", "1"]);
+    etcdctl(&etcd, &["user", "add", "root:s3cret"]);
+    etcdctl(&etcd, &["user", "grant-role", "root", "root"]);
+    etcdctl(&etcd, &["auth", "enable"]);
+    let url = std::slice::from_ref(&etcd.url);
+    assert!(EtcdStore::connect(url, None, None).await.is_err(), "no credentials");
+    let wrong = wharf_store::EtcdCredentials { user: "root".into(), password: "guess".into() };
+    assert!(EtcdStore::connect(url, None, Some(wrong)).await.is_err(), "a wrong password");
+    let right = wharf_store::EtcdCredentials { user: "root".into(), password: "s3cret".into() };
+    let store = EtcdStore::connect(url, None, Some(right)).await.expect("the right password");
+    let put = |v: &'static str| Txn { compares: vec![], ops: vec![wharf_store::Op::Put { key: "/a".into(), value: v.into() }] };
+    assert!(matches!(store.txn(put("1")).await.unwrap(), TxnOutcome::Committed(_)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(store.get("/a").await.unwrap().unwrap().value, "1", "a read after the token expired");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut events = store.watch("/a", store.revision()).await.expect("a watch after the token expired");
+    assert!(matches!(store.txn(put("2")).await.unwrap(), TxnOutcome::Committed(_)));
+    let event = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut events)).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.value, "2");
 }

@@ -347,6 +347,12 @@ pub struct ServerCommandArgs {
     pub etcd_certfile: Option<PathBuf>,
     #[arg(long, requires = "etcd_certfile")]
     pub etcd_keyfile: Option<PathBuf>,
+    /// The etcd user to authenticate as (etcd with `auth enable`).
+    #[arg(long, requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (kept off the command line).
+    #[arg(long, requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
     /// Extra names or addresses for the serving certificate.
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,

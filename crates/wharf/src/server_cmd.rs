@@ -46,10 +46,17 @@ fn etcd_tls(args: &ServerCommandArgs) -> anyhow::Result<Option<wharf_store::Etcd
     Ok(Some(wharf_store::EtcdTls { ca_pem: read("--etcd-cafile", ca)?, client }))
 }
 
+/// `--etcd-user` and the password in `--etcd-password-file`, when given.
+fn etcd_credentials(args: &ServerCommandArgs) -> anyhow::Result<Option<wharf_store::EtcdCredentials>> {
+    let (Some(user), Some(file)) = (&args.etcd_user, &args.etcd_password_file) else { return Ok(None) };
+    let password = read("--etcd-password-file", file)?.trim_end_matches(['\n', '\r']).to_string();
+    Ok(Some(wharf_store::EtcdCredentials { user: user.clone(), password }))
+}
+
 async fn open_etcd(args: &ServerCommandArgs) -> anyhow::Result<wharf_store::EtcdStore> {
     anyhow::ensure!(!args.etcd_endpoints.is_empty(), "--store etcd needs --etcd-endpoints");
     let tls = etcd_tls(args)?;
-    wharf_store::EtcdStore::connect(&args.etcd_endpoints, tls.as_ref()).await.context("connecting to etcd")
+    wharf_store::EtcdStore::connect(&args.etcd_endpoints, tls.as_ref(), etcd_credentials(args)?).await.context("connecting to etcd")
 }
 
 pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {
