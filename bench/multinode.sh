@@ -53,8 +53,10 @@ server 1
 mkdir -p "$work/s2/pki" && cp "$work/s1/pki/"{ca.crt,ca.key,admin.token} "$work/s2/pki/"
 server 2
 export KUBECONFIG="$work/s1/admin.kubeconfig"
+token=$(in_ns ctrl "$wharf" token create --kubeconfig "$KUBECONFIG")
 for i in 0 1 2; do
-  in_ns "n$i" "$wharf" agent --server "$ctrl:6443,$ctrl:6444" --kubeconfig "$KUBECONFIG" --node-name "node-$i" \
+  in_ns "n$i" "$wharf" agent --join "$ctrl:6443,$ctrl:6444" --token "$token" --ca-cert "$work/s1/pki/ca.crt" \
+    --data-dir "$work/a$i" --node-name "node-$i" \
     --node-ip "198.18.200.1$i" --dns-upstream none --metrics-listen 127.0.0.1:0 >"$work/a$i.log" 2>&1 &
   pids+=($!)
 done

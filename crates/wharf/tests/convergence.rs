@@ -140,9 +140,15 @@ async fn a_consumer_behind_by_more_than_the_watch_history_relists_and_converges(
     let api = addresses(&dir.path().join("server.json"))["api"].as_str().unwrap().to_string();
     let kubeconfig = dir.path().join("server/admin.kubeconfig");
     let node_ip = format!("127.{slot}.250.1");
+    let token = Command::new(wharf).args(["token", "create", "--kubeconfig", kubeconfig.to_str().unwrap()]).output().unwrap();
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let ca = dir.path().join("server/pki/ca.crt");
+    let agent_dir = dir.path().join("agent");
     let agent = Proc(
         Command::new(wharf)
-            .args(["agent", "--server", &api, "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a", "--node-ip", &node_ip])
+            .args(["agent", "--server", &api, "--token", &token, "--ca-cert", ca.to_str().unwrap()])
+            .args(["--data-dir", agent_dir.to_str().unwrap(), "--node-name", "node-a", "--node-ip", &node_ip])
             .args(["--service-cidr", &cidr, "--dns-upstream", "none", "--metrics-listen", "127.0.0.1:0", "--proxy-workers", "2"])
             .args(["--addresses-file", dir.path().join("agent.json").to_str().unwrap()])
             .env("RUST_LOG", "warn")
