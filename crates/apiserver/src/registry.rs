@@ -193,7 +193,7 @@ fn random_suffix() -> String {
 }
 
 /// Namespaces that always exist and cannot be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 #[derive(Clone)]
 pub struct Registry {

@@ -490,6 +490,10 @@ fn node_restriction(c: &Cluster) {
     let fail = r#"{"status":{"phase":"Failed"}}"#;
     refused(&["patch", "pod", "web", "--subresource=status", "--type=merge", "-p", fail], "can only change pods bound to it");
     refused(&["get", "secrets", "-n", "kube-system"], "cannot list resource \"secrets\"");
+    // Heartbeats are node Leases, each written only by its node.
+    let holder = c.kubectl_ok(1, &["get", "lease", "-n", "kube-node-lease", "node-1", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert_eq!(holder, "node-1");
+    refused(&["annotate", "lease", "-n", "kube-node-lease", "node-1", "taken=yes"], "may only write its own lease");
     let own = c.kubectl_as_node(0, &["label", "node", "node-0", "checked=yes"]);
     assert!(own.status.success(), "its own Node: {}", String::from_utf8_lossy(&own.stderr));
     let read = c.kubectl_as_node(0, &["get", "endpointslices", "-A"]);
