@@ -158,7 +158,7 @@ pub async fn heartbeat(client: kube::Client, config: AgentConfig, token: Cancell
             failed = true;
             continue;
         }
-        if !failed && beats % STATUS_EVERY != 0 {
+        if !failed && !beats.is_multiple_of(STATUS_EVERY) {
             continue;
         }
         let patch = serde_json::json!({"status": {"conditions": [ready_condition(since.clone())]}});
