@@ -50,7 +50,7 @@ server() { # index
   until grep -q "wharf server is up" "$work/s$1.log" 2>/dev/null; do sleep 0.2; done
 }
 server 1
-mkdir -p "$work/s2/pki" && cp "$work/s1/pki/"{ca.crt,ca.key,admin.token} "$work/s2/pki/"
+mkdir -p "$work/s2/pki" && cp "$work/s1/pki/"{ca.crt,ca.key,admin.token} "$work/s2/pki/" && cp "$work/s1/encryption-config.yaml" "$work/s2/"
 server 2
 export KUBECONFIG="$work/s1/admin.kubeconfig"
 token=$(in_ns ctrl "$wharf" token create --kubeconfig "$KUBECONFIG")

@@ -10,6 +10,7 @@ pub mod authz;
 mod bootstrap;
 mod discovery;
 pub mod election;
+pub mod encryption;
 pub mod error;
 mod handlers;
 mod http;

@@ -8,11 +8,13 @@
 //! machines) are interchangeable.
 
 mod embedded;
+mod encrypted;
 mod etcd;
 mod metrics;
 mod model;
 
 pub use embedded::{EmbeddedStore, DEFAULT_WATCH_HISTORY};
+pub use encrypted::{Encrypted, Encryption, EncryptionKey};
 pub use etcd::{EtcdCredentials, EtcdStore, EtcdTls};
 pub use metrics::{Measured, StoreMetrics};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};

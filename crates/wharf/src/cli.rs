@@ -204,6 +204,12 @@ pub struct ServerArgs {
     /// `token,user,uid,"group1,group2"`.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// Which resources are encrypted at rest and with which keys, in
+    /// kube-apiserver's EncryptionConfiguration format (default:
+    /// `<data-dir>/encryption-config.yaml`, written at first start to
+    /// encrypt Secrets with a fresh key).
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
     /// How long the certificates nodes obtain are valid; agents renew
     /// theirs at two thirds of it.
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]

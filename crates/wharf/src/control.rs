@@ -109,6 +109,9 @@ pub async fn start(
     let pki_dir = data_dir.join("pki");
     let creds = pki::load_or_create(&pki_dir, &hosts).context("preparing certificates")?;
 
+    let encryption_config = args.encryption_provider_config.clone().unwrap_or_else(|| data_dir.join("encryption-config.yaml"));
+    let encryption = wharf_apiserver::encryption::load_or_create(&encryption_config).context("--encryption-provider-config")?;
+    let store: Arc<dyn wharf_store::Store> = Arc::new(wharf_store::Encrypted::new(store, encryption));
     let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone())
         .with_external_ips(args.external_ip_cidrs.clone(), vec![args.lb_pool.into()]);
     let mut api_registry = wharf_apiserver::Registry::new(store, allocator.clone());

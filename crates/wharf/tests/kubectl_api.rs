@@ -401,3 +401,22 @@ fn config_maps_secrets_service_accounts_and_leases() {
     let out = w.apply_text("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: bad\nspec:\n  leaseDurationSeconds: 0\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("spec.leaseDurationSeconds"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_read_back_after_a_restart() {
+    use base64::Engine;
+    let mut w = Wharf::start(&[]);
+    w.kubectl_ok(&["create", "secret", "generic", "db", "--from-literal=password=hunter2-at-rest"]);
+    w.kubectl_ok(&["create", "configmap", "plain", "--from-literal=note=visible-at-rest"]);
+    let store = std::fs::read(w.data_dir().join("state.redb")).unwrap();
+    let contains = |needle: &[u8]| store.windows(needle.len()).any(|win| win == needle);
+    let encoded = base64::engine::general_purpose::STANDARD.encode("hunter2-at-rest");
+    assert!(!contains(b"hunter2-at-rest") && !contains(encoded.as_bytes()), "the secret's value is in the store file");
+    assert!(contains(b"k8s:enc:aesgcm:v1:key1:"), "sealed as kube-apiserver's aesgcm provider seals");
+    assert!(contains(b"visible-at-rest"), "ConfigMaps are not encrypted by default");
+    let config = std::fs::read_to_string(w.data_dir().join("encryption-config.yaml")).unwrap();
+    assert!(config.contains("kind: EncryptionConfiguration"), "{config}");
+    w.restart();
+    let read = w.kubectl_ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(read.trim()).unwrap(), b"hunter2-at-rest");
+}

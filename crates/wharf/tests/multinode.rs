@@ -382,13 +382,15 @@ impl Cluster {
         etcd_pki(&c.net.path("etcd-pki"), &c.ctrl_ip);
         c.etcd = c.start_etcd();
         let first = c.start_server(1);
-        // The second server shares the first one's CA and token.
+        // The second server shares the first one's CA and token ...
         let pki1 = c.net.path("server1/pki");
         let pki2 = c.net.path("server2/pki");
         std::fs::create_dir_all(&pki2).unwrap();
         for f in ["ca.crt", "ca.key", "admin.token"] {
             std::fs::copy(pki1.join(f), pki2.join(f)).unwrap();
         }
+        // ... and its encryption keys, so each reads the Secrets the other wrote.
+        std::fs::copy(c.net.path("server1/encryption-config.yaml"), c.net.path("server2/encryption-config.yaml")).unwrap();
         let second = c.start_server(2);
         c.servers = vec![first, second];
         c.join_token = c.create_token();
