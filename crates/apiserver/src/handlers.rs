@@ -18,6 +18,7 @@ use wharf_api::selector::{FieldSelector, LabelSelector};
 
 use crate::admission;
 use crate::authz::Caller;
+use crate::consistency;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::kind::Kind;
@@ -92,7 +93,9 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
     let info = kind.info;
     match (&method, target.name.as_deref()) {
         (&Method::GET, Some(name)) => {
-            let obj = registry.get(kind, &ns, name).await?;
+            let at = consistency::read_at(&q, false)?;
+            let obj =
+                consistency::read_fresh(at, || async { Ok((registry.get(kind, &ns, name).await?, registry.store().revision())) }).await?;
             if wants_table(headers) {
                 let rv = object::resource_version(&obj).to_string();
                 return Ok(ok(table::table(kind.printer, &[obj], &rv, include_object(&q), true)));
@@ -108,8 +111,14 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
                 Some(Err(_)) => return Err(ApiError::BadRequest("limit: not an integer".into())),
             };
             let token = q.get("continue").map(String::as_str).filter(|t| !t.is_empty());
+            let at = consistency::read_at(&q, true)?;
             let body = if limit > 0 || token.is_some() {
-                let page = registry.list_page(kind, target.namespace.as_deref(), &filter, limit, token).await?;
+                let page = consistency::read_fresh(at, || async {
+                    let page = registry.list_page(kind, target.namespace.as_deref(), &filter, limit, token).await?;
+                    let revision = page.revision;
+                    Ok((page, revision))
+                })
+                .await?;
                 write_listing(
                     kind,
                     headers,
@@ -118,7 +127,11 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
                     list_metadata(page.revision, page.continue_token.as_deref()),
                 )?
             } else {
-                let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
+                let (stored, rv) = consistency::read_fresh(at, || async {
+                    let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;
+                    Ok(((stored, rv), rv))
+                })
+                .await?;
                 write_listing(kind, headers, &q, stored.decode(&filter), list_metadata(rv, None))?
             };
             Ok(raw_json(body))

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 mod bootstrap;
+pub mod consistency;
 mod discovery;
 pub mod election;
 pub mod encryption;

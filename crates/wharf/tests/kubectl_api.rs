@@ -420,3 +420,29 @@ fn secrets_are_encrypted_at_rest_and_read_back_after_a_restart() {
     let read = w.kubectl_ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
     assert_eq!(base64::engine::general_purpose::STANDARD.decode(read.trim()).unwrap(), b"hunter2-at-rest");
 }
+
+#[test]
+fn resource_version_and_match_on_get_and_list() {
+    let w = Wharf::start(&[]);
+    let list = |query: &str| w.kubectl(&["get", "--raw", &format!("/api/v1/namespaces/default/services?{query}")]);
+    // Exact is served at the current revision only (wharf keeps no older
+    // states); background writes (node leases) may move it between reads.
+    let revision_now = || {
+        serde_json::from_slice::<serde_json::Value>(&list("").stdout).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    };
+    let exact = support::eventually(Duration::from_secs(10), || {
+        list(&format!("resourceVersion={}&resourceVersionMatch=Exact", revision_now())).status.success().then_some(())
+    });
+    assert!(exact.is_some(), "an Exact list at the current revision");
+    let current = revision_now();
+    w.kubectl_ok(&["create", "service", "clusterip", "later", "--tcp=80:80"]);
+    let old = list(&format!("resourceVersion={current}&resourceVersionMatch=Exact"));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("Expired"), "{}", String::from_utf8_lossy(&old.stderr));
+    let fresh = list(&format!("resourceVersion={current}&resourceVersionMatch=NotOlderThan"));
+    assert!(String::from_utf8_lossy(&fresh.stdout).contains("later"));
+    let future = w.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/later?resourceVersion=999999999"]);
+    assert!(String::from_utf8_lossy(&future.stderr).contains("Too large resource version"), "{}", String::from_utf8_lossy(&future.stderr));
+    let unbounded = list("resourceVersionMatch=Exact");
+    let refused = String::from_utf8_lossy(&unbounded.stderr).to_string();
+    assert!(!unbounded.status.success() && refused.contains("resourceVersionMatch"), "{refused}");
+}
