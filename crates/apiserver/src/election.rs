@@ -1,8 +1,10 @@
 //! Leader election on the store, for controllers that must run once per
-//! cluster when several API servers share one etcd. The leader holds a
-//! key naming it and an expiry time, renewed with compare-and-swap; a
-//! leader that stops renewing loses the key after `ttl`. Expiry compares
-//! wall clocks, so the servers' clocks must agree to well within `ttl`.
+//! cluster when several API servers share one etcd. As client-go's leader
+//! election does, the leader holds a `coordination.k8s.io` Lease
+//! (`kubectl get lease -n kube-system` shows the holder), renewed with
+//! compare-and-swap on its store key; a leader that stops renewing loses
+//! it `ttl` after its last renewal. Expiry compares wall clocks, so the
+//! servers' clocks must agree to well within `ttl`.
 //!
 //! No two leaders act at once: every attempt has a deadline of a third of
 //! the lease, and a leader that has not renewed within two thirds of it
@@ -10,15 +12,23 @@
 //! a third of the lease before anyone else may take it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wharf_store::{Compare, Store, Txn, TxnOutcome};
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// The store key of the Lease `kube-system/<name>`.
+pub fn lease_key(name: &str) -> String {
+    crate::registry::object_key(&wharf_api::kinds::LEASE, "kube-system", name)
+}
+
+/// Microseconds, as a Lease's `renewTime` carries them.
+fn micro_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 
 /// A holder identity unique to this process: the host name and a random
@@ -70,21 +80,52 @@ pub fn campaign(store: Arc<dyn Store>, key: String, id: String, ttl: Duration, t
     rx
 }
 
+/// The Lease `id` writes: renewed now, acquired now unless it held it
+/// already, carrying over the metadata and counting transitions.
+fn lease(key: &str, current: Option<&Value>, id: &str, ttl: Duration, now: jiff::Timestamp) -> Value {
+    let held = current.is_some_and(|l| l["spec"]["holderIdentity"] == id);
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let metadata = current.map(|l| l["metadata"].clone()).unwrap_or_else(|| {
+        json!({"name": name, "namespace": "kube-system", "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()})
+    });
+    let transitions = current.and_then(|l| l["spec"]["leaseTransitions"].as_i64()).unwrap_or(0) + i64::from(current.is_some() && !held);
+    let acquired = current.filter(|_| held).map_or_else(|| json!(micro_time(now)), |l| l["spec"]["acquireTime"].clone());
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": {
+            "holderIdentity": id,
+            "leaseDurationSeconds": ttl.as_secs_f64().ceil() as i64,
+            "acquireTime": acquired,
+            "renewTime": micro_time(now),
+            "leaseTransitions": transitions,
+        },
+    })
+}
+
+/// Whether `lease` is held by someone else and not expired at `now`.
+fn held_by_other(lease: &Value, id: &str, ttl: Duration, now: jiff::Timestamp) -> bool {
+    let renewed = lease["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let live = renewed.is_some_and(|r| jiff::SignedDuration::try_from(ttl).is_ok_and(|ttl| r + ttl > now));
+    lease["spec"]["holderIdentity"] != id && live
+}
+
 async fn try_lead(store: &dyn Store, key: &str, id: &str, ttl: Duration) -> wharf_store::Result<bool> {
     let current = store.get(key).await?;
-    let record = format!("{id} {}", now_ms() + ttl.as_millis() as u64);
-    let guard = match &current {
-        None => Compare::Absent(key.to_string()),
+    let now = jiff::Timestamp::now();
+    let (guard, stored) = match &current {
+        None => (Compare::Absent(key.to_string()), None),
         Some(kv) => {
-            let text = String::from_utf8_lossy(&kv.value);
-            let (holder, expiry) = text.split_once(' ').unwrap_or(("", "0"));
-            let expired = expiry.parse::<u64>().map_or(true, |e| e < now_ms());
-            if holder != id && !expired {
+            // Unreadable (written by hand?): taken over as if expired.
+            let stored: Option<Value> = serde_json::from_slice(&kv.value).ok();
+            if stored.as_ref().is_some_and(|l| held_by_other(l, id, ttl, now)) {
                 return Ok(false);
             }
-            Compare::ModRevision(key.to_string(), kv.mod_revision)
+            (Compare::ModRevision(key.to_string(), kv.mod_revision), stored)
         }
     };
+    let record = serde_json::to_vec(&lease(key, stored.as_ref(), id, ttl, now)).unwrap_or_default();
     let outcome = store.txn(Txn::new().when(guard).put(key, record)).await?;
     Ok(matches!(outcome, TxnOutcome::Committed(_)))
 }
@@ -104,6 +145,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(try_lead(store.as_ref(), "/lead", "b", ttl).await.unwrap(), "b takes over an expired lease");
         assert!(!try_lead(store.as_ref(), "/lead", "a", ttl).await.unwrap());
+        let lease: Value = serde_json::from_slice(&store.get("/lead").await.unwrap().unwrap().value).unwrap();
+        assert_eq!((lease["kind"].as_str(), lease["spec"]["holderIdentity"].as_str()), (Some("Lease"), Some("b")));
+        assert_eq!(lease["spec"]["leaseTransitions"], 1, "a to b");
     }
 
     /// An in-memory store that can be cut off: every call then waits

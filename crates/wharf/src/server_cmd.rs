@@ -68,7 +68,13 @@ pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {
     let advertise = args.server.api_listen.ip();
     let control = control::start(&args.server, store.clone(), None, advertise, &args.tls_san, &mut life, &mut registry).await?;
     let id = wharf_apiserver::election::holder_identity();
-    let leading = wharf_apiserver::election::campaign(store, "/wharf/leader/controllers".into(), id, LEADER_LEASE, life.token.clone());
+    let leading = wharf_apiserver::election::campaign(
+        store,
+        wharf_apiserver::election::lease_key("wharf-controllers"),
+        id,
+        LEADER_LEASE,
+        life.token.clone(),
+    );
     let controller_metrics = wharf_kube::ControllerMetrics::default();
     controller_metrics.register(&mut registry);
     let controllers = control::controllers_when_leading(

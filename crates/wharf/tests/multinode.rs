@@ -522,6 +522,10 @@ fn a_server_that_vanishes_silently_loses_its_agents_and_its_leadership() {
     let before = cluster_ip(&c, 1, "before");
     eventually("the agent's DNS", Duration::from_secs(30), || c.dig(0, "before.default.svc.cluster.local") == before);
     eventually("server 1 leading", Duration::from_secs(30), || logged_at(&c, "server1.log", "leading: starting the controllers").is_some());
+    let holder =
+        |server| c.kubectl_ok(server, &["get", "lease", "-n", "kube-system", "wharf-controllers", "-o", "jsonpath={.spec.holderIdentity}"]);
+    let first_holder = holder(1);
+    assert!(!first_holder.is_empty(), "the controllers' Lease names its holder");
 
     // Server 1's host drops off the network: no FIN, no reset, nothing.
     let api1 = c.apis[1].0.clone();
@@ -537,6 +541,7 @@ fn a_server_that_vanishes_silently_loses_its_agents_and_its_leadership() {
 
     // Server 2 took over the controllers only after server 1 stopped them.
     eventually("server 2 leading", Duration::from_secs(30), || logged_at(&c, "server2.log", "leading: starting the controllers").is_some());
+    eventually("the Lease changing hands", Duration::from_secs(30), || holder(2) != first_holder);
     let stopped = logged_at(&c, "server1.log", "no longer leading").expect("server 1 never stopped its controllers");
     let started = logged_at(&c, "server2.log", "leading: starting the controllers").expect("server 2 never led");
     assert!(stopped < started, "both led at once: server 1 stopped at {stopped}, server 2 started at {started}");
