@@ -16,6 +16,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch as channel;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use wharf_kube::events::Recorder;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 use crate::probe::{self, Check, ProbePolicy};
@@ -32,12 +33,15 @@ struct Worker {
 pub struct PodManager {
     client: kube::Client,
     config: AgentConfig,
+    /// Probe failures, as the kubelet reports them.
+    events: Recorder,
     workers: HashMap<ObjectKey, Worker>,
 }
 
 impl PodManager {
     pub fn new(client: kube::Client, config: AgentConfig) -> Self {
-        Self { client, config, workers: HashMap::new() }
+        let events = Recorder::new(client.clone(), "kubelet", config.node_name.clone());
+        Self { client, config, events, workers: HashMap::new() }
     }
 
     /// Follows the node's pods until `token` is cancelled; the workers stop
@@ -73,7 +77,7 @@ impl Table<Pod> for PodManager {
             self.delete(&key);
         }
         let (updates, rx) = channel::channel(pod);
-        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.clone(), rx));
+        let task = tokio::spawn(pod_worker(self.client.clone(), self.config.clone(), self.events.clone(), rx));
         self.workers.insert(key, Worker { uid, updates, task });
     }
 
@@ -262,7 +266,7 @@ fn deletion_deadline(pod: &Pod) -> Option<Instant> {
     Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
-async fn pod_worker(client: kube::Client, config: AgentConfig, mut updates: channel::Receiver<Pod>) {
+async fn pod_worker(client: kube::Client, config: AgentConfig, events: Recorder, mut updates: channel::Receiver<Pod>) {
     let (node_ip, metrics) = (config.node_ip, config.metrics.clone());
     let mut pod = updates.borrow_and_update().clone();
     if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
@@ -289,9 +293,14 @@ async fn pod_worker(client: kube::Client, config: AgentConfig, mut updates: chan
                 for p in probes.iter_mut().filter(|p| p.next <= now) {
                     p.next = now + p.period;
                     let Some(check) = &p.check else { continue };
-                    let passed = probe::run(check, p.timeout).await;
-                    metrics.probed(passed);
-                    flipped |= p.record(passed);
+                    let result = probe::run(check, p.timeout).await;
+                    metrics.probed(result.is_ok());
+                    if let Err(why) = &result {
+                        let mut container = wharf_kube::events::reference(&pod);
+                        container.field_path = Some(format!("spec.containers{{{}}}", p.name));
+                        events.warn(container, "Unhealthy", format!("Readiness probe failed: {why}"));
+                    }
+                    flipped |= p.record(result.is_ok());
                 }
                 if flipped {
                     let terminating = pod.metadata.deletion_timestamp.is_some();

@@ -197,18 +197,41 @@ pub fn check_for(container: &Container, probe: &Probe, pod_ip: IpAddr, policy: &
 /// The only environment an exec probe gets.
 const EXEC_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Runs one check; true if it passed within `timeout`.
-pub async fn run(check: &Check, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, attempt(check)).await.unwrap_or_default()
+/// What an exec probe's output may add to its failure message.
+const MAX_EXEC_OUTPUT: usize = 10 << 10;
+
+/// Runs one check within `timeout`; the error says why it failed, in the
+/// kubelet's words where it has them (they end up in Events).
+pub async fn run(check: &Check, timeout: Duration) -> Result<(), String> {
+    tokio::time::timeout(timeout, attempt(check)).await.unwrap_or_else(|_| Err(format!("probe timed out after {timeout:?}")))
 }
 
-async fn attempt(check: &Check) -> bool {
+fn dial_error(host: &str, port: u16, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connect: connection refused".to_string(),
+        _ => e.to_string(),
+    };
+    format!("dial tcp {}: {why}", authority(host, port))
+}
+
+async fn attempt(check: &Check) -> Result<(), String> {
     match check {
-        Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.is_ok(),
-        Check::Http { host, port, path, headers, tls } => http_get(host, *port, path, headers, *tls).await.unwrap_or(false),
-        Check::Grpc { host, port, service } => grpc_health(host, *port, service).await.unwrap_or(false),
+        Check::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.map(drop).map_err(|e| dial_error(host, *port, &e)),
+        Check::Http { host, port, path, headers, tls } => {
+            let url = format!("{}://{}{path}", if *tls { "https" } else { "http" }, authority(host, *port));
+            match http_get(host, *port, path, headers, *tls).await {
+                Ok(status) if (200..400).contains(&status) => Ok(()),
+                Ok(status) => Err(format!("HTTP probe failed with statuscode: {status}")),
+                Err(e) => Err(format!("Get {url:?}: {e}")),
+            }
+        }
+        Check::Grpc { host, port, service } => match grpc_health(host, *port, service).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("service unhealthy (responded with \"NOT_SERVING\")".into()),
+            Err(e) => Err(format!("failed to connect service {:?}: {e}", authority(host, *port))),
+        },
         Check::Exec { command, user } => {
-            let Some((program, args)) = command.split_first() else { return false };
+            let Some((program, args)) = command.split_first() else { return Err("no command".into()) };
             let mut child = tokio::process::Command::new(program);
             child
                 .args(args)
@@ -216,23 +239,35 @@ async fn attempt(check: &Check) -> bool {
                 .env("PATH", EXEC_PATH)
                 .current_dir("/")
                 .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
             if let Some(user) = user {
                 // std drops the supplementary groups when it sets the uid as root.
                 child.uid(user.uid).gid(user.gid);
             }
-            child.status().await.is_ok_and(|s| s.success())
+            let out = child.output().await.map_err(|e| format!("{program}: {e}"))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            let mut text = text.trim().to_string();
+            if text.len() > MAX_EXEC_OUTPUT {
+                let cut = (0..=MAX_EXEC_OUTPUT).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                text.truncate(cut);
+            }
+            Err(if text.is_empty() { format!("command {command:?} exited with {}", out.status) } else { text })
         }
-        Check::Unsupported(_) => false,
+        Check::Unsupported(why) => Err(why.clone()),
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)], tls: bool) -> Result<bool, BoxError> {
-    let stream = TcpStream::connect((host, port)).await?;
+/// The status code of `GET path`.
+async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)], tls: bool) -> Result<u16, BoxError> {
+    let stream = TcpStream::connect((host, port)).await.map_err(|e| dial_error(host, port, &e))?;
     if tls {
         let name = ServerName::try_from(host.to_string())?;
         let stream = probe_tls()?.connect(name, stream).await?;
@@ -283,7 +318,7 @@ fn grpc_message<M: prost::Message + Default>(body: &[u8]) -> Option<M> {
 }
 
 async fn grpc_health(host: &str, port: u16, service: &str) -> Result<bool, BoxError> {
-    let stream = TcpStream::connect((host, port)).await?;
+    let stream = TcpStream::connect((host, port)).await.map_err(|e| dial_error(host, port, &e))?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
     let driver = tokio::spawn(connection);
@@ -304,7 +339,7 @@ async fn grpc_health(host: &str, port: u16, service: &str) -> Result<bool, BoxEr
     Ok(passed)
 }
 
-async fn request<S>(stream: S, host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<bool, BoxError>
+async fn request<S>(stream: S, host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<u16, BoxError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -317,7 +352,7 @@ where
     }
     let response = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
     driver.abort();
-    Ok((200..400).contains(&response.status().as_u16()))
+    Ok(response.status().as_u16())
 }
 
 #[cfg(test)]
@@ -358,8 +393,8 @@ mod tests {
         let ok = http_server("200 OK").await;
         let bad = http_server("503 Service Unavailable").await;
         let check = |port| Check::Http { host: "127.0.0.1".into(), port, path: "/healthz".into(), headers: vec![], tls: false };
-        assert!(run(&check(ok), Duration::from_secs(2)).await);
-        assert!(!run(&check(bad), Duration::from_secs(2)).await);
+        assert!(run(&check(ok), Duration::from_secs(2)).await.is_ok());
+        assert!(run(&check(bad), Duration::from_secs(2)).await.is_err());
     }
 
     #[tokio::test]
@@ -383,7 +418,7 @@ mod tests {
             }
         });
         let check = Check::Http { host: "127.0.0.1".into(), port, path: "/".into(), headers: vec![], tls: true };
-        assert!(run(&check, Duration::from_secs(2)).await);
+        assert!(run(&check, Duration::from_secs(2)).await.is_ok());
     }
 
     /// A gRPC health server over h2c: SERVING for "", NOT_SERVING for
@@ -421,11 +456,11 @@ mod tests {
     async fn grpc_health_status_decides() {
         let port = grpc_health_server().await;
         let check = |service: &str| Check::Grpc { host: "127.0.0.1".into(), port, service: service.into() };
-        assert!(run(&check(""), Duration::from_secs(2)).await);
-        assert!(!run(&check("db"), Duration::from_secs(2)).await, "NOT_SERVING must fail");
-        assert!(!run(&check("unknown"), Duration::from_secs(2)).await, "a failed call must fail");
+        assert!(run(&check(""), Duration::from_secs(2)).await.is_ok());
+        assert!(run(&check("db"), Duration::from_secs(2)).await.is_err(), "NOT_SERVING must fail");
+        assert!(run(&check("unknown"), Duration::from_secs(2)).await.is_err(), "a failed call must fail");
         let http1 = http_server("200 OK").await;
-        assert!(!run(&Check::Grpc { host: "127.0.0.1".into(), port: http1, service: String::new() }, Duration::from_secs(2)).await);
+        assert!(run(&Check::Grpc { host: "127.0.0.1".into(), port: http1, service: String::new() }, Duration::from_secs(2)).await.is_err());
         let probe: Probe = serde_json::from_value(serde_json::json!({"grpc": {"port": 9090, "service": "db"}})).unwrap();
         assert_eq!(
             check_for(&container(), &probe, "127.0.0.9".parse().unwrap(), &ProbePolicy::default()),
@@ -445,12 +480,17 @@ mod tests {
     async fn tcp_and_exec() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await);
+        assert!(run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await.is_ok());
         drop(listener);
-        assert!(!run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await);
-        assert!(run(&Check::Exec { command: vec!["true".into()], user: None }, Duration::from_secs(2)).await);
-        assert!(!run(&Check::Exec { command: vec!["false".into()], user: None }, Duration::from_secs(2)).await);
-        assert!(!run(&Check::Exec { command: vec!["sleep".into(), "5".into()], user: None }, Duration::from_millis(100)).await);
+        assert!(run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await.is_err());
+        assert!(run(&Check::Exec { command: vec!["true".into()], user: None }, Duration::from_secs(2)).await.is_ok());
+        assert!(run(&Check::Exec { command: vec!["false".into()], user: None }, Duration::from_secs(2)).await.is_err());
+        assert!(run(&Check::Exec { command: vec!["sleep".into(), "5".into()], user: None }, Duration::from_millis(100)).await.is_err());
+        // Failures say why, as the kubelet words them.
+        let refused = run(&Check::Tcp { host: "127.0.0.1".into(), port }, Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(refused, format!("dial tcp 127.0.0.1:{port}: connect: connection refused"));
+        let said = Check::Exec { command: vec!["sh".into(), "-c".into(), "echo not ready yet; exit 1".into()], user: None };
+        assert_eq!(run(&said, Duration::from_secs(2)).await.unwrap_err(), "not ready yet");
     }
 
     #[test]
@@ -477,6 +517,6 @@ mod tests {
         let home = std::env::var("HOME").unwrap_or_default();
         let check = format!("test \"$HOME\" != {home:?} && test -z \"$RUST_TEST_THREADS$CARGO\"");
         let leaks = Check::Exec { command: vec!["sh".into(), "-c".into(), check], user: None };
-        assert!(run(&leaks, Duration::from_secs(5)).await, "the agent's environment reached the probe");
+        assert!(run(&leaks, Duration::from_secs(5)).await.is_ok(), "the agent's environment reached the probe");
     }
 }

@@ -13,6 +13,7 @@ mod discovery;
 pub mod election;
 pub mod encryption;
 pub mod error;
+pub mod event_ttl;
 mod handlers;
 mod http;
 pub mod kind;

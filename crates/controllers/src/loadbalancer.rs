@@ -183,6 +183,10 @@ impl LoadBalancerController {
         };
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
         let written = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await?;
+        if let Write::Ingress(ip) = write {
+            // MetalLB's words, which bare-metal users know.
+            self.events.normal(wharf_kube::events::reference(&written), "IPAllocated", format!("Assigned IP [\"{ip}\"]"));
+        }
         self.lock().services.reflector.record(written);
         Ok(())
     }

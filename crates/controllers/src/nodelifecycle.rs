@@ -45,12 +45,14 @@ pub struct NodeLifecycleController {
     leases: Mutex<Watched<Lease>>,
     queue: Arc<WorkQueue<ObjectKey>>,
     metrics: QueueHandles,
+    events: wharf_kube::events::Recorder,
 }
 
 impl NodeLifecycleController {
     pub fn new(client: kube::Client, grace: Duration, metrics: QueueHandles) -> Self {
         let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
-        Self { client, grace, nodes: Mutex::default(), leases: Mutex::default(), queue, metrics }
+        let events = wharf_kube::events::Recorder::new(client.clone(), "node-controller", "wharf");
+        Self { client, grace, nodes: Mutex::default(), leases: Mutex::default(), queue, metrics, events }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Watched<Node>> {
@@ -121,6 +123,11 @@ impl NodeLifecycleController {
         // the retry does both again.
         self.mark_pods_not_ready(&key.name).await?;
         let written = nodes.patch_status(&key.name, &PatchParams::default(), &patch).await?;
+        self.events.normal(
+            wharf_kube::events::reference(&written),
+            "NodeNotReady",
+            format!("Node {} status is now: NodeNotReady", key.name),
+        );
         self.lock().reflector.record(written);
         Ok(())
     }

@@ -210,6 +210,10 @@ pub struct ServerArgs {
     /// encrypt Secrets with a fresh key).
     #[arg(long)]
     pub encryption_provider_config: Option<PathBuf>,
+    /// Events not updated for this long are deleted (kube-apiserver's
+    /// `--event-ttl`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub event_ttl: Duration,
     /// How long the certificates nodes obtain are valid; agents renew
     /// theirs at two thirds of it.
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]

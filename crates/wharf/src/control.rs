@@ -152,6 +152,11 @@ pub async fn start(
         task.await?;
         Ok(())
     });
+    let expiry = wharf_apiserver::event_ttl::run(api_registry.clone(), args.event_ttl, life.token.clone());
+    life.spawn("event expiry", async move {
+        expiry.await;
+        Ok(())
+    });
 
     let kubeconfig = kubeconfig_path(data_dir);
     let kubeconfig_text = pki::kubeconfig(&creds, &format!("https://{endpoint}"));

@@ -100,6 +100,27 @@ fn seed_pods_become_endpoints_by_readiness() {
     assert_eq!(slices(&w, "kolide-fleet-fleet")[1].1, vec![("kolide-fleet-fleet-b".to_string(), false, false, false)]);
     let legacy = endpoints_of(&w, "kolide-fleet-fleet");
     assert!(legacy.contains(&format!("{ip},8080")), "{legacy}");
+    // Told as the kubelet tells it: one Unhealthy event, aggregated over
+    // the repeated failures; and the load balancer's address as MetalLB
+    // reports it.
+    let events = |w: &Wharf| -> Vec<serde_json::Value> {
+        let list: serde_json::Value = serde_json::from_str(&w.kubectl_ok(&["get", "events", "-o", "json"])).unwrap();
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let unhealthy = |w: &Wharf| -> Vec<serde_json::Value> {
+        events(w).into_iter().filter(|e| e["reason"] == "Unhealthy" && e["involvedObject"]["name"] == "kolide-fleet-fleet-b").collect()
+    };
+    wait_for(&w, "an Unhealthy event", |w| !unhealthy(w).is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    let told = unhealthy(&w);
+    assert_eq!(told.len(), 1, "one aggregated event: {told:?}");
+    let message = told[0]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("Readiness probe failed: Get ") && message.contains("connection refused"), "{message}");
+    assert_eq!(told[0]["source"]["component"], "kubelet");
+    assert!(w.kubectl_ok(&["describe", "pod", "kolide-fleet-fleet-b"]).contains("Readiness probe failed"));
+    let allocated = events(&w).into_iter().find(|e| e["reason"] == "IPAllocated").expect("an IPAllocated event");
+    assert_eq!(allocated["involvedObject"]["name"], "kolide-fleet-fleet");
+    assert!(allocated["message"].as_str().unwrap_or_default().starts_with("Assigned IP [\""), "{allocated}");
     // And comes back when it restarts.
     let _fleet_b = Backend::start(&format!("{ip}:8081"), true);
     wait_for(&w, "fleet-b to come back", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080,{ip}:8081"));

@@ -471,6 +471,11 @@ fn a_cluster_of_three_nodes_and_its_faults() {
     eventually("node 2 NotReady", Duration::from_secs(40), || {
         c.kubectl_ok(2, &["get", "node", "node-2", "--no-headers"]).split_whitespace().nth(1) == Some("NotReady")
     });
+    eventually("the NodeNotReady event", Duration::from_secs(30), || {
+        c.kubectl_ok(2, &["get", "events", "-o", "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}"])
+            .lines()
+            .any(|l| l == "NodeNotReady: Node node-2 status is now: NodeNotReady")
+    });
     eventually("web's endpoint gone", Duration::from_secs(30), || {
         c.kubectl_ok(2, &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]).trim().is_empty()
     });
