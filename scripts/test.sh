@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive (kubectl is preinstalled): dig, ip,
 # curl, python3 (backend processes), etcd and etcdctl (the store's and the
 # several-node tests) and
-# script (a terminal for `kubectl exec -t`); the official Python client.
+# script (a terminal for `kubectl exec -t`); the official Python client;
+# npm (and node) for the official JavaScript client.
 missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
@@ -17,10 +18,13 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v script >/dev/null || missing+=(bsdutils)
 /usr/bin/python3 -c 'import kubernetes' 2>/dev/null || missing+=(python3-kubernetes)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y "${missing[@]}"
 fi
+# The official JavaScript client, pinned by its lock file, from npm.
+npm ci --prefix crates/wharf/tests/clients/js --no-audit --no-fund --loglevel=error
 # The unused-dependency check, from crates.io.
 command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
 

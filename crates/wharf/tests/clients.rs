@@ -1,6 +1,8 @@
 //! Third-party Kubernetes clients against a running wharf, each asserting
 //! what it saw: the official Python client (Debian `python3-kubernetes`),
-//! and kube-rs listing by streaming watch as client-go 1.35 does.
+//! the official JavaScript client's informer (`@kubernetes/client-node`,
+//! installed by the test command), and kube-rs listing by streaming watch
+//! as client-go 1.35 does.
 
 mod support;
 
@@ -30,6 +32,17 @@ fn the_python_client_crud_and_watch() {
     let events: Vec<(&str, &str)> =
         lines[4..].iter().map(|e| (e["event"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""))).collect();
     assert_eq!(events, [("ADDED", "py-svc"), ("MODIFIED", "py-svc"), ("DELETED", "py-svc")], "{stdout}");
+}
+
+#[test]
+fn the_javascript_client_informer_sees_add_update_delete() {
+    let w = Wharf::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/js/informer.mjs");
+    let out = Command::new("node").arg(script).env("KUBECONFIG", w.kubeconfig()).output().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Vec<String> = serde_json::from_str(stdout.trim()).expect("a JSON list");
+    assert_eq!(seen, ["add js-informed 80", "update js-informed 81", "delete js-informed 81"], "{stdout}");
 }
 
 /// `watcher::Config::streaming_lists()`: `sendInitialEvents=true`, the
