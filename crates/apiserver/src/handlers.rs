@@ -50,10 +50,24 @@ fn include_object(q: &Query) -> IncludeObject {
     }
 }
 
+/// `dryRun`: absent, or `All` (the only value Kubernetes defines); any
+/// other is refused, never taken for a real write.
+fn dry_run<'a>(values: impl IntoIterator<Item = &'a str>, options: &'static str) -> ApiResult<bool> {
+    let mut dry = false;
+    for value in values {
+        if value != "All" {
+            let cause = wharf_api::field::FieldError::not_supported("dryRun", wharf_api::field::Value::Str(value.into()), &["All"]);
+            return Err(ApiError::Invalid { kind: options, group: "meta.k8s.io", name: String::new(), causes: vec![cause] });
+        }
+        dry = true;
+    }
+    Ok(dry)
+}
+
 fn write_options(q: &Query) -> ApiResult<WriteOptions> {
     Ok(WriteOptions {
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
-        dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
+        dry_run: dry_run(q.get("dryRun").map(String::as_str), "CreateOptions")?,
     })
 }
 
@@ -293,7 +307,13 @@ fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
         uid: opts["preconditions"]["uid"].as_str().map(String::from),
         resource_version: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
         grace_period: grace_period(&opts["gracePeriodSeconds"], q.get("gracePeriodSeconds"))?,
-        dry_run: q.get("dryRun").is_some_and(|d| d == "All") || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")),
+        dry_run: dry_run(
+            q.get("dryRun")
+                .map(String::as_str)
+                .into_iter()
+                .chain(opts["dryRun"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap_or("?"))),
+            "DeleteOptions",
+        )?,
     })
 }
 
@@ -491,6 +511,15 @@ async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dry_run_is_all_or_refused() {
+        assert!(!dry_run(None, "CreateOptions").unwrap());
+        assert!(dry_run(Some("All"), "CreateOptions").unwrap());
+        let err = dry_run(Some("Server"), "CreateOptions").unwrap_err();
+        assert_eq!(err.to_string(), r#"CreateOptions "" is invalid: dryRun: Unsupported value: "Server": supported values: "All""#);
+        assert!(dry_run(["All", "nope"], "DeleteOptions").is_err(), "every value counts");
+    }
 
     fn event(rv: &str) -> ApiResult<WatchEvent> {
         Ok(WatchEvent { kind: "ADDED", object: json!({"metadata": {"resourceVersion": rv}}) })

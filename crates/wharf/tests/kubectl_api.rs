@@ -446,3 +446,16 @@ fn resource_version_and_match_on_get_and_list() {
     let refused = String::from_utf8_lossy(&unbounded.stderr).to_string();
     assert!(!unbounded.status.success() && refused.contains("resourceVersionMatch"), "{refused}");
 }
+
+#[test]
+fn dry_run_stores_nothing_and_an_unknown_dry_run_value_is_refused() {
+    let w = Wharf::start(&[]);
+    w.kubectl_ok(&["create", "service", "clusterip", "dry", "--tcp=80:80", "--dry-run=server"]);
+    assert!(!w.kubectl(&["get", "svc", "dry"]).status.success(), "a server dry run stored the service");
+    let body = w.dir.path().join("svc.json");
+    std::fs::write(&body, r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"dry"},"spec":{"ports":[{"port":80}]}}"#).unwrap();
+    let out = w.kubectl(&["create", "--raw", "/api/v1/namespaces/default/services?dryRun=Server", "-f", body.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("dryRun"), "{err}");
+    assert!(!w.kubectl(&["get", "svc", "dry"]).status.success(), "an unknown dryRun value was taken for a real write");
+}
