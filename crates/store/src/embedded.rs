@@ -66,14 +66,15 @@ impl Shared {
     }
 
     /// The retained events after `after` under `prefix`, plus a live
-    /// subscription taken under the same lock, so nothing falls between.
-    fn open_watch(&self, prefix: &str, after: Revision) -> Result<(Backlog, broadcast::Receiver<Arc<Event>>)> {
+    /// subscription taken under the same lock, so nothing falls between,
+    /// and the revision the backlog runs through.
+    fn open_watch(&self, prefix: &str, after: Revision) -> Result<(Backlog, broadcast::Receiver<Arc<Event>>, Revision)> {
         let state = self.read();
         if after.saturating_add(1) < state.history_start {
             return Err(StoreError::Compacted { requested: after, oldest: state.history_start - 1 });
         }
         let backlog = state.history.iter().filter(|e| e.revision > after && e.key.starts_with(prefix)).cloned().collect();
-        Ok((backlog, self.events.subscribe()))
+        Ok((backlog, self.events.subscribe(), state.revision))
     }
 }
 
@@ -350,14 +351,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        let (backlog, live) = self.shared.open_watch(prefix, after)?;
+        let (backlog, live, backlog_through) = self.shared.open_watch(prefix, after)?;
         let cursor = WatchCursor {
             shared: self.shared.clone(),
             prefix: prefix.to_string(),
             last: after,
             delivered_at_last: 0,
+            last_complete: true,
             skip: 0,
             backlog,
+            backlog_through,
             live,
             failed: false,
         };
@@ -374,14 +377,23 @@ impl Store for EmbeddedStore {
 struct WatchCursor {
     shared: Arc<Shared>,
     prefix: String,
-    /// Revision of the last delivered event, and how many events of that
-    /// revision (one transaction may touch several keys) were delivered.
+    /// Revision of the last event passed (delivered, or skipped for
+    /// another prefix: a quiet watcher's position moves with the store, so
+    /// a re-feed after lagging starts inside the history), and how many
+    /// events of that revision (one transaction may touch several keys)
+    /// were delivered.
     last: Revision,
     delivered_at_last: usize,
+    /// Whether every event of revision `last` has been passed (true only
+    /// at the start, where `last` is the revision watched after).
+    last_complete: bool,
     /// Events of revision `last` to drop because they were delivered
     /// before a re-feed from history.
     skip: usize,
     backlog: VecDeque<Arc<Event>>,
+    /// Every event up to this revision is in `backlog` or was passed: once
+    /// the backlog is drained the position moves here.
+    backlog_through: Revision,
     live: broadcast::Receiver<Arc<Event>>,
     failed: bool,
 }
@@ -392,6 +404,9 @@ impl WatchCursor {
             return None;
         }
         loop {
+            if self.backlog.is_empty() {
+                self.passed_backlog();
+            }
             let event = match self.backlog.pop_front() {
                 Some(event) => event,
                 None => match self.live.recv().await {
@@ -406,6 +421,11 @@ impl WatchCursor {
                     }
                 },
             };
+            if event.revision > self.last {
+                self.last = event.revision;
+                self.delivered_at_last = 0;
+                self.last_complete = false;
+            }
             if !event.key.starts_with(&self.prefix) {
                 continue;
             }
@@ -413,20 +433,29 @@ impl WatchCursor {
                 self.skip -= 1;
                 continue;
             }
-            if event.revision == self.last {
-                self.delivered_at_last += 1;
-            } else {
-                self.last = event.revision;
-                self.delivered_at_last = 1;
-            }
+            self.delivered_at_last += 1;
             return Some(Ok((*event).clone()));
         }
     }
 
+    /// The backlog is drained: every event through `backlog_through` has
+    /// been passed, whether it was under the prefix or not.
+    fn passed_backlog(&mut self) {
+        if self.backlog_through > self.last {
+            self.last = self.backlog_through;
+            self.delivered_at_last = 0;
+        }
+        if self.backlog_through >= self.last {
+            self.last_complete = true;
+        }
+    }
+
     fn refeed(&mut self) -> Result<()> {
-        let from = if self.delivered_at_last > 0 { self.last - 1 } else { self.last };
-        let (backlog, live) = self.shared.open_watch(&self.prefix, from)?;
+        // Revision `last` again, unless all of it was passed already.
+        let from = if self.last_complete { self.last } else { self.last - 1 };
+        let (backlog, live, through) = self.shared.open_watch(&self.prefix, from)?;
         self.backlog = backlog;
+        self.backlog_through = through;
         self.live = live;
         self.skip = self.delivered_at_last;
         Ok(())

@@ -54,3 +54,29 @@ async fn watch_from_before_restart_is_compacted() {
     store.txn(Txn::new().put("/a", "3")).await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap().revision, 3);
 }
+
+/// A watcher of a quiet prefix, left unread while another prefix churns
+/// far past the watch history, still gets its next event: skipping the
+/// other prefix's events moves its position, so catching up after lagging
+/// starts inside the history instead of failing as compacted.
+#[tokio::test]
+async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), 64).unwrap();
+    let put = |key: String, value: &'static str| Txn::new().put(key, value);
+    let mut quiet = store.watch("/quiet/", store.revision()).await.unwrap();
+    // Both in one transaction: the quiet event follows a busy one of its revision.
+    store.txn(Txn::new().put("/busy/first", "b").put("/quiet/a", "1")).await.unwrap();
+    assert_eq!(quiet.next().await.unwrap().unwrap().key, "/quiet/a");
+    for _ in 0..20 {
+        // More than the live channel holds (a quarter of the history) between
+        // two reads of a slow consumer; far more than the history in all.
+        for i in 0..50 {
+            store.txn(put(format!("/busy/{i}"), "x")).await.unwrap();
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(5), quiet.next()).await;
+    }
+    store.txn(Txn::new().put("/busy/last", "b").put("/quiet/b", "2")).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), quiet.next()).await.expect("an event").expect("open");
+    assert_eq!(next.expect("not compacted").key, "/quiet/b");
+}
