@@ -54,6 +54,9 @@ pub enum Command {
     /// Bootstrap tokens, with which new nodes join (`wharf agent --token`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Walk a service's chain (selector, pods, readiness, ports, slices,
+    /// frontends, DNS) and name the first broken link; exit 1 if there is one.
+    Why(WhyArgs),
     /// Print the service environment variables a pod of a namespace gets.
     Env(ClientArgs),
     /// Print the resolv.conf a pod of a namespace gets.
@@ -64,6 +67,17 @@ pub enum Command {
     /// /etc/resolv.conf (in a private mount namespace; needs root) and its
     /// service environment variables.
     Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct WhyArgs {
+    /// `svc/NAME`, or `pod/NAME` for every service that selects the pod.
+    pub target: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The cluster DNS to ask (default: the kube-dns service's address).
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 #[derive(clap::Subcommand)]
@@ -129,7 +143,7 @@ pub struct ClientArgs {
     /// Kubeconfig to use (default: $KUBECONFIG, then the data dir's).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the pod.
+    /// Namespace (of the pod, or of the service asked about).
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
     /// DNS domain of the cluster.

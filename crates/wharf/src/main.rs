@@ -14,6 +14,7 @@ mod server_cmd;
 mod status;
 mod token;
 mod up;
+mod why;
 
 use clap::Parser;
 
@@ -60,6 +61,12 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(pod_view::print_resolv_conf(args))
         }
         cli::Command::Exec(args) => pod_view::exec(args),
+        cli::Command::Why(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let whole = runtime.block_on(why::run(args))?;
+            drop(runtime);
+            std::process::exit(if whole { 0 } else { 1 })
+        }
         cli::Command::Token(cli::TokenCommand::Create(args)) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             println!("{}", runtime.block_on(token::create(args))?);

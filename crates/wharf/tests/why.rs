@@ -1,0 +1,64 @@
+//! `wharf why` on the seed story: a whole chain exits 0; a fleet pod whose
+//! probe fails, a selector typo and a named targetPort no pod defines are
+//! each named as the first broken link, with exit code 1.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{example, Backend, Wharf};
+
+/// `wharf why TARGET`'s output and exit code.
+fn why(w: &Wharf, target: &str) -> (String, Option<i32>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["why", target, "--kubeconfig", w.kubeconfig().to_str().unwrap()])
+        .output()
+        .expect("run wharf why");
+    (String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr), out.status.code())
+}
+
+fn until(w: &Wharf, target: &str, check: impl Fn(&str, Option<i32>) -> bool) -> String {
+    let found = support::eventually(Duration::from_secs(30), || {
+        let (text, code) = why(w, target);
+        check(&text, code).then_some(text)
+    });
+    found.unwrap_or_else(|| panic!("wharf why {target} never showed it: {}", why(w, target).0))
+}
+
+#[test]
+fn why_names_the_first_broken_link() {
+    let w = Wharf::start(&[]);
+    let ip = w.node_ip.clone();
+    let _mysql = Backend::start(&format!("{ip}:3306"), false);
+    let _redis = Backend::start(&format!("{ip}:6379"), false);
+    let _fleet_a = Backend::start(&format!("{ip}:8080"), true);
+    // No backend for fleet-b: its readiness probe fails.
+    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+
+    let whole = until(&w, "svc/kolide-fleet-mysql", |_, code| code == Some(0));
+    assert!(whole.contains("the chain is whole") && whole.contains("DNS kolide-fleet-mysql.default.svc.cluster.local →"), "{whole}");
+
+    let fleet = until(&w, "svc/kolide-fleet-fleet", |text, code| code == Some(1) && text.contains("Readiness probe failed"));
+    assert!(fleet.contains("first broken link: pod kolide-fleet-fleet-b on test-node: not ready; last probe at"), "{fleet}");
+    assert!(fleet.contains("connection refused"), "the probe's error: {fleet}");
+
+    w.kubectl_ok(&["create", "service", "clusterip", "typo", "--tcp=3306:3306"]);
+    w.kubectl_ok(&["patch", "service", "typo", "--type=merge", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysq"}}}"#]);
+    let (typo, code) = why(&w, "svc/typo");
+    assert_eq!(code, Some(1), "{typo}");
+    assert!(
+        typo.contains("near miss: pod kolide-fleet-mysql-0 has app=kolide-fleet-mysql, the selector wants app=kolide-fleet-mysq"),
+        "{typo}"
+    );
+
+    w.kubectl_ok(&["create", "service", "clusterip", "named", "--tcp=3306:nope"]);
+    w.kubectl_ok(&["patch", "service", "named", "--type=merge", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"}}}"#]);
+    let (named, code) = why(&w, "svc/named");
+    assert_eq!(code, Some(1), "{named}");
+    assert!(named.contains(r#"pod kolide-fleet-mysql-0 defines no TCP container port named "nope""#), "{named}");
+
+    let (by_pod, code) = why(&w, "pod/kolide-fleet-fleet-a");
+    assert_eq!(code, Some(1), "fleet-a's service is broken by fleet-b: {by_pod}");
+    assert!(by_pod.contains("service default/kolide-fleet-fleet"), "{by_pod}");
+}
