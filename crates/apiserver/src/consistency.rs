@@ -99,7 +99,8 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(too_large(at, current));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Each try is a whole read: a dozen at most per request.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

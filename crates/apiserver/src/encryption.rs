@@ -108,7 +108,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Encryption, EncryptionError> {
             other => return Err(invalid(format!("provider {other:?}: wharf supports aesgcm and identity"))),
         }
     }
-    let prefixes = entry.resources.iter().map(|r| format!("/registry/{}/", r.trim_end_matches('.'))).collect();
+    let mut prefixes = Vec::new();
+    for resource in &entry.resources {
+        let plain = resource.trim_end_matches('.');
+        if plain.is_empty() || !plain.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(invalid(format!("resource {resource:?}: wharf takes plain resource names (secrets, configmaps)")));
+        }
+        prefixes.push(format!("/registry/{plain}/"));
+    }
     Ok(Encryption::new(prefixes, &keys, seal.unwrap_or(false)))
 }
 
@@ -141,5 +148,7 @@ mod tests {
         assert!(err(&format!("{head}  - kms: {{name: x}}\n")).contains("wharf supports aesgcm and identity"));
         assert!(err(&format!("{head}  - aesgcm: {{keys: [{{name: k, secret: c2hvcnQ=}}]}}\n")).contains("32 bytes"));
         assert!(err("apiVersion: v1\nkind: Secret\nresources: []\n").contains("expected kind"));
+        let wildcard = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers:\n  - identity: {}\n";
+        assert!(err(wildcard).contains("plain resource names"), "a wildcard would silently encrypt nothing");
     }
 }

@@ -169,10 +169,12 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
         }
         (&Method::PATCH, Some(name)) => patch(app, caller, &target, name, headers, &body, &q).await,
         (&Method::DELETE, Some(name)) => {
-            let opts = delete_options(&body, &q)?;
+            let mut opts = delete_options(&body, &q)?;
             if caller.user.node_name().is_some() {
                 let current = registry.get(kind, &ns, name).await?;
                 admit(app, caller, kind, &ns, &current, Some(&current))?;
+                // Exactly the object judged, not one recreated meanwhile.
+                opts.uid = Some(object::uid(&current).to_string());
             }
             let obj = registry.delete(kind, &ns, name, &opts).await?;
             Ok(ok(obj))
@@ -346,8 +348,9 @@ async fn patch(
         .await;
     match result {
         Ok(written) => Ok(with_warnings(ok(written.object), &written.warnings)),
-        // Server-side apply creates what does not exist yet.
-        Err(ApiError::NotFound { .. }) if format == PatchKind::Apply => {
+        // Server-side apply creates what does not exist yet (the object,
+        // never through one of its subresources).
+        Err(ApiError::NotFound { .. }) if format == PatchKind::Apply && target.subresource.is_none() => {
             let mut obj = patch_doc.clone();
             object::metadata_mut(&mut obj).insert("name".into(), json!(name));
             ssa::record_apply(&mut obj, &ssa::field_set(target.kind, &patch_doc), manager, &patch_doc);

@@ -4,7 +4,8 @@
 //! made on the node (the key never leaves it), and the answer's status the
 //! certificate, `system:node:<nodeName>` in `system:nodes`, signed by the
 //! cluster CA. RBAC decides who may ask at all (bootstrap tokens and
-//! nodes); a node may ask only for itself.
+//! nodes); a node may ask only for itself, and a bootstrap token only for
+//! a node that does not exist yet.
 
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
@@ -59,7 +60,19 @@ fn spec(review: &Value) -> ApiResult<(String, String)> {
     Ok((node, request))
 }
 
-fn sign(app: &App, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+/// A bootstrap token may not mint the identity of a node that exists: it
+/// would take over that node's tunnel and pod status.
+async fn is_new_node(app: &App, node: &str) -> ApiResult<()> {
+    match app.registry.get(&crate::kind::NODE, "", node).await {
+        Err(ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Err(ApiError::Forbidden(format!(
+            "node {node:?} already exists: a bootstrap token joins new nodes only (kubectl delete node {node} first to join another machine under its name)"
+        ))),
+    }
+}
+
+async fn sign(app: &App, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
     let mut review = crate::handlers::decode_body(headers, body)?;
     if !review.is_object() {
         return Err(ApiError::BadRequest("the request body must be an object".into()));
@@ -69,6 +82,8 @@ fn sign(app: &App, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> ApiResu
         if me != node {
             return Err(ApiError::Forbidden(format!("node {me:?} may only renew its own certificate, not node {node:?}'s")));
         }
+    } else if caller.user.in_group(wharf_auth::bootstrap::GROUP) {
+        is_new_node(app, &node).await?;
     }
     let signer = &app.auth.node_signer;
     let user = format!("{NODE_PREFIX}{node}");
@@ -85,5 +100,5 @@ fn sign(app: &App, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> ApiResu
 }
 
 pub async fn create(State(app): State<App>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    sign(&app, &caller, &headers, &body).unwrap_or_else(IntoResponse::into_response)
+    sign(&app, &caller, &headers, &body).await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -123,6 +123,9 @@ pub fn with_identity(server: &str, ca_pem: &str, identity: Arc<ClientIdentity>) 
     config.root_cert = Some(vec![pem_to_der(ca_pem)?]);
     let mut tls = config.rustls_client_config()?;
     tls.client_auth_cert_resolver = identity;
+    // A resumed TLS session carries the certificate of the session it
+    // resumes: without resumption every connection presents the current one.
+    tls.resumption = rustls::client::Resumption::disabled();
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector());
     build_on(config, https)
 }

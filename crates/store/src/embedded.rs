@@ -457,7 +457,8 @@ impl WatchCursor {
         self.backlog = backlog;
         self.backlog_through = through;
         self.live = live;
-        self.skip = self.delivered_at_last;
+        // Only a re-read revision `last` has events to skip.
+        self.skip = if self.last_complete { 0 } else { self.delivered_at_last };
         Ok(())
     }
 }

@@ -80,3 +80,21 @@ async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), quiet.next()).await.expect("an event").expect("open");
     assert_eq!(next.expect("not compacted").key, "/quiet/b");
 }
+
+/// A watcher that took its first event from the backlog and then lagged
+/// gets the next event too (none is skipped as if delivered twice).
+#[tokio::test]
+async fn a_lagging_watcher_loses_nothing_after_a_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), 64).unwrap();
+    let start = store.revision();
+    store.txn(Txn::new().put("/p/a", "1")).await.unwrap();
+    let mut watch = store.watch("/p/", start).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap().key, "/p/a", "from the backlog");
+    for i in 0..30 {
+        store.txn(Txn::new().put(format!("/busy/{i}"), "x")).await.unwrap();
+    }
+    store.txn(Txn::new().put("/p/b", "2")).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.expect("an event").expect("open");
+    assert_eq!(next.expect("not compacted").key, "/p/b");
+}

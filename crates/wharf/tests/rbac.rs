@@ -215,4 +215,11 @@ fn bootstrap_tokens_buy_node_certificates_and_nothing_else() {
     let alice = user_kubeconfig(&w, "alice", &[]);
     let out = as_config(&w, &alice, &["create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
     assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+
+    // A token never mints the identity of a node that exists.
+    let node = dir.join("node.yaml");
+    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata:\n  name: n9\n").unwrap();
+    w.kubectl_ok(&["apply", "-f", node.to_str().unwrap()]);
+    let out = w.kubectl(&["--token", &token, "create", "--raw", REQUESTS, "-f", asked.to_str().unwrap()]);
+    assert!(stderr(&out).contains("already exists: a bootstrap token joins new nodes only"), "{}", stderr(&out));
 }
