@@ -63,6 +63,12 @@ impl PortState {
         })
     }
 
+    /// Drops this port's metric series: the port is gone.
+    fn forget_metrics(&self) {
+        let endpoints: Vec<SocketAddr> = self.all.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        self.metrics.forget(endpoints);
+    }
+
     pub fn backends(&self, scope: Scope) -> Arc<Vec<Arc<Backend>>> {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
         match scope {
@@ -111,6 +117,9 @@ impl PortState {
         let keep: HashSet<SocketAddr> = internal.iter().chain(&external).map(|b| b.addr).collect();
         let leaving: Vec<SocketAddr> = all.keys().filter(|a| !keep.contains(a)).copied().collect();
         if drain.is_zero() {
+            for addr in &leaving {
+                self.metrics.forget_endpoint(*addr);
+            }
             all.retain(|a, _| keep.contains(a));
         }
         drop(all);
@@ -130,6 +139,7 @@ impl PortState {
                     if !state.is_usable(addr) {
                         let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).remove(&addr);
                         if let Some(gone) = gone {
+                            state.metrics.forget_endpoint(addr);
                             let _ = gone.closed.send(true);
                         }
                     }
@@ -443,8 +453,13 @@ impl Dataplane {
             self.waiting.entry(conflict.frontend).or_default().insert(owner.service.clone());
         }
         self.waiting.retain(|_, w| !w.is_empty());
-        self.ports
-            .retain(|name, _| (name.namespace != owner.service.namespace || name.service != owner.service.name) || names.contains(name));
+        self.ports.retain(|name, state| {
+            let kept = (name.namespace != owner.service.namespace || name.service != owner.service.name) || names.contains(name);
+            if !kept {
+                state.forget_metrics();
+            }
+            kept
+        });
         if !wanted.is_empty() {
             self.by_service.insert(owner.service, wanted);
         }

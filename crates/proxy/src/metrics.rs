@@ -91,8 +91,62 @@ impl PortMetrics {
         }
     }
 
+    fn endpoint_labels(&self, endpoint: std::net::SocketAddr) -> EndpointLabels {
+        EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }
+    }
+
     /// The counter of connections sent to one endpoint.
     pub fn chosen(&self, endpoint: std::net::SocketAddr) -> Counter {
-        self.family.connections.get_or_create(&EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }).clone()
+        self.family.connections.get_or_create(&self.endpoint_labels(endpoint)).clone()
+    }
+
+    /// Drops the series of an endpoint that left, so churn of pods does not
+    /// grow the metrics without bound.
+    pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr) {
+        self.family.connections.remove(&self.endpoint_labels(endpoint));
+    }
+
+    /// Drops every series of this service port (it is gone), with those of
+    /// its `endpoints`.
+    pub fn forget(&self, endpoints: impl IntoIterator<Item = std::net::SocketAddr>) {
+        for endpoint in endpoints {
+            self.forget_endpoint(endpoint);
+        }
+        let service = || self.service.clone();
+        self.family.active.remove(&ServiceLabels { service: service() });
+        for direction in ["to_endpoint", "to_client"] {
+            self.family.bytes.remove(&DirectionLabels { service: service(), direction: direction.into() });
+        }
+        for reason in ["no_endpoint", "connect", "drained", "idle_timeout", "half_closed_timeout"] {
+            self.family.errors.remove(&ErrorLabels { service: service(), reason: reason.into() });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exported(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn endpoints_and_ports_that_leave_leave_the_metrics() {
+        let family = ProxyMetrics::default();
+        let mut registry = Registry::default();
+        family.register(&mut registry);
+        let port = PortMetrics::new(&family, "default/web:http");
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        port.chosen(a).inc();
+        port.chosen(b).inc();
+        port.forget_endpoint(a);
+        let text = exported(&registry);
+        assert!(!text.contains("10.0.0.1:80") && text.contains("10.0.0.2:80"), "{text}");
+        port.forget([b]);
+        let text = exported(&registry);
+        assert!(!text.contains("default/web:http"), "{text}");
     }
 }
