@@ -355,6 +355,8 @@ pub struct Conflict {
 pub struct Applied {
     /// Frontends the service wanted but another owns.
     pub conflicts: Vec<Conflict>,
+    /// Frontends this node could not listen on, and why.
+    pub bind_failures: Vec<((SocketAddr, Protocol), String)>,
     /// Services waiting for a frontend this one released: sync them again.
     pub retry: Vec<ObjectKey>,
 }
@@ -433,7 +435,11 @@ impl Dataplane {
             state.update(port, &self.node, self.limits.drain, self.limits.affinity_entries, &self.workers[0]);
             for frontend in &port.frontends {
                 match self.ensure_listener(frontend, &state, &owner) {
-                    Ok(()) => wanted.push((frontend.addr, frontend.protocol)),
+                    Ok(None) => wanted.push((frontend.addr, frontend.protocol)),
+                    Ok(Some(failed)) => {
+                        wanted.push((frontend.addr, frontend.protocol));
+                        applied.bind_failures.push(((frontend.addr, frontend.protocol), failed));
+                    }
                     Err(conflict) => applied.conflicts.push(*conflict),
                 }
             }
@@ -466,8 +472,9 @@ impl Dataplane {
         applied
     }
 
-    /// Serves `frontend` for `state`, unless an older service owns it.
-    fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>, owner: &Owner) -> Result<(), Box<Conflict>> {
+    /// Serves `frontend` for `state`, unless an older service owns it;
+    /// `Ok(Some(why))` when this node cannot listen there.
+    fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>, owner: &Owner) -> Result<Option<String>, Box<Conflict>> {
         let key = (frontend.addr, frontend.protocol);
         if let Some(existing) = self.listeners.get(&key) {
             if existing.owner.service != owner.service && !owner.precedes(&existing.owner) {
@@ -478,7 +485,7 @@ impl Dataplane {
                 && existing.scope == frontend.scope
                 && !existing.task.is_finished()
             {
-                return Ok(());
+                return Ok(None);
             }
             if let Some(taken) = self.listeners.remove(&key) {
                 taken.task.abort();
@@ -494,10 +501,13 @@ impl Dataplane {
         match self.start_listener(frontend, state) {
             Ok(task) => {
                 self.listeners.insert(key, Listener { owner: owner.clone(), port: state.name.clone(), scope: frontend.scope, task });
+                Ok(None)
             }
-            Err(e) => tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen"),
+            Err(e) => {
+                tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
+                Ok(Some(e.to_string()))
+            }
         }
-        Ok(())
     }
 
     fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<tokio::task::JoinHandle<()>> {

@@ -160,6 +160,7 @@ impl State {
             budget = budget.saturating_sub(1);
             let applied = self.sync_one(&key);
             self.report(&applied.conflicts);
+            self.report_bind_failures(&key, &applied.bind_failures);
             if budget > 0 {
                 pending.extend(applied.retry);
             }
@@ -190,6 +191,16 @@ impl State {
             if let Some(svc) = self.model.services.get(&conflict.refused) {
                 self.events.warn(wharf_kube::events::reference(svc), "FrontendConflict", message);
             }
+        }
+    }
+
+    /// A frontend this node cannot listen on is told on the Service, so
+    /// `kubectl describe` and `wharf why` show it.
+    fn report_bind_failures(&self, key: &ObjectKey, failures: &[((std::net::SocketAddr, model::Protocol), String)]) {
+        let Some(svc) = self.model.services.get(key) else { return };
+        for ((addr, protocol), why) in failures {
+            let message = format!("node {} cannot listen on {addr}/{protocol:?}: {why}", self.config.node_name);
+            self.events.warn(wharf_kube::events::reference(svc), "FrontendBindFailed", message);
         }
     }
 

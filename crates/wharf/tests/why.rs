@@ -58,6 +58,20 @@ fn why_names_the_first_broken_link() {
     assert_eq!(code, Some(1), "{named}");
     assert!(named.contains(r#"pod kolide-fleet-mysql-0 defines no TCP container port named "nope""#), "{named}");
 
+    // Another program holds the address and port a service's cluster IP needs.
+    let mysql_ip = w.kubectl_ok(&["get", "svc", "kolide-fleet-mysql", "-o", "jsonpath={.spec.clusterIP}"]);
+    let taken_ip = {
+        let mut octets: Vec<u8> = mysql_ip.split('.').map(|o| o.parse().unwrap()).collect();
+        octets[2] = 200;
+        octets[3] = 200;
+        octets.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
+    };
+    let _squatter = std::net::TcpListener::bind(format!("{taken_ip}:9999")).expect("bind the squatter");
+    w.kubectl_ok(&["create", "service", "clusterip", "squatted", "--tcp=9999:3306", &format!("--clusterip={taken_ip}")]);
+    w.kubectl_ok(&["patch", "service", "squatted", "--type=merge", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"}}}"#]);
+    let squatted = until(&w, "svc/squatted", |text, code| code == Some(1) && text.contains("frontend not served"));
+    assert!(squatted.contains(&format!("node test-node cannot listen on {taken_ip}:9999/Tcp")), "{squatted}");
+
     let (by_pod, code) = why(&w, "pod/kolide-fleet-fleet-a");
     assert_eq!(code, Some(1), "fleet-a's service is broken by fleet-b: {by_pod}");
     assert!(by_pod.contains("service default/kolide-fleet-fleet"), "{by_pod}");

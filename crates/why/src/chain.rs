@@ -216,6 +216,10 @@ fn frontends_link(w: &mut Writer, inputs: &Inputs) {
         let text = format!("frontend conflict: {}", conflict.message.as_deref().unwrap_or_default());
         w.broken(1, &text, "give one of the clashing services another port or address");
     }
+    if let Some(failed) = last_event(&inputs.events, service, "FrontendBindFailed") {
+        let text = format!("frontend not served: {}", failed.message.as_deref().unwrap_or_default());
+        w.broken(1, &text, "free the address and port on that node (another program holds it), or move the service");
+    }
 }
 
 fn dns_link(w: &mut Writer, inputs: &Inputs, expected: &[IpAddr]) {
