@@ -34,6 +34,28 @@ pub fn refuses(node: &str, attrs: &ResourceAttributes) -> Option<String> {
     }
 }
 
+/// Labels only an administrator sets on a Node (NodeRestriction's
+/// reserved prefix): workloads may be steered by them.
+const RESERVED_LABELS: &str = "node-restriction.kubernetes.io/";
+
+/// What a node may not change on its own Node, as NodeRestriction has it:
+/// its taints, and labels under the reserved prefix.
+fn own_node(node: &str, obj: &Value, current: Option<&Value>) -> Option<String> {
+    let taints = |n: &Value| n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    let reserved = |n: &Value| -> Vec<(String, Value)> {
+        let labels = n["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        labels.into_iter().filter(|(k, _)| k.starts_with(RESERVED_LABELS)).collect()
+    };
+    let before = current.cloned().unwrap_or(Value::Null);
+    if taints(obj) != taints(&before) {
+        return Some(format!("node {node:?} is not allowed to modify taints"));
+    }
+    if reserved(obj) != reserved(&before) {
+        return Some(format!("node {node:?} is not allowed to modify labels under {RESERVED_LABELS}"));
+    }
+    None
+}
+
 fn bound_node(pod: &Value) -> &str {
     pod["spec"]["nodeName"].as_str().unwrap_or_default()
 }
@@ -45,6 +67,7 @@ pub fn admits(node: &str, resource: &str, namespace: &str, obj: &Value, current:
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     match resource {
         "nodes" if name != node => Some(format!("node {node:?} is not allowed to modify node {name:?}")),
+        "nodes" => own_node(node, obj, current),
         "leases" if namespace != NODE_LEASE_NAMESPACE || name != node => {
             Some(format!("node {node:?} may only write its own lease in {NODE_LEASE_NAMESPACE}"))
         }
@@ -95,5 +118,11 @@ mod tests {
         assert!(admits("n1", "pods", "default", &pod("n2"), Some(&pod("n1"))).is_some(), "moving it away");
         assert!(admits("n1", "pods", "default", &pod("n1"), None).is_some(), "creating pods");
         assert_eq!(admits("n1", "events", "default", &node("x"), None), None);
+        let tainted = json!({"metadata": {"name": "n1"}, "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}});
+        assert!(admits("n1", "nodes", "", &node("n1"), Some(&tainted)).unwrap().contains("taints"), "removing its taints");
+        let reserved = json!({"metadata": {"name": "n1", "labels": {"node-restriction.kubernetes.io/pool": "gold"}}});
+        assert!(admits("n1", "nodes", "", &reserved, Some(&node("n1"))).unwrap().contains("labels"), "claiming a reserved label");
+        let labelled = json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}});
+        assert_eq!(admits("n1", "nodes", "", &labelled, Some(&node("n1"))), None, "its own ordinary labels");
     }
 }
