@@ -42,11 +42,6 @@ pub struct Authenticator {
     chain: Arc<dyn ClientCertVerifier>,
 }
 
-fn token_matches(given: &str, expected: &str) -> bool {
-    // Constant time in the token's length, so timing reveals nothing.
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 /// The user a certificate names: CN is the user, each O a group.
 fn certificate_user(der: &CertificateDer<'_>) -> Result<User, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable certificate: {e}"))?;
@@ -92,7 +87,7 @@ impl Authenticator {
         };
         let token = authorization.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty());
         match (token, cert_error) {
-            (Some(t), _) if token_matches(t, &self.admin_token) => {
+            (Some(t), _) if wharf_auth::tokens::secret_matches(t, &self.admin_token) => {
                 Ok(Some(User::authenticated(ADMIN_USER, "", [wharf_auth::user::MASTERS.to_string()])))
             }
             (Some(t), _) => self.tokens.user(t).cloned().map(Some).ok_or_else(|| "invalid bearer token".to_string()),

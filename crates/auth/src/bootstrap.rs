@@ -65,11 +65,6 @@ fn field<'a>(secret: &'a Secret, key: &str) -> &'a str {
     value.and_then(|v| std::str::from_utf8(&v.0).ok()).unwrap_or_default()
 }
 
-fn same(a: &str, b: &str) -> bool {
-    // Constant time in the length: timing reveals nothing of the secret.
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The user token `(id, given)` authenticates as, judged against its
 /// stored `secret` at `now`; the error says why not (for the log only:
 /// the caller just gets 401).
@@ -77,7 +72,7 @@ pub fn authenticate(secret: &Secret, id: &str, given: &str, now: jiff::Timestamp
     if secret.type_.as_deref() != Some(SECRET_TYPE) || field(secret, "token-id") != id {
         return Err(format!("{} is not a bootstrap token", secret_name(id)));
     }
-    if !same(field(secret, "token-secret"), given) {
+    if !crate::tokens::secret_matches(given, field(secret, "token-secret")) {
         return Err(format!("wrong secret for bootstrap token {id}"));
     }
     if field(secret, "usage-bootstrap-authentication") != "true" {

@@ -55,6 +55,12 @@ impl TokenFile {
     }
 }
 
+/// Whether a presented secret equals the expected one, in time that
+/// depends only on the length, so timing reveals nothing of the secret.
+pub fn secret_matches(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
