@@ -9,6 +9,7 @@ pub mod field;
 pub mod kinds;
 pub mod meta;
 pub mod names;
+pub mod node_status;
 pub mod object;
 pub mod pod;
 pub mod rbac;

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod defaults;
 pub mod node;
 pub mod rbac;
+pub mod sessions;
 pub mod tokens;
 pub mod user;
 

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod events;
 pub mod key;
 pub mod metrics;
+pub mod node_status;
 pub mod queue;
 pub mod reflector;
 pub mod watch;

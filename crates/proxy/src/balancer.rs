@@ -11,24 +11,37 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 
+use crate::metrics::{EndpointCounters, PortMetrics};
+
 /// An endpoint as the data plane tracks it: its open connections, and
-/// the counter of connections sent to it.
+/// its traffic counters once it has carried any (created lazily: most of
+/// a large cluster's endpoints never see this node's traffic, and each
+/// set of series costs memory).
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
     pub active: AtomicUsize,
-    pub chosen: Counter,
+    counters: OnceLock<EndpointCounters>,
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr, chosen: Counter) -> Arc<Self> {
-        Arc::new(Backend { addr, active: AtomicUsize::new(0), chosen })
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Backend { addr, active: AtomicUsize::new(0), counters: OnceLock::new() })
+    }
+
+    /// This endpoint's counters, created in `port`'s series on first use.
+    pub fn counters(&self, port: &PortMetrics) -> &EndpointCounters {
+        self.counters.get_or_init(|| port.endpoint(self.addr))
+    }
+
+    /// Its counters if it has carried traffic.
+    pub fn counters_if_used(&self) -> Option<&EndpointCounters> {
+        self.counters.get()
     }
 }
 
@@ -133,7 +146,7 @@ mod tests {
     use super::*;
 
     fn backends(n: u16) -> Vec<Arc<Backend>> {
-        (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)), Counter::default())).collect()
+        (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)))).collect()
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use wharf_api::node_status::EndpointTraffic;
 use wharf_kube::ObjectKey;
 
 use crate::balancer::{self, ActiveGuard, Affinity, Backend};
@@ -106,9 +107,7 @@ impl PortState {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
             all.entry(addr)
-                .or_insert_with(|| {
-                    Arc::new(PortBackend { backend: Backend::new(addr, self.metrics.chosen(addr)), closed: watch::channel(false).0 })
-                })
+                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr), closed: watch::channel(false).0 }))
                 .backend
                 .clone()
         };
@@ -148,6 +147,26 @@ impl PortState {
         }
     }
 
+    /// The traffic of this port's endpoints that have carried any.
+    fn traffic(&self, into: &mut Vec<EndpointTraffic>) {
+        let all = self.all.read().unwrap_or_else(|p| p.into_inner());
+        for backend in all.values() {
+            let Some(counters) = backend.backend.counters_if_used() else { continue };
+            let last_error = counters.last_error();
+            into.push(EndpointTraffic {
+                service_port: self.label.clone(),
+                endpoint: backend.backend.addr.to_string(),
+                connections: counters.connections.get(),
+                active: counters.active.get(),
+                bytes_to_endpoint: counters.to_endpoint.get(),
+                bytes_to_client: counters.to_client.get(),
+                connect_errors: counters.connect_errors.get(),
+                last_error_at: last_error.as_ref().map(|(_, at)| at.to_string()),
+                last_error: last_error.map(|(error, _)| error),
+            });
+        }
+    }
+
     /// Chooses an endpoint for `client`: its affinity if any, else by
     /// least connections of two random choices, skipping `tried`.
     pub fn choose(&self, scope: Scope, client: std::net::IpAddr, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
@@ -171,13 +190,14 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
     let mut tried = Vec::new();
     while tried.len() < CONNECT_ATTEMPTS {
         let backend = state.choose(scope, client.ip(), &tried)?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+        let failure = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => return Some((stream, backend)),
-            _ => {
-                state.metrics.connect_failed.inc();
-                tried.push(backend.addr);
-            }
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        state.metrics.connect_failed.inc();
+        backend.counters(&state.metrics).connect_failed(failure);
+        tried.push(backend.addr);
     }
     None
 }
@@ -193,7 +213,9 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
     if let Some(affinity) = state.affinity() {
         affinity.remember(peer.ip(), backend.addr);
     }
-    backend.chosen.inc();
+    let counters = backend.counters(&state.metrics);
+    counters.connections.inc();
+    counters.active.inc();
     state.metrics.active.inc();
     let _guard = ActiveGuard::new(backend.clone());
     let mut closed = state.closed_signal(backend.addr);
@@ -209,6 +231,8 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
         copied = copy::bidirectional(&mut client, &mut upstream, timeouts) => {
             state.metrics.to_endpoint.inc_by(copied.sent);
             state.metrics.to_client.inc_by(copied.received);
+            counters.to_endpoint.inc_by(copied.sent);
+            counters.to_client.inc_by(copied.received);
             if let Some(cut) = copied.cut {
                 state.metrics.cut(cut).inc();
             }
@@ -218,6 +242,7 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
         }
     }
     state.metrics.active.dec();
+    counters.active.dec();
 }
 
 /// The bounds of the data plane.
@@ -420,6 +445,20 @@ impl Dataplane {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&addr, &mut hasher);
         &self.workers[(std::hash::Hasher::finish(&hasher) % self.workers.len() as u64) as usize]
+    }
+
+    /// Every endpoint's traffic on this node (those that carried any).
+    pub fn traffic(&self) -> Vec<EndpointTraffic> {
+        let mut traffic = Vec::new();
+        for port in self.ports.values() {
+            port.traffic(&mut traffic);
+        }
+        traffic
+    }
+
+    /// Service ports known.
+    pub fn service_ports(&self) -> usize {
+        self.ports.len()
     }
 
     pub fn port(&self, name: &ServicePortName) -> Option<Arc<PortState>> {

@@ -31,6 +31,7 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use metrics::ProxyMetrics;
 use model::{NodeView, Protocol};
+use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
 
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
@@ -41,6 +42,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Frontends another part of wharf serves (the cluster DNS).
     pub reserved: BTreeSet<(SocketAddr, Protocol)>,
+    /// How often the proxy's state is published on its Node (at most).
+    pub status_every: Duration,
 }
 
 /// Whether `ip` is an address of this host (binding to it works).
@@ -147,6 +150,8 @@ struct State {
     health: HashMap<ObjectKey, (u16, Arc<health::HealthState>, tokio::task::JoinHandle<()>)>,
     runtime: tokio::runtime::Handle,
     events: wharf_kube::events::Recorder,
+    /// Frontends of each service this node does not serve, and why.
+    failing: HashMap<ObjectKey, Vec<FailingFrontend>>,
 }
 
 impl State {
@@ -159,12 +164,44 @@ impl State {
         while let Some(key) = pending.pop() {
             budget = budget.saturating_sub(1);
             let applied = self.sync_one(&key);
+            self.remember_failures(&key, &applied);
             self.report(&applied.conflicts);
             self.report_bind_failures(&key, &applied.bind_failures);
             if budget > 0 {
                 pending.extend(applied.retry);
             }
         }
+    }
+
+    fn remember_failures(&mut self, key: &ObjectKey, applied: &dataplane::Applied) {
+        let frontend = |(addr, protocol): &(SocketAddr, Protocol)| format!("{addr}/{}", protocol.as_str());
+        let conflicts =
+            applied.conflicts.iter().map(|c| (frontend(&c.frontend), FailureReason::Conflict, format!("already served by {}", c.owner)));
+        let unbound = applied.bind_failures.iter().map(|(f, why)| (frontend(f), FailureReason::BindFailed, why.clone()));
+        let failing: Vec<FailingFrontend> = conflicts
+            .chain(unbound)
+            .map(|(frontend, reason, error)| FailingFrontend { service: key.to_string(), frontend, reason, error })
+            .collect();
+        if failing.is_empty() {
+            self.failing.remove(key);
+        } else {
+            self.failing.insert(key.clone(), failing);
+        }
+    }
+
+    /// What this node publishes about its proxy.
+    fn status(&self) -> ProxyStatus {
+        let mut status = ProxyStatus {
+            mode: "userspace".into(),
+            synced: self.model.is_synced(),
+            service_ports: self.dataplane.service_ports(),
+            frontends: self.dataplane.listening(),
+            failing: self.failing.values().flatten().cloned().collect(),
+            endpoints: self.dataplane.traffic(),
+            truncated: false,
+        };
+        status.bound();
+        status
     }
 
     fn sync_one(&mut self, key: &ObjectKey) -> dataplane::Applied {
@@ -260,7 +297,19 @@ pub async fn run(
     let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
     let connections = dataplane.connections();
     let events = wharf_kube::events::Recorder::new(client.clone(), "wharf-proxy", config.node_name.clone());
-    let mut state = State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events };
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let publisher = tokio::spawn(wharf_kube::node_status::publish(
+        client.clone(),
+        config.node_name.clone(),
+        PROXY_STATUS,
+        status_rx,
+        config.status_every,
+        token.child_token(),
+    ));
+    let mut status_tick = tokio::time::interval(config.status_every);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state =
+        State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events, failing: HashMap::new() };
     let updates = stream::select_all([
         watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
         // The proxy never reads whose endpoint it is: drop the reference.
@@ -274,6 +323,15 @@ pub async fn run(
         let update = tokio::select! {
             _ = token.cancelled() => break,
             Some(update) = updates.next() => update,
+            _ = status_tick.tick() => {
+                let status = serde_json::to_string(&state.status()).ok();
+                status_tx.send_if_modified(|published| {
+                    let changed = *published != status;
+                    *published = status;
+                    changed
+                });
+                continue;
+            }
         };
         match update {
             Update::Service(e) => services.handle(&mut state.model, e),
@@ -286,6 +344,7 @@ pub async fn run(
             }
         }
     }
+    publisher.abort();
     state.dataplane.stop_listening();
     for (_, _, task) in state.health.values() {
         task.abort();

@@ -29,6 +29,13 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointDirectionLabels {
+    pub service: String,
+    pub endpoint: String,
+    pub direction: String,
+}
+
 #[derive(Clone, Default)]
 pub struct ProxyMetrics {
     /// Connections (TCP) and flows (UDP) by the endpoint chosen.
@@ -36,6 +43,9 @@ pub struct ProxyMetrics {
     pub active: Family<ServiceLabels, Gauge>,
     pub bytes: Family<DirectionLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
+    pub endpoint_active: Family<EndpointLabels, Gauge>,
+    pub endpoint_bytes: Family<EndpointDirectionLabels, Counter>,
+    pub endpoint_connect_errors: Family<EndpointLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -45,6 +55,9 @@ impl ProxyMetrics {
         proxy.register("active_connections", "Open proxied connections, by service", self.active.clone());
         proxy.register("bytes", "Bytes carried, by service and direction (to_endpoint, to_client)", self.bytes.clone());
         proxy.register("errors", "Failures, by service and reason", self.errors.clone());
+        proxy.register("endpoint_active_connections", "Open proxied connections, by endpoint", self.endpoint_active.clone());
+        proxy.register("endpoint_bytes", "Bytes carried, by endpoint and direction", self.endpoint_bytes.clone());
+        proxy.register("endpoint_connect_errors", "Failed connects, by endpoint", self.endpoint_connect_errors.clone());
     }
 }
 
@@ -95,15 +108,33 @@ impl PortMetrics {
         EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }
     }
 
-    /// The counter of connections sent to one endpoint.
-    pub fn chosen(&self, endpoint: std::net::SocketAddr) -> Counter {
-        self.family.connections.get_or_create(&self.endpoint_labels(endpoint)).clone()
+    fn direction_labels(&self, endpoint: std::net::SocketAddr, direction: &str) -> EndpointDirectionLabels {
+        EndpointDirectionLabels { service: self.service.clone(), endpoint: endpoint.to_string(), direction: direction.into() }
+    }
+
+    /// One endpoint's series, created when it first carries traffic.
+    pub fn endpoint(&self, endpoint: std::net::SocketAddr) -> EndpointCounters {
+        let labels = self.endpoint_labels(endpoint);
+        // One statement each: a family's guard lives to the end of its
+        // statement, and a second insert into it would wait for it forever.
+        let connections = self.family.connections.get_or_create(&labels).clone();
+        let active = self.family.endpoint_active.get_or_create(&labels).clone();
+        let to_endpoint = self.family.endpoint_bytes.get_or_create(&self.direction_labels(endpoint, "to_endpoint")).clone();
+        let to_client = self.family.endpoint_bytes.get_or_create(&self.direction_labels(endpoint, "to_client")).clone();
+        let connect_errors = self.family.endpoint_connect_errors.get_or_create(&labels).clone();
+        EndpointCounters { connections, active, to_endpoint, to_client, connect_errors, last_error: std::sync::Mutex::default() }
     }
 
     /// Drops the series of an endpoint that left, so churn of pods does not
     /// grow the metrics without bound.
     pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr) {
-        self.family.connections.remove(&self.endpoint_labels(endpoint));
+        let labels = self.endpoint_labels(endpoint);
+        self.family.connections.remove(&labels);
+        self.family.endpoint_active.remove(&labels);
+        self.family.endpoint_connect_errors.remove(&labels);
+        for direction in ["to_endpoint", "to_client"] {
+            self.family.endpoint_bytes.remove(&self.direction_labels(endpoint, direction));
+        }
     }
 
     /// Drops every series of this service port (it is gone), with those of
@@ -120,6 +151,30 @@ impl PortMetrics {
         for reason in ["no_endpoint", "connect", "drained", "idle_timeout", "half_closed_timeout"] {
             self.family.errors.remove(&ErrorLabels { service: service(), reason: reason.into() });
         }
+    }
+}
+
+/// One endpoint's traffic, as `/metrics` and the published node status
+/// show it.
+#[derive(Debug)]
+pub struct EndpointCounters {
+    pub connections: Counter,
+    pub active: Gauge,
+    pub to_endpoint: Counter,
+    pub to_client: Counter,
+    pub connect_errors: Counter,
+    /// The last connect error and when.
+    last_error: std::sync::Mutex<Option<(String, jiff::Timestamp)>>,
+}
+
+impl EndpointCounters {
+    pub fn connect_failed(&self, error: String) {
+        self.connect_errors.inc();
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((error, jiff::Timestamp::now()));
+    }
+
+    pub fn last_error(&self) -> Option<(String, jiff::Timestamp)> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -140,11 +195,17 @@ mod tests {
         family.register(&mut registry);
         let port = PortMetrics::new(&family, "default/web:http");
         let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
-        port.chosen(a).inc();
-        port.chosen(b).inc();
+        port.endpoint(a).connections.inc();
+        let b_counters = port.endpoint(b);
+        b_counters.connections.inc();
+        b_counters.to_client.inc_by(5);
         port.forget_endpoint(a);
         let text = exported(&registry);
         assert!(!text.contains("10.0.0.1:80") && text.contains("10.0.0.2:80"), "{text}");
+        assert!(
+            text.contains(r#"wharf_proxy_endpoint_bytes_total{service="default/web:http",endpoint="10.0.0.2:80",direction="to_client"} 5"#),
+            "{text}"
+        );
         port.forget([b]);
         let text = exported(&registry);
         assert!(!text.contains("default/web:http"), "{text}");

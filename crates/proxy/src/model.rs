@@ -17,6 +17,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
     fn parse(s: Option<&str>) -> Option<Self> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Protocol::Tcp),

@@ -34,14 +34,17 @@ async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Ba
     upstream.connect(backend.addr).await?;
     let reply_socket = upstream.clone();
     let to_client = state.metrics().to_client.clone();
+    let counters = backend.counters(state.metrics());
+    let endpoint_to_client = counters.to_client.clone();
     let replies = tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         while let Ok(n) = reply_socket.recv(&mut buf).await {
             to_client.inc_by(n as u64);
+            endpoint_to_client.inc_by(n as u64);
             let _ = frontend.send_to(&buf[..n], client).await;
         }
     });
-    backend.chosen.inc();
+    counters.connections.inc();
     Ok(Flow { backend, upstream, last: Instant::now(), replies })
 }
 
@@ -125,12 +128,13 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
             if let Some(affinity) = state.affinity() {
                 affinity.remember(client.ip(), backend.addr);
             }
-            match open_flow(socket.clone(), client, backend, &state).await {
+            match open_flow(socket.clone(), client, backend.clone(), &state).await {
                 Ok(flow) => {
                     flows.table.insert(client, (flow, slot));
                 }
-                Err(_) => {
+                Err(e) => {
                     state.metrics().connect_failed.inc();
+                    backend.counters(state.metrics()).connect_failed(e.to_string());
                     continue;
                 }
             }
@@ -138,6 +142,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
         if let Some((flow, _)) = flows.table.get_mut(&client) {
             flow.last = Instant::now();
             to_endpoint.inc_by(n as u64);
+            flow.backend.counters(state.metrics()).to_endpoint.inc_by(n as u64);
             let _ = flow.upstream.send(&buf[..n]).await;
         }
     }

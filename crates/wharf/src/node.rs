@@ -127,6 +127,7 @@ fn proxy_config(args: &NodeArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
         workers: args.proxy_workers.unwrap_or_else(cpus),
         // The DNS server answers on its own service address.
         reserved: [(dns, Protocol::Udp), (dns, Protocol::Tcp)].into(),
+        status_every: args.node_status_interval,
     }
 }
 

@@ -69,8 +69,29 @@ fn why_names_the_first_broken_link() {
     let _squatter = std::net::TcpListener::bind(format!("{taken_ip}:9999")).expect("bind the squatter");
     w.kubectl_ok(&["create", "service", "clusterip", "squatted", "--tcp=9999:3306", &format!("--clusterip={taken_ip}")]);
     w.kubectl_ok(&["patch", "service", "squatted", "--type=merge", "-p", r#"{"spec":{"selector":{"app":"kolide-fleet-mysql"}}}"#]);
-    let squatted = until(&w, "svc/squatted", |text, code| code == Some(1) && text.contains("frontend not served"));
-    assert!(squatted.contains(&format!("node test-node cannot listen on {taken_ip}:9999/Tcp")), "{squatted}");
+    let squatted = until(&w, "svc/squatted", |text, code| code == Some(1) && text.contains("does not serve"));
+    assert!(
+        squatted.contains(&format!("first broken link: node test-node does not serve {taken_ip}:9999/TCP: Address already in use")),
+        "the node's proxy publishes why: {squatted}"
+    );
+
+    // An endpoint that refuses connections: the proxy's connect errors,
+    // as the node publishes them.
+    let dead_port = std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port();
+    w.kubectl_ok(&["create", "service", "clusterip", "dead", "--tcp=7777:7777"]);
+    w.kubectl_ok(&["patch", "service", "dead", "--type=merge", "-p", r#"{"spec":{"selector":null}}"#]);
+    let applied = w.apply_text(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dead-1\n  labels:\n    kubernetes.io/service-name: dead\n\
+         addressType: IPv4\nports:\n- name: 7777-7777\n  port: {dead_port}\n  protocol: TCP\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions:\n    ready: true\n"
+    ));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let dead_ip = w.kubectl_ok(&["get", "svc", "dead", "-o", "jsonpath={.spec.clusterIP}"]);
+    let refused = until(&w, "svc/dead", |text, _| {
+        let _ = std::net::TcpStream::connect_timeout(&format!("{dead_ip}:7777").parse().unwrap(), Duration::from_secs(2));
+        text.contains("connect error(s)")
+    });
+    assert!(refused.contains(&format!("? endpoint {ip}:{dead_port} via node test-node: ")), "{refused}");
+    assert!(refused.contains("Connection refused"), "the error itself: {refused}");
 
     let (by_pod, code) = why(&w, "pod/kolide-fleet-fleet-a");
     assert_eq!(code, Some(1), "fleet-a's service is broken by fleet-b: {by_pod}");

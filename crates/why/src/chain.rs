@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Event, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use wharf_api::node_status::{FailureReason, ProxyStatus};
 
 /// What the cluster DNS said for the service's name.
 #[derive(Clone, Debug)]
@@ -28,36 +30,91 @@ pub struct Inputs {
     pub events: Vec<Event>,
     /// The DNS name asked and the answer.
     pub dns: (String, DnsAnswer),
+    /// The cluster's Nodes, with what their proxies publish.
+    pub nodes: Vec<Node>,
 }
 
-/// The printed chain, and whether it is whole.
-pub struct Report {
+/// How one line of the chain stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mark {
+    Whole,
+    Broken,
+    /// Not a link, a clue (a near miss, an endpoint's connect errors).
+    Hint,
+}
+
+/// One line of the chain: its depth in the tree (0 is the service).
+#[derive(Clone, Debug, Serialize)]
+pub struct Link {
+    pub depth: usize,
+    pub mark: Mark,
     pub text: String,
-    pub whole: bool,
 }
 
+/// The first broken link and what to do about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Broken {
+    pub link: String,
+    pub fix: String,
+}
+
+/// The chain as lines (for the dashboard's diagram) and as printed text,
+/// and whether it is whole.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub links: Vec<Link>,
+    pub broken: Option<Broken>,
+    pub whole: bool,
+    #[serde(skip)]
+    pub text: String,
+}
+
+#[derive(Default)]
 struct Writer {
-    text: String,
-    broken: Option<(String, String)>,
+    links: Vec<Link>,
+    broken: Option<Broken>,
 }
 
 impl Writer {
-    fn line(&mut self, depth: usize, ok: bool, text: &str) {
-        let mark = if ok { "✓" } else { "✗" };
-        let _ = writeln!(self.text, "{}{mark} {text}", "  ".repeat(depth));
+    fn push(&mut self, depth: usize, mark: Mark, text: &str) {
+        self.links.push(Link { depth, mark, text: text.to_string() });
     }
 
-    /// Not a link, a clue (a near miss).
+    fn line(&mut self, depth: usize, ok: bool, text: &str) {
+        self.push(depth, if ok { Mark::Whole } else { Mark::Broken }, text);
+    }
+
     fn hint(&mut self, depth: usize, text: &str) {
-        let _ = writeln!(self.text, "{}? {text}", "  ".repeat(depth));
+        self.push(depth, Mark::Hint, text);
     }
 
     /// A broken link: the first one is the answer.
     fn broken(&mut self, depth: usize, text: &str, fix: &str) {
         self.line(depth, false, text);
         if self.broken.is_none() {
-            self.broken = Some((text.to_string(), fix.to_string()));
+            self.broken = Some(Broken { link: text.to_string(), fix: fix.to_string() });
         }
+    }
+
+    fn finish(self) -> Report {
+        let mut text = String::new();
+        for link in &self.links {
+            let mark = match link.mark {
+                Mark::Whole => "✓ ",
+                Mark::Broken => "✗ ",
+                Mark::Hint => "? ",
+            };
+            let mark = if link.depth == 0 { "" } else { mark };
+            let _ = writeln!(text, "{}{mark}{}", "  ".repeat(link.depth), link.text);
+        }
+        match &self.broken {
+            Some(broken) => {
+                let _ = writeln!(text, "\nfirst broken link: {}\n  → {}", broken.link, broken.fix);
+            }
+            None => text.push_str("\nthe chain is whole\n"),
+        }
+        Report { whole: self.broken.is_none(), links: self.links, broken: self.broken, text }
     }
 }
 
@@ -211,15 +268,69 @@ fn frontends_link(w: &mut Writer, inputs: &Inputs) {
             None => w.broken(1, "no load balancer address assigned", "check the load balancer pool (--lb-pool) has a free address"),
         }
     }
+    if proxies_link(w, inputs) {
+        return;
+    }
+    // No node publishes its proxy's state: the Events are all there is.
     let service = inputs.service.metadata.name.as_deref().unwrap_or_default();
     if let Some(conflict) = last_event(&inputs.events, service, "FrontendConflict") {
         let text = format!("frontend conflict: {}", conflict.message.as_deref().unwrap_or_default());
-        w.broken(1, &text, "give one of the clashing services another port or address");
+        w.broken(1, &text, CONFLICT_FIX);
     }
     if let Some(failed) = last_event(&inputs.events, service, "FrontendBindFailed") {
         let text = format!("frontend not served: {}", failed.message.as_deref().unwrap_or_default());
-        w.broken(1, &text, "free the address and port on that node (another program holds it), or move the service");
+        w.broken(1, &text, BIND_FIX);
     }
+}
+
+const CONFLICT_FIX: &str = "give one of the clashing services another port or address";
+const BIND_FIX: &str = "free the address and port on that node (another program holds it), or move the service";
+
+fn service_key(service: &Service) -> String {
+    format!("{}/{}", service.metadata.namespace.as_deref().unwrap_or_default(), service.metadata.name.as_deref().unwrap_or_default())
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Each node's proxy, from the state it publishes on its Node: whether it
+/// serves the service's frontends, and its endpoints' connect errors.
+/// Whether any node published.
+fn proxies_link(w: &mut Writer, inputs: &Inputs) -> bool {
+    let service = service_key(&inputs.service);
+    let mut published = false;
+    for node in &inputs.nodes {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let Some(status) = ProxyStatus::of_annotations(node.metadata.annotations.as_ref()) else {
+            w.hint(1, &format!("node {name}: its proxy publishes no state"));
+            continue;
+        };
+        published = true;
+        let failing: Vec<_> = status.failing.iter().filter(|f| f.service == service).collect();
+        if !node_ready(node) {
+            w.broken(1, &format!("node {name} is not Ready"), "check that the node's agent runs and reaches the API");
+        } else if !status.synced {
+            w.broken(1, &format!("node {name}: its proxy has not synced yet"), "wait for the proxy to catch up, or check its logs");
+        } else if failing.is_empty() {
+            w.line(1, true, &format!("node {name}: its proxy serves every frontend"));
+        }
+        for failed in failing {
+            let fix = match failed.reason {
+                FailureReason::Conflict => CONFLICT_FIX,
+                FailureReason::BindFailed => BIND_FIX,
+            };
+            w.broken(1, &format!("node {name} does not serve {}: {}", failed.frontend, failed.error), fix);
+        }
+        for endpoint in status.endpoints.iter().filter(|e| e.service() == service && e.connect_errors > 0) {
+            let last = match (&endpoint.last_error_at, &endpoint.last_error) {
+                (Some(at), Some(error)) => format!(", last at {at}: {error}"),
+                _ => String::new(),
+            };
+            w.hint(2, &format!("endpoint {} via node {name}: {} connect error(s){last}", endpoint.endpoint, endpoint.connect_errors));
+        }
+    }
+    published
 }
 
 fn dns_link(w: &mut Writer, inputs: &Inputs, expected: &[IpAddr]) {
@@ -261,12 +372,10 @@ fn expected_addresses(inputs: &Inputs) -> Vec<IpAddr> {
 
 /// Walks the chain of `inputs.service`.
 pub fn explain(inputs: &Inputs) -> Report {
-    let mut w = Writer { text: String::new(), broken: None };
-    let meta = &inputs.service.metadata;
+    let mut w = Writer::default();
     let spec = inputs.service.spec.clone().unwrap_or_default();
     let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
-    let _ =
-        writeln!(w.text, "service {}/{} ({kind})", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+    w.push(0, Mark::Whole, &format!("service {} ({kind})", service_key(&inputs.service)));
     if kind == "ExternalName" {
         w.line(1, true, &format!("external name {}", spec.external_name.unwrap_or_default()));
     } else {
@@ -284,14 +393,7 @@ pub fn explain(inputs: &Inputs) -> Report {
         frontends_link(&mut w, inputs);
     }
     dns_link(&mut w, inputs, &expected_addresses(inputs));
-    let whole = w.broken.is_none();
-    match w.broken.take() {
-        Some((link, fix)) => {
-            let _ = writeln!(w.text, "\nfirst broken link: {link}\n  → {fix}");
-        }
-        None => w.text.push_str("\nthe chain is whole\n"),
-    }
-    Report { text: w.text, whole }
+    w.finish()
 }
 
 #[cfg(test)]
@@ -325,6 +427,7 @@ mod tests {
             slices: vec![slice],
             events: Vec::new(),
             dns: ("web.default.svc.cluster.local".into(), DnsAnswer::Addresses(vec![dns.parse().unwrap()])),
+            nodes: Vec::new(),
         }
     }
 
@@ -372,6 +475,48 @@ mod tests {
         let two = BTreeMap::from([("app".to_string(), "web".to_string()), ("tier".to_string(), "front".to_string())]);
         assert!(near_miss(&two, &pod("w", &[("app", "web")], true, &[])).unwrap().contains("has no label tier"));
         assert_eq!(distance("kitten", "sitting"), 3);
+    }
+
+    fn node(name: &str, ready: bool, status: Option<serde_json::Value>) -> Node {
+        let annotations = status.map(|s| serde_json::json!({ wharf_api::node_status::PROXY_STATUS: s.to_string() }));
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_nodes_proxy_is_judged_from_what_it_publishes() {
+        let mut input = inputs(vec![pod("web-0", &[("app", "web")], true, &[("http", 8080)])], 1, "10.0.0.5");
+        let serving = serde_json::json!({"mode": "userspace", "synced": true, "servicePorts": 1, "frontends": 1,
+            "endpoints": [{"servicePort": "default/web:http", "endpoint": "10.1.0.0:8080", "connections": 3, "active": 0,
+                "bytesToEndpoint": 1, "bytesToClient": 1, "connectErrors": 2, "lastError": "Connection refused (os error 111)",
+                "lastErrorAt": "2026-01-01T00:00:00Z"}]});
+        let failing = serde_json::json!({"mode": "userspace", "synced": true, "servicePorts": 1, "frontends": 0,
+            "failing": [{"service": "default/web", "frontend": "10.0.0.5:80/TCP", "reason": "BindFailed",
+                "error": "Address already in use (os error 98)"}]});
+        input.nodes = vec![node("a", true, Some(serving)), node("b", true, None)];
+        let report = explain(&input);
+        assert!(report.whole, "{}", report.text);
+        assert!(report.text.contains("✓ node a: its proxy serves every frontend"), "{}", report.text);
+        assert!(report.text.contains("? node b: its proxy publishes no state"), "{}", report.text);
+        assert!(
+            report.text.contains(
+                "endpoint 10.1.0.0:8080 via node a: 2 connect error(s), last at 2026-01-01T00:00:00Z: Connection refused (os error 111)"
+            ),
+            "{}",
+            report.text
+        );
+        input.nodes.push(node("c", true, Some(failing)));
+        let report = explain(&input);
+        assert!(!report.whole);
+        let broken = report.broken.unwrap();
+        assert_eq!(broken.link, "node c does not serve 10.0.0.5:80/TCP: Address already in use (os error 98)");
+        assert_eq!(broken.fix, BIND_FIX);
+        input.nodes =
+            vec![node("a", false, Some(serde_json::json!({"mode": "userspace", "synced": true, "servicePorts": 1, "frontends": 1})))];
+        assert_eq!(explain(&input).broken.unwrap().link, "node a is not Ready");
     }
 
     #[test]

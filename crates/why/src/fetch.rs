@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 
@@ -74,6 +74,7 @@ pub async fn gather(
     let by_service = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace).list(&by_service).await?.items;
     let events = Api::<Event>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items;
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
     let server = match dns {
         Some(server) => Some(server),
         None => {
@@ -87,5 +88,5 @@ pub async fn gather(
         Some(server) => ask_dns(server, &fqdn).await,
         None => DnsAnswer::Failed("the cluster has no kube-dns service".into()),
     };
-    Ok(Inputs { service, pods, slices, events, dns: (fqdn, answer) })
+    Ok(Inputs { service, pods, slices, events, dns: (fqdn, answer), nodes })
 }

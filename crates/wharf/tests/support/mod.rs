@@ -72,7 +72,12 @@ impl Wharf {
         // Tests never ask the host's resolvers; metrics on a free port;
         // load balancer addresses of their own.
         let lb_pool = format!("127.253.{slot}.0/24");
-        for (flag, value) in [("--dns-upstream", "none"), ("--metrics-listen", "127.0.0.1:0"), ("--lb-pool", lb_pool.as_str())] {
+        for (flag, value) in [
+            ("--dns-upstream", "none"),
+            ("--metrics-listen", "127.0.0.1:0"),
+            ("--lb-pool", lb_pool.as_str()),
+            ("--node-status-interval", "1s"),
+        ] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_string(), value.to_string()]);
             }
