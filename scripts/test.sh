@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # curl, python3 (backend processes), etcd and etcdctl (the store's and the
 # several-node tests) and
 # script (a terminal for `kubectl exec -t`); the official Python client;
-# npm (and node) for the official JavaScript client.
+# npm (and node) for the official JavaScript client; Chromium, its
+# WebDriver and Selenium for the dashboard's browser test.
 missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
@@ -19,6 +20,9 @@ command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v script >/dev/null || missing+=(bsdutils)
 /usr/bin/python3 -c 'import kubernetes' 2>/dev/null || missing+=(python3-kubernetes)
 command -v npm >/dev/null || missing+=(npm)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || missing+=(python3-selenium)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   apt-get install -y "${missing[@]}"

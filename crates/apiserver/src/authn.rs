@@ -16,6 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use wharf_auth::bootstrap;
+use wharf_auth::sessions::{Sessions, SESSION_PREFIX};
 use wharf_auth::tokens::TokenFile;
 use wharf_auth::User;
 
@@ -38,6 +39,8 @@ pub struct Peer {
 pub struct Authenticator {
     admin_token: String,
     tokens: TokenFile,
+    /// Dashboard sessions (`wharf-session.` tokens).
+    pub sessions: Arc<Sessions>,
     /// Checks a client's chain against the cluster CA after the handshake.
     chain: Arc<dyn ClientCertVerifier>,
 }
@@ -59,7 +62,7 @@ impl Authenticator {
             roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         }
         let chain = WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().map_err(|e| e.to_string())?;
-        Ok(Self { admin_token, tokens, chain })
+        Ok(Self { admin_token, tokens, chain, sessions: Arc::default() })
     }
 
     /// The TLS side: asks for a client certificate, proves the client holds
@@ -89,6 +92,9 @@ impl Authenticator {
         match (token, cert_error) {
             (Some(t), _) if wharf_auth::tokens::secret_matches(t, &self.admin_token) => {
                 Ok(Some(User::authenticated(ADMIN_USER, "", [wharf_auth::user::MASTERS.to_string()])))
+            }
+            (Some(t), _) if t.starts_with(SESSION_PREFIX) => {
+                self.sessions.user(t, std::time::Instant::now()).map(Some).ok_or_else(|| "invalid or expired session".to_string())
             }
             (Some(t), _) => self.tokens.user(t).cloned().map(Some).ok_or_else(|| "invalid bearer token".to_string()),
             (None, Some(e)) => Err(e),
@@ -149,7 +155,8 @@ impl ClientCertVerifier for DeferredVerifier {
 
 /// Paths anyone may read, as kube-apiserver's `system:public-info-viewer`.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+    let dashboard_page = (path == "/ui" || path.starts_with("/ui/")) && !path.starts_with("/ui/api/");
+    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz" | "/ui/api/sessions") || dashboard_page
 }
 
 const UNAUTHENTICATED_BODY_LIMIT: usize = 1 << 20;

@@ -143,6 +143,8 @@ pub async fn authorize(State(app): State<App>, mut request: Request, next: Next)
         }
     };
     request.extensions_mut().insert(caller.clone());
+    // The effective user, for parts outside this crate (the dashboard).
+    request.extensions_mut().insert(caller.user.clone());
     let response = next.run(request).await;
     let code = response.status().as_u16();
     if audit::is_write(attributes.verb()) || code == 401 || code == 403 {

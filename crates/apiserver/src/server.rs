@@ -34,6 +34,8 @@ pub enum ServeError {
 pub struct ApiServerConfig {
     pub listen: SocketAddr,
     pub limits: crate::limits::ApiLimits,
+    /// Served under `/ui` behind the API's authentication (the dashboard).
+    pub ui: Option<Router>,
 }
 
 pub struct RunningApiServer {
@@ -101,7 +103,7 @@ fn found(doc: Option<serde_json::Value>) -> Response {
     }
 }
 
-fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
+fn router(app: App, limits: crate::limits::ApiLimits, ui: Option<Router>) -> Router {
     let in_flight = InFlight::new(limits);
     Router::new()
         .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
@@ -130,6 +132,7 @@ fn router(app: App, limits: crate::limits::ApiLimits) -> Router {
         .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", post(review::local_subject_access))
         .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", post(review::self_subject_rules))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", post(review::self_subject))
+        .nest_service("/ui", ui.unwrap_or_else(|| Router::new().fallback(|| async { ApiError::NoRoute.into_response() })))
         .fallback(handlers::resource)
         .layer(middleware::from_fn_with_state(in_flight, limit_in_flight))
         .layer(middleware::from_fn_with_state(app.clone(), authz::authorize))
@@ -152,7 +155,7 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
     let token = app.shutdown.clone();
     let limits = config.limits;
     let auth = app.auth.clone();
-    let router = router(app, limits);
+    let router = router(app, limits, config.ui);
     let task = tokio::spawn(async move {
         // Nothing is authorized from half a policy: the connections wait in
         // the backlog until the RBAC objects are all in.

@@ -106,6 +106,9 @@ pub fn node_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// The role that lets anyone reach the dashboard's paths.
+pub const DASHBOARD: &str = "system:wharf:dashboard";
+
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let role = |name: &str, rules: Vec<PolicyRule>| ClusterRole { metadata: meta(name), rules: Some(rules), ..Default::default() };
     let discovery =
@@ -117,6 +120,10 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         role("view", view_rules()),
         role("system:discovery", vec![paths(discovery, &["get"])]),
         role("system:public-info-viewer", vec![paths(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
+        // The dashboard's pages are public; its data endpoints need a
+        // login (authentication), and every object it shows is read with
+        // the user's own rights.
+        role(DASHBOARD, vec![paths(&["/ui", "/ui/*"], &["get", "post", "delete"])]),
         role(
             "system:basic-user",
             vec![
@@ -142,6 +149,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
         bind("system:discovery", vec![group(AUTHENTICATED)]),
         bind("system:public-info-viewer", vec![group(AUTHENTICATED), group(UNAUTHENTICATED)]),
         bind("system:basic-user", vec![group(AUTHENTICATED)]),
+        bind(DASHBOARD, vec![group(AUTHENTICATED), group(UNAUTHENTICATED)]),
         bind(CONTROLLERS, vec![group(CONTROLLERS)]),
         bind(NODE_ROLE, vec![group(crate::user::NODES)]),
         bind(NODE_BOOTSTRAPPER, vec![group(crate::bootstrap::GROUP)]),

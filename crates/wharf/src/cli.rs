@@ -57,6 +57,9 @@ pub enum Command {
     /// Walk a service's chain (selector, pods, readiness, ports, slices,
     /// frontends, DNS) and name the first broken link; exit 1 if there is one.
     Why(WhyArgs),
+    /// Print a one-time login URL for the dashboard (served under /ui/ on
+    /// the API port), for the kubeconfig's user.
+    Dashboard(ClientArgs),
     /// Print the service environment variables a pod of a namespace gets.
     Env(ClientArgs),
     /// Print the resolv.conf a pod of a namespace gets.
@@ -147,9 +150,12 @@ pub struct ClientArgs {
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
     /// DNS domain of the cluster.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
 }
+
+/// The DNS domain of a cluster unless told otherwise, as in Kubernetes.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".wharf")
@@ -254,7 +260,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub node_ip: IpAddr,
     /// DNS domain of the cluster.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
     /// Cluster DNS address, UDP and TCP (default: the tenth address of
     /// the service CIDR, port 53).

@@ -91,17 +91,27 @@ async fn bootstrap(registry: &wharf_apiserver::Registry, endpoint: SocketAddr, t
     }
 }
 
+/// Where a control plane runs and what it serves beside the API.
+pub struct Site<'a> {
+    /// Pods without a node go to this one (`wharf up`).
+    pub default_node: Option<&'a str>,
+    pub advertise_fallback: std::net::IpAddr,
+    pub extra_sans: &'a [String],
+    /// For the dashboard's DNS names, and the DNS it asks (else kube-dns).
+    pub cluster_domain: &'a str,
+    pub dns: Option<std::net::SocketAddr>,
+}
+
 /// Starts the API server on `store` (as a part of `life`), creates the
 /// built-in objects and writes the admin kubeconfig.
 pub async fn start(
     args: &ServerArgs,
     store: Arc<dyn wharf_store::Store>,
-    default_node: Option<&str>,
-    advertise_fallback: std::net::IpAddr,
-    extra_sans: &[String],
+    site: Site<'_>,
     life: &mut Lifecycle,
     registry: &mut Registry,
 ) -> anyhow::Result<ControlPlane> {
+    let Site { default_node, advertise_fallback, extra_sans, cluster_domain, dns } = site;
     let data_dir = &args.data.data_dir;
     let mut hosts = vec![advertised(args.api_listen, advertise_fallback).ip().to_string()];
     hosts.extend(["localhost".to_string(), "127.0.0.1".to_string(), advertise_fallback.to_string()]);
@@ -141,11 +151,18 @@ pub async fn start(
         tunnels: wharf_apiserver::remote::tunnels(),
         bookmark_interval: args.watch_bookmark_interval,
     };
-    let server =
-        wharf_apiserver::serve(wharf_apiserver::ApiServerConfig { listen: args.api_listen, limits: api_limits(args) }, app, &creds)
-            .await
-            .context("--api-listen")?;
+    let api_url = Arc::new(std::sync::OnceLock::new());
+    let dashboard = wharf_dashboard::router(wharf_dashboard::DashboardConfig {
+        sessions: app.auth.authenticator.sessions.clone(),
+        api_url: api_url.clone(),
+        ca_pem: creds.ca_cert_pem.clone(),
+        cluster_domain: cluster_domain.to_string(),
+        dns,
+    });
+    let config = wharf_apiserver::ApiServerConfig { listen: args.api_listen, limits: api_limits(args), ui: Some(dashboard) };
+    let server = wharf_apiserver::serve(config, app, &creds).await.context("--api-listen")?;
     let endpoint = advertised(server.local_addr, advertise_fallback);
+    let _ = api_url.set(format!("https://{endpoint}"));
     bootstrap(&api_registry, endpoint, &life.token).await?;
     let task = server.task;
     life.spawn("API server", async move {

@@ -4,6 +4,7 @@ mod agent_cmd;
 mod cli;
 mod client;
 mod control;
+mod dashboard;
 mod env;
 mod files;
 mod lifecycle;
@@ -66,6 +67,11 @@ fn main() -> anyhow::Result<()> {
             let whole = runtime.block_on(why::run(args))?;
             drop(runtime);
             std::process::exit(if whole { 0 } else { 1 })
+        }
+        cli::Command::Dashboard(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            println!("{}", runtime.block_on(dashboard::login_url(args))?);
+            Ok(())
         }
         cli::Command::Token(cli::TokenCommand::Create(args)) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

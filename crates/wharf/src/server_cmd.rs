@@ -66,7 +66,15 @@ pub async fn run(args: ServerCommandArgs) -> anyhow::Result<()> {
     store_metrics.register(&mut registry);
     let store = open_store(&args, store_metrics).await?;
     let advertise = args.server.api_listen.ip();
-    let control = control::start(&args.server, store.clone(), None, advertise, &args.tls_san, &mut life, &mut registry).await?;
+    let site = control::Site {
+        default_node: None,
+        advertise_fallback: advertise,
+        extra_sans: &args.tls_san,
+        // The server has no DNS of its own: the dashboard asks kube-dns.
+        cluster_domain: crate::cli::DEFAULT_CLUSTER_DOMAIN,
+        dns: None,
+    };
+    let control = control::start(&args.server, store.clone(), site, &mut life, &mut registry).await?;
     let id = wharf_apiserver::election::holder_identity();
     let leading = wharf_apiserver::election::campaign(
         store,

@@ -24,7 +24,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store = EmbeddedStore::open_with(&data_dir.join("state.redb"), store_metrics.clone(), args.server.watch_history)
         .context("opening the store")?;
     let store = Arc::new(Measured::new(store, store_metrics));
-    let control = control::start(&args.server, store, Some(&args.node.node_name), args.node.node_ip, &[], &mut life, &mut registry).await?;
+    let site = control::Site {
+        default_node: Some(&args.node.node_name),
+        advertise_fallback: args.node.node_ip,
+        extra_sans: &[],
+        cluster_domain: &args.node.cluster_domain,
+        dns: Some(crate::node::dns_listen(&args.node, args.server.service_cidr)),
+    };
+    let control = control::start(&args.server, store, site, &mut life, &mut registry).await?;
     let controller_metrics = wharf_kube::ControllerMetrics::default();
     controller_metrics.register(&mut registry);
     let token = life.token.clone();

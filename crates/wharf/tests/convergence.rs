@@ -267,7 +267,7 @@ async fn reconciles_that_fail_are_retried_until_the_slices_match() {
         tunnels: wharf_apiserver::remote::tunnels(),
         bookmark_interval: std::time::Duration::from_secs(60),
     };
-    let config = wharf_apiserver::ApiServerConfig { listen: "127.0.0.1:0".parse().unwrap(), limits: Default::default() };
+    let config = wharf_apiserver::ApiServerConfig { listen: "127.0.0.1:0".parse().unwrap(), limits: Default::default(), ui: None };
     let server = wharf_apiserver::serve(config, app, &creds).await.unwrap();
     wharf_apiserver::bootstrap(&registry, server.local_addr).await.unwrap();
     // From here on, the store refuses the next twelve slice writes.

@@ -1,0 +1,62 @@
+//! Logging in: `wharf dashboard` asks (as its user) for a one-time code
+//! and prints a URL holding it in the fragment (never sent to a server or
+//! a log); the page trades the code for a session token, which the API
+//! accepts as a bearer token for `SESSION_LIFETIME`. Pasting any token
+//! the API accepts works too.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use wharf_auth::User;
+
+use crate::DashboardConfig;
+
+fn status(code: StatusCode, message: &str) -> Response {
+    let reason = match code {
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::BAD_REQUEST => "BadRequest",
+        _ => "",
+    };
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+/// `POST /ui/api/login-codes`: a code for the caller.
+pub async fn issue_code(State(config): State<Arc<DashboardConfig>>, user: Option<Extension<User>>) -> Response {
+    let Some(Extension(user)) = user.filter(|u| u.0.groups.iter().any(|g| g == wharf_auth::user::AUTHENTICATED)) else {
+        return status(StatusCode::UNAUTHORIZED, "log in to get a dashboard login code");
+    };
+    let code = config.sessions.issue_code(user, Instant::now());
+    (StatusCode::CREATED, Json(serde_json::json!({ "code": code, "path": format!("/ui/#code={code}") }))).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct Redeem {
+    code: String,
+}
+
+/// `POST /ui/api/sessions {"code": ...}`: a session token, once per code.
+pub async fn start_session(State(config): State<Arc<DashboardConfig>>, body: Option<Json<Redeem>>) -> Response {
+    let Some(Json(redeem)) = body else { return status(StatusCode::BAD_REQUEST, "expected {\"code\": \"...\"}") };
+    match config.sessions.redeem(&redeem.code, Instant::now()) {
+        Some(token) => (StatusCode::CREATED, Json(serde_json::json!({ "token": token }))).into_response(),
+        None => status(StatusCode::UNAUTHORIZED, "this login code is unknown, used or expired: run `wharf dashboard` again"),
+    }
+}
+
+/// `DELETE /ui/api/sessions`: ends the caller's session (logout).
+pub async fn end_session(State(config): State<Arc<DashboardConfig>>, headers: HeaderMap) -> StatusCode {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = token {
+        config.sessions.end(token.trim());
+    }
+    StatusCode::NO_CONTENT
+}
