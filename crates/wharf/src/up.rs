@@ -79,6 +79,7 @@ fn print_notes(args: &UpArgs, control: &control::ControlPlane, metrics: SocketAd
   Node ports:    {low}-{high} on {node_ip} (node {node})
   Load balancer: {lb_pool}
   Metrics:       http://{metrics}/metrics
+  Dashboard:     https://{endpoint}/ui/ (`wharf dashboard` prints a login link)
   Data dir:      {data}
 
 To use it with kubectl:
