@@ -72,6 +72,12 @@ fn the_dashboard_shows_the_seed_live_in_a_browser() {
         (0..5).all(|_| std::net::TcpStream::connect(format!("{mysql_ip}:3306")).is_ok()).then_some(())
     });
     assert!(connected.is_some(), "mysql through its cluster IP");
+    let metrics = w.metrics();
+    for family in ["wharf_proxy_connections_total", "wharf_proxy_endpoint_active_connections", "wharf_proxy_endpoint_bytes_total"] {
+        let series = format!("{family}{{service=\"default/kolide-fleet-mysql:");
+        assert!(metrics.contains(&series), "per-endpoint {family} on /metrics: {metrics}");
+    }
+    assert!(!metrics.contains("wharf_proxy_connections_total{service=\"default/kolide-fleet-redis:"), "series only for endpoints with traffic");
     // ... and more while the browser looks, for the rates and graphs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {

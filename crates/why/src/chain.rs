@@ -520,6 +520,18 @@ mod tests {
     }
 
     #[test]
+    fn a_frontend_conflict_names_the_owner_and_the_fix() {
+        let mut input = inputs(vec![pod("web-0", &[("app", "web")], true, &[("http", 8080)])], 1, "10.0.0.5");
+        let conflict = serde_json::json!({"mode": "userspace", "synced": true, "servicePorts": 1, "frontends": 0,
+            "failing": [{"service": "default/web", "frontend": "10.9.9.9:80/TCP", "reason": "Conflict",
+                "error": "already served by default/older"}]});
+        input.nodes = vec![node("a", true, Some(conflict))];
+        let broken = explain(&input).broken.unwrap();
+        assert_eq!(broken.link, "node a does not serve 10.9.9.9:80/TCP: already served by default/older");
+        assert_eq!(broken.fix, CONFLICT_FIX);
+    }
+
+    #[test]
     fn a_wrong_dns_answer_is_a_broken_link() {
         let report = explain(&inputs(vec![pod("web-0", &[("app", "web")], true, &[("http", 8080)])], 1, "10.0.0.6"));
         assert!(report.text.contains("expected 10.0.0.5"), "{}", report.text);
