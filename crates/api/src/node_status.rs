@@ -9,6 +9,19 @@ use serde::{Deserialize, Serialize};
 /// The annotation on a Node holding its proxy's `ProxyStatus` as JSON.
 pub const PROXY_STATUS: &str = "proxy.wharf.dev/status";
 
+/// The annotation on a Node holding its cluster DNS's `DnsStatus` as JSON.
+pub const DNS_STATUS: &str = "dns.wharf.dev/status";
+
+/// What a node's cluster DNS publishes: whether it has its first complete
+/// picture (before that it answers SERVFAIL for the cluster's names), and
+/// how many services it answers for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    pub synced: bool,
+    pub services: usize,
+}
+
 /// Endpoints published at most (the busiest, and every one with errors
 /// first), so the annotation stays small at any number of services.
 pub const MAX_ENDPOINTS: usize = 200;

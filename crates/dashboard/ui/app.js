@@ -6,6 +6,7 @@
 
 const TOKEN_KEY = "wharf-token";
 const PROXY_STATUS = "proxy.wharf.dev/status";
+const DNS_STATUS = "dns.wharf.dev/status";
 const HISTORY = 30; // traffic samples kept per service
 const SAMPLE_EVERY_MS = 2000;
 
@@ -164,13 +165,15 @@ function nodeReady(node) {
   return (node.status?.conditions || []).find((c) => c.type === "Ready");
 }
 
-function proxyStatus(node) {
+function published(node, annotation) {
   try {
-    return JSON.parse(node.metadata.annotations?.[PROXY_STATUS] || "null");
+    return JSON.parse(node.metadata.annotations?.[annotation] || "null");
   } catch {
     return null;
   }
 }
+
+const proxyStatus = (node) => published(node, PROXY_STATUS);
 
 function slicesOf(store, svc) {
   return [...store.slices.items.values()].filter(
@@ -394,6 +397,7 @@ function nodesPage(store) {
   const rows = [...store.nodes.items.values()].sort((a, b) => key(a).localeCompare(key(b))).map((node) => {
     const ready = nodeReady(node);
     const proxy = proxyStatus(node);
+    const dns = published(node, DNS_STATUS);
     const failing = proxy?.failing?.length || 0;
     return h("tr", { "data-node": node.metadata.name },
       h("td", {}, node.metadata.name),
@@ -401,7 +405,8 @@ function nodesPage(store) {
       h("td", { class: "muted" }, ago(ready?.lastHeartbeatTime)),
       h("td", { class: "mono" }, (node.status?.addresses || []).map((a) => a.address).join(", ")),
       h("td", {}, proxy?.mode || "—"),
-      h("td", {}, proxy ? pill(proxy.synced, proxy.synced ? "synced" : "syncing") : pill(undefined, "no state")),
+      h("td", { class: "dns-sync" }, dns ? pill(dns.synced, dns.synced ? `synced, ${dns.services} services` : "syncing") : pill(undefined, "no state")),
+      h("td", { class: "proxy-sync" }, proxy ? pill(proxy.synced, proxy.synced ? "synced" : "syncing") : pill(undefined, "no state")),
       h("td", { class: "num" }, proxy ? String(proxy.servicePorts) : ""),
       h("td", { class: "num" }, proxy ? String(proxy.frontends) : ""),
       h("td", {}, failing ? pill(false, `${failing} not served`) : h("span", { class: "muted" }, "none")));
@@ -409,7 +414,7 @@ function nodesPage(store) {
   return [
     h("h1", {}, "Nodes"),
     h("div", { class: "panel" }, h("table", { id: "nodes" },
-      h("thead", {}, h("tr", {}, ["Name", "Status", "Heartbeat", "Addresses", "Proxy", "Proxy sync", "Service ports", "Frontends", "Failing"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Name", "Status", "Heartbeat", "Addresses", "Proxy", "DNS", "Proxy sync", "Service ports", "Frontends", "Failing"].map((c) => h("th", {}, c)))),
       h("tbody", {}, rows))),
   ];
 }

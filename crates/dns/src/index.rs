@@ -91,6 +91,11 @@ impl Index {
         SOURCES.iter().all(|s| self.synced.contains(s))
     }
 
+    /// Services known.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     pub fn service(&self, ns: &str, name: &str) -> Option<&ServiceEntry> {
         self.services.get(&Key::new(ns, name))
     }

@@ -37,6 +37,10 @@ pub struct DnsConfig {
     /// Clients whose other names are forwarded (`--dns-recursion-cidrs`).
     pub recursion_from: Vec<ipnet::IpNet>,
     pub tcp: server::TcpLimits,
+    /// The node this DNS runs on, where it publishes its state, and how
+    /// often at most.
+    pub node_name: String,
+    pub status_every: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +78,18 @@ pub async fn start(config: DnsConfig, client: kube::Client, metrics: DnsMetrics,
             .spawn(move || server::udp_worker(handler, socket, runtime, token))
             .map_err(bind_error)?;
     }
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     let tasks = vec![
         tokio::spawn(server::tcp_server(handler, listener, config.tcp, token.clone())),
-        tokio::spawn(watch::follow(client, index.clone(), metrics, token)),
+        tokio::spawn(wharf_kube::node_status::publish(
+            client.clone(),
+            config.node_name.clone(),
+            wharf_api::node_status::DNS_STATUS,
+            status_rx,
+            config.status_every,
+            token.clone(),
+        )),
+        tokio::spawn(watch::follow(client, index.clone(), metrics, watch::StatusOut { every: config.status_every, to: status_tx }, token)),
     ];
     Ok(RunningDns { index, tasks })
 }

@@ -93,9 +93,29 @@ impl Relisters {
     }
 }
 
+/// Where and how often the DNS's state goes out to be published.
+pub struct StatusOut {
+    pub every: std::time::Duration,
+    pub to: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl StatusOut {
+    fn send(&self, index: &Index) {
+        let status = wharf_api::node_status::DnsStatus { synced: index.is_synced(), services: index.service_count() };
+        let status = serde_json::to_string(&status).ok();
+        self.to.send_if_modified(|published| {
+            let changed = *published != status;
+            *published = status;
+            changed
+        });
+    }
+}
+
 /// Follows the cluster until `token` is cancelled, applying every change
-/// to `index`.
-pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: DnsMetrics, token: CancellationToken) {
+/// to `index`, and sends its state to `status` now and then.
+pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: DnsMetrics, status: StatusOut, token: CancellationToken) {
+    let mut tick = tokio::time::interval(status.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let updates = stream::select_all([
         watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
         watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),
@@ -108,6 +128,10 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: Dn
         let update = tokio::select! {
             _ = token.cancelled() => return,
             Some(update) = updates.next() => update,
+            _ = tick.tick() => {
+                status.send(&index.read().unwrap_or_else(|p| p.into_inner()));
+                continue;
+            }
         };
         let received = Instant::now();
         let kind = {

@@ -1,8 +1,9 @@
 //! A part of a node publishing its state on its Node as one annotation
 //! (the proxy's frontends and traffic), so other parts and users learn it
 //! from the API. Writes are a merge patch of that annotation alone, at
-//! most one per `every`, and only when the value changed; a failed write
-//! is logged at warn and retried with backoff.
+//! most one per `every`, and only when the value changed (or every
+//! `REFRESH_EVERY` intervals anyway, so a Node recreated without it gets
+//! it back); a failed write is logged at warn and retried with backoff.
 
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Backoff;
+
+/// Intervals after which an unchanged value is written again.
+const REFRESH_EVERY: u32 = 30;
 
 /// Publishes each new value of `values` as annotation `key` of Node
 /// `node`, until `token` is cancelled.
@@ -53,6 +57,7 @@ pub async fn publish(
         tokio::select! {
             _ = token.cancelled() => return,
             changed = values.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(every * REFRESH_EVERY) => published = None,
         }
     }
 }

@@ -297,8 +297,8 @@ pub struct NodeArgs {
     /// Threads of the proxy's data plane (default: one per CPU).
     #[arg(long)]
     pub proxy_workers: Option<usize>,
-    /// How often the proxy publishes its state (frontends not served,
-    /// traffic per endpoint) on its Node, at most.
+    /// How often the proxy and the DNS publish their state (sync, frontends
+    /// not served, traffic per endpoint) on their Node, at most.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub node_status_interval: Duration,
     /// A proxied TCP connection with no byte either way for this long is closed.

@@ -50,6 +50,8 @@ fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsCo
         workers: args.dns_workers.unwrap_or_else(cpus),
         recursion_from: recursion_from(args, cidr),
         tcp: wharf_dns::server::TcpLimits { connections: args.dns_tcp_connections, ..Default::default() },
+        node_name: args.node_name.clone(),
+        status_every: args.node_status_interval,
     })
 }
 

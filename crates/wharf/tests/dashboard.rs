@@ -77,7 +77,10 @@ fn the_dashboard_shows_the_seed_live_in_a_browser() {
         let series = format!("{family}{{service=\"default/kolide-fleet-mysql:");
         assert!(metrics.contains(&series), "per-endpoint {family} on /metrics: {metrics}");
     }
-    assert!(!metrics.contains("wharf_proxy_connections_total{service=\"default/kolide-fleet-redis:"), "series only for endpoints with traffic");
+    assert!(
+        !metrics.contains("wharf_proxy_connections_total{service=\"default/kolide-fleet-redis:"),
+        "series only for endpoints with traffic"
+    );
     // ... and more while the browser looks, for the rates and graphs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {

@@ -102,7 +102,8 @@ def main():
         shot(driver, "service-unready.png")
 
         driver.find_element(By.CSS_SELECTOR, 'a[data-page="nodes"]').click()
-        until("the node, synced", lambda: "synced" in text(driver, "#nodes tbody"))
+        until("the node's proxy, synced", lambda: text(driver, "#nodes td.proxy-sync") == "synced")
+        until("the node's DNS, synced", lambda: text(driver, "#nodes td.dns-sync").startswith("synced, "))
         shot(driver, "nodes.png")
 
         session = driver.execute_script("return sessionStorage.getItem('wharf-token');")
