@@ -40,6 +40,12 @@ pub async fn chain(
     let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
         return failure(StatusCode::UNAUTHORIZED, "the chain needs a bearer token".into());
     };
+    let invalid = [("namespace", &namespace), ("name", &name)]
+        .into_iter()
+        .find_map(|(field, value)| wharf_api::names::dns1123_label(value).first().map(|why| format!("{field} {value:?}: {why}")));
+    if let Some(why) = invalid {
+        return failure(StatusCode::BAD_REQUEST, why);
+    }
     let Some(server) = config.api_url.get() else {
         return failure(StatusCode::SERVICE_UNAVAILABLE, "the API server is starting".into());
     };

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
+use wharf_auth::sessions::SessionError;
 use wharf_auth::User;
 
 use crate::DashboardConfig;
@@ -20,6 +21,8 @@ fn status(code: StatusCode, message: &str) -> Response {
     let reason = match code {
         StatusCode::UNAUTHORIZED => "Unauthorized",
         StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
         _ => "",
     };
     let body = serde_json::json!({
@@ -29,13 +32,35 @@ fn status(code: StatusCode, message: &str) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Why a caller may not turn its credential into a session: a session
+/// must never outlive or stand in for something else than the caller's
+/// own long-lived credential.
+fn refusal(user: &User, headers: &HeaderMap) -> Option<&'static str> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if bearer.trim_start_matches("Bearer ").trim().starts_with(wharf_auth::sessions::SESSION_PREFIX) {
+        return Some("a dashboard session cannot mint another: run `wharf dashboard` with your own credentials");
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("impersonate-")) {
+        return Some("no login codes for an impersonated user");
+    }
+    if user.groups.iter().any(|g| g == wharf_auth::bootstrap::GROUP) {
+        return Some("bootstrap tokens join nodes; they do not log in to the dashboard");
+    }
+    None
+}
+
 /// `POST /ui/api/login-codes`: a code for the caller.
-pub async fn issue_code(State(config): State<Arc<DashboardConfig>>, user: Option<Extension<User>>) -> Response {
+pub async fn issue_code(State(config): State<Arc<DashboardConfig>>, user: Option<Extension<User>>, headers: HeaderMap) -> Response {
     let Some(Extension(user)) = user.filter(|u| u.0.groups.iter().any(|g| g == wharf_auth::user::AUTHENTICATED)) else {
         return status(StatusCode::UNAUTHORIZED, "log in to get a dashboard login code");
     };
-    let code = config.sessions.issue_code(user, Instant::now());
-    (StatusCode::CREATED, Json(serde_json::json!({ "code": code, "path": format!("/ui/#code={code}") }))).into_response()
+    if let Some(why) = refusal(&user, &headers) {
+        return status(StatusCode::FORBIDDEN, why);
+    }
+    match config.sessions.issue_code(user, Instant::now()) {
+        Ok(code) => (StatusCode::CREATED, Json(serde_json::json!({ "code": code, "path": format!("/ui/#code={code}") }))).into_response(),
+        Err(e) => status(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -47,8 +72,11 @@ pub struct Redeem {
 pub async fn start_session(State(config): State<Arc<DashboardConfig>>, body: Option<Json<Redeem>>) -> Response {
     let Some(Json(redeem)) = body else { return status(StatusCode::BAD_REQUEST, "expected {\"code\": \"...\"}") };
     match config.sessions.redeem(&redeem.code, Instant::now()) {
-        Some(token) => (StatusCode::CREATED, Json(serde_json::json!({ "token": token }))).into_response(),
-        None => status(StatusCode::UNAUTHORIZED, "this login code is unknown, used or expired: run `wharf dashboard` again"),
+        Ok(token) => (StatusCode::CREATED, Json(serde_json::json!({ "token": token }))).into_response(),
+        Err(SessionError::UnknownCode) => {
+            status(StatusCode::UNAUTHORIZED, "this login code is unknown, used or expired: run `wharf dashboard` again")
+        }
+        Err(e) => status(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
     }
 }
 

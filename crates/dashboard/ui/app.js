@@ -9,6 +9,7 @@ const PROXY_STATUS = "proxy.wharf.dev/status";
 const DNS_STATUS = "dns.wharf.dev/status";
 const HISTORY = 30; // traffic samples kept per service
 const SAMPLE_EVERY_MS = 2000;
+const CHAIN_EVERY_MS = 2000;
 
 let token = sessionStorage.getItem(TOKEN_KEY);
 
@@ -110,28 +111,33 @@ class Informer {
           this.synced = true;
           this.changed();
         }
-        rv = await this.watch(rv);
-        failures = 0;
+        const { next, events } = await this.watch(rv);
+        rv = next;
+        // Only a watch that delivered something counts as healthy: one
+        // that ends at once (or a relist that fails again) backs off.
+        failures = events > 0 ? 0 : failures + 1;
       } catch (e) {
         if (e.message === "unauthorized") return;
         failures++;
         setLive(false);
-        await new Promise((r) => setTimeout(r, Math.min(30000, 250 * 2 ** failures)));
       }
+      await new Promise((r) => setTimeout(r, Math.min(30000, failures ? 250 * 2 ** failures : 200)));
     }
   }
-  // Follows the watch from `rv`; returns where to go on (null: relist).
+  // Follows the watch from `rv`: where to go on (null: relist), and how
+  // many events came.
   async watch(rv) {
     const sep = this.path.includes("?") ? "&" : "?";
     const response = await api(`${this.path}${sep}watch=1&allowWatchBookmarks=true&resourceVersion=${rv}`);
-    if (!response.ok) return null;
+    if (!response.ok) throw new Error(`watch ${this.path}: ${response.status}`);
     setLive(true);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let events = 0;
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return rv;
+      if (done) return { next: rv, events };
       buffer += decoder.decode(value, { stream: true });
       let nl;
       while ((nl = buffer.indexOf("\n")) >= 0) {
@@ -139,7 +145,11 @@ class Informer {
         buffer = buffer.slice(nl + 1);
         if (!line) continue;
         const event = JSON.parse(line);
-        if (event.type === "ERROR") return null;
+        if (event.type === "ERROR") {
+          reader.cancel().catch(() => {});
+          return { next: null, events };
+        }
+        events++;
         rv = event.object.metadata.resourceVersion || rv;
         if (event.type === "BOOKMARK") continue;
         if (event.type === "DELETED") this.items.delete(key(event.object));
@@ -173,7 +183,20 @@ function published(node, annotation) {
   }
 }
 
-const proxyStatus = (node) => published(node, PROXY_STATUS);
+const count = (v) => (Number.isFinite(v) ? v : 0);
+
+// A node writes its own annotation: take only well-formed parts of it.
+function proxyStatus(node) {
+  const status = published(node, PROXY_STATUS);
+  if (!status || typeof status !== "object") return null;
+  const list = (v) => (Array.isArray(v) ? v.filter((x) => x && typeof x === "object") : []);
+  return {
+    mode: String(status.mode || ""), synced: status.synced === true,
+    servicePorts: count(status.servicePorts), frontends: count(status.frontends),
+    failing: list(status.failing),
+    endpoints: list(status.endpoints).filter((t) => typeof t.servicePort === "string"),
+  };
+}
 
 function slicesOf(store, svc) {
   return [...store.slices.items.values()].filter(
@@ -202,10 +225,10 @@ function trafficTotals(store) {
     for (const t of proxyStatus(node)?.endpoints || []) {
       const svc = t.servicePort.slice(0, t.servicePort.lastIndexOf(":"));
       const sum = totals.get(svc) || { connections: 0, bytes: 0, errors: 0, active: 0 };
-      sum.connections += t.connections;
-      sum.bytes += t.bytesToEndpoint + t.bytesToClient;
-      sum.errors += t.connectErrors;
-      sum.active += t.active;
+      sum.connections += count(t.connections);
+      sum.bytes += count(t.bytesToEndpoint) + count(t.bytesToClient);
+      sum.errors += count(t.connectErrors);
+      sum.active += count(t.active);
       totals.set(svc, sum);
     }
   }
@@ -321,8 +344,8 @@ const chainWanted = new Map(); // "ns/name" -> timer
 const chainAt = new Map(); // "ns/name" -> the generation it was asked at
 let generation = 0; // bumped by every change an informer sees
 
-// Fetches the chain again, at most twice a second, when what it is judged
-// from changes.
+// Fetches the chain again when what it is judged from changed, at most
+// once per CHAIN_EVERY_MS (each fetch costs the server several lists).
 function refreshChain(ns, name) {
   const k = `${ns}/${name}`;
   if (chainWanted.has(k) || chainAt.get(k) === generation) return;
@@ -337,7 +360,7 @@ function refreshChain(ns, name) {
       chains.set(k, { error: String(e) });
     }
     render();
-  }, 500));
+  }, CHAIN_EVERY_MS));
 }
 
 function servicePage(store, traffic, ns, name) {

@@ -16,8 +16,12 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The HTTP status of `path` on the API port, with `token` if given.
 fn status(w: &Wharf, path: &str, token: Option<&str>) -> String {
+    request_status(w, "GET", path, token)
+}
+
+fn request_status(w: &Wharf, method: &str, path: &str, token: Option<&str>) -> String {
     let mut curl = Command::new("curl");
-    curl.args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", w.server)]);
+    curl.args(["-sk", "-X", method, "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", w.server)]);
     if let Some(token) = token {
         curl.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
@@ -55,6 +59,10 @@ fn the_dashboard_needs_a_login_and_its_pages_are_public() {
     assert_eq!(redeem(code)["code"], 401, "a code works once");
     assert_eq!(status(&w, "/ui/api/chain/default/kubernetes", Some(&session)), "200");
     assert_eq!(status(&w, "/api/v1/services", Some(&session)), "200", "the session is the user's, on the API too");
+    assert_eq!(request_status(&w, "POST", "/ui/api/login-codes", Some(&session)), "403", "a session cannot mint another");
+    assert_eq!(status(&w, "/ui/api/chain/default/Not_A_Name", Some(&session)), "400", "names are checked");
+    assert_eq!(request_status(&w, "DELETE", "/ui/api/sessions", Some(&session)), "204", "logout");
+    assert_eq!(status(&w, "/api/v1/services", Some(&session)), "401", "an ended session is refused");
 }
 
 #[test]

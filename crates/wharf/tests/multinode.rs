@@ -327,6 +327,8 @@ impl Cluster {
                 "1",
                 "--proxy-workers",
                 "1",
+                "--node-status-interval",
+                "1s",
                 "--allow-exec",
             ],
             &format!("agent{node}.log"),
@@ -426,6 +428,20 @@ fn a_cluster_of_three_nodes_and_its_faults() {
         eventually(&format!("node {node}'s DNS"), Duration::from_secs(30), || c.dig(node, "web.default.svc.cluster.local") == ip);
     }
     eventually("node 0 reaching the pod on node 2", Duration::from_secs(30), || c.curl(0, &format!("http://{ip}/")));
+    // Each node publishes its proxy's and DNS's state on its own Node, with
+    // its own identity; node 0's proxy counted the connection it carried.
+    for node in 0..3 {
+        eventually(&format!("node {node}'s published state"), Duration::from_secs(30), || {
+            let annotations = c.kubectl_ok(1, &["get", "node", &format!("node-{node}"), "-o", "jsonpath={.metadata.annotations}"]);
+            annotations.contains(r#"\"synced\":true"#)
+                && annotations.contains("dns.wharf.dev/status")
+                && annotations.contains("proxy.wharf.dev/status")
+        });
+    }
+    eventually("node 0's traffic to web's endpoint", Duration::from_secs(30), || {
+        let proxy = c.kubectl_ok(1, &["get", "node", "node-0", "-o", r#"jsonpath={.metadata.annotations.proxy\.wharf\.dev/status}"#]);
+        proxy.contains(r#""servicePort":"default/web"#) && proxy.contains(&format!(r#""endpoint":"{ip2}:8080""#))
+    });
     // kubectl exec into node 2's pod through either server: its agent
     // keeps a tunnel to each, and the command sees the cluster DNS.
     for server in [1, 2] {
