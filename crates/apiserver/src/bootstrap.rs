@@ -28,6 +28,12 @@ async fn reconcile(registry: &Registry, kind: &Kind, namespace: &str, obj: Value
             let update = |current: &Value| {
                 let mut desired = obj.clone();
                 desired["metadata"] = current["metadata"].clone();
+                // The labels wharf sets are added back; others are kept.
+                if let Some(labels) = obj["metadata"]["labels"].as_object() {
+                    for (key, value) in labels {
+                        desired["metadata"]["labels"][key] = value.clone();
+                    }
+                }
                 Ok(desired)
             };
             registry.update_with(kind, namespace, &name, WriteTarget::Main, &WriteOptions::default(), update).await.map(|_| ())
@@ -116,7 +122,9 @@ pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResu
         &kind::ENDPOINTS,
         "default",
         json!({
-            "metadata": {"name": "kubernetes"},
+            // As kube-apiserver labels it: the API server writes this
+            // service's EndpointSlice itself, so nothing mirrors a second.
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}],
         }),
     )

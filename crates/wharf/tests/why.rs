@@ -93,6 +93,10 @@ fn why_names_the_first_broken_link() {
     assert!(refused.contains(&format!("? endpoint {ip}:{dead_port} via node test-node: ")), "{refused}");
     assert!(refused.contains("Connection refused"), "the error itself: {refused}");
 
+    let (api, code) = why(&w, "svc/kubernetes");
+    assert_eq!(code, Some(0), "{api}");
+    assert!(api.contains("✓ 1 EndpointSlice(s): 1 of 1 endpoints ready"), "one slice, the API server's, none mirrored: {api}");
+
     let (by_pod, code) = why(&w, "pod/kolide-fleet-fleet-a");
     assert_eq!(code, Some(1), "fleet-a's service is broken by fleet-b: {by_pod}");
     assert!(by_pod.contains("service default/kolide-fleet-fleet"), "{by_pod}");

@@ -291,15 +291,22 @@ pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<Endpoint
     plan
 }
 
+/// Marks the Endpoints this controller writes. Not skip-mirror alone:
+/// the API server's own `kubernetes` Endpoints carry that too, and are not
+/// this controller's to delete.
+pub const ENDPOINTS_MANAGED_BY_LABEL: &str = "endpoints.wharf.dev/managed-by";
+const ENDPOINTS_MANAGER: &str = "endpointslice-controller";
+
 fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert(SKIP_MIRROR_LABEL.into(), "true".into());
+    labels.insert(ENDPOINTS_MANAGED_BY_LABEL.into(), ENDPOINTS_MANAGER.into());
     labels
 }
 
 /// Whether this controller wrote an Endpoints object.
 pub fn is_managed_endpoints(ep: &Endpoints) -> bool {
-    ep.metadata.labels.as_ref().and_then(|l| l.get(SKIP_MIRROR_LABEL)).is_some_and(|v| v == "true")
+    ep.metadata.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).is_some_and(|v| v == ENDPOINTS_MANAGER)
 }
 
 /// The legacy Endpoints object for the same endpoints: one subset per
