@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 
-use crate::DashboardConfig;
+use crate::{bearer, failure, DashboardConfig};
 
 /// A kubeconfig for `server` with `token`: the one client builder,
 /// `wharf_kube::client`, takes it from there.
@@ -26,42 +26,36 @@ fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
     .to_string()
 }
 
-fn failure(code: StatusCode, message: String) -> Response {
-    let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code.as_u16()});
-    (code, Json(body)).into_response()
-}
-
 pub async fn chain(
     State(config): State<Arc<DashboardConfig>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-        return failure(StatusCode::UNAUTHORIZED, "the chain needs a bearer token".into());
+    let Some(token) = bearer(&headers) else {
+        return failure(StatusCode::UNAUTHORIZED, "the chain needs a bearer token");
     };
     let invalid = [("namespace", &namespace), ("name", &name)]
         .into_iter()
         .find_map(|(field, value)| wharf_api::names::dns1123_label(value).first().map(|why| format!("{field} {value:?}: {why}")));
     if let Some(why) = invalid {
-        return failure(StatusCode::BAD_REQUEST, why);
+        return failure(StatusCode::BAD_REQUEST, &why);
     }
     let Some(server) = config.api_url.get() else {
-        return failure(StatusCode::SERVICE_UNAVAILABLE, "the API server is starting".into());
+        return failure(StatusCode::SERVICE_UNAVAILABLE, "the API server is starting");
     };
     let client = match wharf_kube::client::from_kubeconfig_text(&kubeconfig(server, &config.ca_pem, token)).await {
         Ok(client) => client,
-        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     match wharf_why::fetch::gather(&client, &namespace, &name, &config.cluster_domain, config.dns).await {
         Ok(inputs) => Json(wharf_why::explain(&inputs)).into_response(),
         Err(wharf_why::fetch::FetchError::Api(kube::Error::Api(status))) => {
             let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
-            failure(code, status.message)
+            failure(code, &status.message)
         }
         Err(e) => {
             tracing::warn!(%namespace, %name, error = %e, "gathering a service's chain failed");
-            failure(StatusCode::BAD_GATEWAY, e.to_string())
+            failure(StatusCode::BAD_GATEWAY, &e.to_string())
         }
     }
 }

@@ -12,8 +12,10 @@ pub mod login;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 
 /// What the dashboard needs to know about the cluster it shows.
 pub struct DashboardConfig {
@@ -40,4 +42,26 @@ pub fn router(config: DashboardConfig) -> Router {
         .route("/api/chain/{namespace}/{name}", get(chain::chain))
         .fallback(get(assets::redirect_home))
         .with_state(config)
+}
+
+/// A failure as the API words it: a `Status` with its code and reason.
+fn failure(code: StatusCode, message: &str) -> Response {
+    let reason = match code {
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        _ => "",
+    };
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+/// The request's bearer token, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
 }

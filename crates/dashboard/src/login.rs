@@ -8,36 +8,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use wharf_auth::sessions::SessionError;
 use wharf_auth::User;
 
-use crate::DashboardConfig;
-
-fn status(code: StatusCode, message: &str) -> Response {
-    let reason = match code {
-        StatusCode::UNAUTHORIZED => "Unauthorized",
-        StatusCode::BAD_REQUEST => "BadRequest",
-        StatusCode::FORBIDDEN => "Forbidden",
-        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
-        _ => "",
-    };
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    (code, Json(body)).into_response()
-}
+use crate::{bearer, failure, DashboardConfig};
 
 /// Why a caller may not turn its credential into a session: a session
 /// must never outlive or stand in for something else than the caller's
 /// own long-lived credential.
 fn refusal(user: &User, headers: &HeaderMap) -> Option<&'static str> {
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if bearer.trim_start_matches("Bearer ").trim().starts_with(wharf_auth::sessions::SESSION_PREFIX) {
+    if bearer(headers).is_some_and(|t| t.starts_with(wharf_auth::sessions::SESSION_PREFIX)) {
         return Some("a dashboard session cannot mint another: run `wharf dashboard` with your own credentials");
     }
     if headers.keys().any(|k| k.as_str().starts_with("impersonate-")) {
@@ -52,14 +36,14 @@ fn refusal(user: &User, headers: &HeaderMap) -> Option<&'static str> {
 /// `POST /ui/api/login-codes`: a code for the caller.
 pub async fn issue_code(State(config): State<Arc<DashboardConfig>>, user: Option<Extension<User>>, headers: HeaderMap) -> Response {
     let Some(Extension(user)) = user.filter(|u| u.0.groups.iter().any(|g| g == wharf_auth::user::AUTHENTICATED)) else {
-        return status(StatusCode::UNAUTHORIZED, "log in to get a dashboard login code");
+        return failure(StatusCode::UNAUTHORIZED, "log in to get a dashboard login code");
     };
     if let Some(why) = refusal(&user, &headers) {
-        return status(StatusCode::FORBIDDEN, why);
+        return failure(StatusCode::FORBIDDEN, why);
     }
     match config.sessions.issue_code(user, Instant::now()) {
         Ok(code) => (StatusCode::CREATED, Json(serde_json::json!({ "code": code, "path": format!("/ui/#code={code}") }))).into_response(),
-        Err(e) => status(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+        Err(e) => failure(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
     }
 }
 
@@ -70,21 +54,20 @@ pub struct Redeem {
 
 /// `POST /ui/api/sessions {"code": ...}`: a session token, once per code.
 pub async fn start_session(State(config): State<Arc<DashboardConfig>>, body: Option<Json<Redeem>>) -> Response {
-    let Some(Json(redeem)) = body else { return status(StatusCode::BAD_REQUEST, "expected {\"code\": \"...\"}") };
+    let Some(Json(redeem)) = body else { return failure(StatusCode::BAD_REQUEST, "expected {\"code\": \"...\"}") };
     match config.sessions.redeem(&redeem.code, Instant::now()) {
         Ok(token) => (StatusCode::CREATED, Json(serde_json::json!({ "token": token }))).into_response(),
         Err(SessionError::UnknownCode) => {
-            status(StatusCode::UNAUTHORIZED, "this login code is unknown, used or expired: run `wharf dashboard` again")
+            failure(StatusCode::UNAUTHORIZED, "this login code is unknown, used or expired: run `wharf dashboard` again")
         }
-        Err(e) => status(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+        Err(e) => failure(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
     }
 }
 
 /// `DELETE /ui/api/sessions`: ends the caller's session (logout).
 pub async fn end_session(State(config): State<Arc<DashboardConfig>>, headers: HeaderMap) -> StatusCode {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(token) = token {
-        config.sessions.end(token.trim());
+    if let Some(token) = bearer(&headers) {
+        config.sessions.end(token);
     }
     StatusCode::NO_CONTENT
 }

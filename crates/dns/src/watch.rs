@@ -102,12 +102,7 @@ pub struct StatusOut {
 impl StatusOut {
     fn send(&self, index: &Index) {
         let status = wharf_api::node_status::DnsStatus { synced: index.is_synced(), services: index.service_count() };
-        let status = serde_json::to_string(&status).ok();
-        self.to.send_if_modified(|published| {
-            let changed = *published != status;
-            *published = status;
-            changed
-        });
+        wharf_kube::node_status::offer(&self.to, &status);
     }
 }
 

@@ -17,6 +17,17 @@ use crate::Backoff;
 /// Intervals after which an unchanged value is written again.
 const REFRESH_EVERY: u32 = 30;
 
+/// Offers `value` for publishing: its JSON replaces the last offer, and
+/// the publisher is woken only when it differs.
+pub fn offer(values: &watch::Sender<Option<String>>, value: &impl serde::Serialize) {
+    let value = serde_json::to_string(value).ok();
+    values.send_if_modified(|offered| {
+        let changed = *offered != value;
+        *offered = value;
+        changed
+    });
+}
+
 /// Publishes each new value of `values` as annotation `key` of Node
 /// `node`, until `token` is cancelled.
 pub async fn publish(

@@ -324,12 +324,7 @@ pub async fn run(
             _ = token.cancelled() => break,
             Some(update) = updates.next() => update,
             _ = status_tick.tick() => {
-                let status = serde_json::to_string(&state.status()).ok();
-                status_tx.send_if_modified(|published| {
-                    let changed = *published != status;
-                    *published = status;
-                    changed
-                });
+                wharf_kube::node_status::offer(&status_tx, &state.status());
                 continue;
             }
         };

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{example, Backend, Wharf};
+use support::Wharf;
 
 /// The browser test's whole run at most.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
@@ -68,12 +68,8 @@ fn the_dashboard_needs_a_login_and_its_pages_are_public() {
 #[test]
 fn the_dashboard_shows_the_seed_live_in_a_browser() {
     let w = Wharf::start(&[]);
-    let ip = w.node_ip.clone();
-    let _mysql = Backend::start(&format!("{ip}:3306"), false);
-    let _redis = Backend::start(&format!("{ip}:6379"), false);
-    let fleet_a = Backend::start(&format!("{ip}:8080"), true);
     // No backend for fleet-b: its readiness probe fails.
-    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+    let mut seed = w.seed(false);
     // Some traffic for the services table.
     let mysql_ip = w.kubectl_ok(&["get", "svc", "kolide-fleet-mysql", "-o", "jsonpath={.spec.clusterIP}"]);
     let connected = support::eventually(Duration::from_secs(30), || {
@@ -131,10 +127,9 @@ fn the_dashboard_shows_the_seed_live_in_a_browser() {
     };
     let mut stdin = browser.stdin.take().unwrap();
     let stdout = BufReader::new(browser.stdout.take().unwrap());
-    let mut fleet_a = Some(fleet_a);
     for line in stdout.lines().map_while(Result::ok) {
         if line == "MAKE_UNREADY" {
-            drop(fleet_a.take());
+            drop(seed.fleet_a.take());
             writeln!(stdin, "ok").unwrap();
         }
     }
@@ -144,7 +139,7 @@ fn the_dashboard_shows_the_seed_live_in_a_browser() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().unwrap();
     assert!(finished.status.success(), "browser test failed: {}", String::from_utf8_lossy(&finished.stderr));
-    assert!(fleet_a.is_none(), "the browser test reached the live change");
+    assert!(seed.fleet_a.is_none(), "the browser test reached the live change");
     for page in ["login.png", "services.png", "service.png", "service-unready.png", "nodes.png"] {
         let size = std::fs::metadata(out.join(page)).map(|m| m.len()).unwrap_or(0);
         assert!(size > 10_000, "screenshot {page}: {size} bytes");

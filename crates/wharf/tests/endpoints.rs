@@ -67,11 +67,7 @@ fn slices(w: &Wharf, svc: &str) -> Vec<(i64, Vec<EndpointState>)> {
 fn seed_pods_become_endpoints_by_readiness() {
     let w = Wharf::start(&[]);
     let ip = w.node_ip.clone();
-    let _mysql = Backend::start(&format!("{ip}:3306"), false);
-    let _redis = Backend::start(&format!("{ip}:6379"), false);
-    let _fleet_a = Backend::start(&format!("{ip}:8080"), true);
-    let fleet_b = Backend::start(&format!("{ip}:8081"), true);
-    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+    let mut seed = w.seed(true);
 
     wait_for(&w, "all endpoints", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080,{ip}:8081"));
     assert_eq!(endpoints_column(&w, "kolide-fleet-mysql"), format!("{ip}:3306"));
@@ -95,7 +91,7 @@ fn seed_pods_become_endpoints_by_readiness() {
     assert_eq!((node[0], node[1], node[5]), ("test-node", "Ready", ip.as_str()), "{nodes}");
 
     // A backend stops: its pod turns unready and leaves the ready endpoints.
-    drop(fleet_b);
+    drop(seed.fleet_b.take());
     wait_for(&w, "fleet-b to turn unready", |w| endpoints_column(w, "kolide-fleet-fleet") == format!("{ip}:8080"));
     assert_eq!(slices(&w, "kolide-fleet-fleet")[1].1, vec![("kolide-fleet-fleet-b".to_string(), false, false, false)]);
     let legacy = endpoints_of(&w, "kolide-fleet-fleet");

@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{example, Backend, Wharf};
+use support::Wharf;
 
 /// `wharf why TARGET`'s output and exit code.
 fn why(w: &Wharf, target: &str) -> (String, Option<i32>) {
@@ -30,11 +30,8 @@ fn until(w: &Wharf, target: &str, check: impl Fn(&str, Option<i32>) -> bool) -> 
 fn why_names_the_first_broken_link() {
     let w = Wharf::start(&[]);
     let ip = w.node_ip.clone();
-    let _mysql = Backend::start(&format!("{ip}:3306"), false);
-    let _redis = Backend::start(&format!("{ip}:6379"), false);
-    let _fleet_a = Backend::start(&format!("{ip}:8080"), true);
     // No backend for fleet-b: its readiness probe fails.
-    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+    let _seed = w.seed(false);
 
     let whole = until(&w, "svc/kolide-fleet-mysql", |_, code| code == Some(0));
     assert!(whole.contains("the chain is whole") && whole.contains("DNS kolide-fleet-mysql.default.svc.cluster.local →"), "{whole}");

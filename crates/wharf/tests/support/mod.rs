@@ -320,6 +320,30 @@ impl Drop for Backend {
     }
 }
 
+/// The seed story's backends on a wharf's node IP, while they live.
+pub struct Seed {
+    pub mysql: Backend,
+    pub redis: Backend,
+    pub fleet_a: Option<Backend>,
+    pub fleet_b: Option<Backend>,
+}
+
+impl Wharf {
+    /// Starts the seed's backends (fleet-b's only if `fleet_b`: without
+    /// it its readiness probe fails) and applies the seed's manifests.
+    pub fn seed(&self, fleet_b: bool) -> Seed {
+        let ip = &self.node_ip;
+        let seed = Seed {
+            mysql: Backend::start(&format!("{ip}:3306"), false),
+            redis: Backend::start(&format!("{ip}:6379"), false),
+            fleet_a: Some(Backend::start(&format!("{ip}:8080"), true)),
+            fleet_b: fleet_b.then(|| Backend::start(&format!("{ip}:8081"), true)),
+        };
+        self.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
+        seed
+    }
+}
+
 /// A UDP backend: answers every datagram with its own port.
 pub struct UdpBackend {
     pub addr: std::net::SocketAddr,
