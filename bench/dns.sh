@@ -4,15 +4,20 @@
 # and one worker thread; dnsperf gets CPU 1.
 # Usage: bench/dns.sh [SERVICES...]   (default: 1000 10000)
 # Env: DURATION (s per saturating run, default 10), RATE (qps of the
-# fixed-rate run, default 50000).
+# fixed-rate run, default 50000), CHURN (endpoint changes per second
+# streaming in while wharf and Knot are measured, default 0: none; with
+# churn only wharf and Knot run, Knot taking its changes as dynamic
+# updates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000)
 duration=${DURATION:-10}
 rate=${RATE:-50000}
+churn=${CHURN:-0}
+churn_pods=100
 
-need_packages knotd:knot unbound:unbound dnsmasq:dnsmasq dnsperf:dnsperf dig:dnsutils
+need_packages knotd:knot unbound:unbound dnsmasq:dnsmasq dnsperf:dnsperf dig:dnsutils nsupdate:dnsutils
 cargo build --release -q -p wharf -p wharf-bench
 
 work=$(mktemp -d)
@@ -21,6 +26,41 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 cpu_seconds() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+
+# start_churn SERVER: streams $churn endpoint changes a second into SERVER
+# (on CPU 1, beside dnsperf) until stop_churn; wharf through the API, Knot
+# as dynamic updates of the headless service's A records.
+start_churn() {
+  [ "$churn" -gt 0 ] || return 0
+  local seconds=$((4 * duration + 30))
+  if [ "$1" = wharf ]; then
+    taskset -c 1 ./target/release/wharf-load churn --pods "$churn_pods" --rate "$churn" --seconds "$seconds" >"$work/churn.out" 2>&1 &
+    churner=$!
+    until grep -q "churn: started" "$work/churn.out"; do sleep 0.2; done
+  else
+    taskset -c 1 /usr/bin/python3 - "$churn" "$churn_pods" "$seconds" 2>"$work/churn.out" <<'PY' | taskset -c 1 nsupdate >"$work/nsupdate.out" 2>&1 &
+import sys, time
+rate, pods, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+present = [True] * pods
+start = time.monotonic()
+for k in range(rate * seconds):
+    time.sleep(max(0.0, start + k / rate - time.monotonic()))
+    n = k * 7919 % pods
+    present[n] = not present[n]
+    verb = "add churn.default.svc.cluster.local. 5 A" if present[n] else "delete churn.default.svc.cluster.local. A"
+    print(f"server 127.100.1.1 53\nupdate {verb} 127.161.{n // 250}.{n % 250 + 1}\nsend", flush=True)
+    if k % rate == 0:
+        print(f"churn: {k} changes in {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+PY
+    churner=$!
+  fi
+}
+stop_churn() {
+  [ "$churn" -gt 0 ] || return 0
+  pkill -P "$churner" 2>/dev/null || true
+  kill "$churner" 2>/dev/null || true
+  wait "$churner" 2>/dev/null || true
+}
 
 # measure NAME IP PID: prints "qps avg_ms p99_ms cpu_s_per_million"
 measure() {
@@ -52,6 +92,7 @@ for n in "${sizes[@]}"; do
   {
     printf '$ORIGIN cluster.local.\n$TTL 5\n@ SOA ns.dns hostmaster 1 7200 1800 86400 5\n@ NS ns.dns\nns.dns A 127.100.0.10\n'
     awk '{print $1 ".default.svc A " $2; print "_http._tcp." $1 ".default.svc SRV 0 100 80 " $1 ".default.svc.cluster.local."}' "$work/ips"
+    for ((k = 0; k < churn_pods; k++)); do echo "churn.default.svc A 127.161.$((k / 250)).$((k % 250 + 1))"; done
   } >"$work/cluster.local.zone"
   awk -v n="$n" 'BEGIN {srand(7); for (k = 0; k < 100000; k++) { i = int(rand() * n); r = rand();
       if (r < 0.6) print "svc-" i ".default.svc.cluster.local A";
@@ -71,11 +112,17 @@ database:
 log:
   - target: stderr
     any: error
+acl:
+  - id: churn
+    address: 127.0.0.0/8
+    action: update
 zone:
   - domain: cluster.local
     file: "$work/cluster.local.zone"
     zonefile-load: whole
+    zonefile-sync: -1
     journal-content: none
+    acl: churn
 KNOT
   taskset -c 0 knotd -c "$work/knot.conf" >"$work/knot.log" 2>&1 &
   knot=$!; pids+=("$knot")
@@ -98,12 +145,18 @@ KNOT
 
   printf '%-8s %12s %10s %16s %16s %12s %12s\n' server qps avg_ms p99_ms_at_rate cpu_s_per_1M qps_ratio cpu_ratio
   declare -A result=()
-  for entry in "wharf 127.100.0.10 $wharf" "knot 127.100.1.1 $knot" "unbound 127.100.2.1 $unbound" "dnsmasq 127.100.3.1 $dnsmasq"; do
-    set -- $entry
-    result[$1]=$(measure "$1" "$2" "$3")
+  servers=(wharf knot unbound dnsmasq)
+  [ "$churn" -eq 0 ] || servers=(wharf knot)
+  declare -A address=([wharf]=127.100.0.10 [knot]=127.100.1.1 [unbound]=127.100.2.1 [dnsmasq]=127.100.3.1)
+  declare -A pid=([wharf]=$wharf [knot]=$knot [unbound]=$unbound [dnsmasq]=$dnsmasq)
+  for s in "${servers[@]}"; do
+    start_churn "$s"
+    result[$s]=$(measure "$s" "${address[$s]}" "${pid[$s]}")
+    stop_churn
+    [ "$churn" -eq 0 ] || echo "$s under churn: $(tail -1 "$work/churn.out")"
   done
   read -r wq _ _ wc <<<"${result[wharf]}"
-  for s in wharf knot unbound dnsmasq; do
+  for s in "${servers[@]}"; do
     read -r q a p c <<<"${result[$s]}"
     printf '%-8s %12.0f %10.3f %16.3f %16.3f %12.2f %12.2f\n' "$s" "$q" "$a" "$p" "$c" "$(echo "$wq $q" | awk '{print $1/$2}')" "$(echo "$c $wc" | awk '{print $1/$2}')"
   done

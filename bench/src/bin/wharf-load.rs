@@ -63,6 +63,17 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         flips: usize,
     },
+    /// Creates the headless service `churn` with PODS ready pods, then
+    /// flips one pod's readiness RATE times a second for SECONDS: endpoint
+    /// changes streaming in, as a rolling update would make them.
+    Churn {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 fn service(i: usize) -> anyhow::Result<Service> {
@@ -95,14 +106,28 @@ fn ready_status(n: usize, ready: bool) -> serde_json::Value {
 }
 
 async fn create_pods(api: &Api<Pod>, services: usize, per: usize, concurrency: usize) -> anyhow::Result<()> {
-    stream::iter(0..services * per)
+    create_labelled_pods(api, "pod", 0..services * per, |n| format!("app-{}", n / per), concurrency).await
+}
+
+/// Creates a ready pod PREFIX-n for each n in NUMBERS, labelled app=APP(n),
+/// with the address `pod_ip(n)`.
+async fn create_labelled_pods(
+    api: &Api<Pod>,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+    app: impl Fn(usize) -> String,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let app = &app;
+    stream::iter(numbers)
         .map(|n| async move {
+            let name = format!("{prefix}-{n}");
             let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("pod-{n}"), "labels": {"app": format!("app-{}", n / per)}},
+                "metadata": {"name": name, "labels": {"app": app(n)}},
                 "spec": {"nodeName": "bench-node", "containers": [{"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]},
             }))?;
             api.create(&PostParams::default(), &pod).await?;
-            api.patch_status(&format!("pod-{n}"), &PatchParams::default(), &Patch::Merge(&ready_status(n, true))).await?;
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready_status(n, true))).await?;
             anyhow::Ok(())
         })
         .buffer_unordered(concurrency)
@@ -180,6 +205,41 @@ async fn endpoint_latency(client: kube::Client, services: usize, per: usize, fli
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
     );
+    Ok(())
+}
+
+/// Pod addresses of the churn pods: above every `pod-n` the other
+/// generators make.
+const CHURN_IP_BASE: usize = 10_000_000;
+
+async fn churn(client: kube::Client, pods: usize, rate: u64, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pod_api: Api<Pod> = Api::namespaced(client, "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "churn"},
+        "spec": {"clusterIP": "None", "selector": {"app": "churn"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))?;
+    svc_api.create(&PostParams::default(), &svc).await?;
+    let numbers = CHURN_IP_BASE..CHURN_IP_BASE + pods;
+    create_labelled_pods(&pod_api, "churn", numbers, |_| "churn".to_string(), concurrency).await?;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(seconds);
+    let mut ready = vec![true; pods];
+    let mut changes = 0u64;
+    println!("churn: started");
+    while Instant::now() < end {
+        tick.tick().await;
+        let n = (changes as usize * 7919) % pods;
+        ready[n] = !ready[n];
+        let status = ready_status(CHURN_IP_BASE + n, ready[n]);
+        pod_api.patch_status(&format!("churn-{}", CHURN_IP_BASE + n), &PatchParams::default(), &Patch::Merge(&status)).await?;
+        if changes % rate == 0 {
+            println!("churn: {changes} changes in {:.0}s", started.elapsed().as_secs_f64());
+        }
+        changes += 1;
+    }
+    println!("churn: {changes} readiness changes in {seconds}s");
     Ok(())
 }
 
@@ -325,6 +385,7 @@ async fn main() -> anyhow::Result<()> {
         Command::EndpointLatency { services, pods_per_service, flips } => {
             endpoint_latency(client, services, pods_per_service, flips, cli.concurrency).await?;
         }
+        Command::Churn { pods, rate, seconds } => churn(client, pods, rate, seconds, cli.concurrency).await?,
     }
     Ok(())
 }

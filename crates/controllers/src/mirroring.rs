@@ -136,7 +136,11 @@ impl MirroringController {
     /// watches have listed.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
         let services = watch::watch_all::<Service>(&self.client);
-        let endpoints = watch::watch_all::<Endpoints>(&self.client);
+        // Endpoints that opt out (every one the EndpointSlice controller
+        // writes) are never sent: at 100,000 endpoints that is most of them.
+        // One that opts out later arrives as a deletion.
+        let candidates = watcher::Config::default().labels(&format!("{SKIP_MIRROR_LABEL}!=true"));
+        let endpoints = watch::watch(Api::<Endpoints>::all(self.client.clone()), candidates);
         let mirrored = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MIRRORED_BY}"));
         let slices = watch::watch(Api::<EndpointSlice>::all(self.client.clone()), mirrored);
         futures::pin_mut!(services, endpoints, slices);

@@ -6,14 +6,14 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
 use wharf_kube::ObjectKey;
@@ -31,8 +31,9 @@ const CONNECT_ATTEMPTS: usize = 3;
 /// A backend as one port's listeners share it, with its drain signal.
 pub struct PortBackend {
     pub backend: Arc<Backend>,
-    /// Flips to true when open connections must close (drain timeout).
-    closed: watch::Sender<bool>,
+    /// Cancelled when open connections must close (drain timeout); made
+    /// by the first connection, as most endpoints never carry one here.
+    closed: OnceLock<CancellationToken>,
 }
 
 /// The live state of one service port on this node.
@@ -78,8 +79,8 @@ impl PortState {
         }
     }
 
-    fn closed_signal(&self, addr: SocketAddr) -> Option<watch::Receiver<bool>> {
-        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.closed.subscribe())
+    fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
+        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.closed.get_or_init(CancellationToken::new).clone())
     }
 
     pub fn affinity(&self) -> Option<Arc<Affinity>> {
@@ -107,7 +108,7 @@ impl PortState {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
             all.entry(addr)
-                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr), closed: watch::channel(false).0 }))
+                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr), closed: OnceLock::new() }))
                 .backend
                 .clone()
         };
@@ -139,7 +140,9 @@ impl PortState {
                         let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).remove(&addr);
                         if let Some(gone) = gone {
                             state.metrics.forget_endpoint(addr);
-                            let _ = gone.closed.send(true);
+                            if let Some(closed) = gone.closed.get() {
+                                closed.cancel();
+                            }
                         }
                     }
                 });
@@ -218,12 +221,10 @@ async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, p
     counters.active.inc();
     state.metrics.active.inc();
     let _guard = ActiveGuard::new(backend.clone());
-    let mut closed = state.closed_signal(backend.addr);
+    let closed = state.closed_signal(backend.addr);
     let drained = async {
-        match closed.as_mut() {
-            Some(rx) => {
-                let _ = rx.wait_for(|c| *c).await;
-            }
+        match &closed {
+            Some(token) => token.cancelled().await,
             None => std::future::pending().await,
         }
     };

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod udp;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use std::time::Duration;
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
@@ -63,6 +64,37 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
             Ok(handle)
         })
         .collect()
+}
+
+/// Metadata as the proxy reads it: identity, age (the older service wins
+/// a contested address) and the service-name label; the rest (managed fields, a last-applied copy of the whole
+/// object, owners) would be kept for every object and never read.
+fn strip_meta(meta: &mut ObjectMeta) {
+    let service = meta.labels.take().and_then(|mut l| l.remove_entry("kubernetes.io/service-name"));
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        uid: meta.uid.take(),
+        creation_timestamp: meta.creation_timestamp.take(),
+        labels: service.map(|entry| BTreeMap::from([entry])),
+        ..Default::default()
+    };
+}
+
+fn strip_service(svc: &mut Service) {
+    strip_meta(&mut svc.metadata);
+}
+
+/// A slice as the proxy reads it: whose endpoint it is, its DNS name and
+/// old topology are never looked at.
+fn strip_slice(slice: &mut EndpointSlice) {
+    strip_meta(&mut slice.metadata);
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = None;
+        endpoint.hostname = None;
+        endpoint.deprecated_topology = None;
+    }
 }
 
 fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
@@ -311,11 +343,8 @@ pub async fn run(
     let mut state =
         State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events, failing: HashMap::new() };
     let updates = stream::select_all([
-        watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
-        // The proxy never reads whose endpoint it is: drop the reference.
-        watch::watch_all::<EndpointSlice>(&client)
-            .map(|e| Update::Slice(e.modify(|s| s.endpoints.iter_mut().for_each(|ep| ep.target_ref = None))))
-            .boxed(),
+        watch::watch_all::<Service>(&client).map(|e| Update::Service(e.modify(strip_service))).boxed(),
+        watch::watch_all::<EndpointSlice>(&client).map(|e| Update::Slice(e.modify(strip_slice))).boxed(),
     ]);
     futures::pin_mut!(updates);
     let (mut services, mut slices) = (Relister::<Service>::default(), Relister::<EndpointSlice>::default());

@@ -21,6 +21,7 @@ use clap::Parser;
 
 /// mimalloc returns memory after a large list response; glibc's
 /// per-thread arenas kept several times the live size.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -256,12 +256,17 @@ fn hand_written_endpoints_of_a_selectorless_service_are_mirrored() {
     ]);
     assert_eq!(managed, "endpointslicemirroring-controller.k8s.io");
 
+    // Opting out later removes the mirror (the controller's filtered watch
+    // sees it as a deletion); opting back in restores it.
+    let slices = || w.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=external-db", "-o", "name"]);
+    w.kubectl_ok(&["label", "endpoints", "external-db", "endpointslice.kubernetes.io/skip-mirror=true"]);
+    let opted_out = support::eventually(Duration::from_secs(20), || slices().trim().is_empty().then_some(()));
+    assert!(opted_out.is_some(), "the mirror outlived the opt-out");
+    w.kubectl_ok(&["label", "endpoints", "external-db", "endpointslice.kubernetes.io/skip-mirror-"]);
+    let back = support::eventually(Duration::from_secs(20), || (!slices().trim().is_empty()).then_some(()));
+    assert!(back.is_some(), "no mirror after opting back in");
+
     w.kubectl_ok(&["delete", "endpoints", "external-db"]);
-    let gone = support::eventually(Duration::from_secs(20), || {
-        w.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=external-db", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    let gone = support::eventually(Duration::from_secs(20), || slices().trim().is_empty().then_some(()));
     assert!(gone.is_some(), "the mirror outlived its Endpoints");
 }
