@@ -234,7 +234,7 @@ async fn churn(client: kube::Client, pods: usize, rate: u64, seconds: u64, concu
         ready[n] = !ready[n];
         let status = ready_status(CHURN_IP_BASE + n, ready[n]);
         pod_api.patch_status(&format!("churn-{}", CHURN_IP_BASE + n), &PatchParams::default(), &Patch::Merge(&status)).await?;
-        if changes % rate == 0 {
+        if changes.is_multiple_of(rate) {
             println!("churn: {changes} changes in {:.0}s", started.elapsed().as_secs_f64());
         }
         changes += 1;
