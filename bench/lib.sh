@@ -18,6 +18,9 @@ start_wharf_up() {
   ./target/release/wharf up --data-dir "$dir/data" --api-listen 127.0.0.1:0 --node-name bench \
     --metrics-listen 127.0.0.1:0 "$@" >"$dir/wharf.out" 2>&1 &
   wharf_pid=$!
-  until grep -q "kubectl get services" "$dir/wharf.out" 2>/dev/null; do sleep 0.1; done
+  until grep -q "kubectl get services" "$dir/wharf.out" 2>/dev/null; do
+    kill -0 "$wharf_pid" 2>/dev/null || { echo "wharf up did not start:" >&2; head -3 "$dir/wharf.out" >&2; return 1; }
+    sleep 0.1
+  done
   export KUBECONFIG="$dir/data/admin.kubeconfig" KUBECACHEDIR="$dir/cache"
 }

@@ -23,12 +23,25 @@ impl Etcd {
         Self::start_with(&[])
     }
 
+    /// Starts etcd on free ports. A port picked free can be taken before
+    /// etcd binds it (by another test's etcd), so a start whose etcd exits
+    /// is tried again on new ports, and readiness is etcd's own /health
+    /// answer, not merely an open port.
     fn start_with(extra: &[&str]) -> Etcd {
+        for _ in 0..5 {
+            if let Some(etcd) = Self::try_start(extra) {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start");
+    }
+
+    fn try_start(extra: &[&str]) -> Option<Etcd> {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        let mut child = Command::new("etcd")
             .args([
                 "--name",
                 "t",
@@ -53,12 +66,27 @@ impl Etcd {
             .spawn()
             .expect("etcd (Debian package etcd-server) must be installed");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
+        while !healthy(client) {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Etcd { child, url, _dir: dir }
+        Some(Etcd { child, url, _dir: dir })
     }
+}
+
+/// Whether the etcd client port answers its health check.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut answer = String::new();
+    conn.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+        && conn.read_to_string(&mut answer).is_ok()
+        && answer.contains("\"health\":\"true\"")
 }
 
 impl Drop for Etcd {
