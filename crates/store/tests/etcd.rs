@@ -96,6 +96,24 @@ impl Drop for Etcd {
     }
 }
 
+/// More than gRPC's 4 MiB reply bound and more than one page: 1,200
+/// values of 5 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_larger_than_one_reply_comes_whole() {
+    let etcd = Etcd::start();
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap();
+    let value = vec![b'x'; 5_000];
+    for i in 0..1200 {
+        let txn =
+            Txn { compares: Vec::new(), ops: vec![wharf_store::Op::Put { key: format!("/big/{i:04}"), value: value.clone().into() }] };
+        store.txn(txn).await.unwrap();
+    }
+    let (items, rev) = store.list("/big/").await.unwrap();
+    assert_eq!(items.len(), 1200, "every key, across pages");
+    assert!(items.windows(2).all(|w| w[0].key < w[1].key), "in key order, none twice");
+    assert!(rev >= items.iter().map(|kv| kv.mod_revision).max().unwrap(), "the list's revision covers every item");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_semantics_on_etcd() {
     let etcd = Etcd::start();
