@@ -288,7 +288,7 @@ impl Store for EtcdStore {
         let mut from = prefix.as_bytes().to_vec();
         let (mut at, mut rev) = (0, 0);
         loop {
-            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: LIST_PAGE, revision: at, ..Default::default() };
+            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: LIST_PAGE, revision: at };
             let resp = self.range_request(request).await?;
             if at == 0 {
                 at = resp.header.as_ref().map_or(0, |h| h.revision);
