@@ -67,8 +67,9 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
 }
 
 /// Metadata as the proxy reads it: identity, age (the older service wins
-/// a contested address) and the service-name label; the rest (managed fields, a last-applied copy of the whole
-/// object, owners) would be kept for every object and never read.
+/// a contested address) and the service-name label. The rest (managed
+/// fields, a last-applied copy of the whole object, owners) would be kept
+/// for every object and never read.
 fn strip_meta(meta: &mut ObjectMeta) {
     let service = meta.labels.take().and_then(|mut l| l.remove_entry("kubernetes.io/service-name"));
     *meta = ObjectMeta {

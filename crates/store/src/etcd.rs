@@ -286,14 +286,13 @@ impl Store for EtcdStore {
         let end = prefix_end(prefix);
         let mut items = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
-        let (mut at, mut rev) = (0, 0);
+        // The first page's revision; 0 asks etcd for its newest.
+        let mut at: Option<Revision> = None;
         loop {
-            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: LIST_PAGE, revision: at };
+            let revision = at.map_or(0, |r| r as i64);
+            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: LIST_PAGE, revision };
             let resp = self.range_request(request).await?;
-            if at == 0 {
-                at = resp.header.as_ref().map_or(0, |h| h.revision);
-                rev = self.observe(resp.header.as_ref());
-            }
+            at.get_or_insert_with(|| self.observe(resp.header.as_ref()));
             for kv in &resp.kvs {
                 items.push(key_value(kv)?);
             }
@@ -302,7 +301,7 @@ impl Store for EtcdStore {
                 _ => break,
             }
         }
-        Ok((items, rev))
+        Ok((items, at.unwrap_or_default()))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
