@@ -1,12 +1,15 @@
 //! The cluster's DNS data, kept current by watch events: services,
 //! their endpoints (from EndpointSlices), pod IPs and namespaces. Every
-//! change bumps `generation`, which invalidates any answer built before.
+//! change marks the scopes it touched in `freshness`, which tells the
+//! answer caches which of their answers are stale.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::freshness::{Freshness, Scope};
 
 pub use wharf_kube::ObjectKey as Key;
 
@@ -50,8 +53,8 @@ pub struct Index {
     pods: HashMap<Key, Ipv4Addr>,
     pod_ips: HashMap<(String, Ipv4Addr), usize>,
     namespaces: HashSet<String>,
-    /// Bumped on every change; answers built at another generation are stale.
-    pub generation: u64,
+    /// What changed when, for the answer caches.
+    pub freshness: Freshness,
     /// Unix time of the last change (the SOA serial).
     pub serial: u32,
     synced: HashSet<&'static str>,
@@ -75,16 +78,29 @@ fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a S
         .collect()
 }
 
+/// What a slice's answers touch: its service's names and the reverse
+/// names of its endpoints.
+fn slice_scopes(ns: &str, slice: &SliceEntry) -> Vec<Scope> {
+    let mut scopes = vec![Scope::service(ns, &slice.service)];
+    scopes.extend(slice.endpoints.iter().map(|e| Scope::address(e.ip)));
+    scopes
+}
+
 impl Index {
-    fn changed(&mut self) {
-        self.generation += 1;
+    /// Marks `scopes` changed (and the apex, whose SOA serial moves).
+    fn changed(&mut self, scopes: impl IntoIterator<Item = Scope>) {
+        for scope in scopes {
+            self.freshness.changed(scope);
+        }
+        self.freshness.changed(Scope::apex());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.serial = u32::try_from(now).unwrap_or(u32::MAX);
     }
 
     pub fn mark_synced(&mut self, source: &'static str) {
         self.synced.insert(source);
-        self.changed();
+        self.freshness.all_changed();
+        self.changed([]);
     }
 
     pub fn is_synced(&self) -> bool {
@@ -180,8 +196,20 @@ impl Index {
         if let ServiceKind::ClusterIp(ip) = entry.kind {
             self.by_cluster_ip.entry(ip).or_default().insert(key.clone());
         }
+        let scopes = self.service_scopes(&key, &entry);
         self.services.insert(key, entry);
-        self.changed();
+        self.changed(scopes);
+    }
+
+    /// What a service's answers touch: its names, the reverse name of its
+    /// cluster IP, and those of its endpoints (PTRs of headless services).
+    fn service_scopes(&self, key: &Key, entry: &ServiceEntry) -> Vec<Scope> {
+        let mut scopes = vec![Scope::service(&key.namespace, &key.name)];
+        if let ServiceKind::ClusterIp(ip) = entry.kind {
+            scopes.push(Scope::address(ip));
+        }
+        scopes.extend(self.endpoints(&key.namespace, &key.name).iter().map(|e| Scope::address(e.ip)));
+        scopes
     }
 
     pub fn delete_service(&mut self, key: &Key) {
@@ -194,7 +222,8 @@ impl Index {
                     }
                 }
             }
-            self.changed();
+            let scopes = self.service_scopes(key, &old);
+            self.changed(scopes);
         }
     }
 
@@ -224,20 +253,21 @@ impl Index {
         }
         self.delete_slice(&key);
         self.slices_of.entry(Key::new(key.namespace.as_str(), entry.service.as_str())).or_default().insert(key.name.clone());
+        let scopes = slice_scopes(&key.namespace, &entry);
         self.slices.insert(key, entry);
-        self.changed();
+        self.changed(scopes);
     }
 
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
-            let owner = Key::new(key.namespace.as_str(), old.service);
+            let owner = Key::new(key.namespace.as_str(), old.service.as_str());
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(&key.name);
                 if set.is_empty() {
                     self.slices_of.remove(&owner);
                 }
             }
-            self.changed();
+            self.changed(slice_scopes(&key.namespace, &old));
         }
     }
 
@@ -250,8 +280,9 @@ impl Index {
         self.delete_pod(&key);
         if let Some(ip) = ip {
             *self.pod_ips.entry((key.namespace.clone(), ip)).or_default() += 1;
+            let scope = Scope::pod(&key.namespace, &dashed(ip));
             self.pods.insert(key, ip);
-            self.changed();
+            self.changed([scope]);
         }
     }
 
@@ -264,21 +295,21 @@ impl Index {
                     self.pod_ips.remove(&slot);
                 }
             }
-            self.changed();
+            self.changed([Scope::pod(&key.namespace, &dashed(ip))]);
         }
     }
 
     pub fn apply_namespace(&mut self, ns: &Namespace) {
         if let Some(name) = &ns.metadata.name {
             if self.namespaces.insert(name.clone()) {
-                self.changed();
+                self.changed([Scope::namespace(name)]);
             }
         }
     }
 
     pub fn delete_namespace(&mut self, name: &str) {
         if self.namespaces.remove(name) {
-            self.changed();
+            self.changed([Scope::namespace(name)]);
         }
     }
 

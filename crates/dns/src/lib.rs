@@ -3,13 +3,14 @@
 //! other names forwarded upstream.
 //!
 //! Layout, after hickory-dns: `index` (where answers come from, fed by
-//! `watch`), `resolve` (the spec's rules, pure), `wire` (the hot-path
-//! codec), `server` (UDP and TCP transports), `forward` (upstreams),
-//! `metrics`.
+//! `watch`), `freshness` (which cached answers a change stales),
+//! `resolve` (the spec's rules, pure), `wire` (the hot-path codec),
+//! `server` (UDP and TCP transports), `forward` (upstreams), `metrics`.
 
 pub mod batch;
 pub mod encode;
 pub mod forward;
+pub mod freshness;
 pub mod index;
 pub mod metrics;
 pub mod resolve;

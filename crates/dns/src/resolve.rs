@@ -2,6 +2,7 @@
 //! specification and CoreDNS's behaviour: which records a name has, and
 //! where NXDOMAIN, NODATA and the synthesized SOA go. Pure: no I/O.
 
+use std::cell::RefCell;
 use std::net::Ipv4Addr;
 
 use hickory_proto::op::ResponseCode;
@@ -9,6 +10,7 @@ use hickory_proto::rr::rdata::{A, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::Ipv4Net;
 
+use crate::freshness::Scope;
 use crate::index::{dashed, EndpointEntry, Index, ServiceKind};
 
 /// The schema version `dns-version.<zone>` reports.
@@ -73,6 +75,20 @@ struct Zone<'a> {
     /// Whether an ExternalName's in-zone target is followed (only at the
     /// start of a chain: the chain walks the links itself).
     chase: bool,
+    /// The parts of the index the answer was built from, so far.
+    scopes: &'a RefCell<Vec<Scope>>,
+}
+
+/// The part of the index that answers a name in the zone (labels below
+/// the cluster domain), if any: names of other shapes have fixed answers.
+fn scope_of(labels: &[&str]) -> Option<Scope> {
+    match labels {
+        [] => Some(Scope::apex()),
+        [ns, "svc" | "pod"] => Some(Scope::namespace(ns)),
+        [svc, ns, "svc"] | [_, svc, ns, "svc"] | [_, _, svc, ns, "svc"] => Some(Scope::service(ns, svc)),
+        [pod, ns, "pod"] => Some(Scope::pod(ns, pod)),
+        _ => None,
+    }
 }
 
 impl Zone<'_> {
@@ -115,6 +131,7 @@ impl Zone<'_> {
         let domain = &self.cfg.domain;
         let relative = if self.qname == domain { "" } else { &self.qname[..self.qname.len() - domain.len() - 1] };
         let labels: Vec<&str> = if relative.is_empty() { Vec::new() } else { relative.split('.').collect() };
+        self.scopes.borrow_mut().extend(scope_of(&labels));
         match labels.as_slice() {
             [] => self.apex(),
             ["dns-version"] => match self.qtype {
@@ -237,7 +254,7 @@ impl Zone<'_> {
         let mut seen = vec![self.qname.to_string()];
         let mut next = target.to_string();
         while next.ends_with(&suffix) && !seen.contains(&next) && seen.len() <= MAX_CNAME_CHAIN {
-            let step = Zone { index: self.index, cfg: self.cfg, qname: &next, qtype: self.qtype, chase: false }.resolve();
+            let step = Zone { qname: &next, chase: false, ..*self }.resolve();
             let hop = step.answers.iter().find_map(|r| match &r.data {
                 RData::CNAME(CNAME(t)) => Some(t.to_ascii().trim_end_matches('.').to_lowercase()),
                 _ => None,
@@ -312,6 +329,7 @@ impl Zone<'_> {
     }
 
     fn reverse(&self, ip: Ipv4Addr) -> Option<Answer> {
+        self.scopes.borrow_mut().push(Scope::address(ip));
         let mut targets: Vec<String> = self.index.services_with_ip(ip).map(|k| self.fqdn(&k.name, &k.namespace)).collect();
         targets.extend(
             self.index.headless_with_endpoint(ip).into_iter().map(|(k, host)| format!("{host}.{}", self.fqdn(&k.name, &k.namespace))),
@@ -340,9 +358,17 @@ fn reverse_apex(cidr: &Ipv4Net) -> String {
     parts.join(".")
 }
 
-/// Resolves a lower-case name without trailing dot.
-pub fn resolve(index: &Index, cfg: &ZoneConfig, qname: &str, qtype: RecordType) -> Resolution {
-    let zone = Zone { index, cfg, qname, qtype, chase: true };
+/// Resolves a lower-case name without trailing dot. `scopes` receives the
+/// parts of the index the answer was built from (see `freshness`).
+pub fn resolve(index: &Index, cfg: &ZoneConfig, qname: &str, qtype: RecordType, scopes: &mut Vec<Scope>) -> Resolution {
+    let cell = RefCell::new(std::mem::take(scopes));
+    let resolution = resolve_in(&Zone { index, cfg, qname, qtype, chase: true, scopes: &cell });
+    *scopes = cell.into_inner();
+    resolution
+}
+
+fn resolve_in(zone: &Zone) -> Resolution {
+    let (index, cfg, qname) = (zone.index, zone.cfg, zone.qname);
     if qname == cfg.domain || qname.ends_with(&format!(".{}", cfg.domain)) {
         return Resolution::Local(zone.resolve());
     }
@@ -409,7 +435,7 @@ mod tests {
     }
 
     fn ask(idx: &Index, q: &str, t: RecordType) -> Answer {
-        match resolve(idx, &cfg(), q, t) {
+        match resolve(idx, &cfg(), q, t, &mut Vec::new()) {
             Resolution::Local(a) => a,
             Resolution::Forward => panic!("{q} was forwarded"),
         }
@@ -470,8 +496,8 @@ mod tests {
             assert!(a.answers.is_empty(), "{q}");
             assert_eq!(a.authority.len(), 1, "{q} needs the SOA");
         }
-        assert_eq!(resolve(&idx, &cfg(), "example.com", RecordType::A), Resolution::Forward);
-        assert_eq!(resolve(&idx, &cfg(), "1.1.168.192.in-addr.arpa", RecordType::PTR), Resolution::Forward);
+        assert_eq!(resolve(&idx, &cfg(), "example.com", RecordType::A, &mut Vec::new()), Resolution::Forward);
+        assert_eq!(resolve(&idx, &cfg(), "1.1.168.192.in-addr.arpa", RecordType::PTR, &mut Vec::new()), Resolution::Forward);
     }
 
     #[test]
@@ -517,5 +543,53 @@ mod tests {
         idx.apply_service(&ext("to-svc", "ext"));
         let chain = ask(&idx, "to-svc.testns.svc.cluster.local", RecordType::A);
         assert_eq!(rdata(&chain), ["ext.testns.svc.cluster.local.", "svc1.testns.svc.cluster.local.", "127.96.0.100"]);
+    }
+
+    fn scopes(idx: &Index, q: &str, t: RecordType) -> Vec<Scope> {
+        let mut scopes = Vec::new();
+        resolve(idx, &cfg(), q, t, &mut scopes);
+        scopes
+    }
+
+    #[test]
+    fn answers_name_the_parts_of_the_index_they_read() {
+        let idx = index();
+        let svc1 = Scope::service("testns", "svc1");
+        assert_eq!(scopes(&idx, "svc1.testns.svc.cluster.local", RecordType::A), [svc1]);
+        assert_eq!(scopes(&idx, "_http._tcp.svc1.testns.svc.cluster.local", RecordType::SRV), [svc1]);
+        assert_eq!(scopes(&idx, "web-0.hdls1.testns.svc.cluster.local", RecordType::A), [Scope::service("testns", "hdls1")]);
+        // An ExternalName answer followed its target: it depends on both.
+        assert_eq!(scopes(&idx, "ext.testns.svc.cluster.local", RecordType::A), [Scope::service("testns", "ext"), svc1]);
+        assert_eq!(scopes(&idx, "10-240-0-1.testns.pod.cluster.local", RecordType::A), [Scope::pod("testns", "10-240-0-1")]);
+        assert_eq!(scopes(&idx, "testns.svc.cluster.local", RecordType::A), [Scope::namespace("testns")]);
+        assert_eq!(scopes(&idx, "nothere.svc.cluster.local", RecordType::A), [Scope::namespace("nothere")]);
+        assert_eq!(scopes(&idx, "cluster.local", RecordType::SOA), [Scope::apex()]);
+        let ip: Ipv4Addr = "127.96.0.100".parse().unwrap();
+        assert_eq!(scopes(&idx, "100.0.96.127.in-addr.arpa", RecordType::PTR), [Scope::address(ip)]);
+    }
+
+    #[test]
+    fn a_change_marks_the_scopes_whose_answers_it_changes() {
+        let mut idx = index();
+        let (svc1, hdls1) = (Scope::service("testns", "svc1"), Scope::service("testns", "hdls1"));
+        let endpoint: Ipv4Addr = "172.0.0.3".parse().unwrap();
+        let built = |idx: &Index| {
+            [svc1, hdls1, Scope::address(endpoint), Scope::address("127.96.0.100".parse().unwrap())].map(|s| idx.freshness.stamp(&[s]))
+        };
+        let before = built(&idx);
+        // An endpoint of hdls1 goes unready: hdls1's names and the
+        // endpoint's PTR change, svc1's answers do not.
+        idx.apply_slice(
+            &serde_json::from_value::<EndpointSlice>(json!({
+            "metadata": {"name": "hdls1-abc", "namespace": "testns", "labels": {"kubernetes.io/service-name": "hdls1"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["172.0.0.3"], "hostname": "web-0", "conditions": {"ready": false}}]}))
+            .unwrap(),
+        );
+        let fresh = before.map(|s| idx.freshness.is_fresh(&s));
+        assert_eq!(fresh, [true, false, false, true]);
+        let before = built(&idx);
+        idx.delete_service(&crate::index::Key::new("testns", "svc1"));
+        assert_eq!(before.map(|s| idx.freshness.is_fresh(&s)), [false, true, true, false]);
     }
 }

@@ -15,21 +15,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BATCH};
 use crate::forward::Forwarder;
+use crate::freshness::{Scope, Stamp};
 use crate::index::Index;
 use crate::metrics::{DnsMetrics, LocalMetrics};
 use crate::resolve::{self, Resolution, ZoneConfig};
 use crate::wire::{self, Prepared, Query, Rejected};
 use wharf_limits as limits;
 
-/// A worker's reusable state: answers built at one index generation
-/// (cleared when it moves on) and scratch buffers, so the hot path does
-/// not allocate.
+/// A worker's reusable state: answers with the stamps of the parts of the
+/// index they were built from (an answer is used only while those parts
+/// are unchanged), and scratch buffers, so the hot path does not allocate.
 #[derive(Default)]
 pub struct AnswerCache {
-    generation: u64,
-    answers: FxHashMap<Vec<u8>, Arc<Prepared>>,
+    answers: FxHashMap<Vec<u8>, (Arc<Prepared>, Stamp)>,
     query: Query,
     key: Vec<u8>,
+    scopes: Vec<Scope>,
 }
 
 const CACHE_LIMIT: usize = 100_000;
@@ -78,16 +79,13 @@ impl Handler {
         };
         let prepared = {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if cache.generation != index.generation {
-                cache.answers.clear();
-                cache.generation = index.generation;
-            }
             cache.key.clear();
             cache.key.extend_from_slice(query.qname.as_bytes());
             cache.key.extend_from_slice(&query.qtype.to_be_bytes());
-            match cache.answers.get(cache.key.as_slice()) {
-                Some(hit) => hit.clone(),
-                None => match resolve::resolve(&index, &self.zone, &query.qname, RecordType::from(query.qtype)) {
+            cache.scopes.clear();
+            match cache.answers.get(cache.key.as_slice()).filter(|(_, stamp)| index.freshness.is_fresh(stamp)) {
+                Some((hit, _)) => hit.clone(),
+                None => match resolve::resolve(&index, &self.zone, &query.qname, RecordType::from(query.qtype), &mut cache.scopes) {
                     Resolution::Forward => return self.forward_or_refuse(query.clone(), packet, out),
                     Resolution::Local(answer) => {
                         let Some(prepared) = wire::prepare(&query.qname, query.qtype, &answer) else {
@@ -99,7 +97,8 @@ impl Handler {
                         if cache.answers.len() >= CACHE_LIMIT {
                             cache.answers.clear();
                         }
-                        cache.answers.insert(cache.key.clone(), prepared.clone());
+                        let stamp = index.freshness.stamp(&cache.scopes);
+                        cache.answers.insert(cache.key.clone(), (prepared.clone(), stamp));
                         prepared
                     }
                 },
@@ -317,5 +316,69 @@ async fn tcp_connection(handler: Arc<Handler>, mut stream: tokio::net::TcpStream
         };
         handler.metrics.requests.get_or_create(&labels).inc();
         handler.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SOURCES;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query as Question};
+    use hickory_proto::rr::Name;
+    use k8s_openapi::api::core::v1::Service;
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"}, "spec": {"clusterIP": ip}}))
+        .unwrap()
+    }
+
+    fn handler() -> Handler {
+        let mut index = Index::default();
+        for s in SOURCES {
+            index.mark_synced(s);
+        }
+        index.apply_service(&service("web", "127.96.0.20"));
+        index.apply_service(&service("other", "127.96.0.21"));
+        Handler {
+            index: Arc::new(RwLock::new(index)),
+            zone: ZoneConfig {
+                domain: "cluster.local".into(),
+                ttl: 5,
+                dns_ip: "127.96.0.10".parse().unwrap(),
+                service_cidr: "127.96.0.0/12".parse().unwrap(),
+            },
+            forwarder: None,
+            metrics: DnsMetrics::default(),
+            recursion_from: Vec::new(),
+        }
+    }
+
+    /// The A record of `name` as `handle` answers it, and the cached
+    /// answer it came from.
+    fn ask(handler: &Handler, cache: &mut AnswerCache, name: &str) -> (String, Arc<Prepared>) {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Question::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let mut out = Vec::new();
+        assert!(matches!(handler.handle(&m.to_vec().unwrap(), |_| None, cache, &mut out), Handled::Reply(_)));
+        let reply = Message::from_vec(&out).unwrap();
+        let key = [name.trim_end_matches('.').as_bytes(), &u16::from(RecordType::A).to_be_bytes()].concat();
+        (reply.answers[0].data.to_string(), cache.answers[&key].0.clone())
+    }
+
+    #[test]
+    fn a_cached_answer_lives_until_its_own_service_changes() {
+        let handler = handler();
+        let mut cache = AnswerCache::default();
+        let (ip, first) = ask(&handler, &mut cache, "web.default.svc.cluster.local.");
+        assert_eq!(ip, "127.96.0.20");
+        handler.index.write().unwrap().apply_service(&service("other", "127.96.0.22"));
+        let (_, again) = ask(&handler, &mut cache, "web.default.svc.cluster.local.");
+        assert!(Arc::ptr_eq(&first, &again), "another service's change must not drop web's answer");
+        handler.index.write().unwrap().apply_service(&service("web", "127.96.0.23"));
+        let (ip, rebuilt) = ask(&handler, &mut cache, "web.default.svc.cluster.local.");
+        assert_eq!(ip, "127.96.0.23");
+        assert!(!Arc::ptr_eq(&first, &rebuilt));
+        assert_eq!(ask(&handler, &mut cache, "other.default.svc.cluster.local.").0, "127.96.0.22");
     }
 }
