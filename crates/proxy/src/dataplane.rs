@@ -9,16 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
-use wharf_kube::ObjectKey;
 
 use crate::balancer::{self, ActiveGuard, Affinity, Backend};
+pub use crate::claims::{Applied, Conflict, Owner};
+use crate::claims::{Claim, Claims, FrontendKey};
 use crate::metrics::{PortMetrics, ProxyMetrics};
 use crate::model::{Frontend, Protocol, Scope, ServicePort, ServicePortName};
 use crate::{copy, udp};
@@ -347,46 +346,6 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The service that serves a frontend, and since when it exists: the
-/// oldest claimant owns a frontend, whatever order the proxy learns of them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub service: ObjectKey,
-    pub created: Option<Time>,
-}
-
-impl Owner {
-    fn precedes(&self, other: &Owner) -> bool {
-        (self.created.as_ref(), &self.service) < (other.created.as_ref(), &other.service)
-    }
-}
-
-struct Listener {
-    owner: Owner,
-    port: ServicePortName,
-    scope: Scope,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// A frontend another service already serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Conflict {
-    pub frontend: (SocketAddr, Protocol),
-    pub owner: ObjectKey,
-    pub refused: ObjectKey,
-}
-
-/// What one `apply` changed beyond its own service.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Frontends the service wanted but another owns.
-    pub conflicts: Vec<Conflict>,
-    /// Frontends this node could not listen on, and why.
-    pub bind_failures: Vec<((SocketAddr, Protocol), String)>,
-    /// Services waiting for a frontend this one released: sync them again.
-    pub retry: Vec<ObjectKey>,
-}
-
 /// All listeners of this node and the ports they serve.
 pub struct Dataplane {
     /// One single-threaded runtime per worker thread.
@@ -395,11 +354,8 @@ pub struct Dataplane {
     limits: ProxyLimits,
     metrics: ProxyMetrics,
     ports: HashMap<ServicePortName, Arc<PortState>>,
-    listeners: HashMap<(SocketAddr, Protocol), Listener>,
-    /// Services refused a frontend, to retry when it is released.
-    waiting: HashMap<(SocketAddr, Protocol), HashSet<ObjectKey>>,
-    /// Frontends of each service, to retire them when the service changes.
-    by_service: HashMap<ObjectKey, Vec<(SocketAddr, Protocol)>>,
+    claims: Claims,
+    listeners: HashMap<FrontendKey, tokio::task::JoinHandle<()>>,
     /// Every proxied TCP connection, so that shutdown can wait for them.
     connections: TaskTracker,
     all_connections: wharf_limits::Slots,
@@ -414,9 +370,8 @@ impl Dataplane {
             limits,
             metrics,
             ports: HashMap::new(),
+            claims: Claims::default(),
             listeners: HashMap::new(),
-            waiting: HashMap::new(),
-            by_service: HashMap::new(),
             connections: TaskTracker::new(),
             all_connections: wharf_limits::Slots::new("proxy_connections", limits.connections),
             udp_flows: wharf_limits::Slots::new("proxy_udp_flows", limits.udp_flows),
@@ -430,10 +385,10 @@ impl Dataplane {
 
     /// Stops every listener; open connections go on.
     pub fn stop_listening(&mut self) {
-        for (_, listener) in self.listeners.drain() {
-            listener.task.abort();
+        for (_, task) in self.listeners.drain() {
+            task.abort();
         }
-        self.by_service.clear();
+        self.claims.clear();
     }
 
     /// Listening sockets open (one per frontend).
@@ -469,36 +424,42 @@ impl Dataplane {
     /// Brings one service's listeners and endpoints to `ports`.
     pub fn apply(&mut self, owner: Owner, ports: &[ServicePort]) -> Applied {
         let mut applied = Applied::default();
-        let mut wanted: Vec<(SocketAddr, Protocol)> = Vec::new();
+        let mut wanted: Vec<FrontendKey> = Vec::new();
         for port in ports {
             let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), &self.metrics)).clone();
             state.update(port, &self.node, self.limits.drain, self.limits.affinity_entries, &self.workers[0]);
             for frontend in &port.frontends {
-                match self.ensure_listener(frontend, &state, &owner) {
-                    Ok(None) => wanted.push((frontend.addr, frontend.protocol)),
-                    Ok(Some(failed)) => {
-                        wanted.push((frontend.addr, frontend.protocol));
-                        applied.bind_failures.push(((frontend.addr, frontend.protocol), failed));
+                let key = (frontend.addr, frontend.protocol);
+                match self.claims.claim(&owner, &port.name, frontend) {
+                    Claim::Refused(conflict) => {
+                        applied.conflicts.push(conflict);
+                        continue;
                     }
-                    Err(conflict) => applied.conflicts.push(*conflict),
+                    Claim::Held if self.listeners.get(&key).is_some_and(|task| !task.is_finished()) => {}
+                    Claim::Held | Claim::Granted { .. } => {
+                        if let Some(task) = self.listeners.remove(&key) {
+                            task.abort();
+                        }
+                        match self.start_listener(frontend, &state) {
+                            Ok(task) => {
+                                self.listeners.insert(key, task);
+                            }
+                            Err(e) => {
+                                tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
+                                applied.bind_failures.push((key, e.to_string()));
+                            }
+                        }
+                    }
                 }
+                wanted.push(key);
+            }
+        }
+        for key in self.claims.settle(&owner.service, wanted, &mut applied) {
+            if let Some(task) = self.listeners.remove(&key) {
+                task.abort();
             }
         }
         let names: HashSet<&ServicePortName> = ports.iter().map(|p| &p.name).collect();
-        let previous = self.by_service.remove(&owner.service).unwrap_or_default();
-        for key in previous.into_iter().filter(|k| !wanted.contains(k)) {
-            if let Some(l) = self.listeners.remove(&key) {
-                l.task.abort();
-            }
-            applied.retry.extend(self.waiting.remove(&key).into_iter().flatten());
-        }
-        for waiting in self.waiting.values_mut() {
-            waiting.remove(&owner.service);
-        }
-        for conflict in &applied.conflicts {
-            self.waiting.entry(conflict.frontend).or_default().insert(owner.service.clone());
-        }
-        self.waiting.retain(|_, w| !w.is_empty());
         self.ports.retain(|name, state| {
             let kept = (name.namespace != owner.service.namespace || name.service != owner.service.name) || names.contains(name);
             if !kept {
@@ -506,48 +467,7 @@ impl Dataplane {
             }
             kept
         });
-        if !wanted.is_empty() {
-            self.by_service.insert(owner.service, wanted);
-        }
         applied
-    }
-
-    /// Serves `frontend` for `state`, unless an older service owns it;
-    /// `Ok(Some(why))` when this node cannot listen there.
-    fn ensure_listener(&mut self, frontend: &Frontend, state: &Arc<PortState>, owner: &Owner) -> Result<Option<String>, Box<Conflict>> {
-        let key = (frontend.addr, frontend.protocol);
-        if let Some(existing) = self.listeners.get(&key) {
-            if existing.owner.service != owner.service && !owner.precedes(&existing.owner) {
-                return Err(Box::new(Conflict { frontend: key, owner: existing.owner.service.clone(), refused: owner.service.clone() }));
-            }
-            if existing.owner.service == owner.service
-                && existing.port == state.name
-                && existing.scope == frontend.scope
-                && !existing.task.is_finished()
-            {
-                return Ok(None);
-            }
-            if let Some(taken) = self.listeners.remove(&key) {
-                taken.task.abort();
-                if taken.owner.service != owner.service {
-                    // The older service takes its frontend back; the younger waits.
-                    self.waiting.entry(key).or_default().insert(taken.owner.service.clone());
-                    if let Some(frontends) = self.by_service.get_mut(&taken.owner.service) {
-                        frontends.retain(|f| *f != key);
-                    }
-                }
-            }
-        }
-        match self.start_listener(frontend, state) {
-            Ok(task) => {
-                self.listeners.insert(key, Listener { owner: owner.clone(), port: state.name.clone(), scope: frontend.scope, task });
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
-                Ok(Some(e.to_string()))
-            }
-        }
     }
 
     fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<tokio::task::JoinHandle<()>> {

@@ -2,18 +2,21 @@
 //! ports, load-balancer addresses and external IPs to the endpoints a
 //! service may use, driven by Service and EndpointSlice watches.
 //!
-//! `model` decides what should be forwarded where (pure); `dataplane`
-//! carries it out with userspace sockets (`copy`: splice for bulk data,
-//! `udp`: flow table), `balancer` chooses endpoints, `health` answers
-//! health check node ports. A kernel data plane (nftables) can take
-//! `model`'s output later without changing anything above it.
+//! `model` decides what should be forwarded where (pure); `claims` who
+//! serves a contested frontend; `forwarding` picks the data plane that
+//! carries it out: `dataplane`, userspace sockets (`copy`: splice for bulk
+//! data, `udp`: flow table, `balancer` chooses endpoints), or `nftables`,
+//! kernel rules. `health` answers health check node ports in both.
 
 pub mod balancer;
+pub mod claims;
 pub mod copy;
 pub mod dataplane;
+pub mod forwarding;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod nftables;
 pub mod udp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -30,6 +33,7 @@ use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
 
+pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
 use model::{NodeView, Protocol};
 use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
@@ -45,6 +49,7 @@ pub struct ProxyConfig {
     pub reserved: BTreeSet<(SocketAddr, Protocol)>,
     /// How often the proxy's state is published on its Node (at most).
     pub status_every: Duration,
+    pub mode: ProxyMode,
 }
 
 /// Whether `ip` is an address of this host (binding to it works).
@@ -179,7 +184,7 @@ struct State {
     config: ProxyConfig,
     node: NodeView,
     model: Model,
-    dataplane: dataplane::Dataplane,
+    dataplane: forwarding::Forwarding,
     health: HashMap<ObjectKey, (u16, Arc<health::HealthState>, tokio::task::JoinHandle<()>)>,
     runtime: tokio::runtime::Handle,
     events: wharf_kube::events::Recorder,
@@ -206,7 +211,7 @@ impl State {
         }
     }
 
-    fn remember_failures(&mut self, key: &ObjectKey, applied: &dataplane::Applied) {
+    fn remember_failures(&mut self, key: &ObjectKey, applied: &claims::Applied) {
         let frontend = |(addr, protocol): &(SocketAddr, Protocol)| format!("{addr}/{}", protocol.as_str());
         let conflicts =
             applied.conflicts.iter().map(|c| (frontend(&c.frontend), FailureReason::Conflict, format!("already served by {}", c.owner)));
@@ -225,10 +230,10 @@ impl State {
     /// What this node publishes about its proxy.
     fn status(&self) -> ProxyStatus {
         let mut status = ProxyStatus {
-            mode: "userspace".into(),
+            mode: self.dataplane.mode().into(),
             synced: self.model.is_synced(),
             service_ports: self.dataplane.service_ports(),
-            frontends: self.dataplane.listening(),
+            frontends: self.dataplane.frontends(),
             failing: self.failing.values().flatten().cloned().collect(),
             endpoints: self.dataplane.traffic(),
             truncated: false,
@@ -237,14 +242,14 @@ impl State {
         status
     }
 
-    fn sync_one(&mut self, key: &ObjectKey) -> dataplane::Applied {
+    fn sync_one(&mut self, key: &ObjectKey) -> claims::Applied {
         let Some(svc) = self.model.services.get(key) else {
             if let Some((_, _, task)) = self.health.remove(key) {
                 task.abort();
             }
-            return self.dataplane.apply(dataplane::Owner { service: key.clone(), created: None }, &[]);
+            return self.dataplane.apply(claims::Owner { service: key.clone(), created: None }, &[]);
         };
-        let owner = dataplane::Owner { service: key.clone(), created: svc.metadata.creation_timestamp.clone() };
+        let owner = claims::Owner { service: key.clone(), created: svc.metadata.creation_timestamp.clone() };
         let mut ports = model::service_ports(svc, &self.node);
         model::attach_endpoints(&mut ports, self.model.slices_for(key), |p| p.frontends[0].protocol);
         let applied = self.dataplane.apply(owner, &ports);
@@ -253,7 +258,7 @@ impl State {
     }
 
     /// A frontend is kept by its first owner; the newcomer is told, once.
-    fn report(&self, conflicts: &[dataplane::Conflict]) {
+    fn report(&self, conflicts: &[claims::Conflict]) {
         for conflict in conflicts {
             let (addr, protocol) = conflict.frontend;
             let message = format!("{addr}/{protocol:?} is already served by {}; this service is not served there", conflict.owner);
@@ -327,8 +332,10 @@ pub async fn run(
     let runtime = workers[0].clone();
     let node =
         NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
-    let dataplane = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
-    let connections = dataplane.connections();
+    let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
+    let connections = userspace.connections();
+    let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, userspace)?;
+    tracing::info!(mode = dataplane.mode(), why, "service proxy data plane");
     let events = wharf_kube::events::Recorder::new(client.clone(), "wharf-proxy", config.node_name.clone());
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
     let publisher = tokio::spawn(wharf_kube::node_status::publish(
@@ -370,7 +377,7 @@ pub async fn run(
         }
     }
     publisher.abort();
-    state.dataplane.stop_listening();
+    state.dataplane.stop();
     for (_, _, task) in state.health.values() {
         task.abort();
     }

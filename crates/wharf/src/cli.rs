@@ -297,6 +297,12 @@ pub struct NodeArgs {
     /// Threads of the proxy's data plane (default: one per CPU).
     #[arg(long)]
     pub proxy_workers: Option<usize>,
+    /// How the proxy forwards: `userspace` (sockets on every frontend),
+    /// `nftables` (kernel DNAT rules in the `ip wharf` table; needs
+    /// CAP_NET_ADMIN and the `nft` binary) or `auto` (nftables where it
+    /// works, else userspace). The DNS keeps its own sockets in every mode.
+    #[arg(long, default_value = "userspace")]
+    pub proxy_mode: wharf_proxy::ProxyMode,
     /// How often the proxy and the DNS publish their state (sync, frontends
     /// not served, traffic per endpoint) on their Node, at most.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -130,6 +130,7 @@ fn proxy_config(args: &NodeArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
         // The DNS server answers on its own service address.
         reserved: [(dns, Protocol::Udp), (dns, Protocol::Tcp)].into(),
         status_every: args.node_status_interval,
+        mode: args.proxy_mode,
     }
 }
 

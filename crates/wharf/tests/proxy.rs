@@ -7,45 +7,8 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use support::workload::{applied, pods, ready_endpoints, service, svc_field, wait_for};
 use support::{example, http_get, Backend, UdpBackend, Wharf};
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    assert!(support::eventually(Duration::from_secs(30), || check().then_some(())).is_some(), "timed out waiting for {what}");
-}
-
-fn svc_field(w: &Wharf, svc: &str, path: &str) -> String {
-    w.kubectl_ok(&["get", "svc", svc, "-o", &format!("jsonpath={{{path}}}")])
-}
-
-/// Pods named `name-i` labelled `app=name`, each listening on its own port.
-fn pods(name: &str, ports: &[u16], protocol: &str, probe: bool) -> String {
-    let mut out = String::new();
-    for (i, port) in ports.iter().enumerate() {
-        let probe = if probe {
-            "\n    readinessProbe:\n      tcpSocket: {port: web}\n      periodSeconds: 1\n      failureThreshold: 1"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-{i}\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{name: web, containerPort: {port}, protocol: {protocol}}}{probe}\n"
-        ));
-    }
-    out
-}
-
-fn service(name: &str, extra_spec: &str, protocol: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: web, port: 80, targetPort: web, protocol: {protocol}}}\n{extra_spec}")
-}
-
-fn applied(w: &Wharf, yaml: &str) {
-    let out = w.apply_text(yaml);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn ready_endpoints(w: &Wharf, svc: &str) -> usize {
-    let out = w.kubectl_ok(&["get", "endpoints", svc, "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
-    out.split_whitespace().count()
-}
 
 #[test]
 fn tcp_through_a_cluster_ip_reaches_every_ready_backend() {

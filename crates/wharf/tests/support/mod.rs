@@ -2,6 +2,8 @@
 //! free port and drives it with the real `kubectl` and a `kube` client.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,225 @@
+//! The kernel data plane: the proxy model as nftables rules (`rules`),
+//! kept in the kernel by `nft -f -` transactions. A sync touches only the
+//! chains, sets and map elements of the service that changed, in one
+//! atomic transaction; one that fails is followed by a rewrite of the
+//! whole table from what the proxy knows, so the kernel never stays out of
+//! step. Starting replaces a table left by a crash; stopping deletes it.
+//!
+//! Why the `nft` binary and not netlink from Rust: its JSON and text
+//! front ends are the interface nftables keeps stable, one process per
+//! sync batches any number of changes into one transaction, and the
+//! Rust netlink crates for nf_tables do not cover verdict maps with
+//! concatenated keys, `numgen` and dynamic sets. The cost is one process
+//! start per sync (see docs/BENCHMARKS.md).
+
+pub mod rules;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use wharf_kube::ObjectKey;
+
+use crate::claims::{Applied, Claim, Claims, FrontendKey, Owner};
+use crate::model::ServicePort;
+use rules::{ServiceRules, Verdict, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(#[from] std::io::Error),
+    #[error("nft refused the transaction: {0}")]
+    Refused(String),
+}
+
+/// Runs one transaction: every command or none.
+fn run(commands: &str) -> Result<(), NftError> {
+    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Refused(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+    }
+}
+
+fn lines(commands: impl IntoIterator<Item = String>) -> String {
+    commands.into_iter().fold(String::new(), |mut text, c| {
+        text.push_str(&c);
+        text.push('\n');
+        text
+    })
+}
+
+/// The commands that replace the table with an empty one (a stale table
+/// from a crash goes with the same transaction).
+fn fresh_table() -> Vec<String> {
+    let mut commands = vec![format!("add table ip {TABLE}"), format!("delete table ip {TABLE}")];
+    commands.extend(rules::base());
+    commands
+}
+
+pub struct Nftables {
+    node: String,
+    claims: Claims,
+    /// What each service's rules are in the kernel.
+    services: HashMap<ObjectKey, ServiceRules>,
+    /// The map element of each frontend, and the service that set it.
+    elements: HashMap<FrontendKey, (Verdict, ObjectKey)>,
+    /// A transaction failed: the next sync rewrites the table.
+    stale: bool,
+}
+
+impl Nftables {
+    /// Replaces wharf's table with an empty one; fails where nftables
+    /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
+    pub fn start(node: String) -> Result<Self, NftError> {
+        run(&lines(fresh_table()))?;
+        Ok(Self { node, claims: Claims::default(), services: HashMap::new(), elements: HashMap::new(), stale: false })
+    }
+
+    /// Deletes wharf's table: nothing is forwarded by the kernel any more.
+    pub fn stop(&mut self) {
+        if let Err(e) = run(&format!("delete table ip {TABLE}\n")) {
+            tracing::warn!(error = %e, "cannot delete the nftables table");
+        }
+        self.claims.clear();
+        self.services.clear();
+        self.elements.clear();
+    }
+
+    /// Service ports with rules.
+    pub fn service_ports(&self) -> usize {
+        self.services.values().map(|s| s.chains.keys().filter(|c| c.starts_with("svc-")).count()).sum()
+    }
+
+    /// Frontends in the kernel's maps.
+    pub fn frontends(&self) -> usize {
+        self.elements.len()
+    }
+
+    /// Brings one service's rules to `ports`.
+    pub fn apply(&mut self, owner: Owner, ports: &[ServicePort]) -> Applied {
+        let mut applied = Applied::default();
+        let mut wanted = Vec::new();
+        let mut granted = Vec::new();
+        for port in ports {
+            let mut served = Vec::new();
+            for frontend in &port.frontends {
+                match self.claims.claim(&owner, &port.name, frontend) {
+                    Claim::Refused(conflict) => applied.conflicts.push(conflict),
+                    Claim::Held | Claim::Granted { .. } if !frontend.addr.is_ipv4() => {
+                        applied.bind_failures.push(((frontend.addr, frontend.protocol), "IPv6 is not served in nftables mode".into()));
+                        wanted.push((frontend.addr, frontend.protocol));
+                    }
+                    Claim::Held | Claim::Granted { .. } => {
+                        served.push(frontend);
+                        wanted.push((frontend.addr, frontend.protocol));
+                    }
+                }
+            }
+            granted.push((port, served));
+        }
+        let released = self.claims.settle(&owner.service, wanted, &mut applied);
+        let new = rules::render(granted, &self.node);
+        let old = self.services.remove(&owner.service).unwrap_or_default();
+        let commands = self.transaction(&owner.service, &old, &new, &released);
+        self.record(&owner.service, &new, &released);
+        if !new.chains.is_empty() || !new.elements.is_empty() {
+            self.services.insert(owner.service.clone(), new);
+        }
+        if self.stale {
+            self.rewrite();
+        } else if !commands.is_empty() {
+            if let Err(e) = run(&lines(commands)) {
+                tracing::warn!(service = %owner.service, error = %e, "nftables sync failed; rewriting the whole table");
+                self.rewrite();
+            }
+        }
+        applied
+    }
+
+    /// The commands that take the kernel from `old` to `new` for
+    /// `service`: chains flushed before anything they point to goes.
+    fn transaction(&self, service: &ObjectKey, old: &ServiceRules, new: &ServiceRules, released: &[FrontendKey]) -> Vec<String> {
+        let t = format!("ip {TABLE}");
+        let mut commands = Vec::new();
+        let chains: BTreeSet<&String> = old.chains.keys().chain(new.chains.keys()).collect();
+        let changed_chains: Vec<&&String> = chains.iter().filter(|c| old.chains.get(**c) != new.chains.get(**c)).collect();
+        for chain in &changed_chains {
+            commands.push(format!("add chain {t} {chain}"));
+            commands.push(format!("flush chain {t} {chain}"));
+        }
+        let mut additions = Vec::new();
+        let keys: BTreeSet<&FrontendKey> = old.elements.keys().chain(new.elements.keys()).chain(released).collect();
+        for key in keys {
+            let current = self.elements.get(key);
+            let desired = new.elements.get(key);
+            if current.map(|(v, _)| v) == desired {
+                continue;
+            }
+            if let Some((verdict, setter)) = current {
+                // Another service's element stays unless this one replaces it.
+                if setter == service || desired.is_some() {
+                    commands.push(format!("delete element {t} {} {{ {} }}", verdict.map(), rules::element_key(key)));
+                }
+            }
+            if let Some(verdict) = desired {
+                additions.push(format!("add element {t} {} {{ {} : {} }}", verdict.map(), rules::element_key(key), verdict.text()));
+            }
+        }
+        for chain in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
+            commands.push(format!("delete chain {t} {chain}"));
+        }
+        for set in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
+            commands.push(format!("delete set {t} {set}"));
+        }
+        for (set, timeout) in new.sets.iter().filter(|(s, _)| !old.sets.contains_key(*s)) {
+            commands.push(rules::add_set(set, *timeout));
+        }
+        for chain in changed_chains.iter().filter(|c| new.chains.contains_key(***c)) {
+            for rule in &new.chains[**chain] {
+                commands.push(format!("add rule {t} {chain} {rule}"));
+            }
+        }
+        commands.extend(additions);
+        commands
+    }
+
+    /// Remembers which map elements `service` now sets.
+    fn record(&mut self, service: &ObjectKey, new: &ServiceRules, released: &[FrontendKey]) {
+        self.elements.retain(|key, (_, setter)| setter != service || new.elements.contains_key(key) && !released.contains(key));
+        for (key, verdict) in &new.elements {
+            self.elements.insert(*key, (verdict.clone(), service.clone()));
+        }
+    }
+
+    /// Replaces the table with everything the proxy knows, in one
+    /// transaction; if even that fails, the next sync tries again.
+    fn rewrite(&mut self) {
+        let t = format!("ip {TABLE}");
+        let mut commands = fresh_table();
+        for rules in self.services.values() {
+            commands.extend(rules.sets.iter().map(|(set, timeout)| rules::add_set(set, *timeout)));
+            commands.extend(rules.chains.keys().map(|chain| format!("add chain {t} {chain}")));
+        }
+        for rules in self.services.values() {
+            for (chain, body) in &rules.chains {
+                commands.extend(body.iter().map(|rule| format!("add rule {t} {chain} {rule}")));
+            }
+        }
+        for (key, (verdict, _)) in &self.elements {
+            commands.push(format!("add element {t} {} {{ {} : {} }}", verdict.map(), rules::element_key(key), verdict.text()));
+        }
+        self.stale = match run(&lines(commands)) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rewrite the nftables table; trying again at the next change");
+                true
+            }
+        };
+    }
+}
