@@ -67,6 +67,14 @@ impl Forwarding {
         }
     }
 
+    /// Makes the changes applied since the last commit take effect (the
+    /// userspace plane applies each at once).
+    pub fn commit(&mut self) {
+        if let Forwarding::Kernel(k) = self {
+            k.commit();
+        }
+    }
+
     pub fn service_ports(&self) -> usize {
         match self {
             Forwarding::Userspace(d) => d.service_ports(),

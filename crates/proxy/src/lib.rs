@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{stream, StreamExt};
+use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -312,6 +312,9 @@ impl State {
     }
 }
 
+/// Watch events taken at once before the data plane is synced.
+const BURST: usize = 1024;
+
 // Transient: each value moves once from its watch to its table.
 #[allow(clippy::large_enum_variant)]
 enum Update {
@@ -365,15 +368,26 @@ pub async fn run(
                 continue;
             }
         };
-        match update {
-            Update::Service(e) => services.handle(&mut state.model, e),
-            Update::Slice(e) => slices.handle(&mut state.model, e),
+        // A burst is taken whole (bounded), so the kernel plane gets it as
+        // one transaction.
+        let mut next = Some(update);
+        let mut taken = 0;
+        while let Some(update) = next.take() {
+            match update {
+                Update::Service(e) => services.handle(&mut state.model, e),
+                Update::Slice(e) => slices.handle(&mut state.model, e),
+            }
+            taken += 1;
+            if taken < BURST {
+                next = updates.next().now_or_never().flatten();
+            }
         }
         // Nothing is served from half a picture: services wait for slices.
         if state.model.is_synced() {
             for key in std::mem::take(&mut state.model.touched) {
                 state.sync(&key);
             }
+            state.dataplane.commit();
         }
     }
     publisher.abort();

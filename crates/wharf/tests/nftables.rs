@@ -42,6 +42,11 @@ fn listening() -> String {
 fn udp_ask(vip: &str) -> Option<String> {
     let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
     socket.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    udp_exchange(&socket, vip)
+}
+
+/// The backend's port as answered to `socket` (one flow per socket).
+fn udp_exchange(socket: &UdpSocket, vip: &str) -> Option<String> {
     socket.send_to(b"ping", vip).ok()?;
     let mut buf = [0u8; 64];
     let (n, _) = socket.recv_from(&mut buf).ok()?;
@@ -97,6 +102,19 @@ fn udp_flows_spread_and_client_ip_affinity_sticks() {
         wait_for("the UDP rule", || udp_ask(&vip).is_some());
         let seen: BTreeSet<String> = (0..40).filter_map(|_| udp_ask(&vip)).collect();
         assert_eq!(seen, ["19090", "19091"].map(String::from).into(), "UDP flows did not spread");
+
+        // One flow (one client socket) whose endpoint leaves goes on to the
+        // other: its conntrack entry was deleted with the endpoint.
+        let flow = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        flow.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let ask = |socket: &UdpSocket| udp_exchange(socket, &vip);
+        let first = ask(&flow).expect("an answer");
+        assert_eq!(ask(&flow).as_deref(), Some(first.as_str()), "a flow stays on its endpoint");
+        let leaving = if first == "19090" { "echo-0" } else { "echo-1" };
+        w.kubectl_ok(&["delete", "pod", leaving, "--wait=false"]);
+        wait_for("the endpoint to leave the rules", || !nft_table().unwrap_or_default().contains(&format!("dnat to {ip}:{first}")));
+        let after = support::eventually(Duration::from_secs(5), || ask(&flow)).expect("an answer after the endpoint left");
+        assert_ne!(after, first, "the flow still goes to the endpoint that left");
 
         let _tcp: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("{ip}:{}", 18090 + i), true)).collect();
         applied(&w, &pods("sticky", &[18090, 18091, 18092], "TCP", false));

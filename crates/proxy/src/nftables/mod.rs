@@ -16,6 +16,7 @@ pub mod rules;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use wharf_kube::ObjectKey;
@@ -46,6 +47,21 @@ fn run(commands: &str) -> Result<(), NftError> {
     }
 }
 
+/// Deletes the conntrack entries of UDP flows from `frontend` to
+/// `endpoint`, so their next datagram is balanced again.
+fn forget_udp_flows((frontend, _): FrontendKey, endpoint: SocketAddr) {
+    let (f_ip, f_port, e_ip, e_port) =
+        (frontend.ip().to_string(), frontend.port().to_string(), endpoint.ip().to_string(), endpoint.port().to_string());
+    let args = ["-D", "-p", "udp", "--orig-dst", &f_ip, "--orig-port-dst", &f_port, "--reply-src", &e_ip, "--reply-port-src", &e_port];
+    // It exits 1 when there was no such flow, which is the common case.
+    match Command::new("conntrack").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, %frontend, %endpoint, "cannot run conntrack: UDP flows to a removed endpoint keep going to it")
+        }
+    }
+}
+
 fn lines(commands: impl IntoIterator<Item = String>) -> String {
     commands.into_iter().fold(String::new(), |mut text, c| {
         text.push_str(&c);
@@ -69,7 +85,11 @@ pub struct Nftables {
     services: HashMap<ObjectKey, ServiceRules>,
     /// The map element of each frontend, and the service that set it.
     elements: HashMap<FrontendKey, (Verdict, ObjectKey)>,
-    /// A transaction failed: the next sync rewrites the table.
+    /// Commands of the changes since the last commit.
+    pending: Vec<String>,
+    /// UDP flows to forget after the next commit: (frontend, endpoint).
+    stale_flows: Vec<(FrontendKey, SocketAddr)>,
+    /// A transaction failed: the next commit rewrites the table.
     stale: bool,
 }
 
@@ -78,7 +98,15 @@ impl Nftables {
     /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
     pub fn start(node: String) -> Result<Self, NftError> {
         run(&lines(fresh_table()))?;
-        Ok(Self { node, claims: Claims::default(), services: HashMap::new(), elements: HashMap::new(), stale: false })
+        Ok(Self {
+            node,
+            claims: Claims::default(),
+            services: HashMap::new(),
+            elements: HashMap::new(),
+            pending: Vec::new(),
+            stale_flows: Vec::new(),
+            stale: false,
+        })
     }
 
     /// Deletes wharf's table: nothing is forwarded by the kernel any more.
@@ -101,7 +129,7 @@ impl Nftables {
         self.elements.len()
     }
 
-    /// Brings one service's rules to `ports`.
+    /// Brings one service's rules to `ports` at the next `commit`.
     pub fn apply(&mut self, owner: Owner, ports: &[ServicePort]) -> Applied {
         let mut applied = Applied::default();
         let mut wanted = Vec::new();
@@ -127,19 +155,36 @@ impl Nftables {
         let new = rules::render(granted, &self.node);
         let old = self.services.remove(&owner.service).unwrap_or_default();
         let commands = self.transaction(&owner.service, &old, &new, &released);
+        self.pending.extend(commands);
+        for (frontend, before) in &old.udp_targets {
+            let now = new.udp_targets.get(frontend);
+            let gone = before.iter().filter(|e| now.is_none_or(|n| !n.contains(e)));
+            self.stale_flows.extend(gone.map(|e| (*frontend, *e)));
+        }
         self.record(&owner.service, &new, &released);
         if !new.chains.is_empty() || !new.elements.is_empty() {
             self.services.insert(owner.service.clone(), new);
         }
+        applied
+    }
+
+    /// Carries out every change since the last commit as one transaction
+    /// (a burst of changes, the first full list included, is one `nft`
+    /// run); if it fails, rewrites the whole table.
+    pub fn commit(&mut self) {
+        let commands = std::mem::take(&mut self.pending);
         if self.stale {
             self.rewrite();
         } else if !commands.is_empty() {
             if let Err(e) = run(&lines(commands)) {
-                tracing::warn!(service = %owner.service, error = %e, "nftables sync failed; rewriting the whole table");
+                tracing::warn!(error = %e, "nftables sync failed; rewriting the whole table");
                 self.rewrite();
             }
         }
-        applied
+        // After the rules: a packet in between would make the entry anew.
+        for (frontend, endpoint) in std::mem::take(&mut self.stale_flows) {
+            forget_udp_flows(frontend, endpoint);
+        }
     }
 
     /// The commands that take the kernel from `old` to `new` for
