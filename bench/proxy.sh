@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The service proxy against HAProxy (TCP mode) and nginx's stream module,
-# all on loopback, each with the same number of worker threads:
+# all on loopback, each with the same number of worker threads, and
+# wharf's nftables mode (kernel DNAT, no proxy process in the path):
 # wrk keep-alive and Connection: close, iperf3 throughput, and the p99
 # added over direct at a fixed rate (half of HAProxy's keep-alive rate).
 # The proxies run on CPU 1; backend, wrk and iperf3 on CPU 0.
@@ -16,13 +17,17 @@ workers=${WORKERS:-1}
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
 
-need_packages haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3
+need_packages haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3 nft:nftables conntrack:conntrack
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { apt-get update -qq && apt-get install -y -qq libnginx-mod-stream >/dev/null; }
 cargo build --release -q -p wharf -p wharf-bench
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # The backend: nginx answering 200 "ok", and an iperf3 server.
@@ -67,35 +72,40 @@ stream {
 CONF
 taskset -c 1 nginx -p "$work" -c "$work/stream.conf" -g 'daemon off;' & pids+=($!)
 
-# wharf: services without selectors and hand-written EndpointSlices.
-taskset -c 1 ./target/release/wharf up --data-dir "$work/wharf" --api-listen 127.0.0.1:0 --node-name bench \
-  --service-cidr 127.101.0.0/16 --dns-workers 1 --proxy-workers "$workers" --dns-upstream none \
-  --metrics-listen 127.0.0.1:0 >"$work/wharf.out" 2>&1 & pids+=($!)
-until grep -q "kubectl get services" "$work/wharf.out" 2>/dev/null; do sleep 0.1; done
-export KUBECONFIG="$work/wharf/admin.kubeconfig"
-for svc in "web 18080 80" "iperf 15201 5201"; do
-  set -- $svc
-  kubectl apply -f - >/dev/null <<YAML
+# wharf, in userspace mode and in nftables mode (its own `ip wharf`
+# table): services without selectors and hand-written EndpointSlices.
+start_wharf() { # NAME CIDR_OCTET MODE
+  taskset -c 1 ./target/release/wharf up --data-dir "$work/$1" --api-listen 127.0.0.1:0 --node-name "bench-$1" \
+    --service-cidr "127.$2.0.0/16" --node-ip "127.254.$2.1" --lb-pool "127.253.$2.0/24" --dns-workers 1 \
+    --proxy-workers "$workers" --proxy-mode "$3" --dns-upstream none --metrics-listen 127.0.0.1:0 >"$work/$1.out" 2>&1 &
+  pids+=($!)
+  until grep -q "kubectl get services" "$work/$1.out" 2>/dev/null; do sleep 0.1; done
+  for svc in "web 18080 80" "iperf 15201 5201"; do
+    set -- "$1" "$2" $svc
+    KUBECONFIG="$work/$1/admin.kubeconfig" kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Service
-metadata: {name: $1}
+metadata: {name: $3}
 spec:
-  clusterIP: 127.101.0.$(( $2 == 18080 ? 80 : 81 ))
-  ports: [{name: p, port: $3}]
+  clusterIP: 127.$2.0.$(( $4 == 18080 ? 80 : 81 ))
+  ports: [{name: p, port: $5}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: $1, labels: {kubernetes.io/service-name: $1}}
+metadata: {name: $3, labels: {kubernetes.io/service-name: $3}}
 addressType: IPv4
 endpoints: [{addresses: [127.0.0.1], conditions: {ready: true}}]
-ports: [{name: p, port: $2, protocol: TCP}]
+ports: [{name: p, port: $4, protocol: TCP}]
 YAML
-done
-until curl -s -o /dev/null http://127.101.0.80:80/; do sleep 0.2; done
+  done
+  until curl -s -o /dev/null "http://127.$2.0.80:80/"; do sleep 0.2; done
+}
+start_wharf wharf 101 userspace
+start_wharf nft 102 nftables
 
-declare -A web=([direct]=127.0.0.1:18080 [haproxy]=127.0.0.2:18080 [nginx]=127.0.0.3:18080 [wharf]=127.101.0.80:80)
-declare -A perf=([direct]="127.0.0.1 15201" [haproxy]="127.0.0.2 15201" [nginx]="127.0.0.3 15201" [wharf]="127.101.0.81 5201")
-order=(direct haproxy nginx wharf)
+declare -A web=([direct]=127.0.0.1:18080 [haproxy]=127.0.0.2:18080 [nginx]=127.0.0.3:18080 [wharf]=127.101.0.80:80 [nft]=127.102.0.80:80)
+declare -A perf=([direct]="127.0.0.1 15201" [haproxy]="127.0.0.2 15201" [nginx]="127.0.0.3 15201" [wharf]="127.101.0.81 5201" [nft]="127.102.0.81 5201")
+order=(direct haproxy nginx wharf nft)
 
 # wrk: requests/s, p50 and p99 in µs.
 run_wrk() {
@@ -111,8 +121,16 @@ iperf_gbit() {
 
 declare -A keep close gbit lat samples
 for round in $(seq "$rounds"); do
-  rotated=("${order[@]:$((round % 4))}" "${order[@]:0:$((round % 4))}")
+  shift_by=$((round % ${#order[@]}))
+  rotated=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for s in "${rotated[@]}"; do
+    # Connection tracking sees every row's connections. A DNATed
+    # connection whose reply tuple equals a direct connection's entry,
+    # still in TIME_WAIT for 120 s, has its port remapped and its SYN
+    # retried a second later, because the client reuses local ports
+    # faster than the entries expire. Real clients come from many
+    # addresses, so the nftables row starts from an empty table.
+    [ "$s" = nft ] && conntrack -F >/dev/null 2>&1
     samples[$s.keep]+="$(run_wrk "http://${web[$s]}/")"$'\n'
     samples[$s.close]+="$(run_wrk -H "Connection: close" "http://${web[$s]}/")"$'\n'
     samples[$s.gbit]+="$(iperf_gbit ${perf[$s]})"$'\n'
@@ -152,3 +170,7 @@ for s in haproxy nginx; do
     printf "  vs %-8s keep-alive %.2f  close %.2f  Gbit/s %.2f  added p99 %.2f\n", $1, $2/$3, $4/$5, $6/$7, added_peer/added_wharf }'
 done
 echo "added p99 over direct at the fixed rate: wharf $(( wp99 - dp99 )) µs"
+read -r nkr _ <<<"${keep[nft]}"; read -r ncr _ <<<"${close[nft]}"; read -r _ np99 <<<"${lat[nft]}"
+read -r dcr _ <<<"${close[direct]}"; read -r hkr _ <<<"${keep[haproxy]}"
+echo "$nkr $dkr $ncr $dcr ${gbit[nft]} ${gbit[direct]} ${gbit[haproxy]} $np99 $dp99" | awk '{
+  printf "nftables / direct: keep-alive %.2f  close %.2f  Gbit/s %.2f  (Gbit/s vs HAProxy %.2f); added p99 %d µs\n", $1/$2, $3/$4, $5/$6, $5/$7, $8-$9 }'

@@ -66,6 +66,16 @@ enum Command {
     /// Creates the headless service `churn` with PODS ready pods, then
     /// flips one pod's readiness RATE times a second for SECONDS: endpoint
     /// changes streaming in, as a rolling update would make them.
+    /// Creates SERVICES selectorless services with one endpoint each, then
+    /// the service `sync-probe` whose one endpoint moves CHANGES times
+    /// between two local backends; times each move from the slice write
+    /// until a new connection to the cluster IP reaches the new backend.
+    ProxySync {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
     Churn {
         #[arg(long, default_value_t = 100)]
         pods: usize,
@@ -353,6 +363,90 @@ async fn http_latency(target: std::net::SocketAddr, rate: u64, seconds: u64, con
     Ok(())
 }
 
+/// A selectorless service NAME and its slice: one endpoint 127.0.0.1:PORT.
+fn service_with_endpoint(name: &str, port: u16) -> anyhow::Result<(Service, EndpointSlice)> {
+    let svc = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "p", "port": 80}]}}))?;
+    let slice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "p", "port": port, "protocol": "TCP"}],
+    }))?;
+    Ok((svc, slice))
+}
+
+/// A TCP backend on 127.0.0.1 that answers each connection with its port.
+async fn port_backend() -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, port.to_string().as_bytes()).await;
+        }
+    });
+    Ok(port)
+}
+
+/// The port of the backend a new connection to `addr` reaches.
+async fn reached(addr: std::net::SocketAddr) -> Option<u16> {
+    let mut conn = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text)).await.ok()?.ok()?;
+    text.trim().parse().ok()
+}
+
+async fn proxy_sync(client: kube::Client, services: usize, changes: usize, concurrency: usize) -> anyhow::Result<()> {
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slice_api: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let started = Instant::now();
+    stream::iter(0..services)
+        .map(|i| {
+            let (svc_api, slice_api) = (&svc_api, &slice_api);
+            async move {
+                let (svc, slice) = service_with_endpoint(&format!("svc-{i}"), 20_000 + (i % 20_000) as u16)?;
+                svc_api.create(&PostParams::default(), &svc).await?;
+                slice_api.create(&PostParams::default(), &slice).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await?;
+    println!("created {services} services with an endpoint each in {:.1}s", started.elapsed().as_secs_f64());
+    let ports = [port_backend().await?, port_backend().await?];
+    let (svc, slice) = service_with_endpoint("sync-probe", ports[0])?;
+    let created = svc_api.create(&PostParams::default(), &svc).await?;
+    slice_api.create(&PostParams::default(), &slice).await?;
+    let ip = created.spec.and_then(|s| s.cluster_ip).ok_or_else(|| anyhow::anyhow!("no cluster IP"))?;
+    let addr = std::net::SocketAddr::new(ip.parse()?, 80);
+    let settle = Instant::now();
+    while reached(addr).await != Some(ports[0]) {
+        anyhow::ensure!(settle.elapsed() < Duration::from_secs(600), "{addr} never reached its endpoint");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("sync-probe served {:.1}s after it was created", settle.elapsed().as_secs_f64());
+    let mut latencies = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let target = ports[(k + 1) % 2];
+        let patch = serde_json::json!({"ports": [{"name": "p", "port": target, "protocol": "TCP"}]});
+        let t0 = Instant::now();
+        slice_api.patch("sync-probe", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        while reached(addr).await != Some(target) {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "change {k} never reached the data plane");
+        }
+        latencies.push(t0.elapsed());
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "endpoint change -> new connections reach it: median {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({changes} changes)",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies[latencies.len() - 1])
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -386,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
             endpoint_latency(client, services, pods_per_service, flips, cli.concurrency).await?;
         }
         Command::Churn { pods, rate, seconds } => churn(client, pods, rate, seconds, cli.concurrency).await?,
+        Command::ProxySync { services, changes } => proxy_sync(client, services, changes, cli.concurrency).await?,
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Which data plane carries the model: userspace listeners or nftables
 //! rules (`--proxy-mode`), behind one interface for the proxy's loop.
 
+use std::time::Duration;
+
 use wharf_api::node_status::EndpointTraffic;
 
 use crate::claims::{Applied, Owner};
@@ -39,14 +41,14 @@ pub enum Forwarding {
 impl Forwarding {
     /// The data plane `mode` asks for, and why it was chosen; `Err` when
     /// nftables was asked for and cannot be used.
-    pub fn choose(mode: ProxyMode, node: &str, userspace: Dataplane) -> std::io::Result<(Self, String)> {
+    pub fn choose(mode: ProxyMode, node: &str, drain: Duration, userspace: Dataplane) -> std::io::Result<(Self, String)> {
         match mode {
             ProxyMode::Userspace => Ok((Forwarding::Userspace(userspace), "--proxy-mode userspace".into())),
-            ProxyMode::Nftables => match Nftables::start(node.to_string()) {
+            ProxyMode::Nftables => match Nftables::start(node.to_string(), drain) {
                 Ok(kernel) => Ok((Forwarding::Kernel(kernel), "--proxy-mode nftables".into())),
                 Err(e) => Err(std::io::Error::other(format!("--proxy-mode nftables: {e}"))),
             },
-            ProxyMode::Auto => match Nftables::start(node.to_string()) {
+            ProxyMode::Auto => match Nftables::start(node.to_string(), drain) {
                 Ok(kernel) => Ok((Forwarding::Kernel(kernel), "--proxy-mode auto: nftables works here".into())),
                 Err(e) => Ok((Forwarding::Userspace(userspace), format!("--proxy-mode auto: nftables cannot be used ({e})"))),
             },
@@ -72,6 +74,13 @@ impl Forwarding {
     pub fn commit(&mut self) {
         if let Forwarding::Kernel(k) = self {
             k.commit();
+        }
+    }
+
+    /// Timed work of the data plane (the kernel plane's drain deadlines).
+    pub fn tick(&mut self) {
+        if let Forwarding::Kernel(k) = self {
+            k.expire_drains();
         }
     }
 

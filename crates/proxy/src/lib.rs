@@ -337,7 +337,7 @@ pub async fn run(
         NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
     let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
     let connections = userspace.connections();
-    let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, userspace)?;
+    let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, config.limits.drain, userspace)?;
     tracing::info!(mode = dataplane.mode(), why, "service proxy data plane");
     let events = wharf_kube::events::Recorder::new(client.clone(), "wharf-proxy", config.node_name.clone());
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
@@ -364,6 +364,7 @@ pub async fn run(
             _ = token.cancelled() => break,
             Some(update) = updates.next() => update,
             _ = status_tick.tick() => {
+                state.dataplane.tick();
                 wharf_kube::node_status::offer(&status_tx, &state.status());
                 continue;
             }

@@ -2,129 +2,21 @@
 //! creates (addresses in 198.18.0.0/15 only): etcd, two API servers and
 //! three agents, then the faults a cluster must survive.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use support::net::{run, Net};
+
+/// Numbers the manifests this test writes.
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
 const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 const SERVICE_CIDR: &str = "127.96.0.0/16";
 const DNS_IP: &str = "127.96.0.10";
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-/// A network of namespaces joined by a bridge in a namespace of its own.
-struct Net {
-    prefix: String,
-    subnet: u32,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Net {
-    fn new() -> Net {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let subnet = (std::process::id() * 3 + n) % 250 + 1;
-        let prefix = format!("wh{}-{n}", std::process::id());
-        let mut net = Net {
-            prefix,
-            subnet,
-            namespaces: Vec::new(),
-            children: Vec::new(),
-            dir: tempfile::Builder::new().disable_cleanup(std::env::var_os("WHARF_KEEP_TEST_DIR").is_some()).tempdir().unwrap(),
-        };
-        let switch = net.netns("sw");
-        run("ip", &["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-        run("ip", &["-n", &switch, "link", "set", "br0", "up"]);
-        net
-    }
-
-    fn netns(&mut self, name: &str) -> String {
-        let ns = format!("{}-{name}", self.prefix);
-        run("ip", &["netns", "add", &ns]);
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        self.namespaces.push(ns.clone());
-        ns
-    }
-
-    /// A host on the bridge: its namespace and address.
-    fn host(&mut self, name: &str, octet: u32) -> (String, String) {
-        let ns = self.netns(name);
-        let switch = format!("{}-sw", self.prefix);
-        let ip = format!("198.18.{}.{octet}", self.subnet);
-        run("ip", &["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &format!("p-{name}"), "netns", &switch]);
-        run("ip", &["-n", &switch, "link", "set", &format!("p-{name}"), "master", "br0"]);
-        run("ip", &["-n", &switch, "link", "set", &format!("p-{name}"), "up"]);
-        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        (ns, ip)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Starts a program in a namespace; returns its index for `kill`.
-    fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &str) -> usize {
-        self.spawn_logging(ns, program, args, log, "warn")
-    }
-
-    fn spawn_logging(&mut self, ns: &str, program: &str, args: &[&str], log: &str, level: &str) -> usize {
-        let log = std::fs::File::create(self.path(log)).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .env("RUST_LOG", level)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    fn kill(&mut self, i: usize) {
-        let _ = self.children[i].kill();
-        let _ = self.children[i].wait();
-    }
-
-    fn output(&self, ns: &str, program: &str, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", ns, program]).args(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    fn stdout(&self, ns: &str, program: &str, args: &[&str]) -> String {
-        String::from_utf8_lossy(&self.output(ns, program, args).stdout).trim().to_string()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                    eprintln!("--- {} ---\n{}", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-                }
-            }
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
 
 fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -375,7 +267,7 @@ impl Cluster {
     }
 
     fn start(nodes: u32) -> Cluster {
-        let mut net = Net::new();
+        let mut net = Net::switched();
         let (ctrl, ctrl_ip) = net.host("ctrl", 2);
         let apis = [(String::new(), String::new()), net.host("api1", 3), net.host("api2", 4)];
         let nodes = (0..nodes).map(|i| net.host(&format!("n{i}"), 11 + i)).collect();

@@ -11,6 +11,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::net::{run, Net};
 use support::workload::{applied, pods, ready_endpoints, service, svc_field, wait_for};
 use support::{http_get, Backend, UdpBackend, Wharf};
 
@@ -142,5 +143,144 @@ fn the_table_replaces_a_stale_one_and_goes_at_shutdown() {
         w.sigterm();
         assert_eq!(w.wait_exit(Duration::from_secs(30)), Some(0));
         assert!(nft_table().is_none(), "the table outlived wharf");
+    });
+}
+
+/// A pod's server: answers each connection with its own address and the
+/// client address it saw, then closes.
+const POD_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 8080)); s.listen(64)
+while True:
+    c, peer = s.accept(); c.sendall(f"{sys.argv[1]} {peer[0]}".encode()); c.close()
+"#;
+
+/// One connection from namespace `ns` to `addr`: (pod that answered,
+/// client address the pod saw).
+fn ask_from(net: &Net, ns: &str, addr: &str) -> Option<(String, String)> {
+    let (ip, port) = addr.rsplit_once(':')?;
+    let script = "import socket,sys; c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2); print(c.recv(100).decode())";
+    let answer = net.stdout(ns, "/usr/bin/python3", &["-c", script, ip, port]);
+    let (pod, seen) = answer.split_once(' ')?;
+    Some((pod.to_string(), seen.to_string()))
+}
+
+/// A selectorless service of `spec` with both pods as its endpoints on
+/// this node.
+fn routed_service(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{name: p, port: 80}}]\n{spec}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints:\n\
+         - {{addresses: [198.18.1.11], conditions: {{ready: true}}, nodeName: test-node}}\n\
+         - {{addresses: [198.18.2.12], conditions: {{ready: true}}, nodeName: test-node}}\n\
+         ports: [{{name: p, port: 8080, protocol: TCP}}]\n"
+    )
+}
+
+#[test]
+fn pods_in_other_namespaces_reach_cluster_ips_node_ports_and_load_balancers() {
+    in_own_netns(|| {
+        // This namespace is the node: it routes between a client network
+        // (a bridge) and its pods (a routed veth each).
+        run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        run("ip", &["addr", "add", "198.19.0.10/32", "dev", "lo"]);
+        let mut net = Net::new();
+        let client = net.routed_host("client", Some("br-c"), "198.18.0.10", "198.18.0.1");
+        let mut pod_namespaces = Vec::new();
+        for (name, ip, gateway) in [("pod-a", "198.18.1.11", "198.18.1.1"), ("pod-b", "198.18.2.12", "198.18.2.1")] {
+            let ns = net.routed_host(name, None, ip, gateway);
+            net.spawn(&ns, "/usr/bin/python3", &["-c", POD_SERVER, ip], &format!("{name}.log"));
+            pod_namespaces.push(ns);
+        }
+        let w = Wharf::start(&[
+            "--proxy-mode",
+            "nftables",
+            "--service-cidr",
+            "198.19.0.0/16",
+            "--node-ip",
+            "198.18.0.1",
+            "--lb-pool",
+            "198.18.5.0/28",
+        ]);
+        applied(&w, &routed_service("web", ""));
+        applied(&w, &routed_service("np", "  type: NodePort\n"));
+        applied(&w, &routed_service("np-local", "  type: NodePort\n  externalTrafficPolicy: Local\n"));
+        applied(&w, &routed_service("lb", "  type: LoadBalancer\n"));
+        let cluster_ip = format!("{}:80", svc_field(&w, "web", ".spec.clusterIP"));
+        let node_port = |svc: &str| format!("198.18.0.1:{}", svc_field(&w, svc, ".spec.ports[0].nodePort"));
+        wait_for("the load balancer address", || !svc_field(&w, "lb", ".status.loadBalancer.ingress[0].ip").is_empty());
+        let lb = format!("{}:80", svc_field(&w, "lb", ".status.loadBalancer.ingress[0].ip"));
+        wait_for("the cluster IP rule", || ask_from(&net, &client, &cluster_ip).is_some());
+        let pods: BTreeSet<String> = ["198.18.1.11", "198.18.2.12"].map(String::from).into();
+
+        // Cluster IP: balanced, and the pod sees the client itself.
+        let answers: Vec<(String, String)> = (0..20).filter_map(|_| ask_from(&net, &client, &cluster_ip)).collect();
+        assert_eq!(answers.len(), 20);
+        assert_eq!(answers.iter().map(|(pod, _)| pod.clone()).collect::<BTreeSet<_>>(), pods);
+        assert!(answers.iter().all(|(_, seen)| seen == "198.18.0.10"), "{answers:?}");
+
+        // Node port, Cluster policy: masqueraded to the node's address.
+        let np = node_port("np");
+        wait_for("the node port rule", || ask_from(&net, &client, &np).is_some());
+        let (pod, seen) = ask_from(&net, &client, &np).expect("through the node port");
+        let node_side = if pod == "198.18.1.11" { "198.18.1.1" } else { "198.18.2.1" };
+        assert_eq!(seen, node_side, "a Cluster policy node port is masqueraded to the node's address");
+        // Local policy keeps the client's address.
+        let local = node_port("np-local");
+        wait_for("the Local node port rule", || ask_from(&net, &client, &local).is_some());
+        assert_eq!(ask_from(&net, &client, &local).expect("through the node port").1, "198.18.0.10");
+
+        // The load balancer address, balanced.
+        wait_for("the load balancer rule", || ask_from(&net, &client, &lb).is_some());
+        let reached: BTreeSet<String> = (0..20).filter_map(|_| ask_from(&net, &client, &lb)).map(|(pod, _)| pod).collect();
+        assert_eq!(reached, pods);
+
+        // A pod reaching itself through its service (hairpin) works.
+        let hairpin: Vec<(String, String)> = (0..20).filter_map(|_| ask_from(&net, &pod_namespaces[0], &cluster_ip)).collect();
+        assert_eq!(hairpin.len(), 20, "pod-a through its own service: {hairpin:?}");
+        assert!(hairpin.iter().any(|(pod, _)| pod == "198.18.1.11"), "pod-a never reached itself: {hairpin:?}");
+    });
+}
+
+/// One keep-alive request on an open connection; the backend's port.
+fn request_on(conn: &mut TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: wharf\r\n\r\n")?;
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok(text.rsplit("\r\n\r\n").next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn connections_to_a_removed_endpoint_drain_then_close() {
+    in_own_netns(|| {
+        let w = Wharf::start(&["--proxy-mode", "nftables", "--drain-timeout", "2s"]);
+        let ip = w.node_ip.clone();
+        let _backend = Backend::start(&format!("{ip}:18070"), true);
+        applied(&w, &pods("drain", &[18070], "TCP", false));
+        applied(&w, &service("drain", "", "TCP"));
+        wait_for("the endpoint", || ready_endpoints(&w, "drain") == 1);
+        let vip = format!("{}:80", svc_field(&w, "drain", ".spec.clusterIP"));
+        wait_for("the rule", || http_get(&vip).is_ok());
+        let mut open = TcpStream::connect(&vip).expect("connect");
+        open.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        assert_eq!(request_on(&mut open).expect("first request"), "18070");
+        w.kubectl_ok(&["delete", "pod", "drain-0", "--wait=false"]);
+        wait_for("the endpoint to leave the rules", || !nft_table().unwrap_or_default().contains(&format!("dnat to {ip}:18070")));
+        // Draining: the open connection goes on, new ones are refused.
+        assert_eq!(request_on(&mut open).expect("a request while draining"), "18070");
+        assert!(TcpStream::connect(&vip).is_err(), "a new connection reached an endpoint that left");
+        // After the drain timeout the connection is closed.
+        let closed = support::eventually(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(500));
+            request_on(&mut open).is_err().then_some(())
+        });
+        assert!(closed.is_some(), "the connection outlived --drain-timeout");
     });
 }

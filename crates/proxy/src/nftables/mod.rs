@@ -18,11 +18,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wharf_kube::ObjectKey;
 
 use crate::claims::{Applied, Claim, Claims, FrontendKey, Owner};
-use crate::model::ServicePort;
+use crate::model::{Protocol, ServicePort};
 use rules::{ServiceRules, Verdict, TABLE};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +48,18 @@ fn run(commands: &str) -> Result<(), NftError> {
     }
 }
 
-/// Deletes the conntrack entries of UDP flows from `frontend` to
-/// `endpoint`, so their next datagram is balanced again.
-fn forget_udp_flows((frontend, _): FrontendKey, endpoint: SocketAddr) {
+/// Deletes the conntrack entries of flows from `frontend` to `endpoint`:
+/// a UDP flow's next datagram is balanced again; a TCP connection's next
+/// segment finds no endpoint that knows it and is reset.
+fn forget_flows((frontend, protocol): FrontendKey, endpoint: SocketAddr) {
     let (f_ip, f_port, e_ip, e_port) =
         (frontend.ip().to_string(), frontend.port().to_string(), endpoint.ip().to_string(), endpoint.port().to_string());
-    let args = ["-D", "-p", "udp", "--orig-dst", &f_ip, "--orig-port-dst", &f_port, "--reply-src", &e_ip, "--reply-port-src", &e_port];
+    let proto = if protocol == Protocol::Udp { "udp" } else { "tcp" };
+    let args = ["-D", "-p", proto, "--orig-dst", &f_ip, "--orig-port-dst", &f_port, "--reply-src", &e_ip, "--reply-port-src", &e_port];
     // It exits 1 when there was no such flow, which is the common case.
     match Command::new("conntrack").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, %frontend, %endpoint, "cannot run conntrack: UDP flows to a removed endpoint keep going to it")
-        }
+        Err(e) => tracing::warn!(error = %e, %frontend, %endpoint, "cannot run conntrack: flows to a removed endpoint keep going to it"),
     }
 }
 
@@ -87,8 +88,12 @@ pub struct Nftables {
     elements: HashMap<FrontendKey, (Verdict, ObjectKey)>,
     /// Commands of the changes since the last commit.
     pending: Vec<String>,
-    /// UDP flows to forget after the next commit: (frontend, endpoint).
+    /// Flows to forget after the next commit: (frontend, endpoint).
     stale_flows: Vec<(FrontendKey, SocketAddr)>,
+    /// TCP connections to an endpoint that left, closed at their deadline
+    /// unless it came back (`--drain-timeout`; zero keeps them).
+    draining: Vec<(Instant, FrontendKey, SocketAddr)>,
+    drain: Duration,
     /// A transaction failed: the next commit rewrites the table.
     stale: bool,
 }
@@ -96,7 +101,7 @@ pub struct Nftables {
 impl Nftables {
     /// Replaces wharf's table with an empty one; fails where nftables
     /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
-    pub fn start(node: String) -> Result<Self, NftError> {
+    pub fn start(node: String, drain: Duration) -> Result<Self, NftError> {
         run(&lines(fresh_table()))?;
         Ok(Self {
             node,
@@ -105,6 +110,8 @@ impl Nftables {
             elements: HashMap::new(),
             pending: Vec::new(),
             stale_flows: Vec::new(),
+            draining: Vec::new(),
+            drain,
             stale: false,
         })
     }
@@ -156,10 +163,15 @@ impl Nftables {
         let old = self.services.remove(&owner.service).unwrap_or_default();
         let commands = self.transaction(&owner.service, &old, &new, &released);
         self.pending.extend(commands);
-        for (frontend, before) in &old.udp_targets {
-            let now = new.udp_targets.get(frontend);
-            let gone = before.iter().filter(|e| now.is_none_or(|n| !n.contains(e)));
-            self.stale_flows.extend(gone.map(|e| (*frontend, *e)));
+        for (frontend, before) in &old.targets {
+            let now = new.targets.get(frontend);
+            for gone in before.iter().filter(|e| now.is_none_or(|n| !n.contains(e))) {
+                match frontend.1 {
+                    Protocol::Udp => self.stale_flows.push((*frontend, *gone)),
+                    Protocol::Tcp if !self.drain.is_zero() => self.draining.push((Instant::now() + self.drain, *frontend, *gone)),
+                    Protocol::Tcp => {}
+                }
+            }
         }
         self.record(&owner.service, &new, &released);
         if !new.chains.is_empty() || !new.elements.is_empty() {
@@ -183,8 +195,28 @@ impl Nftables {
         }
         // After the rules: a packet in between would make the entry anew.
         for (frontend, endpoint) in std::mem::take(&mut self.stale_flows) {
-            forget_udp_flows(frontend, endpoint);
+            forget_flows(frontend, endpoint);
         }
+    }
+
+    /// Closes the TCP connections whose drain ended, to endpoints that did
+    /// not come back.
+    pub fn expire_drains(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.draining).into_iter().partition(|(at, _, _)| *at <= now);
+        self.draining = waiting;
+        for (_, frontend, endpoint) in due {
+            if !self.sends_to(&frontend, endpoint) {
+                forget_flows(frontend, endpoint);
+            }
+        }
+    }
+
+    /// Whether `frontend` balances over `endpoint` now.
+    fn sends_to(&self, frontend: &FrontendKey, endpoint: SocketAddr) -> bool {
+        let owner = self.elements.get(frontend).map(|(_, owner)| owner);
+        let targets = owner.and_then(|o| self.services.get(o)).and_then(|s| s.targets.get(frontend));
+        targets.is_some_and(|t| t.contains(&endpoint))
     }
 
     /// The commands that take the kernel from `old` to `new` for

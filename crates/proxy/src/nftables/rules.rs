@@ -62,9 +62,9 @@ pub struct ServiceRules {
     /// Affinity set name → its timeout.
     pub sets: BTreeMap<String, Duration>,
     pub elements: BTreeMap<FrontendKey, Verdict>,
-    /// The endpoints each UDP frontend may send to: flows to one that
-    /// leaves must be forgotten by conntrack, or they keep going there.
-    pub udp_targets: BTreeMap<FrontendKey, Vec<SocketAddr>>,
+    /// The endpoints each frontend sends to: conntrack keeps flows to one
+    /// that leaves going there until they are deleted.
+    pub targets: BTreeMap<FrontendKey, Vec<SocketAddr>>,
 }
 
 fn protocol(p: Protocol) -> &'static str {
@@ -154,8 +154,8 @@ pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Fron
             }
             let usable: Vec<&Endpoint> = port.usable(scope, node).into_iter().filter(|e| ipv4(&e.addr)).collect();
             let verdict = if usable.is_empty() { Verdict::Reject } else { Verdict::Serve(service_chain(&mut rules, port, scope, &usable)) };
-            for key in served.iter().filter(|(_, proto)| *proto == Protocol::Udp) {
-                rules.udp_targets.insert(*key, usable.iter().map(|e| e.addr).collect());
+            for key in &served {
+                rules.targets.insert(*key, usable.iter().map(|e| e.addr).collect());
             }
             rules.elements.extend(served.into_iter().map(|key| (key, verdict.clone())));
         }

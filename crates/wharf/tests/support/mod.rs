@@ -2,6 +2,7 @@
 //! free port and drives it with the real `kubectl` and a `kube` client.
 #![allow(dead_code)]
 
+pub mod net;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};
