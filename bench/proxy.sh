@@ -124,13 +124,13 @@ for round in $(seq "$rounds"); do
   shift_by=$((round % ${#order[@]}))
   rotated=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
   for s in "${rotated[@]}"; do
-    # Connection tracking sees every row's connections. A DNATed
-    # connection whose reply tuple equals a direct connection's entry,
-    # still in TIME_WAIT for 120 s, has its port remapped and its SYN
-    # retried a second later, because the client reuses local ports
-    # faster than the entries expire. Real clients come from many
-    # addresses, so the nftables row starts from an empty table.
-    [ "$s" = nft ] && conntrack -F >/dev/null 2>&1
+    # With wharf's nat table loaded, conntrack follows every row's
+    # connections, and the same client reuses local ports faster than
+    # TIME_WAIT entries expire (120 s). A DNATed connection whose tuple
+    # meets another row's stale entry (or a direct one meeting a DNATed
+    # one's) has its SYN retried a second later. Real clients come from
+    # many addresses, so every row starts from an empty table.
+    conntrack -F >/dev/null 2>&1 || true
     samples[$s.keep]+="$(run_wrk "http://${web[$s]}/")"$'\n'
     samples[$s.close]+="$(run_wrk -H "Connection: close" "http://${web[$s]}/")"$'\n'
     samples[$s.gbit]+="$(iperf_gbit ${perf[$s]})"$'\n'

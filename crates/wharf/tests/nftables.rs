@@ -284,3 +284,17 @@ fn connections_to_a_removed_endpoint_drain_then_close() {
         assert!(closed.is_some(), "the connection outlived --drain-timeout");
     });
 }
+
+#[test]
+fn the_seed_story_runs_on_nftables_with_no_socket_on_its_frontends() {
+    in_own_netns(|| {
+        let w = Wharf::start(&["--proxy-mode", "nftables"]);
+        let frontends = support::workload::seed_story_traffic(&w);
+        let sockets = listening();
+        for frontend in &frontends {
+            assert!(!sockets.contains(frontend.as_str()), "a socket listens on {frontend} in nftables mode:\n{sockets}");
+        }
+        let table = nft_table().expect("wharf's table");
+        assert!(frontends.iter().all(|f| table.contains(&f.replace(':', " . tcp . "))), "{frontends:?} not all in\n{table}");
+    });
+}

@@ -8,7 +8,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use support::workload::{applied, pods, ready_endpoints, service, svc_field, wait_for};
-use support::{example, http_get, Backend, UdpBackend, Wharf};
+use support::{http_get, Backend, UdpBackend, Wharf};
 
 #[test]
 fn tcp_through_a_cluster_ip_reaches_every_ready_backend() {
@@ -43,28 +43,7 @@ fn tcp_through_a_cluster_ip_reaches_every_ready_backend() {
 #[test]
 fn seed_story_end_to_end() {
     let w = Wharf::start(&[]);
-    let ip = w.node_ip.clone();
-    let _backends: Vec<Backend> = [3306, 6379, 8080, 8081].iter().map(|p| Backend::start(&format!("{ip}:{p}"), true)).collect();
-    w.kubectl_ok(&["apply", "-f", example("kolide-fleet").to_str().unwrap()]);
-    wait_for("fleet endpoints", || ready_endpoints(&w, "kolide-fleet-fleet") == 2);
-    wait_for("mysql endpoints", || ready_endpoints(&w, "kolide-fleet-mysql") == 1);
-    wait_for("redis endpoints", || ready_endpoints(&w, "kolide-fleet-redis") == 1);
-    let cluster = |svc: &str, port: u16| format!("{}:{port}", svc_field(&w, svc, ".spec.clusterIP"));
-    wait_for("mysql through its cluster IP", || http_get(&cluster("kolide-fleet-mysql", 3306)).is_ok_and(|b| b == "3306"));
-    wait_for("redis through its cluster IP", || http_get(&cluster("kolide-fleet-redis", 6379)).is_ok_and(|b| b == "6379"));
-    // The application: 443 → targetPort http, resolved per pod to 8080 and 8081.
-    let fleet = cluster("kolide-fleet-fleet", 443);
-    wait_for("fleet through its cluster IP", || http_get(&fleet).is_ok());
-    let seen: BTreeSet<String> = (0..40).map(|_| http_get(&fleet).unwrap()).collect();
-    assert_eq!(seen, ["8080", "8081"].map(String::from).into());
-    // The node port, as in `443:31525/TCP`, and the load balancer address kubectl shows.
-    let node_port = svc_field(&w, "kolide-fleet-fleet", ".spec.ports[0].nodePort");
-    wait_for("fleet through its node port", || http_get(&format!("{ip}:{node_port}")).is_ok());
-    wait_for("an EXTERNAL-IP", || !svc_field(&w, "kolide-fleet-fleet", ".status.loadBalancer.ingress[0].ip").is_empty());
-    let table = w.kubectl_ok(&["get", "svc", "kolide-fleet-fleet", "--no-headers"]);
-    let external = table.split_whitespace().nth(3).unwrap().to_string();
-    assert!(external.starts_with("127.253."), "EXTERNAL-IP should come from the pool: {table}");
-    wait_for("fleet through its load balancer", || http_get(&format!("{external}:443")).is_ok());
+    support::workload::seed_story_traffic(&w);
 }
 
 #[test]

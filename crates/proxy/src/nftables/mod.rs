@@ -13,11 +13,10 @@
 //! start per sync (see docs/BENCHMARKS.md).
 
 pub mod rules;
+pub mod writer;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wharf_kube::ObjectKey;
@@ -25,43 +24,8 @@ use wharf_kube::ObjectKey;
 use crate::claims::{Applied, Claim, Claims, FrontendKey, Owner};
 use crate::model::{Protocol, ServicePort};
 use rules::{ServiceRules, Verdict, TABLE};
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("cannot run nft: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("nft refused the transaction: {0}")]
-    Refused(String),
-}
-
-/// Runs one transaction: every command or none.
-fn run(commands: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(commands.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(String::from_utf8_lossy(&output.stderr).trim().to_string()))
-    }
-}
-
-/// Deletes the conntrack entries of flows from `frontend` to `endpoint`:
-/// a UDP flow's next datagram is balanced again; a TCP connection's next
-/// segment finds no endpoint that knows it and is reset.
-fn forget_flows((frontend, protocol): FrontendKey, endpoint: SocketAddr) {
-    let (f_ip, f_port, e_ip, e_port) =
-        (frontend.ip().to_string(), frontend.port().to_string(), endpoint.ip().to_string(), endpoint.port().to_string());
-    let proto = if protocol == Protocol::Udp { "udp" } else { "tcp" };
-    let args = ["-D", "-p", proto, "--orig-dst", &f_ip, "--orig-port-dst", &f_port, "--reply-src", &e_ip, "--reply-port-src", &e_port];
-    // It exits 1 when there was no such flow, which is the common case.
-    match Command::new("conntrack").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, %frontend, %endpoint, "cannot run conntrack: flows to a removed endpoint keep going to it"),
-    }
-}
+pub use writer::NftError;
+use writer::{run, Job, Writer};
 
 fn lines(commands: impl IntoIterator<Item = String>) -> String {
     commands.into_iter().fold(String::new(), |mut text, c| {
@@ -94,8 +58,7 @@ pub struct Nftables {
     /// unless it came back (`--drain-timeout`; zero keeps them).
     draining: Vec<(Instant, FrontendKey, SocketAddr)>,
     drain: Duration,
-    /// A transaction failed: the next commit rewrites the table.
-    stale: bool,
+    writer: Writer,
 }
 
 impl Nftables {
@@ -103,6 +66,7 @@ impl Nftables {
     /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
     pub fn start(node: String, drain: Duration) -> Result<Self, NftError> {
         run(&lines(fresh_table()))?;
+        let writer = Writer::start()?;
         Ok(Self {
             node,
             claims: Claims::default(),
@@ -112,12 +76,13 @@ impl Nftables {
             stale_flows: Vec::new(),
             draining: Vec::new(),
             drain,
-            stale: false,
+            writer,
         })
     }
 
     /// Deletes wharf's table: nothing is forwarded by the kernel any more.
     pub fn stop(&mut self) {
+        self.writer.finish();
         if let Err(e) = run(&format!("delete table ip {TABLE}\n")) {
             tracing::warn!(error = %e, "cannot delete the nftables table");
         }
@@ -180,22 +145,20 @@ impl Nftables {
         applied
     }
 
-    /// Carries out every change since the last commit as one transaction
-    /// (a burst of changes, the first full list included, is one `nft`
-    /// run); if it fails, rewrites the whole table.
+    /// Hands every change since the last commit to the writer as one
+    /// job (a burst of changes, the first full list included, is one
+    /// `nft` run, more if they queue behind a running one); after a failed
+    /// transaction, a rewrite of the whole table instead.
     pub fn commit(&mut self) {
-        let commands = std::mem::take(&mut self.pending);
-        if self.stale {
+        if self.writer.take_failure() {
+            self.pending.clear();
             self.rewrite();
-        } else if !commands.is_empty() {
-            if let Err(e) = run(&lines(commands)) {
-                tracing::warn!(error = %e, "nftables sync failed; rewriting the whole table");
-                self.rewrite();
-            }
+            return;
         }
-        // After the rules: a packet in between would make the entry anew.
-        for (frontend, endpoint) in std::mem::take(&mut self.stale_flows) {
-            forget_flows(frontend, endpoint);
+        let commands = lines(std::mem::take(&mut self.pending));
+        let forget = std::mem::take(&mut self.stale_flows);
+        if !commands.is_empty() || !forget.is_empty() {
+            self.writer.send(Job { commands, replaces_all: false, forget });
         }
     }
 
@@ -205,11 +168,12 @@ impl Nftables {
         let now = Instant::now();
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.draining).into_iter().partition(|(at, _, _)| *at <= now);
         self.draining = waiting;
-        for (_, frontend, endpoint) in due {
-            if !self.sends_to(&frontend, endpoint) {
-                forget_flows(frontend, endpoint);
-            }
+        let forget: Vec<_> = due.into_iter().filter(|(_, f, e)| !self.sends_to(f, *e)).map(|(_, f, e)| (f, e)).collect();
+        if !forget.is_empty() {
+            self.writer.send(Job { commands: String::new(), replaces_all: false, forget });
         }
+        // A failed transaction is retried here too, when no change comes.
+        self.commit();
     }
 
     /// Whether `frontend` balances over `endpoint` now.
@@ -275,7 +239,8 @@ impl Nftables {
     }
 
     /// Replaces the table with everything the proxy knows, in one
-    /// transaction; if even that fails, the next sync tries again.
+    /// transaction; if even that fails, the next commit or tick tries
+    /// again.
     fn rewrite(&mut self) {
         let t = format!("ip {TABLE}");
         let mut commands = fresh_table();
@@ -291,12 +256,7 @@ impl Nftables {
         for (key, (verdict, _)) in &self.elements {
             commands.push(format!("add element {t} {} {{ {} : {} }}", verdict.map(), rules::element_key(key), verdict.text()));
         }
-        self.stale = match run(&lines(commands)) {
-            Ok(()) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot rewrite the nftables table; trying again at the next change");
-                true
-            }
-        };
+        let forget = std::mem::take(&mut self.stale_flows);
+        self.writer.send(Job { commands: lines(commands), replaces_all: true, forget });
     }
 }
