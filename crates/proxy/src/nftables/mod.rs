@@ -1,17 +1,24 @@
 //! The kernel data plane: the proxy model as nftables rules (`rules`),
-//! kept in the kernel by `nft -f -` transactions. A sync touches only the
-//! chains, sets and map elements of the service that changed, in one
-//! atomic transaction; one that fails is followed by a rewrite of the
-//! whole table from what the proxy knows, so the kernel never stays out of
-//! step. Starting replaces a table left by a crash; stopping deletes it.
+//! kept in the kernel by netlink transactions (`ops` → `encode` →
+//! `netlink`, run by `writer`). A sync touches only the chains, sets and
+//! map elements of the service that changed, in one atomic transaction;
+//! one that fails is followed by a rewrite of the whole table from what
+//! the proxy knows, so the kernel never stays out of step. Starting
+//! replaces a table left by a crash; stopping deletes it.
 //!
-//! Why the `nft` binary and not netlink from Rust: its JSON and text
-//! front ends are the interface nftables keeps stable, one process per
-//! sync batches any number of changes into one transaction, and the
-//! Rust netlink crates for nf_tables do not cover verdict maps with
-//! concatenated keys, `numgen` and dynamic sets. The cost is one process
-//! start per sync (see docs/BENCHMARKS.md).
+//! Why netlink written here and not the `nft` binary or a crate: `nft`
+//! reads the whole table into its cache before any command, 33 ms at
+//! 10,000 services, so a one-endpoint change cost what the table holds;
+//! a netlink batch carries only the change. The Rust nf_tables crates do
+//! not cover what these rules need (`numgen`, dynamic sets; rustables is
+//! also GPL-3.0, nftnl needs the C libnftnl), and the rules are a dozen
+//! fixed shapes, so `encode` writes those and nothing more.
 
+mod encode;
+#[cfg(test)]
+mod kernel_tests;
+mod netlink;
+pub mod ops;
 pub mod rules;
 pub mod writer;
 
@@ -23,24 +30,17 @@ use wharf_kube::ObjectKey;
 
 use crate::claims::{Applied, Claim, Claims, FrontendKey, Owner};
 use crate::model::{Protocol, ServicePort};
-use rules::{ServiceRules, Verdict, TABLE};
+use ops::Op;
+use rules::{ServiceRules, Verdict};
 pub use writer::NftError;
-use writer::{run, Job, Writer};
+use writer::{run_once, Job, Writer};
 
-fn lines(commands: impl IntoIterator<Item = String>) -> String {
-    commands.into_iter().fold(String::new(), |mut text, c| {
-        text.push_str(&c);
-        text.push('\n');
-        text
-    })
-}
-
-/// The commands that replace the table with an empty one (a stale table
+/// The operations that replace the table with an empty one (a stale table
 /// from a crash goes with the same transaction).
-fn fresh_table() -> Vec<String> {
-    let mut commands = vec![format!("add table ip {TABLE}"), format!("delete table ip {TABLE}")];
-    commands.extend(rules::base());
-    commands
+fn fresh_table() -> Vec<Op> {
+    let mut ops = vec![Op::AddTable, Op::DeleteTable];
+    ops.extend(rules::base());
+    ops
 }
 
 pub struct Nftables {
@@ -50,8 +50,8 @@ pub struct Nftables {
     services: HashMap<ObjectKey, ServiceRules>,
     /// The map element of each frontend, and the service that set it.
     elements: HashMap<FrontendKey, (Verdict, ObjectKey)>,
-    /// Commands of the changes since the last commit.
-    pending: Vec<String>,
+    /// Operations of the changes since the last commit.
+    pending: Vec<Op>,
     /// Flows to forget after the next commit: (frontend, endpoint).
     stale_flows: Vec<(FrontendKey, SocketAddr)>,
     /// TCP connections to an endpoint that left, closed at their deadline
@@ -65,8 +65,8 @@ impl Nftables {
     /// Replaces wharf's table with an empty one; fails where nftables
     /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
     pub fn start(node: String, drain: Duration) -> Result<Self, NftError> {
-        run(&lines(fresh_table()))?;
-        let writer = Writer::start()?;
+        run_once(&fresh_table())?;
+        let writer = Writer::start().map_err(|e| NftError::Netlink(e.into()))?;
         Ok(Self {
             node,
             claims: Claims::default(),
@@ -83,7 +83,7 @@ impl Nftables {
     /// Deletes wharf's table: nothing is forwarded by the kernel any more.
     pub fn stop(&mut self) {
         self.writer.finish();
-        if let Err(e) = run(&format!("delete table ip {TABLE}\n")) {
+        if let Err(e) = run_once(&[Op::DeleteTable]) {
             tracing::warn!(error = %e, "cannot delete the nftables table");
         }
         self.claims.clear();
@@ -147,7 +147,7 @@ impl Nftables {
 
     /// Hands every change since the last commit to the writer as one
     /// job (a burst of changes, the first full list included, is one
-    /// `nft` run, more if they queue behind a running one); after a failed
+    /// transaction, more if they queue behind a running one); after a failed
     /// transaction, a rewrite of the whole table instead.
     pub fn commit(&mut self) {
         if self.writer.take_failure() {
@@ -155,10 +155,10 @@ impl Nftables {
             self.rewrite();
             return;
         }
-        let commands = lines(std::mem::take(&mut self.pending));
+        let ops = std::mem::take(&mut self.pending);
         let forget = std::mem::take(&mut self.stale_flows);
-        if !commands.is_empty() || !forget.is_empty() {
-            self.writer.send(Job { commands, replaces_all: false, forget });
+        if !ops.is_empty() || !forget.is_empty() {
+            self.writer.send(Job { ops, replaces_all: false, forget });
         }
     }
 
@@ -170,7 +170,7 @@ impl Nftables {
         self.draining = waiting;
         let forget: Vec<_> = due.into_iter().filter(|(_, f, e)| !self.sends_to(f, *e)).map(|(_, f, e)| (f, e)).collect();
         if !forget.is_empty() {
-            self.writer.send(Job { commands: String::new(), replaces_all: false, forget });
+            self.writer.send(Job { ops: Vec::new(), replaces_all: false, forget });
         }
         // A failed transaction is retried here too, when no change comes.
         self.commit();
@@ -183,16 +183,15 @@ impl Nftables {
         targets.is_some_and(|t| t.contains(&endpoint))
     }
 
-    /// The commands that take the kernel from `old` to `new` for
+    /// The operations that take the kernel from `old` to `new` for
     /// `service`: chains flushed before anything they point to goes.
-    fn transaction(&self, service: &ObjectKey, old: &ServiceRules, new: &ServiceRules, released: &[FrontendKey]) -> Vec<String> {
-        let t = format!("ip {TABLE}");
-        let mut commands = Vec::new();
+    fn transaction(&self, service: &ObjectKey, old: &ServiceRules, new: &ServiceRules, released: &[FrontendKey]) -> Vec<Op> {
+        let mut ops = Vec::new();
         let chains: BTreeSet<&String> = old.chains.keys().chain(new.chains.keys()).collect();
-        let changed_chains: Vec<&&String> = chains.iter().filter(|c| old.chains.get(**c) != new.chains.get(**c)).collect();
+        let changed_chains: Vec<&String> = chains.into_iter().filter(|c| old.chains.get(*c) != new.chains.get(*c)).collect();
         for chain in &changed_chains {
-            commands.push(format!("add chain {t} {chain}"));
-            commands.push(format!("flush chain {t} {chain}"));
+            ops.push(Op::AddChain { name: (*chain).clone(), base: None });
+            ops.push(Op::FlushChain((*chain).clone()));
         }
         let mut additions = Vec::new();
         let keys: BTreeSet<&FrontendKey> = old.elements.keys().chain(new.elements.keys()).chain(released).collect();
@@ -205,29 +204,27 @@ impl Nftables {
             if let Some((verdict, setter)) = current {
                 // Another service's element stays unless this one replaces it.
                 if setter == service || desired.is_some() {
-                    commands.push(format!("delete element {t} {} {{ {} }}", verdict.map(), rules::element_key(key)));
+                    ops.push(Op::DeleteElement { map: verdict.map(), key: *key });
                 }
             }
             if let Some(verdict) = desired {
-                additions.push(format!("add element {t} {} {{ {} : {} }}", verdict.map(), rules::element_key(key), verdict.text()));
+                additions.push(Op::AddElement { key: *key, verdict: verdict.clone() });
             }
         }
         for chain in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
-            commands.push(format!("delete chain {t} {chain}"));
+            ops.push(Op::DeleteChain(chain.clone()));
         }
         for set in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
-            commands.push(format!("delete set {t} {set}"));
+            ops.push(Op::DeleteSet(set.clone()));
         }
         for (set, timeout) in new.sets.iter().filter(|(s, _)| !old.sets.contains_key(*s)) {
-            commands.push(rules::add_set(set, *timeout));
+            ops.push(Op::AddSet { name: set.clone(), timeout: *timeout });
         }
-        for chain in changed_chains.iter().filter(|c| new.chains.contains_key(***c)) {
-            for rule in &new.chains[**chain] {
-                commands.push(format!("add rule {t} {chain} {rule}"));
-            }
+        for chain in changed_chains.into_iter().filter(|c| new.chains.contains_key(*c)) {
+            ops.extend(new.chains[chain].iter().map(|rule| Op::AddRule { chain: chain.clone(), rule: rule.clone() }));
         }
-        commands.extend(additions);
-        commands
+        ops.extend(additions);
+        ops
     }
 
     /// Remembers which map elements `service` now sets.
@@ -242,21 +239,20 @@ impl Nftables {
     /// transaction; if even that fails, the next commit or tick tries
     /// again.
     fn rewrite(&mut self) {
-        let t = format!("ip {TABLE}");
-        let mut commands = fresh_table();
+        let mut ops = fresh_table();
         for rules in self.services.values() {
-            commands.extend(rules.sets.iter().map(|(set, timeout)| rules::add_set(set, *timeout)));
-            commands.extend(rules.chains.keys().map(|chain| format!("add chain {t} {chain}")));
+            ops.extend(rules.sets.iter().map(|(set, timeout)| Op::AddSet { name: set.clone(), timeout: *timeout }));
+            ops.extend(rules.chains.keys().map(|chain| Op::AddChain { name: chain.clone(), base: None }));
         }
         for rules in self.services.values() {
             for (chain, body) in &rules.chains {
-                commands.extend(body.iter().map(|rule| format!("add rule {t} {chain} {rule}")));
+                ops.extend(body.iter().map(|rule| Op::AddRule { chain: chain.clone(), rule: rule.clone() }));
             }
         }
         for (key, (verdict, _)) in &self.elements {
-            commands.push(format!("add element {t} {} {{ {} : {} }}", verdict.map(), rules::element_key(key), verdict.text()));
+            ops.push(Op::AddElement { key: *key, verdict: verdict.clone() });
         }
         let forget = std::mem::take(&mut self.stale_flows);
-        self.writer.send(Job { commands: lines(commands), replaces_all: true, forget });
+        self.writer.send(Job { ops, replaces_all: true, forget });
     }
 }

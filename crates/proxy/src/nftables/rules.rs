@@ -11,23 +11,24 @@
 //! namespaces and hosts).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::claims::FrontendKey;
 use crate::model::{Endpoint, Frontend, Protocol, Scope, ServicePort};
+use crate::nftables::ops::{BaseChain, Op};
 
 pub const TABLE: &str = "wharf";
 pub const SERVICE_IPS: &str = "service-ips";
 pub const NO_ENDPOINTS: &str = "no-endpoint-services";
-const REJECT_CHAIN: &str = "reject-chain";
+pub const REJECT_CHAIN: &str = "reject-chain";
 /// The packet mark bit that asks `nat-postrouting` to masquerade.
-const MASQUERADE_BIT: u32 = 0x8000;
+pub const MASQUERADE_BIT: u32 = 0x8000;
 /// nftables' own limit on chain and set names is 256 bytes.
 const NAME_LIMIT: usize = 200;
 /// Clients remembered per endpoint for ClientIP affinity.
-pub const AFFINITY_ENTRIES: usize = 65_535;
+pub const AFFINITY_ENTRIES: u32 = 65_535;
 
 /// Where a frontend's packets go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,10 +47,75 @@ impl Verdict {
         }
     }
 
-    pub fn text(&self) -> String {
+    /// The chain the verdict goes to.
+    pub fn chain(&self) -> &str {
         match self {
-            Verdict::Serve(chain) => format!("goto {chain}"),
-            Verdict::Reject => format!("goto {REJECT_CHAIN}"),
+            Verdict::Serve(chain) => chain,
+            Verdict::Reject => REJECT_CHAIN,
+        }
+    }
+}
+
+/// One rule of wharf's table: the few shapes it is made of. `Display`
+/// writes each as `nft list` shows it; `encode` writes it for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// `ip daddr . meta l4proto . th dport vmap @MAP`
+    Dispatch(&'static str),
+    /// `jump CHAIN`
+    Jump(String),
+    /// `ct state new jump CHAIN`
+    JumpIfNew(String),
+    /// `goto CHAIN`
+    Goto(String),
+    /// `meta mark & BIT == BIT meta mark set meta mark ^ BIT masquerade fully-random`
+    MasqueradeMarked,
+    /// `reject with tcp reset` (TCP only)
+    RejectTcp,
+    /// `reject` (ICMP port unreachable)
+    Reject,
+    /// `fib saddr type != local meta mark set meta mark | BIT`: a client
+    /// from elsewhere, whose reply must come back through this node.
+    MarkRemote,
+    /// `ip saddr ADDR meta mark set meta mark | BIT`: an endpoint reaching
+    /// itself through its service (hairpin).
+    MarkHairpin(Ipv4Addr),
+    /// `ip saddr @SET goto CHAIN`
+    Sticky { set: String, chain: String },
+    /// `update @SET { ip saddr }`
+    Remember(String),
+    /// `meta l4proto PROTO dnat to ADDR`
+    Dnat(Protocol, SocketAddrV4),
+    /// `numgen random mod N vmap { 0 : goto A, 1 : goto B, ... }`
+    Spread(Vec<String>),
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = MASQUERADE_BIT;
+        match self {
+            Rule::Dispatch(map) => write!(f, "ip daddr . meta l4proto . th dport vmap @{map}"),
+            Rule::Jump(chain) => write!(f, "jump {chain}"),
+            Rule::JumpIfNew(chain) => write!(f, "ct state new jump {chain}"),
+            Rule::Goto(chain) => write!(f, "goto {chain}"),
+            Rule::MasqueradeMarked => {
+                write!(f, "meta mark & {bit:#010x} == {bit:#010x} meta mark set meta mark ^ {bit:#010x} masquerade fully-random")
+            }
+            Rule::RejectTcp => write!(f, "reject with tcp reset"),
+            Rule::Reject => write!(f, "reject"),
+            Rule::MarkRemote => write!(f, "fib saddr type != local meta mark set meta mark | {bit:#010x}"),
+            Rule::MarkHairpin(ip) => write!(f, "ip saddr {ip} meta mark set meta mark | {bit:#010x}"),
+            Rule::Sticky { set, chain } => write!(f, "ip saddr @{set} goto {chain}"),
+            Rule::Remember(set) => write!(f, "update @{set} {{ ip saddr }}"),
+            Rule::Dnat(protocol, to) => write!(f, "meta l4proto {} dnat to {to}", protocol_name(*protocol)),
+            Rule::Spread(chains) => {
+                write!(f, "numgen random mod {} vmap {{ ", chains.len())?;
+                for (i, chain) in chains.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{i} : goto {chain}")?;
+                }
+                write!(f, " }}")
+            }
         }
     }
 }
@@ -58,7 +124,7 @@ impl Verdict {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceRules {
     /// Chain name → its rules.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: BTreeMap<String, Vec<Rule>>,
     /// Affinity set name → its timeout.
     pub sets: BTreeMap<String, Duration>,
     pub elements: BTreeMap<FrontendKey, Verdict>,
@@ -67,16 +133,11 @@ pub struct ServiceRules {
     pub targets: BTreeMap<FrontendKey, Vec<SocketAddr>>,
 }
 
-fn protocol(p: Protocol) -> &'static str {
+pub fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     }
-}
-
-/// A map key: `ip . proto . port`.
-pub fn element_key((addr, proto): &FrontendKey) -> String {
-    format!("{} . {} . {}", addr.ip(), protocol(*proto), addr.port())
 }
 
 /// FNV-1a: names must be the same for the same object in every run.
@@ -102,37 +163,38 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
-/// The commands that make the table with its hooks and maps, empty of
+fn rule(chain: &str, rule: Rule) -> Op {
+    Op::AddRule { chain: chain.to_string(), rule }
+}
+
+/// The operations that make the table with its hooks and maps, empty of
 /// services.
-pub fn base() -> Vec<String> {
-    let t = format!("ip {TABLE}");
-    let key = "type ipv4_addr . inet_proto . inet_service : verdict ;";
+pub fn base() -> Vec<Op> {
     let mut out = vec![
-        format!("add table {t}"),
-        format!("add map {t} {SERVICE_IPS} {{ {key} }}"),
-        format!("add map {t} {NO_ENDPOINTS} {{ {key} }}"),
-        format!("add chain {t} services"),
-        format!("add rule {t} services ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
-        format!("add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}"),
-        format!(
-            "add rule {t} nat-postrouting meta mark & {MASQUERADE_BIT:#x} == {MASQUERADE_BIT:#x} \
-             meta mark set meta mark xor {MASQUERADE_BIT:#x} masquerade fully-random"
-        ),
-        format!("add chain {t} {REJECT_CHAIN}"),
-        format!("add rule {t} {REJECT_CHAIN} meta l4proto tcp reject with tcp reset"),
-        format!("add rule {t} {REJECT_CHAIN} reject"),
-        format!("add chain {t} endpoints-check"),
-        format!("add rule {t} endpoints-check ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINTS}"),
+        Op::AddTable,
+        Op::AddMap(SERVICE_IPS),
+        Op::AddMap(NO_ENDPOINTS),
+        Op::AddChain { name: "services".into(), base: None },
+        rule("services", Rule::Dispatch(SERVICE_IPS)),
+        Op::AddChain { name: "nat-postrouting".into(), base: Some(BaseChain::NatPostrouting) },
+        rule("nat-postrouting", Rule::MasqueradeMarked),
+        Op::AddChain { name: REJECT_CHAIN.into(), base: None },
+        rule(REJECT_CHAIN, Rule::RejectTcp),
+        rule(REJECT_CHAIN, Rule::Reject),
+        Op::AddChain { name: "endpoints-check".into(), base: None },
+        rule("endpoints-check", Rule::Dispatch(NO_ENDPOINTS)),
     ];
     // DNAT at dstnat priority; the reject check before it (-110), on the
     // destination the client asked for.
-    for (hook, chain) in [("output", "nat-output"), ("prerouting", "nat-prerouting")] {
-        out.push(format!("add chain {t} {chain} {{ type nat hook {hook} priority -100 ; policy accept ; }}"));
-        out.push(format!("add rule {t} {chain} jump services"));
+    for (base, chain) in [(BaseChain::NatOutput, "nat-output"), (BaseChain::NatPrerouting, "nat-prerouting")] {
+        out.push(Op::AddChain { name: chain.into(), base: Some(base) });
+        out.push(rule(chain, Rule::Jump("services".into())));
     }
-    for (hook, chain) in [("input", "filter-input"), ("forward", "filter-forward"), ("output", "filter-output")] {
-        out.push(format!("add chain {t} {chain} {{ type filter hook {hook} priority -110 ; policy accept ; }}"));
-        out.push(format!("add rule {t} {chain} ct state new jump endpoints-check"));
+    for (base, chain) in
+        [(BaseChain::FilterInput, "filter-input"), (BaseChain::FilterForward, "filter-forward"), (BaseChain::FilterOutput, "filter-output")]
+    {
+        out.push(Op::AddChain { name: chain.into(), base: Some(base) });
+        out.push(rule(chain, Rule::JumpIfNew("endpoints-check".into())));
     }
     out
 }
@@ -152,10 +214,17 @@ pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Fron
             if served.is_empty() {
                 continue;
             }
-            let usable: Vec<&Endpoint> = port.usable(scope, node).into_iter().filter(|e| ipv4(&e.addr)).collect();
+            let usable: Vec<(&Endpoint, SocketAddrV4)> = port
+                .usable(scope, node)
+                .into_iter()
+                .filter_map(|e| match e.addr {
+                    SocketAddr::V4(v4) => Some((e, v4)),
+                    SocketAddr::V6(_) => None,
+                })
+                .collect();
             let verdict = if usable.is_empty() { Verdict::Reject } else { Verdict::Serve(service_chain(&mut rules, port, scope, &usable)) };
             for key in &served {
-                rules.targets.insert(*key, usable.iter().map(|e| e.addr).collect());
+                rules.targets.insert(*key, usable.iter().map(|(e, _)| e.addr).collect());
             }
             rules.elements.extend(served.into_iter().map(|key| (key, verdict.clone())));
         }
@@ -164,57 +233,41 @@ pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Fron
 }
 
 /// Adds the chain of one port and scope and its endpoints' chains.
-fn service_chain(rules: &mut ServiceRules, port: &ServicePort, scope: Scope, usable: &[&Endpoint]) -> String {
-    let protocol = protocol(port.frontends.first().map_or(Protocol::Tcp, |f| f.protocol));
-    let identity = format!("{}/{}/{protocol}", port.name, scope_name(scope));
+fn service_chain(rules: &mut ServiceRules, port: &ServicePort, scope: Scope, usable: &[(&Endpoint, SocketAddrV4)]) -> String {
+    let protocol = port.frontends.first().map_or(Protocol::Tcp, |f| f.protocol);
+    let proto = protocol_name(protocol);
+    let identity = format!("{}/{}/{proto}", port.name, scope_name(scope));
     let chain = object_name("svc", &identity);
     let mut body = Vec::new();
     if scope == Scope::External && !port.external_local {
         // Traffic from elsewhere goes out with this node's address, so the
         // reply comes back through it; a Local policy keeps the client's.
-        body.push(format!("fib saddr type != local meta mark set meta mark or {MASQUERADE_BIT:#x}"));
+        body.push(Rule::MarkRemote);
     }
     let mut targets = Vec::new();
-    for endpoint in usable {
-        let ep_identity = format!("{}/{protocol}__{}", port.name, endpoint.addr);
+    for (endpoint, to) in usable {
+        let ep_identity = format!("{}/{proto}__{}", port.name, endpoint.addr);
         let ep_chain = object_name("ep", &ep_identity);
         let mut ep_body = Vec::new();
-        let ip = endpoint.addr.ip();
-        if !ip.is_loopback() {
-            // Hairpin: an endpoint reaching itself through the service.
-            ep_body.push(format!("ip saddr {ip} meta mark set meta mark or {MASQUERADE_BIT:#x}"));
+        if !to.ip().is_loopback() {
+            ep_body.push(Rule::MarkHairpin(*to.ip()));
         }
         if let Some(timeout) = port.affinity {
             let set = object_name("aff", &format!("{ep_identity}/{}s", timeout.as_secs()));
-            body.push(format!("ip saddr @{set} goto {ep_chain}"));
-            ep_body.push(format!("update @{set} {{ ip saddr }}"));
+            body.push(Rule::Sticky { set: set.clone(), chain: ep_chain.clone() });
+            ep_body.push(Rule::Remember(set.clone()));
             rules.sets.insert(set, timeout);
         }
-        ep_body.push(format!("meta l4proto {protocol} dnat to {}", endpoint.addr));
+        ep_body.push(Rule::Dnat(protocol, *to));
         rules.chains.insert(ep_chain.clone(), ep_body);
         targets.push(ep_chain);
     }
-    match targets.as_slice() {
-        [only] => body.push(format!("goto {only}")),
-        _ => {
-            let mut vmap = String::new();
-            for (i, target) in targets.iter().enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
-                let _ = write!(vmap, "{sep}{i} : goto {target}");
-            }
-            body.push(format!("numgen random mod {} vmap {{ {vmap} }}", targets.len()));
-        }
+    match <[String; 1]>::try_from(targets) {
+        Ok([only]) => body.push(Rule::Goto(only)),
+        Err(targets) => body.push(Rule::Spread(targets)),
     }
     rules.chains.insert(chain.clone(), body);
     chain
-}
-
-/// The command that makes an affinity set.
-pub fn add_set(name: &str, timeout: Duration) -> String {
-    format!(
-        "add set ip {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ; size {AFFINITY_ENTRIES} ; timeout {}s ; }}",
-        timeout.as_secs().max(1)
-    )
 }
 
 #[cfg(test)]
@@ -257,14 +310,15 @@ mod tests {
         assert!(chain.starts_with("svc-") && chain.ends_with("-default/web_http/int/tcp"), "{chain}");
         let body = &rules.chains[chain];
         assert_eq!(body.len(), 1);
-        assert!(body[0].starts_with("numgen random mod 2 vmap { 0 : goto ep-"), "{body:?}");
+        assert!(body[0].to_string().starts_with("numgen random mod 2 vmap { 0 : goto ep-"), "{body:?}");
         // Endpoint chains are shared by both scopes: 2 of them, and a
         // service chain per scope.
         assert_eq!(rules.chains.len(), 4);
         let remote = rules.chains.iter().find(|(n, _)| n.ends_with("198.18.1.2_8080")).unwrap().1;
-        assert_eq!(remote, &["ip saddr 198.18.1.2 meta mark set meta mark or 0x8000", "meta l4proto tcp dnat to 198.18.1.2:8080"]);
+        let remote: Vec<String> = remote.iter().map(Rule::to_string).collect();
+        assert_eq!(remote, ["ip saddr 198.18.1.2 meta mark set meta mark | 0x00008000", "meta l4proto tcp dnat to 198.18.1.2:8080"]);
         let ext = rules.chains.iter().find(|(n, _)| n.ends_with("/ext/tcp")).unwrap().1;
-        assert!(ext[0].starts_with("fib saddr type != local meta mark set"), "{ext:?}");
+        assert_eq!(ext[0], Rule::MarkRemote);
     }
 
     #[test]
@@ -289,9 +343,9 @@ mod tests {
         let (set, timeout) = rules.sets.iter().next().unwrap();
         assert_eq!(*timeout, Duration::from_secs(60));
         let svc = rules.chains.iter().find(|(n, _)| n.starts_with("svc-")).unwrap().1;
-        assert!(svc[0].starts_with(&format!("ip saddr @{set} goto ep-")), "{svc:?}");
+        assert!(svc[0].to_string().starts_with(&format!("ip saddr @{set} goto ep-")), "{svc:?}");
         let ep = rules.chains.iter().find(|(n, _)| n.starts_with("ep-")).unwrap().1;
-        assert_eq!(ep[0], format!("update @{set} {{ ip saddr }}"));
+        assert_eq!(ep[0], Rule::Remember(set.clone()));
     }
 
     #[test]

@@ -1,11 +1,10 @@
-//! The kernel writer: `nft` transactions and conntrack deletions run on a
-//! thread of their own, one after another, so the proxy goes on taking
+//! The kernel writer: netlink transactions and conntrack deletions run on
+//! a thread of their own, one after another, so the proxy goes on taking
 //! watch events while one runs; whatever queued meanwhile is one
 //! transaction. The queue holds at most what the proxy produced during one
-//! `nft` run. A failed transaction is reported through `take_failure`,
+//! transaction. A failed transaction is reported through `take_failure`,
 //! and the proxy answers it with a rewrite of the whole table.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,27 +12,38 @@ use std::sync::{mpsc, Arc};
 
 use crate::claims::FrontendKey;
 use crate::model::Protocol;
+use crate::nftables::encode;
+use crate::nftables::netlink::{Batch, NetlinkError, Socket};
+use crate::nftables::ops::Op;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("cannot run nft: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("nft refused the transaction: {0}")]
-    Refused(String),
+    #[error("nf_tables over netlink: {0}")]
+    Netlink(NetlinkError),
+    #[error("the kernel refused `{op}`: {error}")]
+    Refused { op: String, error: NetlinkError },
 }
 
-/// Runs one transaction: every command or none.
-pub fn run(commands: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(commands.as_bytes())?;
+/// Runs one transaction: every operation or none.
+pub fn run(socket: &mut Socket, ops: &[Op]) -> Result<(), NftError> {
+    let mut batch = Batch::default();
+    let owners = encode::ops(&mut batch, ops);
+    match socket.send(batch) {
+        Ok(()) => Ok(()),
+        Err(error @ NetlinkError::Refused { index, .. }) => {
+            // Message n (from 1) is owners[n - 1]; 0 is the batch itself.
+            let op =
+                index.checked_sub(1).and_then(|i| owners.get(i)).map_or_else(|| "the transaction".to_string(), |&i| ops[i].to_string());
+            Err(NftError::Refused { op, error })
+        }
+        Err(e) => Err(NftError::Netlink(e)),
     }
-    let output = child.wait_with_output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(String::from_utf8_lossy(&output.stderr).trim().to_string()))
-    }
+}
+
+/// Runs one transaction on a socket of its own.
+pub fn run_once(ops: &[Op]) -> Result<(), NftError> {
+    let mut socket = Socket::open().map_err(|e| NftError::Netlink(e.into()))?;
+    run(&mut socket, ops)
 }
 
 /// Deletes the conntrack entries of flows from `frontend` to `endpoint`:
@@ -53,11 +63,11 @@ pub fn forget_flows((frontend, protocol): FrontendKey, endpoint: SocketAddr) {
 
 /// One sync for the kernel.
 pub struct Job {
-    /// `nft` commands, one per line (may be empty).
-    pub commands: String,
-    /// The commands rebuild the whole table: earlier queued jobs are moot.
+    /// Operations, in order (may be none).
+    pub ops: Vec<Op>,
+    /// The operations rebuild the whole table: earlier queued jobs are moot.
     pub replaces_all: bool,
-    /// Flows to delete from conntrack once the commands are in.
+    /// Flows to delete from conntrack once the operations are in.
     pub forget: Vec<(FrontendKey, SocketAddr)>,
 }
 
@@ -69,10 +79,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn start() -> std::io::Result<Writer> {
+        let socket = Socket::open()?;
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
-        let thread = std::thread::Builder::new().name("wharf-nft".into()).spawn(move || write_jobs(rx, &flag))?;
+        let thread = std::thread::Builder::new().name("wharf-nft".into()).spawn(move || write_jobs(socket, rx, &flag))?;
         Ok(Writer { jobs: Some(tx), thread: Some(thread), failed })
     }
 
@@ -97,11 +108,11 @@ impl Writer {
     }
 }
 
-fn write_jobs(jobs: mpsc::Receiver<Job>, failed: &AtomicBool) {
+fn write_jobs(mut socket: Socket, jobs: mpsc::Receiver<Job>, failed: &AtomicBool) {
     while let Ok(first) = jobs.recv() {
-        let (commands, forget) = coalesce(std::iter::once(first).chain(jobs.try_iter()).collect());
-        if !commands.is_empty() {
-            if let Err(e) = run(&commands) {
+        let (ops, forget) = coalesce(std::iter::once(first).chain(jobs.try_iter()).collect());
+        if !ops.is_empty() {
+            if let Err(e) = run(&mut socket, &ops) {
                 tracing::warn!(error = %e, "nftables sync failed; the table will be rewritten");
                 failed.store(true, Ordering::SeqCst);
                 continue;
@@ -115,30 +126,39 @@ fn write_jobs(jobs: mpsc::Receiver<Job>, failed: &AtomicBool) {
 
 /// Queued jobs as one transaction and the flows to forget after it;
 /// what a later rewrite replaces is left out.
-fn coalesce(mut batch: Vec<Job>) -> (String, Vec<(FrontendKey, SocketAddr)>) {
+fn coalesce(mut batch: Vec<Job>) -> (Vec<Op>, Vec<(FrontendKey, SocketAddr)>) {
     if let Some(last) = batch.iter().rposition(|j| j.replaces_all) {
         batch.drain(..last);
     }
-    let commands = batch.iter().map(|j| j.commands.as_str()).collect();
-    (commands, batch.into_iter().flat_map(|j| j.forget).collect())
+    let mut ops = Vec::new();
+    let mut forget = Vec::new();
+    for job in batch {
+        ops.extend(job.ops);
+        forget.extend(job.forget);
+    }
+    (ops, forget)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job(commands: &str, replaces_all: bool) -> Job {
-        Job { commands: commands.into(), replaces_all, forget: Vec::new() }
+    fn job(chain: &str, replaces_all: bool) -> Job {
+        Job { ops: vec![Op::FlushChain(chain.into())], replaces_all, forget: Vec::new() }
+    }
+
+    fn chains(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(|op| op.to_string().rsplit(' ').next().unwrap_or_default().to_string()).collect()
     }
 
     #[test]
     fn queued_jobs_run_as_one_transaction_from_the_last_rewrite_on() {
-        let (commands, _) = coalesce(vec![job("a\n", false), job("b\n", false)]);
-        assert_eq!(commands, "a\nb\n");
+        let (ops, _) = coalesce(vec![job("a", false), job("b", false)]);
+        assert_eq!(chains(&ops), ["a", "b"]);
         let flow = (("127.96.0.5:53".parse().unwrap(), Protocol::Udp), "127.0.0.2:53".parse().unwrap());
-        let mut with_flow = job("c\n", false);
+        let mut with_flow = job("c", false);
         with_flow.forget.push(flow);
-        let (commands, forget) = coalesce(vec![job("a\n", false), job("all\n", true), with_flow, job("d\n", false)]);
-        assert_eq!((commands.as_str(), forget), ("all\nc\nd\n", vec![flow]));
+        let (ops, forget) = coalesce(vec![job("a", false), job("all", true), with_flow, job("d", false)]);
+        assert_eq!((chains(&ops), forget), (vec!["all".to_string(), "c".into(), "d".into()], vec![flow]));
     }
 }

@@ -1,0 +1,398 @@
+//! nf_tables batches over a `NETLINK_NETFILTER` socket: the message and
+//! attribute framing, and one send with its answers read back. Knows
+//! nothing of rules (`encode` does).
+//!
+//! The kernel runs a batch inside the `sendmsg` call that carries it, so
+//! every answer is queued on the socket when the call returns; it answers
+//! only failures and the one message that asks for an acknowledgement
+//! (the last), so a batch of any size costs one read on success.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+/// Header of a netlink message, then of an nfnetlink one.
+const NLMSG_HDRLEN: usize = 16;
+#[cfg(test)]
+const NFGENMSG_LEN: usize = 4;
+/// Where answers are read into: an error with its text is under 1 KiB.
+const ANSWER_BUFFER: usize = 64 * 1024;
+
+/// Why a batch did not go in.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] io::Error),
+    /// The kernel refused message `index` of the batch (0 = the batch
+    /// itself, e.g. its commit).
+    #[error("{error}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
+    Refused { index: usize, error: io::Error, text: Option<String> },
+    #[error("the kernel did not acknowledge the batch")]
+    Unanswered,
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// A batch of nf_tables messages being written: messages hold attributes,
+/// attributes may nest.
+pub struct Batch {
+    buf: Vec<u8>,
+    /// Start of the message being written.
+    message: usize,
+    /// Messages so far (after the batch begin).
+    count: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        let mut batch = Batch { buf: Vec::with_capacity(4096), message: 0, count: 0 };
+        batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        batch.close_message();
+        batch
+    }
+}
+
+impl Batch {
+    /// Messages in the batch, not counting its begin and end.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Starts an nf_tables message (`NFT_MSG_*`) of `family` with
+    /// `flags` besides NLM_F_REQUEST; its sequence number is its index.
+    pub fn message(&mut self, kind: u16, flags: u16, family: u8) {
+        self.count += 1;
+        let seq = self.count as u32;
+        self.header((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, seq, family, 0);
+    }
+
+    fn header(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+        self.message = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]); // length, written when closed
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        self.buf.extend_from_slice(&[family, 0]); // nfgenmsg: family, NFNETLINK_V0
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+    }
+
+    /// Writes the length of the message being written.
+    pub fn close_message(&mut self) {
+        let len = (self.buf.len() - self.message) as u32;
+        self.buf[self.message..self.message + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    pub fn bytes(&mut self, kind: u16, value: &[u8]) {
+        let len = 4 + value.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(value);
+        self.buf.resize(align4(self.buf.len()), 0);
+    }
+
+    /// nf_tables integers are big-endian.
+    pub fn u32(&mut self, kind: u16, value: u32) {
+        self.bytes(kind, &value.to_be_bytes());
+    }
+
+    pub fn u64(&mut self, kind: u16, value: u64) {
+        self.bytes(kind, &value.to_be_bytes());
+    }
+
+    /// A string with its terminating NUL.
+    pub fn str(&mut self, kind: u16, value: &str) {
+        let len = 4 + value.len() + 1;
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.push(0);
+        self.buf.resize(align4(self.buf.len()), 0);
+    }
+
+    /// Opens a nested attribute; `end` closes it.
+    pub fn nest(&mut self, kind: u16) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0]);
+        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        start
+    }
+
+    pub fn end(&mut self, start: usize) {
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// The bytes to send: the last message asks for the acknowledgement
+    /// that tells the batch went in.
+    fn finish(mut self) -> Vec<u8> {
+        if self.count > 0 {
+            let flags_at = self.message + 6;
+            let flags = u16::from_ne_bytes([self.buf[flags_at], self.buf[flags_at + 1]]) | NLM_F_ACK;
+            self.buf[flags_at..flags_at + 2].copy_from_slice(&flags.to_ne_bytes());
+        }
+        let seq = self.count as u32 + 1;
+        self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        self.close_message();
+        self.buf
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket that sends batches.
+pub struct Socket {
+    fd: OwnedFd,
+    answers: Vec<u8>,
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn set_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` lives across the call and `size` is its size.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const value).cast(), size) }).map(drop)
+}
+
+impl Socket {
+    pub fn open() -> io::Result<Socket> {
+        // SAFETY: plain socket(2); the descriptor is owned at once.
+        let fd = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) })?;
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Errors carry the kernel's text and not the whole refused message.
+        // Both are only helps: older kernels go without.
+        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        Ok(Socket { fd, answers: vec![0; ANSWER_BUFFER] })
+    }
+
+    /// Sends `batch` as one atomic transaction.
+    pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
+        let last = batch.len();
+        let bytes = batch.finish();
+        // A netlink message must fit the socket's send buffer; root may
+        // raise it past the sysctl bound (the caller has CAP_NET_ADMIN).
+        let size = libc::c_int::try_from(bytes.len() + 64 * 1024).unwrap_or(libc::c_int::MAX);
+        if set_option(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
+            set_option(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size)?;
+        }
+        // SAFETY: `bytes` is valid for its length across the call.
+        let sent = check(unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) } as libc::c_int)?;
+        if sent as usize != bytes.len() {
+            return Err(NetlinkError::Io(io::Error::other("netlink batch sent in part")));
+        }
+        self.read_answers(last)
+    }
+
+    /// Reads what the kernel queued for the batch: a failure, or the
+    /// acknowledgement of message `last`.
+    fn read_answers(&mut self, last: usize) -> Result<(), NetlinkError> {
+        let mut acknowledged = last == 0;
+        loop {
+            // SAFETY: the buffer is valid for its length across the call.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.answers.as_mut_ptr().cast(), self.answers.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock if acknowledged => Ok(()),
+                    io::ErrorKind::WouldBlock => Err(NetlinkError::Unanswered),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(NetlinkError::Io(e)),
+                };
+            }
+            for answer in Answers(&self.answers[..n as usize]) {
+                match answer {
+                    Answer::Ack(seq) if seq as usize == last => acknowledged = true,
+                    Answer::Ack(_) => {}
+                    Answer::Error { seq, errno, text } => {
+                        let index = if seq as usize > last { 0 } else { seq as usize };
+                        return Err(NetlinkError::Refused { index, error: io::Error::from_raw_os_error(errno), text });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Ack(u32),
+    Error { seq: u32, errno: i32, text: Option<String> },
+}
+
+/// The answers in one read: NLMSG_ERROR messages (error 0 is an ack).
+struct Answers<'a>(&'a [u8]);
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Iterator for Answers<'_> {
+    type Item = Answer;
+
+    fn next(&mut self) -> Option<Answer> {
+        loop {
+            let b = self.0;
+            let len = u32_at(b, 0)? as usize;
+            if len < NLMSG_HDRLEN || len > b.len() {
+                return None;
+            }
+            self.0 = &b[align4(len).min(b.len())..];
+            if u16_at(b, 4)? != NLMSG_ERROR {
+                continue;
+            }
+            let flags = u16_at(b, 6)?;
+            let errno = -(u32_at(b, NLMSG_HDRLEN)? as i32);
+            // The refused message's header follows (and, without
+            // NETLINK_CAP_ACK, its whole body).
+            let inner = b.get(NLMSG_HDRLEN + 4..len)?;
+            let seq = u32_at(inner, 8)?;
+            if errno == 0 {
+                return Some(Answer::Ack(seq));
+            }
+            let text = (flags & NLM_F_ACK_TLVS != 0).then(|| error_text(inner, flags & NLM_F_CAPPED != 0)).flatten();
+            return Some(Answer::Error { seq, errno, text });
+        }
+    }
+}
+
+/// The kernel's text in the TLVs after a refused message's header, or
+/// after the whole message where it was echoed (not `capped`).
+fn error_text(inner: &[u8], capped: bool) -> Option<String> {
+    let mut at = if capped { NLMSG_HDRLEN } else { align4(u32_at(inner, 0)? as usize) };
+    while at + 4 <= inner.len() {
+        let len = u16_at(inner, at)? as usize;
+        let kind = u16_at(inner, at + 2)?;
+        if len < 4 || at + len > inner.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = &inner[at + 4..at + len];
+            let text = text.split(|&c| c == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        at += align4(len);
+    }
+    None
+}
+
+/// The bytes a batch's messages take after their headers, for tests.
+#[cfg(test)]
+pub fn messages(batch: Batch) -> Vec<(u16, u16, Vec<u8>)> {
+    let bytes = batch.finish();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + NLMSG_HDRLEN <= bytes.len() {
+        let len = u32_at(&bytes, at).unwrap_or(0) as usize;
+        let kind = u16_at(&bytes, at + 4).unwrap_or(0);
+        let flags = u16_at(&bytes, at + 6).unwrap_or(0);
+        out.push((kind, flags, bytes[at + NLMSG_HDRLEN + NFGENMSG_LEN..at + len].to_vec()));
+        at += align4(len.max(NLMSG_HDRLEN));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(seq: u32, errno: i32, text: Option<&str>) -> Vec<u8> {
+        let mut tlvs = Vec::new();
+        if let Some(t) = text {
+            let len = 4 + t.len() + 1;
+            tlvs.extend_from_slice(&(len as u16).to_ne_bytes());
+            tlvs.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+            tlvs.extend_from_slice(t.as_bytes());
+            tlvs.push(0);
+            tlvs.resize(align4(tlvs.len()), 0);
+        }
+        let len = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN + tlvs.len();
+        let flags = if text.is_some() { NLM_F_ACK_TLVS | NLM_F_CAPPED } else { NLM_F_CAPPED };
+        let mut b = Vec::new();
+        b.extend_from_slice(&(len as u32).to_ne_bytes());
+        b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&(-errno).to_ne_bytes());
+        // The refused message's header: length 20, type, flags, seq, pid.
+        b.extend_from_slice(&20u32.to_ne_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&tlvs);
+        b
+    }
+
+    #[test]
+    fn answers_are_acks_and_errors_with_the_kernels_text() {
+        let mut read = error(3, 0, None);
+        read.extend(error(5, libc::ENOENT, Some("No such file or directory")));
+        let answers: Vec<Answer> = Answers(&read).collect();
+        assert_eq!(
+            answers,
+            [Answer::Ack(3), Answer::Error { seq: 5, errno: libc::ENOENT, text: Some("No such file or directory".into()) }]
+        );
+    }
+
+    #[test]
+    fn truncated_or_hostile_answers_end_the_read_without_a_panic() {
+        let whole = error(5, libc::EINVAL, Some("bad"));
+        for cut in 0..whole.len() {
+            let _ = Answers(&whole[..cut]).count();
+        }
+        let mut lying = whole.clone();
+        lying[0..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(Answers(&lying).count(), 0);
+        let mut short = whole;
+        short[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(Answers(&short).count(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_framed_begin_messages_end_and_only_the_last_asks_for_an_ack() {
+        let mut batch = Batch::default();
+        batch.message(0, 0x400, libc::AF_INET as u8);
+        batch.str(1, "wharf");
+        let nest = batch.nest(4);
+        batch.u32(1, 7);
+        batch.end(nest);
+        batch.close_message();
+        batch.message(2, 0, libc::AF_INET as u8);
+        batch.close_message();
+        let messages = messages(batch);
+        let kinds: Vec<u16> = messages.iter().map(|m| m.0).collect();
+        assert_eq!(kinds, [NFNL_MSG_BATCH_BEGIN, 0x0a00, 0x0a02, NFNL_MSG_BATCH_END]);
+        let acks: Vec<bool> = messages.iter().map(|m| m.1 & NLM_F_ACK != 0).collect();
+        assert_eq!(acks, [false, false, true, false]);
+        // "wharf\0" padded to 8, then a nest of one u32, big-endian.
+        let body = &messages[1].2;
+        assert_eq!(&body[..12], &[10, 0, 1, 0, b'w', b'h', b'a', b'r', b'f', 0, 0, 0]);
+        assert_eq!(&body[12..], &[12, 0, 4, 0x80, 8, 0, 1, 0, 0, 0, 0, 7]);
+    }
+}

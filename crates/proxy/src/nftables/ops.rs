@@ -1,0 +1,108 @@
+//! One change to wharf's table (`ip wharf`): what a transaction is made
+//! of. `encode` writes it for the kernel; `Display` writes it as the `nft`
+//! command that would do the same, for logs and tests.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::claims::FrontendKey;
+use crate::nftables::rules::{protocol_name, Rule, Verdict, AFFINITY_ENTRIES, TABLE};
+
+/// The hooks wharf's base chains sit on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseChain {
+    NatOutput,
+    NatPrerouting,
+    NatPostrouting,
+    FilterInput,
+    FilterForward,
+    FilterOutput,
+}
+
+impl BaseChain {
+    /// Chain type, hook and priority.
+    pub fn hook(self) -> (&'static str, &'static str, i32) {
+        match self {
+            // DNAT at dstnat priority; the reject check before it (-110).
+            BaseChain::NatOutput => ("nat", "output", -100),
+            BaseChain::NatPrerouting => ("nat", "prerouting", -100),
+            BaseChain::NatPostrouting => ("nat", "postrouting", 100),
+            BaseChain::FilterInput => ("filter", "input", -110),
+            BaseChain::FilterForward => ("filter", "forward", -110),
+            BaseChain::FilterOutput => ("filter", "output", -110),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Creates the table if missing.
+    AddTable,
+    DeleteTable,
+    /// Creates the chain if missing.
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
+    /// Deletes every rule of the chain.
+    FlushChain(String),
+    DeleteChain(String),
+    /// Appends a rule.
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
+    /// A verdict map keyed by (address, protocol, port).
+    AddMap(&'static str),
+    /// A ClientIP affinity set: source addresses that expire.
+    AddSet {
+        name: String,
+        timeout: Duration,
+    },
+    DeleteSet(String),
+    AddElement {
+        key: FrontendKey,
+        verdict: Verdict,
+    },
+    DeleteElement {
+        map: &'static str,
+        key: FrontendKey,
+    },
+}
+
+/// A map key as nft writes it: `ip . proto . port`.
+struct Key<'a>(&'a FrontendKey);
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (addr, protocol) = self.0;
+        write!(f, "{} . {} . {}", addr.ip(), protocol_name(*protocol), addr.port())
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = format!("ip {TABLE}");
+        match self {
+            Op::AddTable => write!(f, "add table {t}"),
+            Op::DeleteTable => write!(f, "delete table {t}"),
+            Op::AddChain { name, base: None } => write!(f, "add chain {t} {name}"),
+            Op::AddChain { name, base: Some(base) } => {
+                let (kind, hook, priority) = base.hook();
+                write!(f, "add chain {t} {name} {{ type {kind} hook {hook} priority {priority} ; policy accept ; }}")
+            }
+            Op::FlushChain(name) => write!(f, "flush chain {t} {name}"),
+            Op::DeleteChain(name) => write!(f, "delete chain {t} {name}"),
+            Op::AddRule { chain, rule } => write!(f, "add rule {t} {chain} {rule}"),
+            Op::AddMap(name) => write!(f, "add map {t} {name} {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"),
+            Op::AddSet { name, timeout } => write!(
+                f,
+                "add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; size {AFFINITY_ENTRIES} ; timeout {}s ; }}",
+                timeout.as_secs().max(1)
+            ),
+            Op::DeleteSet(name) => write!(f, "delete set {t} {name}"),
+            Op::AddElement { key, verdict } => write!(f, "add element {t} {} {{ {} : goto {} }}", verdict.map(), Key(key), verdict.chain()),
+            Op::DeleteElement { map, key } => write!(f, "delete element {t} {map} {{ {} }}", Key(key)),
+        }
+    }
+}
