@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 services=${1:-10000}
 changes=${2:-100}
 if [ -z "${WHARF_BENCH_NETNS:-}" ]; then
-  need_packages nft:nftables conntrack:conntrack
   cargo build --release -q -p wharf -p wharf-bench
   exec env WHARF_BENCH_NETNS=1 unshare -n "$0" "$@"
 fi

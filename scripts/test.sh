@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive (kubectl is preinstalled): dig, ip and
-# ss, nft and conntrack (the proxy's nftables mode), curl, python3 (backend processes), etcd and etcdctl (the store's and the
+# ss, nft (reads the proxy's nftables rules back), curl, python3 (backend processes), etcd and etcdctl (the store's and the
 # several-node tests) and
 # script (a terminal for `kubectl exec -t`); the official Python client;
 # npm (and node) for the official JavaScript client; Chromium, its
@@ -14,7 +14,6 @@ missing=()
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
-command -v conntrack >/dev/null || missing+=(conntrack)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v etcd >/dev/null || missing+=(etcd-server)

@@ -14,6 +14,7 @@
 //! also GPL-3.0, nftnl needs the C libnftnl), and the rules are a dozen
 //! fixed shapes, so `encode` writes those and nothing more.
 
+mod conntrack;
 mod encode;
 #[cfg(test)]
 mod kernel_tests;

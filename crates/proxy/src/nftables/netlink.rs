@@ -11,12 +11,14 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CAPPED: u16 = 0x100;
 const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
+const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -24,10 +26,10 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 const NETLINK_EXT_ACK: libc::c_int = 11;
 /// Header of a netlink message, then of an nfnetlink one.
 const NLMSG_HDRLEN: usize = 16;
-#[cfg(test)]
 const NFGENMSG_LEN: usize = 4;
-/// Where answers are read into: an error with its text is under 1 KiB.
+/// Where answers are read into: a dump's part is at most 32 KiB.
 const ANSWER_BUFFER: usize = 64 * 1024;
+const READ_TIMEOUT_SECS: libc::time_t = 5;
 
 /// Why a batch did not go in.
 #[derive(Debug, thiserror::Error)]
@@ -46,19 +48,24 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// A batch of nf_tables messages being written: messages hold attributes,
-/// attributes may nest.
+/// Netfilter messages being written: messages hold attributes,
+/// attributes may nest. Either an nf_tables batch (one transaction) or
+/// plain messages to another subsystem (conntrack).
 pub struct Batch {
     buf: Vec<u8>,
     /// Start of the message being written.
     message: usize,
     /// Messages so far (after the batch begin).
     count: usize,
+    subsystem: u16,
+    /// Framed by batch begin and end.
+    transaction: bool,
 }
 
 impl Default for Batch {
+    /// An nf_tables transaction.
     fn default() -> Self {
-        let mut batch = Batch { buf: Vec::with_capacity(4096), message: 0, count: 0 };
+        let mut batch = Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: NFNL_SUBSYS_NFTABLES, transaction: true };
         batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
         batch.close_message();
         batch
@@ -66,6 +73,11 @@ impl Default for Batch {
 }
 
 impl Batch {
+    /// Messages to `subsystem`, each on its own.
+    pub fn plain(subsystem: u16) -> Self {
+        Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem, transaction: false }
+    }
+
     /// Messages in the batch, not counting its begin and end.
     pub fn len(&self) -> usize {
         self.count
@@ -75,12 +87,13 @@ impl Batch {
         self.count == 0
     }
 
-    /// Starts an nf_tables message (`NFT_MSG_*`) of `family` with
-    /// `flags` besides NLM_F_REQUEST; its sequence number is its index.
+    /// Starts a message of the subsystem (`NFT_MSG_*`, `IPCTNL_MSG_*`)
+    /// for `family` with `flags` besides NLM_F_REQUEST; its sequence
+    /// number is its index from 1.
     pub fn message(&mut self, kind: u16, flags: u16, family: u8) {
         self.count += 1;
         let seq = self.count as u32;
-        self.header((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, seq, family, 0);
+        self.header((self.subsystem << 8) | kind, NLM_F_REQUEST | flags, seq, family, 0);
     }
 
     fn header(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
@@ -140,9 +153,12 @@ impl Batch {
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
-    /// The bytes to send: the last message asks for the acknowledgement
-    /// that tells the batch went in.
+    /// The bytes to send. In a transaction the last message asks for the
+    /// acknowledgement that tells the batch went in.
     fn finish(mut self) -> Vec<u8> {
+        if !self.transaction {
+            return self.buf;
+        }
         if self.count > 0 {
             let flags_at = self.message + 6;
             let flags = u16::from_ne_bytes([self.buf[flags_at], self.buf[flags_at + 1]]) | NLM_F_ACK;
@@ -155,7 +171,7 @@ impl Batch {
     }
 }
 
-/// A `NETLINK_NETFILTER` socket that sends batches.
+/// A `NETLINK_NETFILTER` socket.
 pub struct Socket {
     fd: OwnedFd,
     answers: Vec<u8>,
@@ -169,8 +185,8 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+    let size = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` lives across the call and `size` is its size.
     check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const value).cast(), size) }).map(drop)
 }
@@ -183,15 +199,14 @@ impl Socket {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Errors carry the kernel's text and not the whole refused message.
         // Both are only helps: older kernels go without.
-        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1 as libc::c_int);
+        let _ = set_option(&fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1 as libc::c_int);
+        // A dump that stalls must not hold the writer forever.
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, libc::timeval { tv_sec: READ_TIMEOUT_SECS, tv_usec: 0 })?;
         Ok(Socket { fd, answers: vec![0; ANSWER_BUFFER] })
     }
 
-    /// Sends `batch` as one atomic transaction.
-    pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
-        let last = batch.len();
-        let bytes = batch.finish();
+    fn send_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
         // A netlink message must fit the socket's send buffer; root may
         // raise it past the sysctl bound (the caller has CAP_NET_ADMIN).
         let size = libc::c_int::try_from(bytes.len() + 64 * 1024).unwrap_or(libc::c_int::MAX);
@@ -199,37 +214,85 @@ impl Socket {
             set_option(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size)?;
         }
         // SAFETY: `bytes` is valid for its length across the call.
-        let sent = check(unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) } as libc::c_int)?;
-        if sent as usize != bytes.len() {
-            return Err(NetlinkError::Io(io::Error::other("netlink batch sent in part")));
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+        match usize::try_from(sent) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(_) => Err(io::Error::other("netlink message sent in part")),
+            Err(_) => Err(io::Error::last_os_error()),
         }
-        self.read_answers(last)
     }
 
-    /// Reads what the kernel queued for the batch: a failure, or the
-    /// acknowledgement of message `last`.
-    fn read_answers(&mut self, last: usize) -> Result<(), NetlinkError> {
-        let mut acknowledged = last == 0;
+    /// One read of queued answers: `None` when nothing is queued (and
+    /// `wait` is false) or the read timed out.
+    fn read(&mut self, wait: bool) -> io::Result<Option<usize>> {
         loop {
+            let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
             // SAFETY: the buffer is valid for its length across the call.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.answers.as_mut_ptr().cast(), self.answers.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock if acknowledged => Ok(()),
-                    io::ErrorKind::WouldBlock => Err(NetlinkError::Unanswered),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(NetlinkError::Io(e)),
-                };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.answers.as_mut_ptr().cast(), self.answers.len(), flags) };
+            if let Ok(n) = usize::try_from(n) {
+                return Ok(Some(n));
             }
-            for answer in Answers(&self.answers[..n as usize]) {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(None),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `batch` as one atomic transaction.
+    pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
+        let last = batch.len();
+        self.send_bytes(&batch.finish())?;
+        let mut acknowledged = last == 0;
+        while let Some(n) = self.read(false)? {
+            for answer in Answers(&self.answers[..n]) {
                 match answer {
                     Answer::Ack(seq) if seq as usize == last => acknowledged = true,
-                    Answer::Ack(_) => {}
                     Answer::Error { seq, errno, text } => {
                         let index = if seq as usize > last { 0 } else { seq as usize };
                         return Err(NetlinkError::Refused { index, error: io::Error::from_raw_os_error(errno), text });
                     }
+                    _ => {}
+                }
+            }
+        }
+        if acknowledged {
+            Ok(())
+        } else {
+            Err(NetlinkError::Unanswered)
+        }
+    }
+
+    /// Sends plain messages that ask for no answer; returns the errors
+    /// the kernel answered some with.
+    pub fn send_each(&mut self, messages: Batch) -> Result<Vec<io::Error>, NetlinkError> {
+        self.send_bytes(&messages.finish())?;
+        let mut errors = Vec::new();
+        while let Some(n) = self.read(false)? {
+            errors.extend(Answers(&self.answers[..n]).filter_map(|answer| match answer {
+                Answer::Error { errno, .. } => Some(io::Error::from_raw_os_error(errno)),
+                _ => None,
+            }));
+        }
+        Ok(errors)
+    }
+
+    /// Sends one dump request and hands each answer's attributes (after
+    /// its nfgenmsg) to `each`, until the dump is done.
+    pub fn dump(&mut self, request: Batch, mut each: impl FnMut(&[u8])) -> Result<(), NetlinkError> {
+        self.send_bytes(&request.finish())?;
+        loop {
+            let Some(n) = self.read(true)? else { return Err(NetlinkError::Unanswered) };
+            for answer in Answers(&self.answers[..n]) {
+                match answer {
+                    Answer::Data(body) => each(body.get(NFGENMSG_LEN..).unwrap_or_default()),
+                    Answer::Done => return Ok(()),
+                    Answer::Error { seq, errno, text } => {
+                        return Err(NetlinkError::Refused { index: seq as usize, error: io::Error::from_raw_os_error(errno), text })
+                    }
+                    Answer::Ack(_) => {}
                 }
             }
         }
@@ -237,12 +300,20 @@ impl Socket {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Answer {
+enum Answer<'a> {
     Ack(u32),
-    Error { seq: u32, errno: i32, text: Option<String> },
+    Error {
+        seq: u32,
+        errno: i32,
+        text: Option<String>,
+    },
+    /// A message of a dump: its body after the netlink header.
+    Data(&'a [u8]),
+    /// The end of a dump.
+    Done,
 }
 
-/// The answers in one read: NLMSG_ERROR messages (error 0 is an ack).
+/// The messages in one read.
 struct Answers<'a>(&'a [u8]);
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -253,32 +324,50 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-impl Iterator for Answers<'_> {
-    type Item = Answer;
+impl<'a> Iterator for Answers<'a> {
+    type Item = Answer<'a>;
 
-    fn next(&mut self) -> Option<Answer> {
-        loop {
-            let b = self.0;
-            let len = u32_at(b, 0)? as usize;
-            if len < NLMSG_HDRLEN || len > b.len() {
-                return None;
-            }
-            self.0 = &b[align4(len).min(b.len())..];
-            if u16_at(b, 4)? != NLMSG_ERROR {
-                continue;
-            }
-            let flags = u16_at(b, 6)?;
-            let errno = -(u32_at(b, NLMSG_HDRLEN)? as i32);
-            // The refused message's header follows (and, without
-            // NETLINK_CAP_ACK, its whole body).
-            let inner = b.get(NLMSG_HDRLEN + 4..len)?;
-            let seq = u32_at(inner, 8)?;
-            if errno == 0 {
-                return Some(Answer::Ack(seq));
-            }
-            let text = (flags & NLM_F_ACK_TLVS != 0).then(|| error_text(inner, flags & NLM_F_CAPPED != 0)).flatten();
-            return Some(Answer::Error { seq, errno, text });
+    fn next(&mut self) -> Option<Answer<'a>> {
+        let b = self.0;
+        let len = u32_at(b, 0)? as usize;
+        if len < NLMSG_HDRLEN || len > b.len() {
+            return None;
         }
+        self.0 = &b[align4(len).min(b.len())..];
+        match u16_at(b, 4)? {
+            NLMSG_ERROR => {}
+            NLMSG_DONE => return Some(Answer::Done),
+            _ => return Some(Answer::Data(&b[NLMSG_HDRLEN..len])),
+        }
+        let flags = u16_at(b, 6)?;
+        let errno = -(u32_at(b, NLMSG_HDRLEN)? as i32);
+        // The refused message's header follows (and, without
+        // NETLINK_CAP_ACK, its whole body).
+        let inner = b.get(NLMSG_HDRLEN + 4..len)?;
+        let seq = u32_at(inner, 8)?;
+        if errno == 0 {
+            return Some(Answer::Ack(seq));
+        }
+        let text = (flags & NLM_F_ACK_TLVS != 0).then(|| error_text(inner, flags & NLM_F_CAPPED != 0)).flatten();
+        Some(Answer::Error { seq, errno, text })
+    }
+}
+
+/// The attributes in a message body or a nested attribute: (type without
+/// its flags, value).
+pub struct Attributes<'a>(pub &'a [u8]);
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = (u16, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u16, &'a [u8])> {
+        let b = self.0;
+        let len = u16_at(b, 0)? as usize;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        self.0 = &b[align4(len).min(b.len())..];
+        Some((u16_at(b, 2)? & !NLA_F_NESTED & !NLA_F_NET_BYTEORDER, &b[4..len]))
     }
 }
 
@@ -353,7 +442,7 @@ mod tests {
     fn answers_are_acks_and_errors_with_the_kernels_text() {
         let mut read = error(3, 0, None);
         read.extend(error(5, libc::ENOENT, Some("No such file or directory")));
-        let answers: Vec<Answer> = Answers(&read).collect();
+        let answers: Vec<Answer<'_>> = Answers(&read).collect();
         assert_eq!(
             answers,
             [Answer::Ack(3), Answer::Error { seq: 5, errno: libc::ENOENT, text: Some("No such file or directory".into()) }]

@@ -6,15 +6,13 @@
 //! and the proxy answers it with a rewrite of the whole table.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use crate::claims::FrontendKey;
-use crate::model::Protocol;
-use crate::nftables::encode;
 use crate::nftables::netlink::{Batch, NetlinkError, Socket};
 use crate::nftables::ops::Op;
+use crate::nftables::{conntrack, encode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -46,21 +44,6 @@ pub fn run_once(ops: &[Op]) -> Result<(), NftError> {
     run(&mut socket, ops)
 }
 
-/// Deletes the conntrack entries of flows from `frontend` to `endpoint`:
-/// a UDP flow's next datagram is balanced again; a TCP connection's next
-/// segment finds no endpoint that knows it and is reset.
-pub fn forget_flows((frontend, protocol): FrontendKey, endpoint: SocketAddr) {
-    let (f_ip, f_port, e_ip, e_port) =
-        (frontend.ip().to_string(), frontend.port().to_string(), endpoint.ip().to_string(), endpoint.port().to_string());
-    let proto = if protocol == Protocol::Udp { "udp" } else { "tcp" };
-    let args = ["-D", "-p", proto, "--orig-dst", &f_ip, "--orig-port-dst", &f_port, "--reply-src", &e_ip, "--reply-port-src", &e_port];
-    // It exits 1 when there was no such flow, which is the common case.
-    match Command::new("conntrack").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, %frontend, %endpoint, "cannot run conntrack: flows to a removed endpoint keep going to it"),
-    }
-}
-
 /// One sync for the kernel.
 pub struct Job {
     /// Operations, in order (may be none).
@@ -79,11 +62,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn start() -> std::io::Result<Writer> {
-        let socket = Socket::open()?;
+        let sockets = (Socket::open()?, Socket::open()?);
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
-        let thread = std::thread::Builder::new().name("wharf-nft".into()).spawn(move || write_jobs(socket, rx, &flag))?;
+        let thread = std::thread::Builder::new().name("wharf-nft".into()).spawn(move || write_jobs(sockets, rx, &flag))?;
         Ok(Writer { jobs: Some(tx), thread: Some(thread), failed })
     }
 
@@ -108,18 +91,22 @@ impl Writer {
     }
 }
 
-fn write_jobs(mut socket: Socket, jobs: mpsc::Receiver<Job>, failed: &AtomicBool) {
+/// `sockets`: one for nf_tables, one for conntrack (a dump's answers
+/// must not mix with a transaction's).
+fn write_jobs((mut tables, mut flows): (Socket, Socket), jobs: mpsc::Receiver<Job>, failed: &AtomicBool) {
     while let Ok(first) = jobs.recv() {
         let (ops, forget) = coalesce(std::iter::once(first).chain(jobs.try_iter()).collect());
         if !ops.is_empty() {
-            if let Err(e) = run(&mut socket, &ops) {
+            if let Err(e) = run(&mut tables, &ops) {
                 tracing::warn!(error = %e, "nftables sync failed; the table will be rewritten");
                 failed.store(true, Ordering::SeqCst);
                 continue;
             }
         }
-        for (frontend, endpoint) in forget {
-            forget_flows(frontend, endpoint);
+        if !forget.is_empty() {
+            if let Err(e) = conntrack::forget(&mut flows, &forget) {
+                tracing::warn!(error = %e, flows = forget.len(), "cannot delete conntrack entries: flows to a removed endpoint keep going to it");
+            }
         }
     }
 }
@@ -142,6 +129,7 @@ fn coalesce(mut batch: Vec<Job>) -> (Vec<Op>, Vec<(FrontendKey, SocketAddr)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Protocol;
 
     fn job(chain: &str, replaces_all: bool) -> Job {
         Job { ops: vec![Op::FlushChain(chain.into())], replaces_all, forget: Vec::new() }
