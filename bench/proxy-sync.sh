@@ -4,7 +4,7 @@
 # each a `wharf up` in a network namespace of this script's own (so the
 # `ip wharf` table is private). Times from the EndpointSlice write until a
 # new connection to the cluster IP reaches the new endpoint (API, watch,
-# proxy sync and, for nftables, the `nft` transaction).
+# proxy sync and, for nftables, the netlink transaction).
 # Usage: bench/proxy-sync.sh [SERVICES] [CHANGES]   (default 10000 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
