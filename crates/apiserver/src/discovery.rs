@@ -1,6 +1,5 @@
 //! What the server says about itself: `/version`, legacy and aggregated
-//! discovery, and the small OpenAPI v3 document kubectl needs before it
-//! sends `-f` writes (it checks that `fieldValidation` is supported).
+//! discovery (the OpenAPI documents are `openapi.rs`).
 
 use serde_json::{json, Value};
 use wharf_api::kinds::{self, KindInfo};
@@ -118,48 +117,6 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
 }
 
-fn openapi_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
-}
-
-/// Stands in for a content hash: the document changes only with the binary.
-const OPENAPI_HASH: &str = concat!("wharf-", env!("CARGO_PKG_VERSION"));
-
-/// `/openapi/v3`: one entry per served group version.
-pub fn openapi_index() -> Value {
-    let paths: serde_json::Map<String, Value> = kinds::group_versions()
-        .into_iter()
-        .map(|(g, v)| {
-            let path = openapi_path(g, v);
-            (path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={OPENAPI_HASH}")}))
-        })
-        .collect();
-    json!({"paths": paths})
-}
-
-/// `/openapi/v3/<group version>`: the operations kubectl inspects, each
-/// declaring the `fieldValidation` parameter so validation is left to the
-/// server.
-pub fn openapi_group_version(path: &str) -> Option<Value> {
-    let (group, version) = kinds::group_versions().into_iter().find(|(g, v)| openapi_path(g, v) == path)?;
-    let mut paths = serde_json::Map::new();
-    for k in kinds_of(group, version) {
-        let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
-        let params = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
-        let base = format!("/{}", openapi_path(group, version));
-        let collection =
-            if k.namespaced { format!("{base}/namespaces/{{namespace}}/{}", k.resource) } else { format!("{base}/{}", k.resource) };
-        let op = json!({"x-kubernetes-group-version-kind": gvk, "parameters": params});
-        paths.insert(collection.clone(), json!({"post": op}));
-        paths.insert(format!("{collection}/{{name}}"), json!({"put": op, "patch": op}));
-    }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,15 +132,5 @@ mod tests {
         assert_eq!(groups["items"][0]["versions"][0]["resources"][0]["resource"], "endpointslices");
         assert_eq!(groups["items"][1]["metadata"]["name"], "coordination.k8s.io");
         assert_eq!(groups["items"][1]["versions"][0]["resources"][0]["resource"], "leases");
-    }
-
-    #[test]
-    fn openapi_declares_field_validation() {
-        let index = openapi_index();
-        assert!(index["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
-        let doc = openapi_group_version("api/v1").unwrap();
-        let op = &doc["paths"]["/api/v1/namespaces/{namespace}/services/{name}"]["patch"];
-        assert_eq!(op["parameters"][0]["name"], "fieldValidation");
-        assert!(openapi_group_version("apis/nope/v1").is_none());
     }
 }

@@ -91,7 +91,12 @@ impl Eq for Kind {}
 impl Kind {
     /// How the list at `path` merges, if it is not atomic.
     pub fn list_rule(&self, path: &str) -> Option<&'static ListMerge> {
-        self.lists.iter().chain(METADATA_LISTS).find(|r| r.path == path).map(|r| &r.merge)
+        self.list_rules().find(|r| r.path == path).map(|r| &r.merge)
+    }
+
+    /// Every list of the kind that is not atomic, its metadata's included.
+    pub fn list_rules(&self) -> impl Iterator<Item = &'static ListRule> {
+        self.lists.iter().chain(METADATA_LISTS)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod nodecert;
 pub mod object;
+mod openapi;
 mod pager;
 pub mod patch;
 pub mod pki;

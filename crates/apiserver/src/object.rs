@@ -91,6 +91,9 @@ pub trait Codec: Send + Sync {
     /// schema, defaulted, validated (against `old` on update). Returns the
     /// object and warnings about fields that were dropped.
     fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation) -> ApiResult<(Value, Vec<String>)>;
+
+    /// A reference to the kind's schema in `generator`'s definitions.
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema;
 }
 
 pub struct Typed<T>(PhantomData<T>);
@@ -121,9 +124,13 @@ fn encode<T: ApiObject>(obj: &T) -> ApiResult<Value> {
     serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encoding object: {e}")))
 }
 
-impl<T: ApiObject> Codec for Typed<T> {
+impl<T: ApiObject + schemars::JsonSchema> Codec for Typed<T> {
     fn info(&self) -> &'static KindInfo {
         T::info()
+    }
+
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<T>()
     }
 
     fn prepare(&self, candidate: Value, old: Option<&Value>, validation: FieldValidation) -> ApiResult<(Value, Vec<String>)> {

@@ -21,7 +21,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::http::{header_str, json_response, typed_response};
 use crate::pki::Credentials;
-use crate::{authn, authz, handlers, review, App};
+use crate::{authn, authz, handlers, openapi, review, App};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -103,6 +103,23 @@ fn found(doc: Option<serde_json::Value>) -> Response {
     }
 }
 
+fn openapi_document(doc: Option<bytes::Bytes>) -> Response {
+    match doc {
+        Some(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        None => ApiError::NoRoute.into_response(),
+    }
+}
+
+/// JSON only: kubectl asks for protobuf and, refused, computes its apply
+/// patches from its compiled-in types (see `openapi.rs`).
+fn openapi_v2(headers: &HeaderMap) -> Response {
+    let accept = header_str(headers, header::ACCEPT);
+    if accept.contains("protobuf") && !accept.contains("json") {
+        return (StatusCode::NOT_ACCEPTABLE, "only application/json is served").into_response();
+    }
+    openapi_document(Some(openapi::v2()))
+}
+
 fn router(app: App, limits: crate::limits::ApiLimits, ui: Option<Router>) -> Router {
     let in_flight = InFlight::new(limits);
     Router::new()
@@ -117,8 +134,9 @@ fn router(app: App, limits: crate::limits::ApiLimits, ui: Option<Router>) -> Rou
             "/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { found(discovery::resource_list(&g, &v)) }),
         )
-        .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, &discovery::openapi_index()) }))
-        .route("/openapi/v3/{*path}", get(|Path(p): Path<String>| async move { found(discovery::openapi_group_version(&p)) }))
+        .route("/openapi/v2", get(|headers: HeaderMap| async move { openapi_v2(&headers) }))
+        .route("/openapi/v3", get(|| async { json_response(StatusCode::OK, &openapi::index()) }))
+        .route("/openapi/v3/{*path}", get(|Path(p): Path<String>| async move { openapi_document(openapi::group_version(&p)) }))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", get(crate::remote::exec).post(crate::remote::exec))
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/portforward",

@@ -459,3 +459,41 @@ fn dry_run_stores_nothing_and_an_unknown_dry_run_value_is_refused() {
     assert!(!out.status.success() && err.contains("dryRun"), "{err}");
     assert!(!w.kubectl(&["get", "svc", "dry"]).status.success(), "an unknown dryRun value was taken for a real write");
 }
+
+#[test]
+fn explain_reads_the_schemas_and_client_side_apply_keeps_allocated_node_ports() {
+    let w = Wharf::start(&[]);
+    let explained = w.kubectl_ok(&["explain", "service.spec.ports"]);
+    for want in ["KIND:       Service", "FIELD: ports <[]ServicePort>", "targetPort\t<IntOrString>", "Number or name of the port"] {
+        assert!(explained.contains(want), "missing {want:?} in\n{explained}");
+    }
+    let pods = w.kubectl_ok(&["explain", "pods.spec.containers.readinessProbe.tcpSocket"]);
+    assert!(pods.contains("FIELD: tcpSocket <TCPSocketAction>"), "{pods}");
+    let slices = w.kubectl_ok(&["explain", "endpointslices.endpoints.conditions"]);
+    assert!(slices.contains("GROUP:      discovery.k8s.io") && slices.contains("ready\t<boolean>"), "{slices}");
+    let v2 = w.kubectl_ok(&["get", "--raw", "/openapi/v2"]);
+    assert!(v2.contains("\"io.k8s.api.core.v1.Service\""), "{}", &v2[..v2.len().min(300)]);
+
+    // kubectl apply computes its patch from its own types, not from the
+    // published schemas: a re-apply keeps the allocated node port and
+    // merges the ports list by port.
+    let manifest = |label: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\n  labels:\n    v: {label}\nspec:\n  type: NodePort\n  selector:\n    app: np\n  ports:\n  - name: http\n    port: 80\n  - name: https\n    port: 443\n"
+        )
+    };
+    assert!(w.apply_text(&manifest("a")).status.success());
+    let node_ports = || w.kubectl_ok(&["get", "svc", "np", "-o", "jsonpath={.spec.ports[*].nodePort}"]);
+    let before = node_ports();
+    let out = w.apply_text(&manifest("b"));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("configured"), "{out:?}");
+    assert_eq!(node_ports(), before);
+    assert_eq!(w.kubectl_ok(&["get", "svc", "np", "-o", "jsonpath={.metadata.labels.v}"]), "b");
+
+    // Strict validation names the unknown field and stores nothing.
+    let path = w.data_dir().join("typo.yaml");
+    std::fs::write(&path, manifest("c").replace("  type: NodePort\n", "  type: NodePort\n  sessionAfinity: ClientIP\n")).unwrap();
+    let err = w.kubectl_err(&["apply", "--validate=strict", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("unknown field \"spec.sessionAfinity\""), "{err}");
+    assert_eq!(w.kubectl_ok(&["get", "svc", "np", "-o", "jsonpath={.metadata.labels.v}"]), "b");
+}
