@@ -14,15 +14,16 @@ pub mod podview;
 pub mod probe;
 pub mod remote;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wharf_api::ipfamily::NodeIps;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
-    pub node_ip: IpAddr,
+    /// The node's addresses: pod IPs of its pods (host-network model).
+    pub node_ips: NodeIps,
     /// How often the Node's Ready condition is refreshed.
     pub heartbeat: Duration,
     pub metrics: metrics::AgentMetrics,

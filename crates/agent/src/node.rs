@@ -47,10 +47,14 @@ fn ready_condition(since: Time) -> NodeCondition {
 fn status(config: &AgentConfig, since: Time) -> NodeStatus {
     let pods: BTreeMap<String, Quantity> = [("pods".to_string(), Quantity("110".into()))].into();
     NodeStatus {
-        addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: config.node_ip.to_string() },
-            NodeAddress { type_: "Hostname".into(), address: config.node_name.clone() },
-        ]),
+        addresses: Some(
+            config
+                .node_ips
+                .iter()
+                .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
+                .chain([NodeAddress { type_: "Hostname".into(), address: config.node_name.clone() }])
+                .collect(),
+        ),
         conditions: Some(vec![ready_condition(since)]),
         node_info: Some(NodeSystemInfo {
             architecture: std::env::consts::ARCH.into(),

@@ -21,6 +21,7 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 use crate::probe::{self, Check, ProbePolicy};
 use crate::AgentConfig;
+use wharf_api::ipfamily::NodeIps;
 
 struct Worker {
     uid: String,
@@ -158,6 +159,21 @@ fn pod_ip(pod: &Pod, node_ip: IpAddr) -> IpAddr {
     pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()).unwrap_or(node_ip)
 }
 
+/// The pod's IPs, one per family: the node's (host-network model), or
+/// what a client set, as a kubelet would, when its IP is not the node's.
+fn pod_ips(pod: &Pod, node_ips: &NodeIps) -> Vec<String> {
+    let ip = pod_ip(pod, node_ips.primary());
+    if node_ips.iter().any(|n| n == ip) {
+        return node_ips.iter().map(|n| n.to_string()).collect();
+    }
+    let listed: Vec<String> = pod.status.iter().flat_map(|s| s.pod_ips.iter().flatten()).map(|p| p.ip.clone()).collect();
+    if listed.first() == Some(&ip.to_string()) {
+        listed
+    } else {
+        vec![ip.to_string()]
+    }
+}
+
 fn condition(current: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<String>, message: Option<String>) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let previous = current.and_then(|s| s.conditions.as_ref()).into_iter().flatten().find(|c| c.type_ == type_);
@@ -173,9 +189,10 @@ fn condition(current: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<
 }
 
 /// The status a kubelet would report for this pod.
-fn desired_status(pod: &Pod, node_ip: IpAddr, probes: &[ContainerProbe]) -> PodStatus {
+fn desired_status(pod: &Pod, node_ips: &NodeIps, probes: &[ContainerProbe]) -> PodStatus {
     let current = pod.status.as_ref();
-    let ip = pod_ip(pod, node_ip).to_string();
+    let ips = pod_ips(pod, node_ips);
+    let node_ip = node_ips.primary();
     let started = current.and_then(|s| s.start_time.clone()).unwrap_or_else(|| Time(jiff::Timestamp::now()));
     let unready: Vec<&str> = probes.iter().filter(|p| !p.ready).map(|p| p.name.as_str()).collect();
     let ready = unready.is_empty();
@@ -208,9 +225,9 @@ fn desired_status(pod: &Pod, node_ip: IpAddr, probes: &[ContainerProbe]) -> PodS
     PodStatus {
         phase: Some("Running".into()),
         host_ip: Some(node_ip.to_string()),
-        host_ips: Some(vec![HostIP { ip: node_ip.to_string() }]),
-        pod_ip: Some(ip.clone()),
-        pod_ips: Some(vec![PodIP { ip }]),
+        host_ips: Some(node_ips.iter().map(|ip| HostIP { ip: ip.to_string() }).collect()),
+        pod_ip: ips.first().cloned(),
+        pod_ips: Some(ips.into_iter().map(|ip| PodIP { ip }).collect()),
         start_time: Some(started),
         qos_class: current.and_then(|s| s.qos_class.clone()).or_else(|| Some("BestEffort".into())),
         conditions: Some(vec![
@@ -267,14 +284,15 @@ fn deletion_deadline(pod: &Pod) -> Option<Instant> {
 }
 
 async fn pod_worker(client: kube::Client, config: AgentConfig, events: Recorder, mut updates: channel::Receiver<Pod>) {
-    let (node_ip, metrics) = (config.node_ip, config.metrics.clone());
+    let (node_ips, metrics) = (config.node_ips.clone(), config.metrics.clone());
+    let node_ip = node_ips.primary();
     let mut pod = updates.borrow_and_update().clone();
     if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
         return;
     }
     let api: Api<Pod> = Api::namespaced(client, pod.metadata.namespace.as_deref().unwrap_or_default());
     let mut probes = probes_for(&pod, pod_ip(&pod, node_ip), &config.probes);
-    write_status(&api, &pod, &desired_status(&pod, node_ip, &probes)).await;
+    write_status(&api, &pod, &desired_status(&pod, &node_ips, &probes)).await;
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
         let next_probe = probes.iter().filter(|p| p.check.is_some()).map(|p| p.next).min().unwrap_or_else(far);
@@ -285,7 +303,7 @@ async fn pod_worker(client: kube::Client, config: AgentConfig, events: Recorder,
                     return;
                 }
                 pod = updates.borrow_and_update().clone();
-                write_status(&api, &pod, &desired_status(&pod, node_ip, &probes)).await;
+                write_status(&api, &pod, &desired_status(&pod, &node_ips, &probes)).await;
             }
             _ = tokio::time::sleep_until(next_probe) => {
                 let now = Instant::now();
@@ -308,7 +326,7 @@ async fn pod_worker(client: kube::Client, config: AgentConfig, events: Recorder,
                         finish(&api, &pod).await;
                         return;
                     }
-                    write_status(&api, &pod, &desired_status(&pod, node_ip, &probes)).await;
+                    write_status(&api, &pod, &desired_status(&pod, &node_ips, &probes)).await;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -337,17 +355,23 @@ mod tests {
 
     #[test]
     fn status_is_running_with_the_node_ip_unless_one_was_set() {
-        let node: IpAddr = "127.0.0.7".parse().unwrap();
+        let node = &"127.0.0.7,fd00::7".parse::<NodeIps>().unwrap();
         let p = pod(serde_json::json!({}));
-        let probes = probes_for(&p, node, &ProbePolicy::default());
+        let probes = probes_for(&p, node.primary(), &ProbePolicy::default());
         let status = desired_status(&p, node, &probes);
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.7"));
+        let ips: Vec<&str> = status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).collect();
+        assert_eq!(ips, ["127.0.0.7", "fd00::7"], "one per family, as the node has");
         let ready = status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "False");
         assert_eq!(ready.message.as_deref(), Some("containers with unready status: [a]"));
         let set = pod(serde_json::json!({"podIP": "198.18.0.5"}));
-        assert_eq!(desired_status(&set, node, &probes).pod_ip.as_deref(), Some("198.18.0.5"));
+        let status = desired_status(&set, node, &probes);
+        assert_eq!(status.pod_ip.as_deref(), Some("198.18.0.5"));
+        assert_eq!(status.pod_ips.unwrap().len(), 1);
+        let both = pod(serde_json::json!({"podIP": "198.18.0.5", "podIPs": [{"ip": "198.18.0.5"}, {"ip": "fd00:18::5"}]}));
+        assert_eq!(desired_status(&both, node, &probes).pod_ips.unwrap().len(), 2);
     }
 
     #[test]
@@ -366,9 +390,9 @@ mod tests {
 
     #[test]
     fn a_written_status_is_stable() {
-        let node: IpAddr = "127.0.0.7".parse().unwrap();
+        let node = &NodeIps::from("127.0.0.7".parse::<IpAddr>().unwrap());
         let mut p = pod(serde_json::json!({}));
-        let probes = probes_for(&p, node, &ProbePolicy::default());
+        let probes = probes_for(&p, node.primary(), &ProbePolicy::default());
         let first = desired_status(&p, node, &probes);
         p.status = Some(first.clone());
         assert_eq!(desired_status(&p, node, &probes), first);

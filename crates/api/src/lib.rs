@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod endpoints;
 pub mod field;
+pub mod ipfamily;
 pub mod kinds;
 pub mod meta;
 pub mod names;

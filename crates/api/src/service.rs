@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{ClientIPConfig, Service, ServicePort, ServiceSp
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::field::{FieldError, FieldErrors, Path};
+use crate::ipfamily::{family_of, IpFamily};
 use crate::kinds::{KindInfo, SERVICE};
 use crate::meta::{validate_labels, validate_object_meta};
 use crate::names;
@@ -193,11 +194,21 @@ impl ApiObject for Service {
     fn validate_update(&self, old: &Self) -> FieldErrors {
         let (Some(new), Some(old)) = (&self.spec, &old.spec) else { return Vec::new() };
         let mut errs = Vec::new();
-        let old_ip = old.cluster_ip.as_deref().unwrap_or_default();
-        let new_ip = new.cluster_ip.as_deref().unwrap_or_default();
-        // Kubernetes lets the IP go only when the service becomes ExternalName.
-        if needs_cluster_ip(old) && needs_cluster_ip(new) && !old_ip.is_empty() && new_ip != old_ip {
-            errs.push(FieldError::invalid("spec.clusterIPs[0]", new_ip, "may not change once set"));
+        // Kubernetes lets the IPs go only when the service becomes
+        // ExternalName; a secondary goes by a move to SingleStack.
+        if needs_cluster_ip(old) && needs_cluster_ip(new) {
+            let (before, after) = (requested_ips(old), requested_ips(new));
+            for (i, (was, now)) in before.iter().zip(&after).enumerate() {
+                if !was.is_empty() && !now.is_empty() && was != now {
+                    errs.push(FieldError::invalid(format!("spec.clusterIPs[{i}]"), now, "may not change once set"));
+                }
+            }
+            let (before, after) = (old.ip_families.as_deref().unwrap_or_default(), new.ip_families.as_deref().unwrap_or_default());
+            if let (Some(was), Some(now)) = (before.first(), after.first()) {
+                if was != now {
+                    errs.push(FieldError::invalid("spec.ipFamilies[0]", now, "may not change once set"));
+                }
+            }
         }
         errs
     }
@@ -238,55 +249,107 @@ fn validate_spec(spec: &ServiceSpec, path: &Path) -> FieldErrors {
     errs
 }
 
+/// `clusterIPs` with `clusterIP` as the first where it is set.
+fn requested_ips(spec: &ServiceSpec) -> Vec<String> {
+    let mut ips = spec.cluster_ips.clone().unwrap_or_default();
+    match spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        Some(ip) if ips.is_empty() => ips.push(ip.to_string()),
+        Some(ip) => ips[0] = ip.to_string(),
+        None => {}
+    }
+    ips
+}
+
+/// The cluster IP fields on their own, as Kubernetes'
+/// `ValidateServiceClusterIPsRelatedFields` checks them; what the cluster
+/// is configured for is checked when they are settled (`ipfamily::settle`).
 fn validate_cluster_ips(spec: &ServiceSpec, path: &Path) -> FieldErrors {
     let mut errs = Vec::new();
     let ty = service_type(spec);
     let ip = spec.cluster_ip.as_deref().unwrap_or_default();
     let ips = spec.cluster_ips.as_deref().unwrap_or_default();
+    let families = spec.ip_families.as_deref().unwrap_or_default();
     if ty == TYPE_EXTERNAL_NAME {
         if !ip.is_empty() {
             errs.push(FieldError::forbidden(path.child("clusterIP"), "may not be set for ExternalName services"));
         }
+        if !families.is_empty() {
+            errs.push(FieldError::forbidden(path.child("ipFamilies"), "may not be set for ExternalName services"));
+        }
+        if spec.ip_family_policy.is_some() {
+            errs.push(FieldError::forbidden(path.child("ipFamilyPolicy"), "may not be set for ExternalName services"));
+        }
         return errs;
     }
-    if let Some(first) = ips.first() {
-        if !ip.is_empty() && first != ip {
-            errs.push(FieldError::invalid(
-                path.child("clusterIPs").index(0),
-                first.as_str(),
-                "must match `clusterIP` when both are specified",
-            ));
+    let ips_value =
+        || crate::field::Value::Raw(format!("[]string{{{}}}", ips.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")));
+    match ips.first() {
+        Some(first) if !ip.is_empty() && first != ip => {
+            errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "first value must match `clusterIP`"));
+        }
+        Some(_) if ip.is_empty() => {
+            errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "must be empty when `clusterIP` is not specified"));
+        }
+        _ => {}
+    }
+    let mut seen = HashSet::new();
+    for (i, family) in families.iter().enumerate() {
+        if IpFamily::parse(family).is_none() {
+            errs.push(FieldError::not_supported(path.child("ipFamilies").index(i), family, &["IPv4", "IPv6"]));
+        }
+        if !seen.insert(family) {
+            errs.push(FieldError::duplicate(path.child("ipFamilies").index(i), family));
         }
     }
-    if ips.len() > 1 {
-        errs.push(FieldError::invalid(
-            path.child("clusterIPs"),
-            crate::field::Value::Raw(format!("{ips:?}")),
-            "this cluster is not configured for dual-stack services",
-        ));
-    }
-    if ip == CLUSTER_IP_NONE {
-        if matches!(ty, TYPE_NODE_PORT | TYPE_LOAD_BALANCER) {
-            errs.push(FieldError::invalid(path.child("clusterIPs").index(0), ip, format!("may not be set to 'None' for {ty} services")));
-        }
-    } else if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
-        errs.push(FieldError::invalid(
-            path.child("clusterIPs").index(0),
-            ip,
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        ));
-    }
-    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
-        if family != "IPv4" {
-            errs.push(FieldError::invalid(path.child("ipFamilies").index(i), family, "not configured on this cluster"));
-        }
+    if families.len() > 2 {
+        errs.push(FieldError::invalid(path.child("ipFamilies"), crate::field::Value::Raw(format!("{families:?}")), "may be at most 2"));
     }
     if let Some(policy) = spec.ip_family_policy.as_deref() {
         if !IP_FAMILY_POLICIES.contains(&policy) {
             errs.push(FieldError::not_supported(path.child("ipFamilyPolicy"), policy, IP_FAMILY_POLICIES));
-        } else if policy == "RequireDualStack" {
-            errs.push(FieldError::invalid(path.child("ipFamilyPolicy"), policy, "this cluster is not configured for dual-stack services"));
         }
+    }
+    let mut bad_ip = false;
+    for (i, one) in ips.iter().enumerate() {
+        if i == 0 && one == CLUSTER_IP_NONE {
+            if ips.len() > 1 {
+                bad_ip = true;
+                errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "'None' must be the first and only value"));
+            }
+            continue;
+        }
+        if one.parse::<IpAddr>().is_err() {
+            bad_ip = true;
+            errs.push(FieldError::invalid(
+                path.child("clusterIPs").index(i),
+                one,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+    }
+    if ips.len() > 2 {
+        errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "may only hold up to 2 values"));
+    }
+    if bad_ip {
+        return errs;
+    }
+    if ips.len() == 2 && family_of(&ips[0]) == family_of(&ips[1]) {
+        errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "may specify no more than one IP for each IP family"));
+    }
+    if !is_headless(spec) {
+        for (i, (one, family)) in ips.iter().zip(families).enumerate() {
+            match (IpFamily::parse(family), family_of(one)) {
+                (Some(want), Some(got)) if want != got => errs.push(FieldError::invalid(
+                    path.child("clusterIPs").index(i),
+                    one,
+                    format!("expected an {} value as indicated by `ipFamilies[{i}]`", want.as_str()),
+                )),
+                _ => {}
+            }
+        }
+    }
+    if ip == CLUSTER_IP_NONE && matches!(ty, TYPE_NODE_PORT | TYPE_LOAD_BALANCER) {
+        errs.push(FieldError::invalid(path.child("clusterIPs").index(0), ip, format!("may not be set to 'None' for {ty} services")));
     }
     errs
 }

@@ -10,12 +10,13 @@
 //! (address, protocol, port) belongs to one service.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use wharf_api::field::{FieldError, Value as FieldValue};
+use wharf_api::ipfamily::{self, nth, IpFamily, ServiceCidrs};
 use wharf_api::service::{is_headless, needs_cluster_ip, needs_health_check_node_port, needs_node_ports};
 use wharf_store::{Compare, Op, Store};
 
@@ -30,7 +31,8 @@ const RANDOM_PROBES: usize = 32;
 
 #[derive(Clone, Debug)]
 pub struct Allocator {
-    cidr: Ipv4Net,
+    /// One range per family; the first is the primary.
+    cidrs: ServiceCidrs,
     node_ports: RangeInclusive<u16>,
     /// Where external IPs may be (`--external-ip-cidrs`).
     external_allowed: Vec<IpNet>,
@@ -45,7 +47,7 @@ pub struct AllocationPlan {
     pub ops: Vec<Op>,
 }
 
-fn ip_key(ip: Ipv4Addr) -> String {
+fn ip_key(ip: IpAddr) -> String {
     format!("{CLUSTER_IP_PREFIX}{ip}")
 }
 
@@ -57,6 +59,30 @@ fn external_key(ip: &str, protocol: &str, port: i32) -> String {
     format!("{EXTERNAL_IP_PREFIX}{ip}/{protocol}/{port}")
 }
 
+/// Addresses in `range`: 2^(host bits), capped where IPv6 ranges are huge.
+fn range_size(range: IpNet) -> u128 {
+    let host_bits = u32::from(range.max_prefix_len() - range.prefix_len());
+    1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
+}
+
+/// Offsets that may be handed out: not the network address, nor (IPv4)
+/// the broadcast address.
+fn usable(range: IpNet) -> RangeInclusive<u128> {
+    let last = match range {
+        IpNet::V4(_) => range_size(range).saturating_sub(2),
+        IpNet::V6(_) => range_size(range).saturating_sub(1),
+    };
+    1..=last.max(1)
+}
+
+/// Dynamic allocation prefers addresses above a low band that is kept for
+/// explicitly requested IPs, as Kubernetes does since 1.26.
+fn dynamic_band(range: IpNet) -> RangeInclusive<u128> {
+    let end = *usable(range).end();
+    let low = (range_size(range) / 16).clamp(16, 256);
+    low.min(end)..=end
+}
+
 /// `default/web` from a claim's value (the owner's object key).
 fn owner_name(value: &[u8]) -> String {
     let key = String::from_utf8_lossy(value);
@@ -64,8 +90,8 @@ fn owner_name(value: &[u8]) -> String {
 }
 
 impl Allocator {
-    pub fn new(cidr: Ipv4Net, node_ports: RangeInclusive<u16>) -> Self {
-        Self { cidr: cidr.trunc(), node_ports, external_allowed: Vec::new(), external_forbidden: Vec::new() }
+    pub fn new(cidrs: ServiceCidrs, node_ports: RangeInclusive<u16>) -> Self {
+        Self { cidrs, node_ports, external_allowed: Vec::new(), external_forbidden: Vec::new() }
     }
 
     /// External IPs may be inside `allowed`, never inside `forbidden`.
@@ -78,10 +104,8 @@ impl Allocator {
     /// Why `ip` may not be an external IP, if it may not.
     fn external_ip_refusal(&self, ip: &str) -> Option<String> {
         let Ok(addr) = ip.parse::<IpAddr>() else { return Some("must be a valid IP address".into()) };
-        if let IpAddr::V4(v4) = addr {
-            if self.cidr.contains(&v4) {
-                return Some(format!("may not be in the service range {}: cluster IPs belong to their services", self.cidr));
-            }
+        if let Some(range) = self.cidrs.iter().find(|n| n.contains(&addr)) {
+            return Some(format!("may not be in the service range {range}: cluster IPs belong to their services"));
         }
         if let Some(pool) = self.external_forbidden.iter().find(|n| n.contains(&addr)) {
             return Some(format!("may not be in the load-balancer pool {pool}"));
@@ -96,42 +120,32 @@ impl Allocator {
         None
     }
 
-    pub fn cidr(&self) -> Ipv4Net {
-        self.cidr
+    pub fn cidrs(&self) -> &ServiceCidrs {
+        &self.cidrs
     }
 
-    /// The `n`th address of the service range (`1` is the `kubernetes`
-    /// service, `10` the cluster DNS).
-    pub fn nth_ip(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.cidr.network()).wrapping_add(n))
+    /// The range of `family`, if the cluster has one.
+    fn range(&self, family: IpFamily) -> Option<IpNet> {
+        self.cidrs.get(family)
     }
 
-    fn range_size(&self) -> u32 {
-        1u32.checked_shl(32 - u32::from(self.cidr.prefix_len())).unwrap_or(u32::MAX)
-    }
-
-    /// Offsets of addresses that may be handed out: not the network or
-    /// broadcast address.
-    fn usable(&self) -> RangeInclusive<u32> {
-        1..=self.range_size().saturating_sub(2)
-    }
-
-    /// Dynamic allocation prefers addresses above a low band that is kept
-    /// for explicitly requested IPs, as Kubernetes does since 1.26.
-    fn dynamic_band(&self) -> RangeInclusive<u32> {
-        let low = (self.range_size() / 16).clamp(16, 256);
-        low.min(*self.usable().end())..=*self.usable().end()
-    }
-
-    fn offset_of(&self, ip: Ipv4Addr) -> Option<u32> {
-        self.cidr.contains(&ip).then(|| u32::from(ip) - u32::from(self.cidr.network())).filter(|o| self.usable().contains(o))
+    /// Offset of `ip` in its family's range, if it may be handed out (not
+    /// the network address, nor an IPv4 range's broadcast address).
+    fn offset_of(&self, ip: IpAddr) -> Option<u128> {
+        let range = self.range(IpFamily::of(&ip))?;
+        let offset = match (ip, range.network()) {
+            (IpAddr::V4(ip), IpAddr::V4(net)) => u128::from(u32::from(ip).wrapping_sub(u32::from(net))),
+            (IpAddr::V6(ip), IpAddr::V6(net)) => u128::from(ip).wrapping_sub(u128::from(net)),
+            _ => return None,
+        };
+        (range.contains(&ip) && usable(range).contains(&offset)).then_some(offset)
     }
 
     /// The keys a stored Service holds.
     pub fn held(&self, svc: &Service) -> HashSet<String> {
         let mut keys = HashSet::new();
         let Some(spec) = &svc.spec else { return keys };
-        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok()) {
+        for ip in spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
             if self.offset_of(ip).is_some() {
                 keys.insert(ip_key(ip));
             }
@@ -191,25 +205,16 @@ impl Allocator {
         let mut taken_now = HashSet::new();
         let spec = svc.spec.get_or_insert_with(Default::default);
 
-        if needs_cluster_ip(spec) && !is_headless(spec) {
-            match spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()) {
-                Some(requested) => {
-                    if let Err(e) = self.check_requested_ip(store, requested, &before).await? {
-                        errs.push(e);
-                    }
-                }
-                None => {
-                    let ip = self.free_ip(store).await?;
-                    spec.cluster_ip = Some(ip.to_string());
-                    spec.cluster_ips = Some(vec![ip.to_string()]);
-                }
+        if needs_cluster_ip(spec) {
+            let settled = ipfamily::settle(spec, old.and_then(|o| o.spec.as_ref()), &self.cidrs);
+            if !settled.is_empty() {
+                return Err(ApiError::invalid(&wharf_api::kinds::SERVICE, &name, settled));
             }
-            spec.ip_families = Some(vec!["IPv4".into()]);
-            spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
-        } else if is_headless(spec) {
-            spec.cluster_ips = Some(vec!["None".into()]);
-            spec.ip_families = Some(vec!["IPv4".into()]);
-            spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+            if is_headless(spec) {
+                spec.cluster_ips = Some(vec![wharf_api::service::CLUSTER_IP_NONE.into()]);
+            } else {
+                errs.extend(self.fill_cluster_ips(store, spec, &before).await?);
+            }
         }
 
         if needs_node_ports(spec) {
@@ -264,19 +269,52 @@ impl Allocator {
         Ok(plan)
     }
 
-    async fn check_requested_ip(&self, store: &dyn Store, requested: &str, held: &HashSet<String>) -> ApiResult<Result<(), FieldError>> {
+    /// Gives the service one address per family (`ipFamilies` is
+    /// settled), keeping and checking the ones it asked for.
+    async fn fill_cluster_ips(
+        &self,
+        store: &dyn Store,
+        spec: &mut k8s_openapi::api::core::v1::ServiceSpec,
+        held: &HashSet<String>,
+    ) -> ApiResult<Vec<FieldError>> {
+        let families: Vec<IpFamily> = spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f)).collect();
+        let mut ips = spec.cluster_ips.take().unwrap_or_default();
+        ips.resize(families.len().max(ips.len()), String::new());
+        let mut errs = Vec::new();
+        for (i, family) in families.into_iter().enumerate() {
+            if ips[i].is_empty() {
+                ips[i] = self.free_ip(store, family).await?.to_string();
+            } else if let Err(e) = self.check_requested_ip(store, &ips, i, held).await? {
+                errs.push(e);
+            }
+        }
+        spec.cluster_ip = ips.first().cloned();
+        spec.cluster_ips = Some(ips);
+        Ok(errs)
+    }
+
+    async fn check_requested_ip(
+        &self,
+        store: &dyn Store,
+        ips: &[String],
+        i: usize,
+        held: &HashSet<String>,
+    ) -> ApiResult<Result<(), FieldError>> {
+        let requested = &ips[i];
         let fail = |why: String| {
+            let list: Vec<String> = ips.iter().map(|ip| format!("{ip:?}")).collect();
             FieldError::invalid(
                 "spec.clusterIPs",
-                FieldValue::Raw(format!("[]string{{{requested:?}}}")),
+                FieldValue::Raw(format!("[]string{{{}}}", list.join(", "))),
                 format!("failed to allocate IP {requested}: {why}"),
             )
         };
-        let Ok(ip) = requested.parse::<Ipv4Addr>() else {
-            return Ok(Err(fail("not a valid IPv4 address".into())));
+        let Ok(ip) = requested.parse::<IpAddr>() else {
+            return Ok(Err(fail("not a valid IP address".into())));
         };
         if self.offset_of(ip).is_none() {
-            return Ok(Err(fail(format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr))));
+            let range = self.range(IpFamily::of(&ip)).map(|r| r.to_string()).unwrap_or_default();
+            return Ok(Err(fail(format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"))));
         }
         let key = ip_key(ip);
         if !held.contains(&key) && store.get(&key).await?.is_some() {
@@ -311,20 +349,25 @@ impl Allocator {
         Ok(Ok(()))
     }
 
-    async fn free_ip(&self, store: &dyn Store) -> ApiResult<Ipv4Addr> {
-        let band = self.dynamic_band();
+    async fn free_ip(&self, store: &dyn Store, family: IpFamily) -> ApiResult<IpAddr> {
+        let full = || ApiError::Internal("failed to allocate a serviceIP: range is full".into());
+        let range = self.range(family).ok_or_else(full)?;
+        let band = dynamic_band(range);
         for _ in 0..RANDOM_PROBES {
-            let ip = self.nth_ip(rand::random_range(band.clone()));
+            let ip = nth(range, rand::random_range(band.clone()));
             if store.get(&ip_key(ip)).await?.is_none() {
                 return Ok(ip);
             }
         }
         let (taken, _) = store.list(CLUSTER_IP_PREFIX).await?;
         let taken: HashSet<&str> = taken.iter().map(|kv| &kv.key[CLUSTER_IP_PREFIX.len()..]).collect();
-        band.chain(self.usable())
-            .map(|offset| self.nth_ip(offset))
+        // The scan is bounded: a range past this many taken is as good as full.
+        let scan = (taken.len() as u128).saturating_add(1);
+        band.chain(usable(range))
+            .take(usize::try_from(scan.saturating_mul(2)).unwrap_or(usize::MAX))
+            .map(|offset| nth(range, offset))
             .find(|ip| !taken.contains(ip.to_string().as_str()))
-            .ok_or_else(|| ApiError::Internal("failed to allocate a serviceIP: range is full".into()))
+            .ok_or_else(full)
     }
 
     async fn free_port(&self, store: &dyn Store, taken_now: &HashSet<u16>) -> ApiResult<u16> {
@@ -353,16 +396,19 @@ mod tests {
 
     #[test]
     fn ranges_follow_kubernetes() {
-        let a = Allocator::new("127.96.0.0/12".parse().unwrap(), 30000..=32767);
-        assert_eq!(a.nth_ip(10), Ipv4Addr::new(127, 96, 0, 10));
-        assert_eq!(a.usable(), 1..=(1 << 20) - 2);
-        assert_eq!(*a.dynamic_band().start(), 256);
-        assert!(a.offset_of(Ipv4Addr::new(127, 96, 0, 0)).is_none());
-        assert!(a.offset_of(Ipv4Addr::new(127, 111, 255, 255)).is_none());
-        assert!(a.offset_of(Ipv4Addr::new(127, 112, 0, 1)).is_none());
-        let small = Allocator::new("127.50.0.0/28".parse().unwrap(), 30000..=30001);
-        assert_eq!(small.usable(), 1..=14);
-        assert_eq!(small.dynamic_band(), 14..=14);
+        let a = Allocator::new("127.96.0.0/12,fd77:6861:7266:96::/108".parse().unwrap(), 30000..=32767);
+        let v4 = a.range(IpFamily::V4).unwrap();
+        assert_eq!(usable(v4), 1..=(1 << 20) - 2);
+        assert_eq!(*dynamic_band(v4).start(), 256);
+        for outside in ["127.96.0.0", "127.111.255.255", "127.112.0.1", "fd77:6861:7266:96::", "fd77:6861:7266:97::1"] {
+            assert!(a.offset_of(outside.parse().unwrap()).is_none(), "{outside}");
+        }
+        assert_eq!(a.offset_of("fd77:6861:7266:96::a".parse().unwrap()), Some(10));
+        assert_eq!(usable(a.range(IpFamily::V6).unwrap()), 1..=(1 << 20) - 1);
+        let small = "127.50.0.0/28".parse().unwrap();
+        assert_eq!(usable(small), 1..=14);
+        assert_eq!(dynamic_band(small), 14..=14);
+        assert_eq!(range_size("fd00::/0".parse().unwrap()), u128::MAX);
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResu
         "default",
         json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": allocator.nth_ip(1).to_string(),
+            "spec": {"clusterIP": allocator.cidrs().nth_primary(1).to_string(),
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]},
         }),
     )
@@ -109,7 +109,7 @@ pub async fn bootstrap(registry: &Registry, api_endpoint: SocketAddr) -> ApiResu
         "kube-system",
         json!({
             "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "wharf-dns"}},
-            "spec": {"clusterIP": allocator.nth_ip(10).to_string(), "ports": [
+            "spec": {"clusterIP": allocator.cidrs().nth_primary(10).to_string(), "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
             ]},

@@ -5,7 +5,7 @@
 //! other name stay cached.
 
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rustc_hash::{FxHashMap, FxHasher};
 
@@ -32,7 +32,7 @@ impl Scope {
     }
 
     /// The reverse name of an address.
-    pub fn address(ip: Ipv4Addr) -> Scope {
+    pub fn address(ip: IpAddr) -> Scope {
         scope(3, ip)
     }
 

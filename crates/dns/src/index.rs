@@ -4,7 +4,7 @@
 //! answer caches which of their answers are stale.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,7 +15,8 @@ pub use wharf_kube::ObjectKey as Key;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceKind {
-    ClusterIp(Ipv4Addr),
+    /// Its cluster IPs, one per family.
+    ClusterIp(Vec<IpAddr>),
     Headless,
     ExternalName(String),
 }
@@ -31,7 +32,7 @@ pub struct ServiceEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The endpoint's hostname, or its dashed IP.
     pub hostname: String,
     pub ready: bool,
@@ -49,9 +50,10 @@ pub struct Index {
     services: HashMap<Key, ServiceEntry>,
     slices: HashMap<Key, SliceEntry>,
     slices_of: HashMap<Key, HashSet<String>>,
-    by_cluster_ip: HashMap<Ipv4Addr, HashSet<Key>>,
-    pods: HashMap<Key, Ipv4Addr>,
-    pod_ips: HashMap<(String, Ipv4Addr), usize>,
+    by_cluster_ip: HashMap<IpAddr, HashSet<Key>>,
+    /// Each pod's IPs, one per family.
+    pods: HashMap<Key, Vec<IpAddr>>,
+    pod_ips: HashMap<(String, IpAddr), usize>,
     namespaces: HashSet<String>,
     /// What changed when, for the answer caches.
     pub freshness: Freshness,
@@ -64,8 +66,17 @@ pub struct Index {
 /// answers negatively.
 pub const SOURCES: [&str; 4] = ["services", "endpointslices", "pods", "namespaces"];
 
-pub fn dashed(ip: Ipv4Addr) -> String {
-    ip.to_string().replace('.', "-")
+/// An address as a DNS label: `1-2-3-4`, or for IPv6 its canonical text
+/// with dashes for colons (`fd00--1`), as CoreDNS writes them.
+pub fn dashed(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+/// The address a dashed label stands for, if it is one written
+/// canonically.
+pub fn undashed(label: &str) -> Option<IpAddr> {
+    let ip = label.replace('-', ".").parse::<IpAddr>().or_else(|_| label.replace('-', ":").parse::<IpAddr>()).ok()?;
+    (dashed(ip) == label).then_some(ip)
 }
 
 fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<NamedPort> {
@@ -120,11 +131,11 @@ impl Index {
         self.namespaces.contains(ns)
     }
 
-    pub fn services_with_ip(&self, ip: Ipv4Addr) -> impl Iterator<Item = &Key> {
+    pub fn services_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Key> {
         self.by_cluster_ip.get(&ip).into_iter().flatten()
     }
 
-    pub fn has_pod_ip(&self, ns: &str, ip: Ipv4Addr) -> bool {
+    pub fn has_pod_ip(&self, ns: &str, ip: IpAddr) -> bool {
         self.pod_ips.contains_key(&(ns.to_string(), ip))
     }
 
@@ -160,7 +171,7 @@ impl Index {
     }
 
     /// Headless services with an endpoint at `ip`, with its hostname.
-    pub fn headless_with_endpoint(&self, ip: Ipv4Addr) -> Vec<(Key, String)> {
+    pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
         for (key, slice) in &self.slices {
             let svc_key = Key::new(key.namespace.as_str(), slice.service.as_str());
@@ -182,9 +193,12 @@ impl Index {
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
         } else {
-            match spec.cluster_ip.as_deref().map(str::parse::<Ipv4Addr>) {
-                Some(Ok(ip)) => ServiceKind::ClusterIp(ip),
-                _ => ServiceKind::Headless,
+            let listed = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.as_ref().filter(|_| spec.cluster_ips.is_none()));
+            let ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+            if ips.is_empty() {
+                ServiceKind::Headless
+            } else {
+                ServiceKind::ClusterIp(ips)
             }
         };
         let ports = named_ports(spec.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port))));
@@ -193,8 +207,10 @@ impl Index {
             return;
         }
         self.delete_service(&key);
-        if let ServiceKind::ClusterIp(ip) = entry.kind {
-            self.by_cluster_ip.entry(ip).or_default().insert(key.clone());
+        if let ServiceKind::ClusterIp(ips) = &entry.kind {
+            for ip in ips {
+                self.by_cluster_ip.entry(*ip).or_default().insert(key.clone());
+            }
         }
         let scopes = self.service_scopes(&key, &entry);
         self.services.insert(key, entry);
@@ -205,8 +221,8 @@ impl Index {
     /// cluster IP, and those of its endpoints (PTRs of headless services).
     fn service_scopes(&self, key: &Key, entry: &ServiceEntry) -> Vec<Scope> {
         let mut scopes = vec![Scope::service(&key.namespace, &key.name)];
-        if let ServiceKind::ClusterIp(ip) = entry.kind {
-            scopes.push(Scope::address(ip));
+        if let ServiceKind::ClusterIp(ips) = &entry.kind {
+            scopes.extend(ips.iter().map(|ip| Scope::address(*ip)));
         }
         scopes.extend(self.endpoints(&key.namespace, &key.name).iter().map(|e| Scope::address(e.ip)));
         scopes
@@ -214,11 +230,13 @@ impl Index {
 
     pub fn delete_service(&mut self, key: &Key) {
         if let Some(old) = self.services.remove(key) {
-            if let ServiceKind::ClusterIp(ip) = old.kind {
-                if let Some(set) = self.by_cluster_ip.get_mut(&ip) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.by_cluster_ip.remove(&ip);
+            if let ServiceKind::ClusterIp(ips) = &old.kind {
+                for ip in ips {
+                    if let Some(set) = self.by_cluster_ip.get_mut(ip) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.by_cluster_ip.remove(ip);
+                        }
                     }
                 }
             }
@@ -230,7 +248,7 @@ impl Index {
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
         let key = Key::of(slice);
         let service = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned();
-        let Some(service) = service.filter(|_| slice.address_type == "IPv4") else {
+        let Some(service) = service.filter(|_| matches!(slice.address_type.as_str(), "IPv4" | "IPv6")) else {
             self.delete_slice(&key);
             return;
         };
@@ -241,7 +259,7 @@ impl Index {
                 let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 let hostname = e.hostname.clone().map(|h| h.to_lowercase());
                 e.addresses.iter().filter_map(move |a| {
-                    let ip: Ipv4Addr = a.parse().ok()?;
+                    let ip: IpAddr = a.parse().ok()?;
                     Some(EndpointEntry { ip, hostname: hostname.clone().unwrap_or_else(|| dashed(ip)), ready })
                 })
             })
@@ -273,29 +291,41 @@ impl Index {
 
     pub fn apply_pod(&mut self, pod: &Pod) {
         let key = Key::of(pod);
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
-        if self.pods.get(&key).copied() == ip {
+        let status = pod.status.as_ref();
+        let listed = status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|p| p.ip.as_str());
+        let mut ips: Vec<IpAddr> = listed.chain(status.and_then(|s| s.pod_ip.as_deref())).filter_map(|ip| ip.parse().ok()).collect();
+        ips.sort();
+        ips.dedup();
+        if self.pods.get(&key).map_or(ips.is_empty(), |had| *had == ips) {
             return;
         }
         self.delete_pod(&key);
-        if let Some(ip) = ip {
-            *self.pod_ips.entry((key.namespace.clone(), ip)).or_default() += 1;
-            let scope = Scope::pod(&key.namespace, &dashed(ip));
-            self.pods.insert(key, ip);
-            self.changed([scope]);
+        if ips.is_empty() {
+            return;
         }
+        let mut scopes = Vec::new();
+        for ip in &ips {
+            *self.pod_ips.entry((key.namespace.clone(), *ip)).or_default() += 1;
+            scopes.push(Scope::pod(&key.namespace, &dashed(*ip)));
+        }
+        self.pods.insert(key, ips);
+        self.changed(scopes);
     }
 
     pub fn delete_pod(&mut self, key: &Key) {
-        if let Some(ip) = self.pods.remove(key) {
-            let slot = (key.namespace.clone(), ip);
-            if let Some(n) = self.pod_ips.get_mut(&slot) {
-                *n -= 1;
-                if *n == 0 {
-                    self.pod_ips.remove(&slot);
+        if let Some(ips) = self.pods.remove(key) {
+            let mut scopes = Vec::new();
+            for ip in ips {
+                let slot = (key.namespace.clone(), ip);
+                if let Some(n) = self.pod_ips.get_mut(&slot) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pod_ips.remove(&slot);
+                    }
                 }
+                scopes.push(Scope::pod(&key.namespace, &dashed(ip)));
             }
-            self.changed([Scope::pod(&key.namespace, &dashed(ip))]);
+            self.changed(scopes);
         }
     }
 

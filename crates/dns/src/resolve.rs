@@ -3,15 +3,16 @@
 //! where NXDOMAIN, NODATA and the synthesized SOA go. Pure: no I/O.
 
 use std::cell::RefCell;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use wharf_api::ipfamily::ServiceCidrs;
 
 use crate::freshness::Scope;
-use crate::index::{dashed, EndpointEntry, Index, ServiceKind};
+use crate::index::{undashed, EndpointEntry, Index, ServiceKind};
 
 /// The schema version `dns-version.<zone>` reports.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -26,8 +27,9 @@ pub struct ZoneConfig {
     pub domain: String,
     pub ttl: u32,
     /// The DNS server's own service IP, the NS glue.
-    pub dns_ip: Ipv4Addr,
-    pub service_cidr: Ipv4Net,
+    pub dns_ip: IpAddr,
+    /// The service ranges: the reverse zones the server is authoritative for.
+    pub service_cidrs: ServiceCidrs,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,12 +61,42 @@ fn srv_weight(count: usize) -> u16 {
     u16::try_from(100 / count.max(1)).unwrap_or(100)
 }
 
-/// Parses `d.c.b.a.in-addr.arpa` into a.b.c.d.
-fn reverse_v4(qname: &str) -> Option<Ipv4Addr> {
-    let rest = qname.strip_suffix(".in-addr.arpa")?;
-    let octets: Vec<u8> = rest.split('.').map(|o| o.parse().ok()).collect::<Option<_>>()?;
-    let [d, c, b, a] = octets.as_slice() else { return None };
-    Some(Ipv4Addr::new(*a, *b, *c, *d))
+/// Parses `d.c.b.a.in-addr.arpa` into a.b.c.d, and the 32 nibbles of an
+/// `ip6.arpa` name into its IPv6 address.
+fn reverse_address(qname: &str) -> Option<IpAddr> {
+    if let Some(rest) = qname.strip_suffix(".in-addr.arpa") {
+        let octets: Vec<u8> = rest.split('.').map(|o| o.parse().ok()).collect::<Option<_>>()?;
+        let [d, c, b, a] = octets.as_slice() else { return None };
+        return Some(IpAddr::V4(Ipv4Addr::new(*a, *b, *c, *d)));
+    }
+    let rest = qname.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u32> =
+        rest.split('.').map(|n| if n.len() == 1 { n.chars().next()?.to_digit(16) } else { None }).collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let bits = nibbles.iter().rev().fold(0u128, |acc, n| (acc << 4) | u128::from(*n));
+    Some(IpAddr::V6(Ipv6Addr::from(bits)))
+}
+
+/// The reverse zone covering a service range, on an octet (IPv4) or
+/// nibble (IPv6) boundary.
+fn reverse_apex(cidr: &IpNet) -> String {
+    match cidr {
+        IpNet::V4(v4) => {
+            let whole = usize::from(v4.prefix_len() / 8).max(1);
+            let mut parts: Vec<String> = v4.network().octets()[..whole].iter().rev().map(u8::to_string).collect();
+            parts.push("in-addr.arpa".into());
+            parts.join(".")
+        }
+        IpNet::V6(v6) => {
+            let whole = usize::from(v6.prefix_len() / 4).max(1);
+            let hex = format!("{:032x}", u128::from(v6.network()));
+            let mut parts: Vec<String> = hex[..whole].chars().rev().map(String::from).collect();
+            parts.push("ip6.arpa".into());
+            parts.join(".")
+        }
+    }
 }
 
 struct Zone<'a> {
@@ -120,8 +152,29 @@ impl Zone<'_> {
         Answer { rcode: ResponseCode::NoError, answers: records, additional, ..Default::default() }
     }
 
-    fn a(&self, owner: &str, ip: Ipv4Addr) -> Option<Record> {
-        record(owner, self.cfg.ttl, RData::A(A(ip)))
+    /// An A or AAAA record for `ip`.
+    fn address(&self, owner: &str, ip: IpAddr) -> Option<Record> {
+        match ip {
+            IpAddr::V4(v4) => record(owner, self.cfg.ttl, RData::A(A(v4))),
+            IpAddr::V6(v6) => record(owner, self.cfg.ttl, RData::AAAA(AAAA(v6))),
+        }
+    }
+
+    /// Whether the query asks for addresses (A or AAAA).
+    fn asks_addresses(&self) -> bool {
+        matches!(self.qtype, RecordType::A | RecordType::AAAA)
+    }
+
+    /// The records of those of `ips` whose family the query asks for
+    /// (A: IPv4, AAAA: IPv6), sorted and without repeats.
+    fn addresses(&self, owner: &str, ips: impl IntoIterator<Item = IpAddr>) -> Vec<Record> {
+        let mut ips: Vec<IpAddr> = ips
+            .into_iter()
+            .filter(|ip| matches!((ip, self.qtype), (IpAddr::V4(_), RecordType::A) | (IpAddr::V6(_), RecordType::AAAA)))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips.into_iter().filter_map(|ip| self.address(owner, ip)).collect()
     }
 
     fn resolve(&self) -> Answer {
@@ -142,10 +195,7 @@ impl Zone<'_> {
                 _ => self.nodata(),
             },
             ["dns"] | ["svc"] | ["pod"] => self.nodata(),
-            ["ns", "dns"] => match self.qtype {
-                RecordType::A => self.answer(self.a(self.qname, self.cfg.dns_ip).into_iter().collect(), Vec::new()),
-                _ => self.nodata(),
-            },
+            ["ns", "dns"] => self.answer(self.addresses(self.qname, [self.cfg.dns_ip]), Vec::new()),
             [ns, "svc"] | [ns, "pod"] if self.index.has_namespace(ns) => self.nodata(),
             [svc, ns, "svc"] => self.service(ns, svc),
             [host, svc, ns, "svc"] => self.endpoint(ns, svc, host),
@@ -162,7 +212,7 @@ impl Zone<'_> {
             RecordType::NS => {
                 let target = format!("ns.dns.{domain}");
                 let ns = name(&target).and_then(|t| record(domain, self.cfg.ttl, RData::NS(NS(t))));
-                self.answer(ns.into_iter().collect(), self.a(&target, self.cfg.dns_ip).into_iter().collect())
+                self.answer(ns.into_iter().collect(), self.address(&target, self.cfg.dns_ip).into_iter().collect())
             }
             _ => self.nodata(),
         }
@@ -180,14 +230,14 @@ impl Zone<'_> {
         let Some(entry) = self.index.service(ns, svc) else { return self.nxdomain() };
         let fqdn = self.fqdn(svc, ns);
         match &entry.kind {
-            ServiceKind::ClusterIp(ip) => match self.qtype {
-                RecordType::A => self.answer(self.a(self.qname, *ip).into_iter().collect(), Vec::new()),
+            ServiceKind::ClusterIp(ips) => match self.qtype {
+                _ if self.asks_addresses() => self.answer(self.addresses(self.qname, ips.iter().copied()), Vec::new()),
                 RecordType::SRV => {
                     let srv = entry.ports.iter().filter_map(|(_, _, port)| {
                         let target = name(&fqdn)?;
                         record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, 100, *port, target)))
                     });
-                    self.answer(srv.collect(), self.a(&fqdn, *ip).into_iter().collect())
+                    self.answer(srv.collect(), ips.iter().filter_map(|ip| self.address(&fqdn, *ip)).collect())
                 }
                 _ => self.nodata(),
             },
@@ -197,12 +247,7 @@ impl Zone<'_> {
                     return self.nxdomain();
                 }
                 match self.qtype {
-                    RecordType::A => {
-                        let mut ips: Vec<Ipv4Addr> = ready.iter().map(|e| e.ip).collect();
-                        ips.sort();
-                        ips.dedup();
-                        self.answer(ips.into_iter().filter_map(|ip| self.a(self.qname, ip)).collect(), Vec::new())
-                    }
+                    _ if self.asks_addresses() => self.answer(self.addresses(self.qname, ready.iter().map(|e| e.ip)), Vec::new()),
                     RecordType::SRV => self.headless_srv(ns, svc, &ready, None),
                     _ => self.nodata(),
                 }
@@ -230,7 +275,7 @@ impl Zone<'_> {
                     answers.extend(record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, weight, *port, t))));
                 }
             }
-            additional.extend(self.a(&target, ep.ip));
+            additional.extend(self.address(&target, ep.ip));
         }
         self.answer(answers, additional)
     }
@@ -282,10 +327,7 @@ impl Zone<'_> {
         if matching.is_empty() {
             return self.nxdomain();
         }
-        match self.qtype {
-            RecordType::A => self.answer(matching.iter().filter_map(|e| self.a(self.qname, e.ip)).collect(), Vec::new()),
-            _ => self.nodata(),
-        }
+        self.answer(self.addresses(self.qname, matching.iter().map(|e| e.ip)), Vec::new())
     }
 
     fn srv_port(&self, ns: &str, svc: &str, port: &str, proto: &str) -> Answer {
@@ -301,10 +343,10 @@ impl Zone<'_> {
             return self.nodata();
         }
         match &entry.kind {
-            ServiceKind::ClusterIp(ip) => {
+            ServiceKind::ClusterIp(ips) => {
                 let fqdn = self.fqdn(svc, ns);
                 let srv = name(&fqdn).and_then(|t| record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, 100, *number, t))));
-                self.answer(srv.into_iter().collect(), self.a(&fqdn, *ip).into_iter().collect())
+                self.answer(srv.into_iter().collect(), ips.iter().filter_map(|ip| self.address(&fqdn, *ip)).collect())
             }
             ServiceKind::Headless => {
                 let ready = self.ready_endpoints(ns, svc);
@@ -318,17 +360,11 @@ impl Zone<'_> {
     }
 
     fn pod(&self, ns: &str, pod: &str) -> Answer {
-        let Ok(ip) = pod.replace('-', ".").parse::<Ipv4Addr>() else { return self.nxdomain() };
-        if dashed(ip) != pod || !self.index.has_pod_ip(ns, ip) {
-            return self.nxdomain();
-        }
-        match self.qtype {
-            RecordType::A => self.answer(self.a(self.qname, ip).into_iter().collect(), Vec::new()),
-            _ => self.nodata(),
-        }
+        let Some(ip) = undashed(pod).filter(|ip| self.index.has_pod_ip(ns, *ip)) else { return self.nxdomain() };
+        self.answer(self.addresses(self.qname, [ip]), Vec::new())
     }
 
-    fn reverse(&self, ip: Ipv4Addr) -> Option<Answer> {
+    fn reverse(&self, ip: IpAddr) -> Option<Answer> {
         self.scopes.borrow_mut().push(Scope::address(ip));
         let mut targets: Vec<String> = self.index.services_with_ip(ip).map(|k| self.fqdn(&k.name, &k.namespace)).collect();
         targets.extend(
@@ -336,10 +372,11 @@ impl Zone<'_> {
         );
         targets.sort();
         targets.dedup();
-        let apex = reverse_apex(&self.cfg.service_cidr);
+        let range = self.cfg.service_cidrs.iter().find(|n| n.contains(&ip));
+        let apex = range.map_or_else(|| reverse_apex(&IpNet::from(ip)), |r| reverse_apex(&r));
         if targets.is_empty() {
-            // Authoritative for the service range only; other IPs go upstream.
-            return self.cfg.service_cidr.contains(&ip).then(|| self.negative(ResponseCode::NXDomain, &apex));
+            // Authoritative for the service ranges only; other IPs go upstream.
+            return range.map(|_| self.negative(ResponseCode::NXDomain, &apex));
         }
         if self.qtype != RecordType::PTR {
             return Some(self.negative(ResponseCode::NoError, &apex));
@@ -347,15 +384,6 @@ impl Zone<'_> {
         let ptrs = targets.iter().filter_map(|t| record(self.qname, self.cfg.ttl, RData::PTR(PTR(name(t)?))));
         Some(self.answer(ptrs.collect(), Vec::new()))
     }
-}
-
-/// The reverse zone covering the service range, on an octet boundary.
-fn reverse_apex(cidr: &Ipv4Net) -> String {
-    let octets = cidr.network().octets();
-    let whole = usize::from(cidr.prefix_len() / 8).max(1);
-    let mut parts: Vec<String> = octets[..whole].iter().rev().map(u8::to_string).collect();
-    parts.push("in-addr.arpa".into());
-    parts.join(".")
 }
 
 /// Resolves a lower-case name without trailing dot. `scopes` receives the
@@ -372,9 +400,9 @@ fn resolve_in(zone: &Zone) -> Resolution {
     if qname == cfg.domain || qname.ends_with(&format!(".{}", cfg.domain)) {
         return Resolution::Local(zone.resolve());
     }
-    if let Some(ip) = reverse_v4(qname) {
+    if let Some(ip) = reverse_address(qname) {
         if !index.is_synced() {
-            return Resolution::Local(zone.negative(ResponseCode::ServFail, &reverse_apex(&cfg.service_cidr)));
+            return Resolution::Local(zone.negative(ResponseCode::ServFail, &reverse_apex(&cfg.service_cidrs.primary())));
         }
         if let Some(answer) = zone.reverse(ip) {
             return Resolution::Local(answer);
@@ -396,7 +424,7 @@ mod tests {
             domain: "cluster.local".into(),
             ttl: 5,
             dns_ip: "127.96.0.10".parse().unwrap(),
-            service_cidr: "127.96.0.0/12".parse().unwrap(),
+            service_cidrs: "127.96.0.0/12,fd77:6861:7266:96::/108".parse().unwrap(),
         }
     }
 
@@ -564,7 +592,7 @@ mod tests {
         assert_eq!(scopes(&idx, "testns.svc.cluster.local", RecordType::A), [Scope::namespace("testns")]);
         assert_eq!(scopes(&idx, "nothere.svc.cluster.local", RecordType::A), [Scope::namespace("nothere")]);
         assert_eq!(scopes(&idx, "cluster.local", RecordType::SOA), [Scope::apex()]);
-        let ip: Ipv4Addr = "127.96.0.100".parse().unwrap();
+        let ip: IpAddr = "127.96.0.100".parse().unwrap();
         assert_eq!(scopes(&idx, "100.0.96.127.in-addr.arpa", RecordType::PTR), [Scope::address(ip)]);
     }
 
@@ -572,7 +600,7 @@ mod tests {
     fn a_change_marks_the_scopes_whose_answers_it_changes() {
         let mut idx = index();
         let (svc1, hdls1) = (Scope::service("testns", "svc1"), Scope::service("testns", "hdls1"));
-        let endpoint: Ipv4Addr = "172.0.0.3".parse().unwrap();
+        let endpoint: IpAddr = "172.0.0.3".parse().unwrap();
         let built = |idx: &Index| {
             [svc1, hdls1, Scope::address(endpoint), Scope::address("127.96.0.100".parse().unwrap())].map(|s| idx.freshness.stamp(&[s]))
         };
@@ -591,5 +619,102 @@ mod tests {
         let before = built(&idx);
         idx.delete_service(&crate::index::Key::new("testns", "svc1"));
         assert_eq!(before.map(|s| idx.freshness.is_fresh(&s)), [false, true, true, false]);
+    }
+}
+
+#[cfg(test)]
+mod dual_stack_tests {
+    use super::*;
+    use crate::index::SOURCES;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    fn cfg() -> ZoneConfig {
+        ZoneConfig {
+            domain: "cluster.local".into(),
+            ttl: 5,
+            dns_ip: "127.96.0.10".parse().unwrap(),
+            service_cidrs: "127.96.0.0/12,fd77:6861:7266:96::/108".parse().unwrap(),
+        }
+    }
+
+    /// A dual-stack service, a headless one with an IPv4 and an IPv6
+    /// slice, and a pod with both addresses.
+    fn index() -> Index {
+        let mut idx = Index::default();
+        for s in SOURCES {
+            idx.mark_synced(s);
+        }
+        idx.apply_service(
+            &serde_json::from_value::<Service>(json!({"metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"clusterIP": "127.96.0.50", "clusterIPs": ["127.96.0.50", "fd77:6861:7266:96::32"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ports": [{"name": "http", "port": 80}]}}))
+            .unwrap(),
+        );
+        idx.apply_service(
+            &serde_json::from_value::<Service>(json!({"metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]}}))
+            .unwrap(),
+        );
+        for (name, family, ip) in [("db-4", "IPv4", "127.0.0.5"), ("db-6", "IPv6", "fd00::5")] {
+            idx.apply_slice(
+                &serde_json::from_value::<EndpointSlice>(json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": family,
+                "endpoints": [{"addresses": [ip], "hostname": "db-0", "conditions": {"ready": true}}],
+                "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]}))
+                .unwrap(),
+            );
+        }
+        idx.apply_pod(
+            &serde_json::from_value::<Pod>(json!({"metadata": {"name": "p", "namespace": "ns"},
+            "status": {"podIP": "127.0.0.7", "podIPs": [{"ip": "127.0.0.7"}, {"ip": "fd00::7"}]}}))
+            .unwrap(),
+        );
+        idx
+    }
+
+    fn ask(idx: &Index, q: &str, t: RecordType) -> (ResponseCode, Vec<String>) {
+        match resolve(idx, &cfg(), q, t, &mut Vec::new()) {
+            Resolution::Local(a) => (a.rcode, a.answers.iter().map(|r| r.data.to_string()).collect()),
+            Resolution::Forward => panic!("{q} was forwarded"),
+        }
+    }
+
+    #[test]
+    fn a_and_aaaa_come_from_each_family() {
+        let idx = index();
+        assert_eq!(ask(&idx, "web.ns.svc.cluster.local", RecordType::A).1, ["127.96.0.50"]);
+        assert_eq!(ask(&idx, "web.ns.svc.cluster.local", RecordType::AAAA).1, ["fd77:6861:7266:96::32"]);
+        assert_eq!(ask(&idx, "db.ns.svc.cluster.local", RecordType::A).1, ["127.0.0.5"]);
+        assert_eq!(ask(&idx, "db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
+        assert_eq!(ask(&idx, "db-0.db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
+        assert_eq!(ask(&idx, "fd00--7.ns.pod.cluster.local", RecordType::AAAA).1, ["fd00::7"]);
+        assert_eq!(ask(&idx, "127-0-0-7.ns.pod.cluster.local", RecordType::A).1, ["127.0.0.7"]);
+        // Only the canonical dashed form names a pod.
+        assert_eq!(ask(&idx, "fd00-0-0-0-0-0-0-7.ns.pod.cluster.local", RecordType::AAAA).0, ResponseCode::NXDomain);
+        assert_eq!(ask(&idx, "fd00--7.ns.pod.cluster.local", RecordType::A), (ResponseCode::NoError, vec![]));
+    }
+
+    #[test]
+    fn ip6_arpa_names_answer_for_cluster_ips_and_endpoints() {
+        let idx = index();
+        let service = "2.3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.6.6.2.7.1.6.8.6.7.7.d.f.ip6.arpa";
+        assert_eq!(ask(&idx, service, RecordType::PTR).1, ["web.ns.svc.cluster.local."]);
+        let endpoint = "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa";
+        assert_eq!(ask(&idx, endpoint, RecordType::PTR).1, ["db-0.db.ns.svc.cluster.local."]);
+        // In the service range but unknown: NXDOMAIN from the range's zone.
+        let free = "9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.6.6.2.7.1.6.8.6.7.7.d.f.ip6.arpa";
+        assert_eq!(ask(&idx, free, RecordType::PTR).0, ResponseCode::NXDomain);
+        // Elsewhere and unknown: not the cluster's to answer.
+        let other = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
+        assert_eq!(resolve(&idx, &cfg(), other, RecordType::PTR, &mut Vec::new()), Resolution::Forward);
+        assert_eq!(
+            reverse_apex(&"fd77:6861:7266:96::/108".parse().unwrap()),
+            "0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.6.6.2.7.1.6.8.6.7.7.d.f.ip6.arpa"
+        );
+        assert_eq!(reverse_address("1.2.ip6.arpa"), None);
+        assert_eq!(reverse_address(&format!("{}ip6.arpa", "g.".repeat(32))), None);
     }
 }

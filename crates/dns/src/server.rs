@@ -346,7 +346,7 @@ mod tests {
                 domain: "cluster.local".into(),
                 ttl: 5,
                 dns_ip: "127.96.0.10".parse().unwrap(),
-                service_cidr: "127.96.0.0/12".parse().unwrap(),
+                service_cidrs: "127.96.0.0/12".parse().unwrap(),
             },
             forwarder: None,
             metrics: DnsMetrics::default(),

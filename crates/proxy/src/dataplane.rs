@@ -19,7 +19,7 @@ use crate::balancer::{self, ActiveGuard, Affinity, Backend};
 pub use crate::claims::{Applied, Conflict, Owner};
 use crate::claims::{Claim, Claims, FrontendKey};
 use crate::metrics::{PortMetrics, ProxyMetrics};
-use crate::model::{Frontend, Protocol, Scope, ServicePort, ServicePortName};
+use crate::model::{Frontend, Lane, Protocol, ServicePort, ServicePortName};
 use crate::{copy, udp};
 
 /// How long connecting to one endpoint may take before trying another.
@@ -45,11 +45,9 @@ pub struct PortState {
     metrics: PortMetrics,
 }
 
+/// The backends of each lane (scope and family).
 #[derive(Default, Clone)]
-struct BackendSets {
-    internal: Arc<Vec<Arc<Backend>>>,
-    external: Arc<Vec<Arc<Backend>>>,
-}
+struct BackendSets(HashMap<Lane, Arc<Vec<Arc<Backend>>>>);
 
 impl PortState {
     fn new(name: ServicePortName, metrics: &ProxyMetrics) -> Arc<Self> {
@@ -70,12 +68,9 @@ impl PortState {
         self.metrics.forget(endpoints);
     }
 
-    pub fn backends(&self, scope: Scope) -> Arc<Vec<Arc<Backend>>> {
+    pub fn backends(&self, lane: Lane) -> Arc<Vec<Arc<Backend>>> {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        match scope {
-            Scope::Internal => sets.internal.clone(),
-            Scope::External => sets.external.clone(),
-        }
+        sets.0.get(&lane).cloned().unwrap_or_default()
     }
 
     fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
@@ -96,7 +91,7 @@ impl PortState {
 
     fn is_usable(&self, addr: SocketAddr) -> bool {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        sets.internal.iter().chain(sets.external.iter()).any(|b| b.addr == addr)
+        sets.0.values().flat_map(|set| set.iter()).any(|b| b.addr == addr)
     }
 
     /// Installs the usable endpoints of `port` on node `node`. Endpoints
@@ -111,9 +106,9 @@ impl PortState {
                 .backend
                 .clone()
         };
-        let internal: Vec<Arc<Backend>> = port.usable(Scope::Internal, node).iter().map(|e| get(e.addr)).collect();
-        let external: Vec<Arc<Backend>> = port.usable(Scope::External, node).iter().map(|e| get(e.addr)).collect();
-        let keep: HashSet<SocketAddr> = internal.iter().chain(&external).map(|b| b.addr).collect();
+        let sets: HashMap<Lane, Arc<Vec<Arc<Backend>>>> =
+            Lane::ALL.iter().map(|lane| (*lane, Arc::new(port.usable_in(*lane, node).iter().map(|e| get(e.addr)).collect()))).collect();
+        let keep: HashSet<SocketAddr> = sets.values().flat_map(|set| set.iter()).map(|b| b.addr).collect();
         let leaving: Vec<SocketAddr> = all.keys().filter(|a| !keep.contains(a)).copied().collect();
         if drain.is_zero() {
             for addr in &leaving {
@@ -122,7 +117,7 @@ impl PortState {
             all.retain(|a, _| keep.contains(a));
         }
         drop(all);
-        *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets { internal: Arc::new(internal), external: Arc::new(external) };
+        *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets(sets);
         let mut affinity = self.affinity.write().unwrap_or_else(|p| p.into_inner());
         match (port.affinity, affinity.is_some()) {
             (Some(timeout), false) => *affinity = Some(Arc::new(Affinity::new(timeout, affinity_entries))),
@@ -171,8 +166,8 @@ impl PortState {
 
     /// Chooses an endpoint for `client`: its affinity if any, else by
     /// least connections of two random choices, skipping `tried`.
-    pub fn choose(&self, scope: Scope, client: std::net::IpAddr, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
-        let backends = self.backends(scope);
+    pub fn choose(&self, lane: Lane, client: std::net::IpAddr, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
+        let backends = self.backends(lane);
         if tried.is_empty() {
             if let Some(sticky) = self.affinity().and_then(|a| a.lookup(client, &backends)) {
                 return Some(sticky);
@@ -188,10 +183,10 @@ fn reset(client: TcpStream) {
     drop(client);
 }
 
-async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<(TcpStream, Arc<Backend>)> {
+async fn connect(state: &PortState, lane: Lane, client: SocketAddr) -> Option<(TcpStream, Arc<Backend>)> {
     let mut tried = Vec::new();
     while tried.len() < CONNECT_ATTEMPTS {
-        let backend = state.choose(scope, client.ip(), &tried)?;
+        let backend = state.choose(lane, client.ip(), &tried)?;
         let failure = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => return Some((stream, backend)),
             Ok(Err(e)) => e.to_string(),
@@ -204,9 +199,9 @@ async fn connect(state: &PortState, scope: Scope, client: SocketAddr) -> Option<
     None
 }
 
-async fn serve_tcp(state: Arc<PortState>, scope: Scope, mut client: TcpStream, peer: SocketAddr, timeouts: copy::Timeouts) {
+async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, peer: SocketAddr, timeouts: copy::Timeouts) {
     // TCP_NODELAY comes with the listening socket.
-    let Some((mut upstream, backend)) = connect(&state, scope, peer).await else {
+    let Some((mut upstream, backend)) = connect(&state, lane, peer).await else {
         state.metrics.no_endpoint.inc();
         reset(client);
         return;
@@ -282,7 +277,7 @@ impl Default for ProxyLimits {
 /// What the connections of one TCP frontend share.
 struct TcpFrontend {
     state: Arc<PortState>,
-    scope: Scope,
+    lane: Lane,
     own: wharf_limits::Slots,
     all: wharf_limits::Slots,
     timeouts: copy::Timeouts,
@@ -300,10 +295,10 @@ impl TcpFrontend {
             reset(client);
             return;
         };
-        let (state, scope, timeouts) = (self.state.clone(), self.scope, self.timeouts);
+        let (state, lane, timeouts) = (self.state.clone(), self.lane, self.timeouts);
         let serve = move |client| async move {
             let _slots = (own, all);
-            serve_tcp(state, scope, client, peer, timeouts).await;
+            serve_tcp(state, lane, client, peer, timeouts).await;
         };
         if self.workers.len() == 1 {
             self.connections.spawn(serve(client));
@@ -335,15 +330,35 @@ async fn tcp_listener(listener: TcpListener, frontend: Arc<TcpFrontend>) {
 
 /// A frontend's one listening socket. One socket per frontend, not one
 /// per worker: open files grow with frontends alone (see ARCHITECTURE.md).
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+fn bind_tcp(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = frontend_socket(addr, socket2::Type::STREAM, freebind)?;
     socket.set_reuse_address(true)?;
     // Inherited by every accepted connection: one system call less each.
     socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+fn bind_udp(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
+    let socket = frontend_socket(addr, socket2::Type::DGRAM, freebind)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A non-blocking socket for a frontend. An IPv6 cluster IP is on no
+/// interface, only in a `local` route on `lo` (see `localroute`), and
+/// Linux binds such an IPv6 address only with IPV6_FREEBIND (`freebind`;
+/// an IPv4 one in 127/8 needs nothing). Without the route the bind fails
+/// and the frontend is reported as not served.
+fn frontend_socket(addr: SocketAddr, kind: socket2::Type, freebind: bool) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(freebind)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 /// All listeners of this node and the ports they serve.
@@ -360,11 +375,14 @@ pub struct Dataplane {
     connections: TaskTracker,
     all_connections: wharf_limits::Slots,
     udp_flows: wharf_limits::Slots,
+    /// Ranges made local on `lo`: their addresses bind with IPV6_FREEBIND.
+    local_ranges: Vec<ipnet::IpNet>,
 }
 
 impl Dataplane {
-    pub fn new(workers: Vec<Handle>, node: String, limits: ProxyLimits, metrics: ProxyMetrics) -> Self {
+    pub fn new(workers: Vec<Handle>, node: String, limits: ProxyLimits, metrics: ProxyMetrics, local_ranges: Vec<ipnet::IpNet>) -> Self {
         Self {
+            local_ranges,
             workers: workers.into(),
             node,
             limits,
@@ -389,6 +407,10 @@ impl Dataplane {
             task.abort();
         }
         self.claims.clear();
+    }
+
+    fn freebind(&self, addr: SocketAddr) -> bool {
+        self.local_ranges.iter().any(|r| r.contains(&addr.ip()))
     }
 
     /// Listening sockets open (one per frontend).
@@ -475,10 +497,10 @@ impl Dataplane {
         let _entered = worker.enter();
         match frontend.protocol {
             Protocol::Tcp => {
-                let listener = TcpListener::from_std(bind_tcp(frontend.addr)?)?;
+                let listener = TcpListener::from_std(bind_tcp(frontend.addr, self.freebind(frontend.addr))?)?;
                 let shared = Arc::new(TcpFrontend {
                     state: state.clone(),
-                    scope: frontend.scope,
+                    lane: frontend.lane(),
                     own: wharf_limits::Slots::new("proxy_connections_per_frontend", self.limits.connections_per_frontend),
                     all: self.all_connections.clone(),
                     timeouts: self.limits.tcp,
@@ -489,11 +511,9 @@ impl Dataplane {
                 Ok(worker.spawn(tcp_listener(listener, shared)))
             }
             Protocol::Udp => {
-                let socket = std::net::UdpSocket::bind(frontend.addr)?;
-                socket.set_nonblocking(true)?;
-                let socket = Arc::new(UdpSocket::from_std(socket)?);
+                let socket = Arc::new(UdpSocket::from_std(bind_udp(frontend.addr, self.freebind(frontend.addr))?)?);
                 let flows = udp::Flows::new(self.limits.udp_idle, self.udp_flows.clone());
-                Ok(worker.spawn(udp::frontend(socket, state.clone(), frontend.scope, flows)))
+                Ok(worker.spawn(udp::frontend(socket, state.clone(), frontend.lane(), flows)))
             }
         }
     }

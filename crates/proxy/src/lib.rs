@@ -14,8 +14,10 @@ pub mod copy;
 pub mod dataplane;
 pub mod forwarding;
 pub mod health;
+pub mod localroute;
 pub mod metrics;
 pub mod model;
+mod netlink;
 pub mod nftables;
 pub mod udp;
 
@@ -36,12 +38,16 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
 use model::{NodeView, Protocol};
+use wharf_api::ipfamily::{NodeIps, ServiceCidrs};
 use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
 
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub node_name: String,
-    pub node_ip: IpAddr,
+    /// Node ports are on these (one per family); health checks on the first.
+    pub node_ips: NodeIps,
+    /// The service ranges: IPv6 ones are made local on `lo` where wharf may.
+    pub service_cidrs: ServiceCidrs,
     pub limits: dataplane::ProxyLimits,
     /// Threads of the data plane.
     pub workers: usize,
@@ -300,7 +306,7 @@ impl State {
                     name: key.name.clone(),
                     local_endpoints: std::sync::atomic::AtomicUsize::new(local),
                 });
-                let task = self.runtime.spawn(health::serve(SocketAddr::new(self.config.node_ip, port), state.clone()));
+                let task = self.runtime.spawn(health::serve(SocketAddr::new(self.config.node_ips.primary(), port), state.clone()));
                 self.health.insert(key.clone(), (port, state, task));
             }
             (None, _) => {
@@ -333,9 +339,14 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let workers = data_workers(config.workers)?;
     let runtime = workers[0].clone();
-    let node =
-        NodeView { name: config.node_name.clone(), ip: config.node_ip, reserved: config.reserved.clone(), is_local: is_local_address };
-    let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics);
+    let node = NodeView {
+        name: config.node_name.clone(),
+        ips: config.node_ips.clone(),
+        reserved: config.reserved.clone(),
+        is_local: is_local_address,
+    };
+    let mut local_ranges = localroute::LocalRanges::make(config.service_cidrs.iter());
+    let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics, local_ranges.ranges());
     let connections = userspace.connections();
     let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, config.limits.drain, userspace)?;
     tracing::info!(mode = dataplane.mode(), why, "service proxy data plane");
@@ -393,6 +404,7 @@ pub async fn run(
     }
     publisher.abort();
     state.dataplane.stop();
+    local_ranges.remove();
     for (_, _, task) in state.health.values() {
         task.abort();
     }

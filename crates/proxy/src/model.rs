@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use wharf_api::ipfamily::{IpFamily, NodeIps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -68,6 +69,30 @@ pub struct Frontend {
     pub scope: Scope,
 }
 
+/// Which endpoints a frontend's traffic may use: those its policy scope
+/// allows, of its own address family (an IPv6 cluster IP goes to IPv6
+/// endpoints, as kube-proxy's per-family proxiers do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lane {
+    pub scope: Scope,
+    pub family: IpFamily,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 4] = [
+        Lane { scope: Scope::Internal, family: IpFamily::V4 },
+        Lane { scope: Scope::Internal, family: IpFamily::V6 },
+        Lane { scope: Scope::External, family: IpFamily::V4 },
+        Lane { scope: Scope::External, family: IpFamily::V6 },
+    ];
+}
+
+impl Frontend {
+    pub fn lane(&self) -> Lane {
+        Lane { scope: self.scope, family: IpFamily::of(&self.addr.ip()) }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub addr: SocketAddr,
@@ -94,16 +119,26 @@ impl ServicePort {
     /// kube-proxy chooses them: ready ones, else serving and terminating
     /// ones; with a Local policy only those on this node.
     pub fn usable(&self, scope: Scope, node: &str) -> Vec<&Endpoint> {
+        self.usable_where(scope, node, |_| true)
+    }
+
+    fn usable_where(&self, scope: Scope, node: &str, keep: impl Fn(&Endpoint) -> bool) -> Vec<&Endpoint> {
         let local = match scope {
             Scope::Internal => self.internal_local,
             Scope::External => self.external_local,
         };
-        let candidates: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !local || e.node.as_deref() == Some(node)).collect();
+        let candidates: Vec<&Endpoint> = self.endpoints.iter().filter(|e| keep(e) && (!local || e.node.as_deref() == Some(node))).collect();
         let ready: Vec<&Endpoint> = candidates.iter().copied().filter(|e| e.ready).collect();
         if !ready.is_empty() {
             return ready;
         }
         candidates.into_iter().filter(|e| e.serving && e.terminating).collect()
+    }
+
+    /// The endpoints traffic in `lane` may use on node `node`: the same
+    /// choice, among the endpoints of the lane's family.
+    pub fn usable_in(&self, lane: Lane, node: &str) -> Vec<&Endpoint> {
+        self.usable_where(lane.scope, node, |e| IpFamily::of(&e.addr.ip()) == lane.family)
     }
 
     /// Ready endpoints on `node` (the health check's count).
@@ -116,7 +151,8 @@ impl ServicePort {
 #[derive(Clone, Debug)]
 pub struct NodeView {
     pub name: String,
-    pub ip: IpAddr,
+    /// Node ports are on these, one per family.
+    pub ips: NodeIps,
     /// Frontends someone else serves (the cluster DNS on its service IP).
     pub reserved: BTreeSet<(SocketAddr, Protocol)>,
     /// Whether an address is local to this node (for external IPs).
@@ -131,7 +167,14 @@ pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
     if ty == "ExternalName" {
         return Vec::new();
     }
-    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+    let listed = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.as_ref().filter(|_| spec.cluster_ips.is_none()));
+    let cluster_ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    // Node ports on the node's address of each family the service has.
+    let families: Vec<IpFamily> = match spec.ip_families.as_deref() {
+        Some(listed) if !listed.is_empty() => listed.iter().filter_map(|f| IpFamily::parse(f)).collect(),
+        _ => vec![IpFamily::of(&node.ips.primary())],
+    };
+    let node_ips: Vec<IpAddr> = families.iter().filter_map(|f| node.ips.get(*f)).collect();
     let lb_ips: Vec<IpAddr> = if ty == "LoadBalancer" {
         svc.status
             .as_ref()
@@ -167,11 +210,13 @@ pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
                 frontends.push(Frontend { addr, protocol, scope });
             }
         };
-        if let Some(ip) = cluster_ip {
-            add(ip, port, Scope::Internal);
+        for ip in &cluster_ips {
+            add(*ip, port, Scope::Internal);
         }
         if let Some(node_port) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
-            add(node.ip, node_port, Scope::External);
+            for ip in &node_ips {
+                add(*ip, node_port, Scope::External);
+            }
         }
         for ip in lb_ips.iter().chain(&external_ips) {
             add(*ip, port, Scope::External);
@@ -236,7 +281,7 @@ mod tests {
     use serde_json::json;
 
     fn node() -> NodeView {
-        NodeView { name: "n1".into(), ip: "127.0.0.1".parse().unwrap(), reserved: BTreeSet::new(), is_local: |ip| ip.is_loopback() }
+        NodeView { name: "n1".into(), ips: "127.0.0.1,::1".parse().unwrap(), reserved: BTreeSet::new(), is_local: |ip| ip.is_loopback() }
     }
 
     fn fleet() -> Service {

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balancer::Backend;
 use crate::dataplane::PortState;
-use crate::model::Scope;
+use crate::model::Lane;
 
 struct Flow {
     backend: Arc<Backend>,
@@ -89,7 +89,7 @@ impl Flows {
 /// How long a frontend waits after a failed receive before the next.
 const RECV_BACKOFF: Duration = Duration::from_millis(10);
 
-pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scope, mut flows: Flows) {
+pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane, mut flows: Flows) {
     let mut buf = vec![0u8; 65535];
     let mut sweep = tokio::time::interval(flows.idle.max(Duration::from_secs(1)) / 2);
     let to_endpoint = state.metrics().to_endpoint.clone();
@@ -108,7 +108,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
                 continue;
             }
         };
-        let usable = state.backends(scope);
+        let usable = state.backends(lane);
         let steer = match flows.table.get(&client) {
             Some((flow, _)) => !usable.iter().any(|b| b.addr == flow.backend.addr),
             None => true,
@@ -121,7 +121,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, scope: Scop
                     None => continue,
                 },
             };
-            let Some(backend) = state.choose(scope, client.ip(), &[]) else {
+            let Some(backend) = state.choose(lane, client.ip(), &[]) else {
                 state.metrics().no_endpoint.inc();
                 continue;
             };

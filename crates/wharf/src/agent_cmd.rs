@@ -91,7 +91,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let remote = crate::node::RemoteAccess { clients: tunnels, allow_exec_default: false };
     let node =
-        crate::node::start(client, &args.node, args.service_cidr, args.process.shutdown_grace, remote, &mut life, &mut registry).await?;
+        crate::node::start(client, &args.node, &args.service_cidr, args.process.shutdown_grace, remote, &mut life, &mut registry).await?;
     let metrics = crate::metrics::serve(args.node.metrics_listen, registry, &mut life).await?;
     let addresses = crate::files::Addresses { dns: Some(node.dns), metrics: Some(metrics), ..Default::default() };
     addresses.write(args.process.addresses_file.as_deref())?;

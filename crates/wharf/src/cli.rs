@@ -1,13 +1,14 @@
 //! Command-line flags. Every default makes one machine work without root
 //! networking (see DESIGN.md).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
+use wharf_api::ipfamily::{NodeIps, ServiceCidrs};
 
 #[derive(Parser)]
 #[command(name = "wharf", version, about = "Kubernetes Services, cluster IPs, DNS and the service proxy, in one program")]
@@ -156,6 +157,9 @@ pub struct ClientArgs {
 
 /// The DNS domain of a cluster unless told otherwise, as in Kubernetes.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// 127/8 routes to loopback with no setup; the IPv6 range is a ULA next
+/// to it, made local on `lo` where wharf may add the route.
+pub const DEFAULT_SERVICE_CIDRS: &str = "127.96.0.0/12,fd77:6861:7266:96::/108";
 
 fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".wharf")
@@ -188,10 +192,11 @@ pub struct ServerArgs {
     /// Address of the Kubernetes API (HTTPS). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub api_listen: SocketAddr,
-    /// Range cluster IPs come from; the first address is the `kubernetes`
-    /// service, the tenth the cluster DNS.
-    #[arg(long, default_value = "127.96.0.0/12")]
-    pub service_cidr: Ipv4Net,
+    /// Ranges cluster IPs come from: one, or an IPv4 and an IPv6 one
+    /// (dual stack; the first is the primary). The primary's first address
+    /// is the `kubernetes` service, its tenth the cluster DNS.
+    #[arg(long, default_value = DEFAULT_SERVICE_CIDRS)]
+    pub service_cidr: ServiceCidrs,
     /// Range node ports come from.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
@@ -256,9 +261,10 @@ pub struct NodeArgs {
     /// Name of this node (default: the host name).
     #[arg(long, default_value_t = default_node_name())]
     pub node_name: String,
-    /// This node's IP: pod IPs of its pods and the address of node ports.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub node_ip: IpAddr,
+    /// This node's IPs, one or one of each family: pod IPs of its pods
+    /// and the addresses of node ports (the first is the primary).
+    #[arg(long, default_value = "127.0.0.1,::1")]
+    pub node_ip: NodeIps,
     /// DNS domain of the cluster.
     #[arg(long, default_value = DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
@@ -421,9 +427,9 @@ pub struct AgentArgs {
     /// API servers when joining; kept in `--data-dir` afterwards.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// The cluster's service CIDR (for the DNS address and reverse zone).
-    #[arg(long, default_value = "127.96.0.0/12")]
-    pub service_cidr: Ipv4Net,
+    /// The cluster's service ranges (for the DNS address and reverse zones).
+    #[arg(long, default_value = DEFAULT_SERVICE_CIDRS)]
+    pub service_cidr: ServiceCidrs,
     #[command(flatten)]
     pub process: ProcessArgs,
 }
@@ -486,9 +492,9 @@ mod tests {
         let cli = Cli::parse_from(["wharf", "up"]);
         let Command::Up(args) = cli.command else { panic!("not up") };
         assert_eq!(args.server.api_listen.to_string(), "127.0.0.1:6443");
-        assert_eq!(args.server.service_cidr.to_string(), "127.96.0.0/12");
+        assert_eq!(args.server.service_cidr.to_string(), "127.96.0.0/12,fd77:6861:7266:96::/108");
         assert_eq!(args.server.service_node_port_range, 30000..=32767);
         assert_eq!(args.node.cluster_domain, "cluster.local");
-        assert_eq!(args.node.node_ip.to_string(), "127.0.0.1");
+        assert_eq!(args.node.node_ip.to_string(), "127.0.0.1,::1");
     }
 }

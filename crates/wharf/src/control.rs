@@ -122,7 +122,7 @@ pub async fn start(
     let encryption_config = args.encryption_provider_config.clone().unwrap_or_else(|| data_dir.join("encryption-config.yaml"));
     let encryption = wharf_apiserver::encryption::load_or_create(&encryption_config).context("--encryption-provider-config")?;
     let store: Arc<dyn wharf_store::Store> = Arc::new(wharf_store::Encrypted::new(store, encryption));
-    let allocator = Allocator::new(args.service_cidr, args.service_node_port_range.clone())
+    let allocator = Allocator::new(args.service_cidr.clone(), args.service_node_port_range.clone())
         .with_external_ips(args.external_ip_cidrs.clone(), vec![args.lb_pool.into()]);
     let mut api_registry = wharf_apiserver::Registry::new(store, allocator.clone());
     if let Some(node) = default_node {

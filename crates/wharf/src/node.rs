@@ -4,29 +4,29 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
 use prometheus_client::registry::Registry;
+use wharf_api::ipfamily::ServiceCidrs;
 
 use crate::cli::NodeArgs;
 use crate::lifecycle::Lifecycle;
 
-/// The tenth address of the service range: the cluster DNS service.
-pub fn dns_service_ip(cidr: Ipv4Net) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(10))
+/// The tenth address of the primary service range: the cluster DNS service.
+pub fn dns_service_ip(cidrs: &ServiceCidrs) -> std::net::IpAddr {
+    cidrs.nth_primary(10)
 }
 
 /// Where the cluster DNS listens: `--dns-listen`, else the DNS service IP.
-pub fn dns_listen(args: &NodeArgs, cidr: Ipv4Net) -> SocketAddr {
-    args.dns_listen.unwrap_or_else(|| SocketAddr::new(dns_service_ip(cidr).into(), 53))
+pub fn dns_listen(args: &NodeArgs, cidrs: &ServiceCidrs) -> SocketAddr {
+    args.dns_listen.unwrap_or_else(|| SocketAddr::new(dns_service_ip(cidrs), 53))
 }
 
-fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsConfig> {
-    let listen = dns_listen(args, cidr);
+fn dns_config(args: &NodeArgs, cidrs: &ServiceCidrs) -> anyhow::Result<wharf_dns::DnsConfig> {
+    let listen = dns_listen(args, cidrs);
     let upstreams = match args.dns_upstream.trim() {
         "none" => Vec::new(),
         "" => {
             let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            wharf_dns::forward::upstreams_from_resolv_conf(&text, &[listen.ip(), dns_service_ip(cidr).into()])
+            wharf_dns::forward::upstreams_from_resolv_conf(&text, &[listen.ip(), dns_service_ip(cidrs)])
         }
         list => list
             .split(',')
@@ -43,12 +43,12 @@ fn dns_config(args: &NodeArgs, cidr: Ipv4Net) -> anyhow::Result<wharf_dns::DnsCo
         zone: wharf_dns::ZoneConfig {
             domain: args.cluster_domain.trim_end_matches('.').to_lowercase(),
             ttl: args.dns_ttl,
-            dns_ip: dns_service_ip(cidr),
-            service_cidr: cidr,
+            dns_ip: dns_service_ip(cidrs),
+            service_cidrs: cidrs.clone(),
         },
         upstreams,
         workers: args.dns_workers.unwrap_or_else(cpus),
-        recursion_from: recursion_from(args, cidr),
+        recursion_from: recursion_from(args, cidrs),
         tcp: wharf_dns::server::TcpLimits { connections: args.dns_tcp_connections, ..Default::default() },
         node_name: args.node_name.clone(),
         status_every: args.node_status_interval,
@@ -88,35 +88,37 @@ fn remote_config(args: &NodeArgs, exec_default: bool) -> anyhow::Result<wharf_ag
     let allow_exec = args.allow_exec.unwrap_or(exec_default);
     Ok(wharf_agent::remote::RemoteConfig {
         node_name: args.node_name.clone(),
-        node_ip: args.node_ip,
+        node_ip: args.node_ip.primary(),
         allow_exec,
         exec_user: if allow_exec { unprivileged_user("--exec-user", &args.exec_user)? } else { None },
         cluster_domain: args.cluster_domain.clone(),
     })
 }
 
-/// `--dns-recursion-cidrs`, or loopback, the node IP and the service CIDR.
-fn recursion_from(args: &NodeArgs, cidr: Ipv4Net) -> Vec<ipnet::IpNet> {
+/// `--dns-recursion-cidrs`, or loopback, the node IP and the service ranges.
+fn recursion_from(args: &NodeArgs, cidrs: &ServiceCidrs) -> Vec<ipnet::IpNet> {
     if !args.dns_recursion_cidrs.is_empty() {
         return args.dns_recursion_cidrs.clone();
     }
-    vec![
+    let mut from = vec![
         ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).into(),
         ipnet::Ipv6Net::from(std::net::Ipv6Addr::LOCALHOST).into(),
-        ipnet::IpNet::from(args.node_ip),
-        cidr.into(),
-    ]
+    ];
+    from.extend(args.node_ip.iter().map(ipnet::IpNet::from));
+    from.extend(cidrs.iter());
+    from
 }
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn proxy_config(args: &NodeArgs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
+fn proxy_config(args: &NodeArgs, cidrs: &ServiceCidrs, dns: SocketAddr) -> wharf_proxy::ProxyConfig {
     use wharf_proxy::model::Protocol;
     wharf_proxy::ProxyConfig {
         node_name: args.node_name.clone(),
-        node_ip: args.node_ip,
+        node_ips: args.node_ip.clone(),
+        service_cidrs: cidrs.clone(),
         limits: wharf_proxy::dataplane::ProxyLimits {
             drain: args.drain_timeout,
             udp_idle: args.udp_idle_timeout,
@@ -142,26 +144,26 @@ pub struct Node {
 pub async fn start(
     client: kube::Client,
     args: &NodeArgs,
-    cidr: Ipv4Net,
+    cidrs: &ServiceCidrs,
     grace: std::time::Duration,
     remote: RemoteAccess,
     life: &mut Lifecycle,
     registry: &mut Registry,
 ) -> anyhow::Result<Node> {
     let token = life.token.clone();
-    let dns_config = dns_config(args, cidr)?;
+    let dns_config = dns_config(args, cidrs)?;
     let dns_addr = dns_config.listen;
     let dns_metrics = wharf_dns::DnsMetrics::default();
     dns_metrics.register(registry);
     let dns = wharf_dns::start(dns_config, client.clone(), dns_metrics, token.clone()).await?;
     let proxy_metrics = wharf_proxy::ProxyMetrics::default();
     proxy_metrics.register(registry);
-    let proxy_config = proxy_config(args, dns_addr);
+    let proxy_config = proxy_config(args, cidrs, dns_addr);
     let agent_metrics = wharf_agent::metrics::AgentMetrics::default();
     agent_metrics.register(registry);
     let agent_config = wharf_agent::AgentConfig {
         node_name: args.node_name.clone(),
-        node_ip: args.node_ip,
+        node_ips: args.node_ip.clone(),
         heartbeat: args.node_heartbeat,
         metrics: agent_metrics,
         probes: probe_policy(args)?,

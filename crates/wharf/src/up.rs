@@ -26,10 +26,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store = Arc::new(Measured::new(store, store_metrics));
     let site = control::Site {
         default_node: Some(&args.node.node_name),
-        advertise_fallback: args.node.node_ip,
+        advertise_fallback: args.node.node_ip.primary(),
         extra_sans: &[],
         cluster_domain: &args.node.cluster_domain,
-        dns: Some(crate::node::dns_listen(&args.node, args.server.service_cidr)),
+        dns: Some(crate::node::dns_listen(&args.node, &args.server.service_cidr)),
     };
     let control = control::start(&args.server, store, site, &mut life, &mut registry).await?;
     let controller_metrics = wharf_kube::ControllerMetrics::default();
@@ -44,7 +44,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let node = crate::node::start(
         node_client.clone(),
         &args.node,
-        args.server.service_cidr,
+        &args.server.service_cidr,
         args.process.shutdown_grace,
         crate::node::RemoteAccess { clients: vec![node_client], allow_exec_default: true },
         &mut life,
@@ -60,7 +60,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     addresses.write(args.process.addresses_file.as_deref())?;
     print_notes(&args, &control, metrics, node.dns);
-    print!("{}", crate::status::notes(&control.client, &args.node.node_ip.to_string()).await);
+    print!("{}", crate::status::notes(&control.client, &args.node.node_ip.primary().to_string()).await);
     life.run(args.process.shutdown_grace).await
 }
 
@@ -88,7 +88,7 @@ To use it with kubectl:
   kubectl get services --all-namespaces
 ",
         endpoint = control.endpoint,
-        cidr = control.allocator.cidr(),
+        cidr = control.allocator.cidrs(),
         domain = args.node.cluster_domain,
         low = range.start(),
         high = range.end(),

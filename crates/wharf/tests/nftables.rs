@@ -11,22 +11,9 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::net::{run, Net};
+use support::net::{in_own_netns, run, Net};
 use support::workload::{applied, pods, ready_endpoints, service, svc_field, wait_for};
 use support::{http_get, Backend, UdpBackend, Wharf};
-
-/// Runs `body` on a thread in a new network namespace with loopback up.
-fn in_own_netns(body: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace of its own (tests run as root)");
-        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
-        assert!(up.success());
-        body();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 fn nft_table() -> Option<String> {
     let out = Command::new("nft").args(["list", "table", "ip", "wharf"]).output().expect("nft");

@@ -241,9 +241,21 @@ impl Index {
             return Work { key: key.clone(), slices: SlicePlan { delete: existing, ..Default::default() }, endpoints };
         };
         let members = self.members(&key.namespace, sel);
-        let desired = plan::desired_endpoints(svc, members.iter().map(|p| p.as_ref()));
-        let legacy = plan::legacy_endpoints(svc, &desired);
-        let slices = plan::plan_slices(svc, desired, &existing, MAX_ENDPOINTS_PER_SLICE);
+        // One set of slices per family; the legacy Endpoints carry the
+        // primary family's, as Kubernetes' endpoints controller does.
+        let families = plan::families(svc);
+        let mut legacy = None;
+        let mut slices = SlicePlan {
+            delete: existing.iter().filter(|s| !families.iter().any(|f| f.as_str() == s.address_type)).cloned().collect(),
+            ..Default::default()
+        };
+        for family in families {
+            let desired = plan::desired_endpoints(svc, members.iter().map(|p| p.as_ref()), family);
+            legacy.get_or_insert_with(|| plan::legacy_endpoints(svc, &desired));
+            let of_family: Vec<Arc<EndpointSlice>> = existing.iter().filter(|s| s.address_type == family.as_str()).cloned().collect();
+            slices = slices.merge(plan::plan_slices(svc, desired, &of_family, MAX_ENDPOINTS_PER_SLICE, family));
+        }
+        let legacy = legacy.unwrap_or_else(|| plan::legacy_endpoints(svc, &Default::default()));
         let endpoints = match current_ep {
             Some(cur)
                 if cur.subsets == legacy.subsets

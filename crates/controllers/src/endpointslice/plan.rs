@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, En
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use wharf_api::ipfamily::{family_of, IpFamily};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -31,9 +32,11 @@ pub struct PodInfo {
     /// Name, namespace, uid, labels, resource version and deletion time;
     /// nothing else of the pod's metadata.
     pub meta: ObjectMeta,
-    /// Its address, if it has a usable one: as Kubernetes' controller does,
-    /// a pod whose address does not fit the slice's type is left out.
-    pub ip: Option<String>,
+    /// Its address of each family, if it has one: as Kubernetes'
+    /// controller does, a pod without an address of a slice's type is left
+    /// out of that slice.
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
     pub ready: bool,
     /// Succeeded or Failed: no longer an endpoint.
     pub finished: bool,
@@ -73,6 +76,20 @@ impl PodInfo {
     pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
         self.meta.labels.as_ref()
     }
+
+    pub fn ip(&self, family: IpFamily) -> Option<&String> {
+        match family {
+            IpFamily::V4 => self.ipv4.as_ref(),
+            IpFamily::V6 => self.ipv6.as_ref(),
+        }
+    }
+}
+
+/// A pod's first address of `family`: `status.podIPs`, else `status.podIP`.
+fn pod_ip_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>, family: IpFamily) -> Option<String> {
+    let status = status?;
+    let listed = status.pod_ips.iter().flatten().map(|p| &p.ip);
+    listed.chain(status.pod_ip.as_ref()).find(|ip| family_of(ip) == Some(family)).cloned()
 }
 
 impl From<&Pod> for PodInfo {
@@ -90,7 +107,8 @@ impl From<&Pod> for PodInfo {
                 deletion_timestamp: m.deletion_timestamp.clone(),
                 ..Default::default()
             },
-            ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()),
+            ipv4: pod_ip_of(status, IpFamily::V4),
+            ipv6: pod_ip_of(status, IpFamily::V6),
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             terminating: m.deletion_timestamp.is_some(),
@@ -142,10 +160,10 @@ fn port_key(ports: &[EndpointPort]) -> String {
     serde_json::to_string(ports).unwrap_or_default()
 }
 
-/// One pod's endpoint for the service, or None if it has no address yet
-/// or has finished.
-fn pod_endpoint(svc: &Service, pod: &PodInfo) -> Option<Endpoint> {
-    let ip = pod.ip.clone()?;
+/// One pod's endpoint for the service's `family` slices, or None if it
+/// has no address of that family yet or has finished.
+fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoint> {
+    let ip = pod.ip(family)?.clone();
     if pod.finished {
         return None;
     }
@@ -175,10 +193,10 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo) -> Option<Endpoint> {
 /// Desired endpoints grouped by port set, each group ordered by pod name.
 pub type Desired = BTreeMap<String, (Vec<EndpointPort>, BTreeMap<String, Endpoint>)>;
 
-pub fn desired_endpoints<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a PodInfo>) -> Desired {
+pub fn desired_endpoints<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a PodInfo>, family: IpFamily) -> Desired {
     let mut groups: Desired = BTreeMap::new();
     for pod in pods {
-        let Some(endpoint) = pod_endpoint(svc, pod) else { continue };
+        let Some(endpoint) = pod_endpoint(svc, pod, family) else { continue };
         let ports = pod_ports(svc, pod);
         let name = pod.name().to_string();
         groups.entry(port_key(&ports)).or_insert_with(|| (ports, BTreeMap::new())).1.insert(name, endpoint);
@@ -202,6 +220,14 @@ impl SlicePlan {
     pub fn is_empty(&self) -> bool {
         self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
     }
+
+    /// This plan and `other`, as one.
+    pub fn merge(mut self, other: SlicePlan) -> SlicePlan {
+        self.create.extend(other.create);
+        self.update.extend(other.update);
+        self.delete.extend(other.delete);
+        self
+    }
 }
 
 fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
@@ -222,10 +248,22 @@ fn owner(svc: &Service) -> OwnerReference {
     }
 }
 
-/// Places endpoints with the least churn, as the Kubernetes controller
-/// does: keep each endpoint in the slice it is in, fill slices that are
-/// changing anyway, then slices with room, then new slices.
-pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<EndpointSlice>], max: usize) -> SlicePlan {
+/// The families a service's endpoints are published for: its
+/// `ipFamilies`, the primary first (IPv4 where none is set).
+pub fn families(svc: &Service) -> Vec<IpFamily> {
+    let listed: Vec<IpFamily> = svc.spec.iter().flat_map(|s| s.ip_families.iter().flatten()).filter_map(|f| IpFamily::parse(f)).collect();
+    if listed.is_empty() {
+        vec![IpFamily::V4]
+    } else {
+        listed
+    }
+}
+
+/// Places endpoints of one family with the least churn, as the Kubernetes
+/// controller does: keep each endpoint in the slice it is in, fill slices
+/// that are changing anyway, then slices with room, then new slices.
+/// `existing` are the service's slices of that family.
+pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<EndpointSlice>], max: usize, family: IpFamily) -> SlicePlan {
     let labels = slice_labels(svc);
     let owners = vec![owner(svc)];
     let mut plan = SlicePlan::default();
@@ -271,7 +309,7 @@ pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<Endpoint
                     owner_references: Some(owners.clone()),
                     ..Default::default()
                 },
-                address_type: "IPv4".into(),
+                address_type: family.as_str().into(),
                 endpoints: rest.drain(..take).collect(),
                 ports: Some(ports.clone()),
             });
@@ -410,9 +448,9 @@ mod tests {
     fn named_ports_resolve_per_pod_into_separate_slices() {
         let svc = service(json!("http"));
         let pods = [pod("a", "127.0.0.1", 8080, true, false), pod("b", "127.0.0.1", 8081, true, false)];
-        let desired = desired_endpoints(&svc, &pods);
+        let desired = desired_endpoints(&svc, &pods, IpFamily::V4);
         assert_eq!(desired.len(), 2);
-        let plan = plan_slices(&svc, desired.clone(), &[], 100);
+        let plan = plan_slices(&svc, desired.clone(), &[], 100, IpFamily::V4);
         assert_eq!(plan.create.len(), 2);
         let ports: Vec<i32> = plan.create.iter().map(|s| s.ports.as_ref().unwrap()[0].port.unwrap()).collect();
         assert_eq!(ports, [8080, 8081]);
@@ -430,7 +468,7 @@ mod tests {
             pod("unready", "127.0.0.2", 80, false, false),
             pod("leaving", "127.0.0.3", 80, true, true),
         ];
-        let desired = desired_endpoints(&svc, &pods);
+        let desired = desired_endpoints(&svc, &pods, IpFamily::V4);
         let (_, eps) = desired.values().next().unwrap();
         let cond = |n: &str| eps[n].conditions.clone().unwrap();
         assert_eq!((cond("ready").ready, cond("ready").serving, cond("ready").terminating), (Some(true), Some(true), Some(false)));
@@ -446,7 +484,7 @@ mod tests {
     fn more_than_a_slice_splits_and_a_change_touches_one_slice() {
         let svc = service(json!(80));
         let pods: Vec<PodInfo> = (0..250).map(|i| pod(&format!("p{i:03}"), "127.0.0.1", 80, true, false)).collect();
-        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods), &[], 100);
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &[], 100, IpFamily::V4);
         let sizes: Vec<usize> = plan.create.iter().map(|s| s.endpoints.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
         // Pretend they were written, then flip one pod's readiness.
@@ -461,12 +499,12 @@ mod tests {
             .collect();
         let mut pods = pods;
         pods[150] = pod("p150", "127.0.0.1", 80, false, false);
-        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods), &existing, 100);
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &existing, 100, IpFamily::V4);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
         assert_eq!(plan.update.len(), 1);
         assert_eq!(plan.update[0].metadata.name.as_deref(), Some("web-1"));
         // Removing every pod deletes every slice.
-        let plan = plan_slices(&svc, desired_endpoints(&svc, &[]), &existing, 100);
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &[], IpFamily::V4), &existing, 100, IpFamily::V4);
         assert_eq!(plan.delete.len(), 3);
     }
 
@@ -474,7 +512,7 @@ mod tests {
     fn publish_not_ready_addresses_marks_all_ready() {
         let mut svc = service(json!(80));
         svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
-        let desired = desired_endpoints(&svc, &[pod("u", "127.0.0.2", 80, false, false)]);
+        let desired = desired_endpoints(&svc, &[pod("u", "127.0.0.2", 80, false, false)], IpFamily::V4);
         let (_, eps) = desired.values().next().unwrap();
         assert_eq!(eps["u"].conditions.as_ref().unwrap().ready, Some(true));
     }
@@ -484,8 +522,30 @@ mod tests {
         let svc = service(json!(80));
         let pods =
             [pod("good", "127.0.0.1", 80, true, false), pod("bad", "127.1.256.1", 80, true, false), pod("v6", "::1", 80, true, false)];
-        let desired = desired_endpoints(&svc, &pods);
+        let desired = desired_endpoints(&svc, &pods, IpFamily::V4);
         let names: Vec<&String> = desired.values().flat_map(|(_, eps)| eps.keys()).collect();
         assert_eq!(names, ["good"]);
+    }
+
+    #[test]
+    fn each_family_gets_slices_of_its_own_address_type() {
+        let mut svc = service(json!(8080));
+        svc.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        assert_eq!(families(&svc), [IpFamily::V6, IpFamily::V4]);
+        let dual: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "d", "namespace": "d", "uid": "uid-d", "labels": {"app": "web"}},
+            "status": {"phase": "Running", "podIP": "127.0.0.9", "podIPs": [{"ip": "127.0.0.9"}, {"ip": "fd00::9"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let pods = [PodInfo::from(&dual), pod("only4", "127.0.0.8", 80, true, false)];
+        let v6 = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V6), &[], 100, IpFamily::V6);
+        assert_eq!(v6.create.len(), 1);
+        assert_eq!(v6.create[0].address_type, "IPv6");
+        let addresses: Vec<&str> = v6.create[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+        assert_eq!(addresses, ["fd00::9"], "a pod without an IPv6 address is left out");
+        let v4 = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &[], 100, IpFamily::V4);
+        assert_eq!((v4.create[0].address_type.as_str(), v4.create[0].endpoints.len()), ("IPv4", 2));
+        assert_eq!(families(&service(json!(80))), [IpFamily::V4], "IPv4 where none is set");
     }
 }

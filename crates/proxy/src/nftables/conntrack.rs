@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::claims::FrontendKey;
 use crate::model::Protocol;
-use crate::nftables::netlink::{Attributes, Batch, NetlinkError, Socket};
+use crate::netlink::{Attributes, Batch, NetlinkError, Socket};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -179,7 +179,7 @@ fn parse_tuple(tuple: &[u8]) -> Option<Tuple> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nftables::netlink::messages;
+    use crate::netlink::messages;
 
     fn entry(src: &str, dst: &str, reply_src: &str) -> Entry {
         let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());

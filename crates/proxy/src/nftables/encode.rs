@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 
 use crate::claims::FrontendKey;
 use crate::model::Protocol;
-use crate::nftables::netlink::Batch;
+use crate::netlink::Batch;
 use crate::nftables::ops::{BaseChain, Op};
 use crate::nftables::rules::{Rule, AFFINITY_ENTRIES, MASQUERADE_BIT, TABLE};
 
@@ -552,7 +552,7 @@ fn dnat(e: &mut Exprs, protocol: Protocol, to: &SocketAddrV4) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nftables::netlink::messages;
+    use crate::netlink::messages;
 
     #[test]
     fn a_frontend_key_is_three_padded_registers() {

@@ -18,7 +18,6 @@ mod conntrack;
 mod encode;
 #[cfg(test)]
 mod kernel_tests;
-mod netlink;
 pub mod ops;
 pub mod rules;
 pub mod writer;

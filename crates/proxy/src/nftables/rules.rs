@@ -16,8 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::claims::FrontendKey;
-use crate::model::{Endpoint, Frontend, Protocol, Scope, ServicePort};
+use crate::model::{Endpoint, Frontend, Lane, Protocol, Scope, ServicePort};
 use crate::nftables::ops::{BaseChain, Op};
+use wharf_api::ipfamily::IpFamily;
 
 pub const TABLE: &str = "wharf";
 pub const SERVICE_IPS: &str = "service-ips";
@@ -215,7 +216,7 @@ pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Fron
                 continue;
             }
             let usable: Vec<(&Endpoint, SocketAddrV4)> = port
-                .usable(scope, node)
+                .usable_in(Lane { scope, family: IpFamily::V4 }, node)
                 .into_iter()
                 .filter_map(|e| match e.addr {
                     SocketAddr::V4(v4) => Some((e, v4)),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use crate::claims::FrontendKey;
-use crate::nftables::netlink::{Batch, NetlinkError, Socket};
+use crate::netlink::{Batch, NetlinkError, Socket};
 use crate::nftables::ops::Op;
 use crate::nftables::{conntrack, encode};
 

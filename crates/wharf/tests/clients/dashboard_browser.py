@@ -52,6 +52,13 @@ def until(what, check):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def click(driver, css):
+    """Clicks `css`; a live re-render may replace it between finding and
+    clicking, so `until` tries again."""
+    driver.find_element(By.CSS_SELECTOR, css).click()
+    return True
+
+
 def shot(driver, name):
     time.sleep(0.5)  # let the last render settle
     driver.save_screenshot(os.path.join(OUT, name))
@@ -86,7 +93,7 @@ def main():
         until("a connection rate for mysql", lambda: text(driver, mysql + " td.rate") not in ("", "0/s"))
         shot(driver, "services.png")
 
-        driver.find_element(By.CSS_SELECTOR, 'tr[data-service="default/kolide-fleet-fleet"] a').click()
+        until("the service's link", lambda: click(driver, 'tr[data-service="default/kolide-fleet-fleet"] a'))
         until("the chain", lambda: "First broken link" in text(driver, "#verdict"))
         assert "kolide-fleet-fleet-b" in text(driver, "#verdict"), text(driver, "#verdict")
         until("fleet-a ready", lambda: driver.find_elements(By.CSS_SELECTOR, '#endpoints tr[data-ready="true"]'))

@@ -223,6 +223,17 @@ impl Wharf {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// This wharf's DNS answer to `name` of type `qtype`, one record a line
+    /// (`dig +short`).
+    pub fn dig_short(&self, name: &str, qtype: &str) -> String {
+        let (ip, port) = self.dns.rsplit_once(':').expect("host:port");
+        let out = Command::new("dig")
+            .args([&format!("@{}", ip.trim_matches(['[', ']'])), "-p", port, name, qtype, "+short", "+time=2", "+tries=1"])
+            .output()
+            .expect("dig (installed by the test command)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs kubectl expecting failure and returns stderr.
     pub fn kubectl_err(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

@@ -14,6 +14,21 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Runs `body` on a thread in a new network namespace with loopback up
+/// (root): what it starts sees only that namespace's addresses, routes
+/// and nftables.
+pub fn in_own_netns(body: impl FnOnce() + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace of its own (tests run as root)");
+        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+        assert!(up.success());
+        body();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// A network of namespaces joined by a bridge in a namespace of its own.
 pub struct Net {
     prefix: String,

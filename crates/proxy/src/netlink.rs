@@ -1,6 +1,7 @@
-//! nf_tables batches over a `NETLINK_NETFILTER` socket: the message and
-//! attribute framing, and one send with its answers read back. Knows
-//! nothing of rules (`encode` does).
+//! Netlink for the proxy's kernel work: the message and attribute framing,
+//! and one send with its answers read back. nf_tables batches and
+//! conntrack on `NETLINK_NETFILTER` (`nftables`), routes on
+//! `NETLINK_ROUTE` (`localroute`). Knows nothing of rules or routes.
 //!
 //! The kernel runs a batch inside the `sendmsg` call that carries it, so
 //! every answer is queued on the socket when the call returns; it answers
@@ -48,16 +49,24 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Netfilter messages being written: messages hold attributes,
-/// attributes may nest. Either an nf_tables batch (one transaction) or
-/// plain messages to another subsystem (conntrack).
+/// The netfilter message header: family, NFNETLINK_V0, resource id.
+fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
+    let id = res_id.to_be_bytes();
+    [family, 0, id[0], id[1]]
+}
+
+/// Netlink messages being written: messages hold attributes, attributes
+/// may nest. An nf_tables batch (one transaction), plain messages to
+/// another netfilter subsystem (conntrack), or route messages.
 pub struct Batch {
     buf: Vec<u8>,
     /// Start of the message being written.
     message: usize,
     /// Messages so far (after the batch begin).
     count: usize,
-    subsystem: u16,
+    /// The netfilter subsystem, whose number is the high byte of each
+    /// message type; none for route messages.
+    subsystem: Option<u16>,
     /// Framed by batch begin and end.
     transaction: bool,
 }
@@ -65,17 +74,23 @@ pub struct Batch {
 impl Default for Batch {
     /// An nf_tables transaction.
     fn default() -> Self {
-        let mut batch = Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: NFNL_SUBSYS_NFTABLES, transaction: true };
-        batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        let mut batch =
+            Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: Some(NFNL_SUBSYS_NFTABLES), transaction: true };
+        batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES));
         batch.close_message();
         batch
     }
 }
 
 impl Batch {
-    /// Messages to `subsystem`, each on its own.
+    /// Messages to a netfilter `subsystem`, each on its own.
     pub fn plain(subsystem: u16) -> Self {
-        Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem, transaction: false }
+        Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: Some(subsystem), transaction: false }
+    }
+
+    /// Route messages (`RTM_*`), each on its own.
+    pub fn route() -> Self {
+        Batch { buf: Vec::with_capacity(256), message: 0, count: 0, subsystem: None, transaction: false }
     }
 
     /// Messages in the batch, not counting its begin and end.
@@ -93,18 +108,25 @@ impl Batch {
     pub fn message(&mut self, kind: u16, flags: u16, family: u8) {
         self.count += 1;
         let seq = self.count as u32;
-        self.header((self.subsystem << 8) | kind, NLM_F_REQUEST | flags, seq, family, 0);
+        let subsystem = self.subsystem.unwrap_or_default();
+        self.header((subsystem << 8) | kind, NLM_F_REQUEST | flags, seq, &nfgenmsg(family, 0));
     }
 
-    fn header(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+    /// Starts a route message with its fixed header (`struct rtmsg`).
+    pub fn route_message(&mut self, kind: u16, flags: u16, rtmsg: &[u8; 12]) {
+        self.count += 1;
+        let seq = self.count as u32;
+        self.header(kind, NLM_F_REQUEST | flags, seq, rtmsg);
+    }
+
+    fn header(&mut self, kind: u16, flags: u16, seq: u32, fixed: &[u8]) {
         self.message = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]); // length, written when closed
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(&flags.to_ne_bytes());
         self.buf.extend_from_slice(&seq.to_ne_bytes());
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        self.buf.extend_from_slice(&[family, 0]); // nfgenmsg: family, NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        self.buf.extend_from_slice(fixed);
     }
 
     /// Writes the length of the message being written.
@@ -165,13 +187,13 @@ impl Batch {
             self.buf[flags_at..flags_at + 2].copy_from_slice(&flags.to_ne_bytes());
         }
         let seq = self.count as u32 + 1;
-        self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES));
         self.close_message();
         self.buf
     }
 }
 
-/// A `NETLINK_NETFILTER` socket.
+/// A netlink socket.
 pub struct Socket {
     fd: OwnedFd,
     answers: Vec<u8>,
@@ -192,9 +214,15 @@ fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: T) 
 }
 
 impl Socket {
+    /// A `NETLINK_NETFILTER` socket.
     pub fn open() -> io::Result<Socket> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    /// A socket of netlink `protocol` (`NETLINK_ROUTE`, ...).
+    pub fn open_protocol(protocol: libc::c_int) -> io::Result<Socket> {
         // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) })?;
+        let fd = check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) })?;
         // SAFETY: `fd` is a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Errors carry the kernel's text and not the whole refused message.
@@ -241,7 +269,9 @@ impl Socket {
         }
     }
 
-    /// Sends `batch` as one atomic transaction.
+    /// Sends `batch`, a transaction or one message that asks for an
+    /// acknowledgement: every message or none, and Ok once the last one
+    /// is acknowledged.
     pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         let last = batch.len();
         self.send_bytes(&batch.finish())?;
