@@ -285,3 +285,38 @@ fn the_seed_story_runs_on_nftables_with_no_socket_on_its_frontends() {
         assert!(frontends.iter().all(|f| table.contains(&f.replace(':', " . tcp . "))), "{frontends:?} not all in\n{table}");
     });
 }
+
+/// IPv6 in the kernel data plane: a dual-stack service's IPv6 cluster IP
+/// is DNATed by the `ip6 wharf` table to its IPv6 endpoint (the pod's
+/// `::1`), with no socket on it, and the table goes at shutdown.
+#[test]
+fn ipv6_cluster_ips_are_carried_by_the_ip6_table() {
+    in_own_netns(|| {
+        let mut w = Wharf::start(&[
+            "--proxy-mode",
+            "nftables",
+            "--service-cidr",
+            "127.72.0.0/16,fd77:6861:7266:8::/112",
+            "--node-ip",
+            "127.254.72.1,::1",
+        ]);
+        let _six = Backend::start("[::1]:18093", true);
+        applied(&w, &pods("six", &[18093], "TCP", false));
+        applied(&w, &service("six", "  ipFamilyPolicy: RequireDualStack\n", "TCP"));
+        let ips = svc_field(&w, "six", ".spec.clusterIPs[*]");
+        let (_, v6) = ips.split_once(' ').expect("two cluster IPs");
+        let vip = format!("[{v6}]:80");
+        wait_for("the IPv6 cluster IP through nftables", || http_get(&vip).is_ok_and(|b| b == "18093"));
+        let sockets = listening();
+        assert!(!sockets.contains(v6), "wharf listens on the IPv6 cluster IP in nftables mode:\n{sockets}");
+        let table = || Command::new("nft").args(["list", "table", "ip6", "wharf"]).output().expect("nft");
+        let listed = String::from_utf8_lossy(&table().stdout).into_owned();
+        assert!(listed.contains(&format!("{v6} . tcp . 80 : goto svc-")), "{listed}");
+        // Without an endpoint the IPv6 frontend refuses at once.
+        w.kubectl_ok(&["delete", "pod", "six-0", "--grace-period=1", "--wait=false"]);
+        wait_for("a refusal", || matches!(TcpStream::connect(&vip), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused));
+        w.sigterm();
+        assert_eq!(w.wait_exit(Duration::from_secs(30)), Some(0));
+        assert!(!table().status.success(), "the ip6 table outlived wharf");
+    });
+}

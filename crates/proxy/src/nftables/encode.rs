@@ -3,15 +3,18 @@
 //! (`linux/netfilter/nf_tables.h`). Nothing is read from the kernel to
 //! write a change, which is what makes a sync cost what it changes.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
+
+use wharf_api::ipfamily::IpFamily;
 
 use crate::claims::FrontendKey;
 use crate::model::Protocol;
 use crate::netlink::Batch;
-use crate::nftables::ops::{BaseChain, Op};
+use crate::nftables::ops::{BaseChain, Op, TableOp};
 use crate::nftables::rules::{Rule, AFFINITY_ENTRIES, MASQUERADE_BIT, TABLE};
 
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 // Messages.
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -81,11 +84,9 @@ const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// concatenation puts each 6 bits apart.
 const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
-const FRONTEND_KEY_TYPE: u32 = (TYPE_IPADDR << 12) | (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE;
-/// Address, protocol and port, each in a 4-byte register.
-const FRONTEND_KEY_LEN: u32 = 12;
 
 const NF_ACCEPT: u32 = 1;
 const NFT_JUMP: i32 = -3;
@@ -145,6 +146,7 @@ const NFTA_REJECT_ICMP_CODE: u16 = 2;
 const NFT_REJECT_ICMP_UNREACH: u32 = 0;
 const NFT_REJECT_TCP_RST: u32 = 1;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMPV6_PORT_UNREACH: u8 = 4;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -158,9 +160,53 @@ const CT_STATE_NEW: u32 = 8;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// Offsets of the IPv4 source and destination address.
-const IP_SADDR: u32 = 12;
-const IP_DADDR: u32 = 16;
+/// What differs between the two tables: the family's number, where its
+/// header keeps the addresses and how long they are, its address type.
+#[derive(Clone, Copy)]
+struct Family {
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    len: u32,
+    addr_type: u32,
+    port_unreachable: u8,
+}
+
+const V4: Family =
+    Family { proto: NFPROTO_IPV4, saddr: 12, daddr: 16, len: 4, addr_type: TYPE_IPADDR, port_unreachable: ICMP_PORT_UNREACH };
+const V6: Family =
+    Family { proto: NFPROTO_IPV6, saddr: 8, daddr: 24, len: 16, addr_type: TYPE_IP6ADDR, port_unreachable: ICMPV6_PORT_UNREACH };
+
+fn family(f: IpFamily) -> Family {
+    match f {
+        IpFamily::V4 => V4,
+        IpFamily::V6 => V6,
+    }
+}
+
+impl Family {
+    /// Registers an address fills (4 bytes each).
+    fn address_registers(self) -> u32 {
+        self.len / 4
+    }
+
+    /// A frontend key: address, protocol and port, each padded to its
+    /// registers; the concatenation's type and length.
+    fn key_type(self) -> u32 {
+        (self.addr_type << 12) | (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE
+    }
+
+    fn key_len(self) -> u32 {
+        self.len + 8
+    }
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
 
 fn hook_number(hook: &str) -> u32 {
     match hook {
@@ -180,24 +226,49 @@ fn protocol_number(p: Protocol) -> u8 {
 }
 
 /// A frontend as a map key: address, protocol and port, each padded to
-/// its 4-byte register.
-fn frontend_key((addr, protocol): &FrontendKey) -> Option<[u8; 12]> {
-    let std::net::SocketAddr::V4(v4) = addr else { return None };
-    let mut key = [0u8; 12];
-    key[..4].copy_from_slice(&v4.ip().octets());
-    key[4] = protocol_number(*protocol);
-    key[8..10].copy_from_slice(&v4.port().to_be_bytes());
-    Some(key)
+/// its 4-byte registers.
+fn frontend_key((addr, protocol): &FrontendKey) -> Vec<u8> {
+    let mut key = octets(addr.ip());
+    key.extend_from_slice(&[protocol_number(*protocol), 0, 0, 0]);
+    key.extend_from_slice(&addr.port().to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
+}
+
+/// A batch being written for one family's table.
+struct Messages<'a> {
+    b: &'a mut Batch,
+    f: Family,
+}
+
+impl Messages<'_> {
+    /// Starts a message to the family's table.
+    fn start(&mut self, kind: u16, flags: u16) {
+        self.b.message(kind, flags, self.f.proto);
+    }
+}
+
+impl std::ops::Deref for Messages<'_> {
+    type Target = Batch;
+    fn deref(&self) -> &Batch {
+        self.b
+    }
+}
+
+impl std::ops::DerefMut for Messages<'_> {
+    fn deref_mut(&mut self) -> &mut Batch {
+        self.b
+    }
 }
 
 /// Writes `ops` into `batch` as one message each (a rule with an
 /// anonymous map takes three); returns, per message, the index of its op.
-pub fn ops(batch: &mut Batch, ops: &[Op]) -> Vec<usize> {
+pub fn ops(batch: &mut Batch, ops: &[TableOp]) -> Vec<usize> {
     let mut owners = Vec::with_capacity(ops.len());
     let mut set_ids = 0;
     for (index, op) in ops.iter().enumerate() {
         let before = batch.len();
-        op_messages(batch, op, &mut set_ids);
+        op_messages(&mut Messages { b: batch, f: family(op.family) }, &op.op, &mut set_ids);
         owners.extend(std::iter::repeat_n(index, batch.len() - before));
     }
     owners
@@ -205,32 +276,34 @@ pub fn ops(batch: &mut Batch, ops: &[Op]) -> Vec<usize> {
 
 /// `set_ids` numbers the sets a batch makes: the kernel wants an id on
 /// every new set, and finds an anonymous one by it.
-fn op_messages(b: &mut Batch, op: &Op, set_ids: &mut u32) {
+fn op_messages(b: &mut Messages, op: &Op, set_ids: &mut u32) {
     match op {
         Op::AddTable => table(b, NFT_MSG_NEWTABLE, NLM_F_CREATE),
         Op::DeleteTable => table(b, NFT_MSG_DELTABLE, 0),
         Op::AddChain { name, base } => add_chain(b, name, *base),
         Op::FlushChain(name) => {
             // A rule deletion naming only the chain deletes all its rules.
-            b.message(NFT_MSG_DELRULE, 0, NFPROTO_IPV4);
+            b.start(NFT_MSG_DELRULE, 0);
             b.str(NFTA_RULE_TABLE, TABLE);
             b.str(NFTA_RULE_CHAIN, name);
             b.close_message();
         }
         Op::DeleteChain(name) => {
-            b.message(NFT_MSG_DELCHAIN, 0, NFPROTO_IPV4);
+            b.start(NFT_MSG_DELCHAIN, 0);
             b.str(NFTA_CHAIN_TABLE, TABLE);
             b.str(NFTA_CHAIN_NAME, name);
             b.close_message();
         }
         Op::AddRule { chain, rule } => add_rule(b, chain, rule, set_ids),
         Op::AddMap(name) => {
-            set_header(b, name, NFT_SET_MAP, FRONTEND_KEY_TYPE, FRONTEND_KEY_LEN, set_ids);
+            let (key_type, key_len) = (b.f.key_type(), b.f.key_len());
+            set_header(b, name, NFT_SET_MAP, key_type, key_len, set_ids);
             b.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
             b.close_message();
         }
         Op::AddSet { name, timeout } => {
-            set_header(b, name, NFT_SET_TIMEOUT | NFT_SET_EVAL, TYPE_IPADDR, 4, set_ids);
+            let (addr_type, len) = (b.f.addr_type, b.f.len);
+            set_header(b, name, NFT_SET_TIMEOUT | NFT_SET_EVAL, addr_type, len, set_ids);
             let desc = b.nest(NFTA_SET_DESC);
             b.u32(NFTA_SET_DESC_SIZE, AFFINITY_ENTRIES);
             b.end(desc);
@@ -238,30 +311,30 @@ fn op_messages(b: &mut Batch, op: &Op, set_ids: &mut u32) {
             b.close_message();
         }
         Op::DeleteSet(name) => {
-            b.message(NFT_MSG_DELSET, 0, NFPROTO_IPV4);
+            b.start(NFT_MSG_DELSET, 0);
             b.str(NFTA_SET_TABLE, TABLE);
             b.str(NFTA_SET_NAME, name);
             b.close_message();
         }
         Op::AddElement { key, verdict } => {
-            let Some(key) = frontend_key(key) else { return };
+            let key = frontend_key(key);
             elements(b, NFT_MSG_NEWSETELEM, verdict.map(), None, |b| element(b, &key, Some((NFT_GOTO, verdict.chain()))));
         }
         Op::DeleteElement { map, key } => {
-            let Some(key) = frontend_key(key) else { return };
+            let key = frontend_key(key);
             elements(b, NFT_MSG_DELSETELEM, map, None, |b| element(b, &key, None));
         }
     }
 }
 
-fn table(b: &mut Batch, kind: u16, flags: u16) {
-    b.message(kind, flags, NFPROTO_IPV4);
+fn table(b: &mut Messages, kind: u16, flags: u16) {
+    b.start(kind, flags);
     b.str(NFTA_TABLE_NAME, TABLE);
     b.close_message();
 }
 
-fn add_chain(b: &mut Batch, name: &str, base: Option<BaseChain>) {
-    b.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, NFPROTO_IPV4);
+fn add_chain(b: &mut Messages, name: &str, base: Option<BaseChain>) {
+    b.start(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
     b.str(NFTA_CHAIN_TABLE, TABLE);
     b.str(NFTA_CHAIN_NAME, name);
     if let Some(base) = base {
@@ -278,9 +351,9 @@ fn add_chain(b: &mut Batch, name: &str, base: Option<BaseChain>) {
 
 /// Starts a set message up to its key and id (the caller adds the rest);
 /// returns the id.
-fn set_header(b: &mut Batch, name: &str, flags: u32, key_type: u32, key_len: u32, set_ids: &mut u32) -> u32 {
+fn set_header(b: &mut Messages, name: &str, flags: u32, key_type: u32, key_len: u32, set_ids: &mut u32) -> u32 {
     *set_ids += 1;
-    b.message(NFT_MSG_NEWSET, NLM_F_CREATE, NFPROTO_IPV4);
+    b.start(NFT_MSG_NEWSET, NLM_F_CREATE);
     b.str(NFTA_SET_TABLE, TABLE);
     b.str(NFTA_SET_NAME, name);
     b.u32(NFTA_SET_FLAGS, flags);
@@ -291,15 +364,15 @@ fn set_header(b: &mut Batch, name: &str, flags: u32, key_type: u32, key_len: u32
 }
 
 /// A set element message; `write` adds the elements.
-fn elements(b: &mut Batch, kind: u16, set: &str, set_id: Option<u32>, write: impl FnOnce(&mut Batch)) {
-    b.message(kind, if kind == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 }, NFPROTO_IPV4);
+fn elements(b: &mut Messages, kind: u16, set: &str, set_id: Option<u32>, write: impl FnOnce(&mut Batch)) {
+    b.start(kind, if kind == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 });
     b.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
     b.str(NFTA_SET_ELEM_LIST_SET, set);
     if let Some(id) = set_id {
         b.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
     }
     let list = b.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-    write(b);
+    write(b.b);
     b.end(list);
     b.close_message();
 }
@@ -324,7 +397,7 @@ fn verdict_data(b: &mut Batch, code: i32, chain: &str) {
     b.end(v);
 }
 
-fn add_rule(b: &mut Batch, chain: &str, rule: &Rule, set_ids: &mut u32) {
+fn add_rule(b: &mut Messages, chain: &str, rule: &Rule, set_ids: &mut u32) {
     // `numgen ... vmap { ... }` looks up an anonymous map made in the
     // same batch, found by its id (the kernel names it).
     let anonymous = match rule {
@@ -342,11 +415,12 @@ fn add_rule(b: &mut Batch, chain: &str, rule: &Rule, set_ids: &mut u32) {
         }
         _ => None,
     };
-    b.message(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, NFPROTO_IPV4);
+    b.start(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
     b.str(NFTA_RULE_TABLE, TABLE);
     b.str(NFTA_RULE_CHAIN, chain);
     let list = b.nest(NFTA_RULE_EXPRESSIONS);
-    expressions(&mut Exprs(b), rule, anonymous);
+    let f = b.f;
+    expressions(&mut Exprs(b.b), f, rule, anonymous);
     b.end(list);
     b.close_message();
 }
@@ -461,13 +535,14 @@ impl Exprs<'_> {
     }
 }
 
-fn expressions(e: &mut Exprs, rule: &Rule, anonymous: Option<u32>) {
+fn expressions(e: &mut Exprs, f: Family, rule: &Rule, anonymous: Option<u32>) {
     match rule {
-        Rule::Dispatch(map) => {
-            // ip daddr . meta l4proto . th dport, one register each.
-            e.payload(NFT_PAYLOAD_NETWORK_HEADER, IP_DADDR, 4, REG32_00);
-            e.meta(NFT_META_L4PROTO, REG32_00 + 1);
-            e.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, REG32_00 + 2);
+        Rule::Dispatch(map, _) => {
+            // daddr . meta l4proto . th dport, in consecutive registers.
+            let l4 = REG32_00 + f.address_registers();
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, f.daddr, f.len, REG32_00);
+            e.meta(NFT_META_L4PROTO, l4);
+            e.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, l4 + 1);
             e.lookup(map, None, REG32_00, Some(REG_VERDICT));
         }
         Rule::Jump(chain) => e.verdict(NFT_JUMP, chain),
@@ -497,7 +572,7 @@ fn expressions(e: &mut Exprs, rule: &Rule, anonymous: Option<u32>) {
             e.l4proto_is(IPPROTO_TCP);
             e.reject(NFT_REJECT_TCP_RST, None);
         }
-        Rule::Reject => e.reject(NFT_REJECT_ICMP_UNREACH, Some(ICMP_PORT_UNREACH)),
+        Rule::Reject => e.reject(NFT_REJECT_ICMP_UNREACH, Some(f.port_unreachable)),
         Rule::MarkRemote => {
             e.expr("fib", |b| {
                 b.u32(NFTA_FIB_DREG, REG_1);
@@ -508,24 +583,24 @@ fn expressions(e: &mut Exprs, rule: &Rule, anonymous: Option<u32>) {
             e.set_mark_bit();
         }
         Rule::MarkHairpin(ip) => {
-            e.payload(NFT_PAYLOAD_NETWORK_HEADER, IP_SADDR, 4, REG_1);
-            e.cmp(NFT_CMP_EQ, REG_1, &ip.octets());
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, f.saddr, f.len, REG_1);
+            e.cmp(NFT_CMP_EQ, REG_1, &octets(*ip));
             e.set_mark_bit();
         }
-        Rule::Sticky { set, chain } => {
-            e.payload(NFT_PAYLOAD_NETWORK_HEADER, IP_SADDR, 4, REG_1);
+        Rule::Sticky { set, chain, .. } => {
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, f.saddr, f.len, REG_1);
             e.lookup(set, None, REG_1, None);
             e.verdict(NFT_GOTO, chain);
         }
-        Rule::Remember(set) => {
-            e.payload(NFT_PAYLOAD_NETWORK_HEADER, IP_SADDR, 4, REG_1);
+        Rule::Remember(set, _) => {
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, f.saddr, f.len, REG_1);
             e.expr("dynset", |b| {
                 b.str(NFTA_DYNSET_SET_NAME, set);
                 b.u32(NFTA_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
                 b.u32(NFTA_DYNSET_SREG_KEY, REG_1);
             });
         }
-        Rule::Dnat(protocol, to) => dnat(e, *protocol, to),
+        Rule::Dnat(protocol, to) => dnat(e, f, *protocol, to),
         Rule::Spread(targets) => {
             e.expr("numgen", |b| {
                 b.u32(NFTA_NG_DREG, REG_1);
@@ -537,13 +612,13 @@ fn expressions(e: &mut Exprs, rule: &Rule, anonymous: Option<u32>) {
     }
 }
 
-fn dnat(e: &mut Exprs, protocol: Protocol, to: &SocketAddrV4) {
+fn dnat(e: &mut Exprs, f: Family, protocol: Protocol, to: &SocketAddr) {
     e.l4proto_is(protocol_number(protocol));
-    e.value(REG_1, &to.ip().octets());
+    e.value(REG_1, &octets(to.ip()));
     e.value(REG_2, &to.port().to_be_bytes());
     e.expr("nat", |b| {
         b.u32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
-        b.u32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4));
+        b.u32(NFTA_NAT_FAMILY, u32::from(f.proto));
         b.u32(NFTA_NAT_REG_ADDR_MIN, REG_1);
         b.u32(NFTA_NAT_REG_PROTO_MIN, REG_2);
     });
@@ -555,10 +630,13 @@ mod tests {
     use crate::netlink::messages;
 
     #[test]
-    fn a_frontend_key_is_three_padded_registers() {
-        let key = frontend_key(&("127.96.0.20:80".parse().unwrap(), Protocol::Udp)).unwrap();
+    fn a_frontend_key_is_padded_registers() {
+        let key = frontend_key(&("127.96.0.20:80".parse().unwrap(), Protocol::Udp));
         assert_eq!(key, [127, 96, 0, 20, 17, 0, 0, 0, 0, 80, 0, 0]);
-        assert_eq!(frontend_key(&("[fd00::1]:80".parse().unwrap(), Protocol::Tcp)), None);
+        assert_eq!(key.len() as u32, V4.key_len());
+        let key = frontend_key(&("[fd00::1]:80".parse().unwrap(), Protocol::Tcp));
+        assert_eq!(&key[15..], [1, 6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(key.len() as u32, V6.key_len());
     }
 
     #[test]
@@ -567,7 +645,8 @@ mod tests {
             Op::AddChain { name: "svc".into(), base: None },
             Op::AddRule { chain: "svc".into(), rule: Rule::Spread(vec!["ep-a".into(), "ep-b".into()]) },
             Op::FlushChain("svc".into()),
-        ];
+        ]
+        .map(|op| op.on(IpFamily::V4));
         let mut batch = Batch::default();
         let owners = super::ops(&mut batch, &ops);
         assert_eq!(owners, [0, 1, 1, 1, 2]);

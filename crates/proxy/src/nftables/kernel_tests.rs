@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::ops::Op;
+use wharf_api::ipfamily::IpFamily;
+
+use super::ops::{Op, TableOp};
 use super::rules::{self, Rule, Verdict};
 use super::writer::{run_once, NftError};
 use crate::model::Protocol;
@@ -25,7 +27,11 @@ fn in_own_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) ->
 }
 
 fn nft_list() -> String {
-    let out = Command::new("nft").args(["list", "table", "ip", "wharf"]).output().expect("nft (installed by the test command)");
+    nft_list_family("ip")
+}
+
+fn nft_list_family(family: &str) -> String {
+    let out = Command::new("nft").args(["list", "table", family, "wharf"]).output().expect("nft (installed by the test command)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -40,26 +46,30 @@ fn frontend(text: &str, protocol: Protocol) -> crate::claims::FrontendKey {
     (text.parse().expect("a socket address"), protocol)
 }
 
+fn v4(ops: impl IntoIterator<Item = Op>) -> Vec<TableOp> {
+    ops.into_iter().map(|op| op.on(IpFamily::V4)).collect()
+}
+
 /// The base table and one service with every rule shape.
-fn a_service() -> Vec<Op> {
+fn a_service() -> Vec<TableOp> {
     let mut ops = vec![Op::AddTable, Op::DeleteTable];
-    ops.extend(rules::base());
+    ops.extend(rules::base(IpFamily::V4));
     ops.push(Op::AddSet { name: "aff-1".into(), timeout: Duration::from_secs(10800) });
     for chain in [SVC, "ep-a", "ep-b"] {
         ops.push(Op::AddChain { name: chain.into(), base: None });
     }
     ops.extend([
         add_rule(SVC, Rule::MarkRemote),
-        add_rule(SVC, Rule::Sticky { set: "aff-1".into(), chain: "ep-a".into() }),
+        add_rule(SVC, Rule::Sticky { set: "aff-1".into(), chain: "ep-a".into(), family: IpFamily::V4 }),
         add_rule(SVC, Rule::Spread(vec!["ep-a".into(), "ep-b".into()])),
         add_rule("ep-a", Rule::MarkHairpin("198.18.1.2".parse().expect("an address"))),
-        add_rule("ep-a", Rule::Remember("aff-1".into())),
+        add_rule("ep-a", Rule::Remember("aff-1".into(), IpFamily::V4)),
         add_rule("ep-a", Rule::Dnat(Protocol::Tcp, "198.18.1.2:8080".parse().expect("an address"))),
         add_rule("ep-b", Rule::Dnat(Protocol::Udp, "127.0.0.2:53".parse().expect("an address"))),
         Op::AddElement { key: frontend("127.96.0.20:80", Protocol::Tcp), verdict: Verdict::Serve(SVC.into()) },
         Op::AddElement { key: frontend("127.96.0.21:53", Protocol::Udp), verdict: Verdict::Reject },
     ]);
-    ops
+    v4(ops)
 }
 
 #[test]
@@ -70,7 +80,7 @@ fn every_rule_shape_reads_back_as_nft_writes_it() {
         nft_list()
     });
     for op in &ops {
-        if let Op::AddRule { rule, .. } = op {
+        if let Op::AddRule { rule, .. } = &op.op {
             assert!(listing.contains(&rule.to_string()), "`{rule}` is not in\n{listing}");
         }
     }
@@ -95,14 +105,14 @@ fn a_change_removes_exactly_what_it_names() {
     let listing = in_own_netns(|| {
         run_once(&a_service()).expect("the service");
         // What points at a chain or set goes before it does.
-        run_once(&[
+        run_once(&v4([
             Op::FlushChain(SVC.into()),
             Op::FlushChain("ep-a".into()),
             Op::DeleteChain("ep-b".into()),
             Op::DeleteSet("aff-1".into()),
             Op::DeleteElement { map: rules::NO_ENDPOINTS, key: frontend("127.96.0.21:53", Protocol::Udp) },
             add_rule(SVC, Rule::Goto("ep-a".into())),
-        ])
+        ]))
         .expect("the change");
         nft_list()
     });
@@ -117,7 +127,7 @@ fn a_refused_transaction_changes_nothing_and_names_the_operation() {
     let (error, listing) = in_own_netns(|| {
         run_once(&a_service()).expect("the service");
         let error =
-            run_once(&[Op::AddChain { name: "new".into(), base: None }, Op::DeleteChain("missing".into()), Op::FlushChain(SVC.into())])
+            run_once(&v4([Op::AddChain { name: "new".into(), base: None }, Op::DeleteChain("missing".into()), Op::FlushChain(SVC.into())]))
                 .expect_err("deleting a missing chain");
         (error, nft_list())
     });
@@ -125,4 +135,50 @@ fn a_refused_transaction_changes_nothing_and_names_the_operation() {
     assert_eq!(op, "delete chain ip wharf missing", "{error}");
     assert!(error.to_string().contains("No such file or directory"), "{error}");
     assert!(!listing.contains("chain new") && listing.contains("numgen random mod 2"), "{listing}");
+}
+
+#[test]
+fn the_ipv6_table_reads_back_as_nft_writes_it() {
+    let six = |ops: Vec<Op>| ops.into_iter().map(|op| op.on(IpFamily::V6)).collect::<Vec<_>>();
+    let mut ops = vec![Op::AddTable, Op::DeleteTable];
+    ops.extend(rules::base(IpFamily::V6));
+    ops.push(Op::AddSet { name: "aff-6".into(), timeout: Duration::from_secs(60) });
+    for chain in [SVC, "ep-a", "ep-b"] {
+        ops.push(Op::AddChain { name: chain.into(), base: None });
+    }
+    ops.extend([
+        add_rule(SVC, Rule::Sticky { set: "aff-6".into(), chain: "ep-a".into(), family: IpFamily::V6 }),
+        add_rule(SVC, Rule::Spread(vec!["ep-a".into(), "ep-b".into()])),
+        add_rule("ep-a", Rule::MarkHairpin("fd00:18::2".parse().expect("an address"))),
+        add_rule("ep-a", Rule::Remember("aff-6".into(), IpFamily::V6)),
+        add_rule("ep-a", Rule::Dnat(Protocol::Tcp, "[fd00:18::2]:8080".parse().expect("an address"))),
+        add_rule("ep-b", Rule::Dnat(Protocol::Udp, "[::1]:53".parse().expect("an address"))),
+        Op::AddElement { key: frontend("[fd77::20]:80", Protocol::Tcp), verdict: Verdict::Serve(SVC.into()) },
+        Op::AddElement { key: frontend("[fd77::21]:53", Protocol::Udp), verdict: Verdict::Reject },
+    ]);
+    let ops = six(ops);
+    let rules_of: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match &op.op {
+            Op::AddRule { rule, .. } => Some(rule.to_string()),
+            _ => None,
+        })
+        .collect();
+    let (v6, v4) = in_own_netns(move || {
+        run_once(&ops).expect("the transaction");
+        (nft_list_family("ip6"), Command::new("nft").args(["list", "table", "ip", "wharf"]).output().expect("nft").status.success())
+    });
+    assert!(!v4, "the IPv6 operations touched the IPv4 table");
+    for rule in rules_of {
+        assert!(v6.contains(&rule), "`{rule}` is not in\n{v6}");
+    }
+    for text in [
+        "type ipv6_addr . inet_proto . inet_service : verdict",
+        &format!("elements = {{ fd77::20 . tcp . 80 : goto {SVC} }}"),
+        "elements = { fd77::21 . udp . 53 : goto reject-chain }",
+        "type ipv6_addr",
+        "ip6 daddr . meta l4proto . th dport vmap @service-ips",
+    ] {
+        assert!(v6.contains(text), "`{text}` is not in\n{v6}");
+    }
 }

@@ -26,32 +26,42 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use wharf_api::ipfamily::IpFamily;
 use wharf_kube::ObjectKey;
 
 use crate::claims::{Applied, Claim, Claims, FrontendKey, Owner};
 use crate::model::{Protocol, ServicePort};
-use ops::Op;
+use ops::{Op, TableOp};
 use rules::{ServiceRules, Verdict};
 pub use writer::NftError;
 use writer::{run_once, Job, Writer};
 
-/// The operations that replace the table with an empty one (a stale table
-/// from a crash goes with the same transaction).
-fn fresh_table() -> Vec<Op> {
-    let mut ops = vec![Op::AddTable, Op::DeleteTable];
-    ops.extend(rules::base());
+/// wharf's tables: `ip wharf` and `ip6 wharf`.
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+fn family_of(key: &FrontendKey) -> IpFamily {
+    IpFamily::of(&key.0.ip())
+}
+
+/// The operations that replace the tables with empty ones (stale tables
+/// from a crash go with the same transaction).
+fn fresh_tables() -> Vec<TableOp> {
+    let mut ops = Vec::new();
+    for family in FAMILIES {
+        ops.extend([Op::AddTable, Op::DeleteTable].into_iter().chain(rules::base(family)).map(|op| op.on(family)));
+    }
     ops
 }
 
 pub struct Nftables {
     node: String,
     claims: Claims,
-    /// What each service's rules are in the kernel.
-    services: HashMap<ObjectKey, ServiceRules>,
+    /// What each service's rules are in each family's table.
+    services: HashMap<(ObjectKey, IpFamily), ServiceRules>,
     /// The map element of each frontend, and the service that set it.
     elements: HashMap<FrontendKey, (Verdict, ObjectKey)>,
     /// Operations of the changes since the last commit.
-    pending: Vec<Op>,
+    pending: Vec<TableOp>,
     /// Flows to forget after the next commit: (frontend, endpoint).
     stale_flows: Vec<(FrontendKey, SocketAddr)>,
     /// TCP connections to an endpoint that left, closed at their deadline
@@ -62,10 +72,10 @@ pub struct Nftables {
 }
 
 impl Nftables {
-    /// Replaces wharf's table with an empty one; fails where nftables
-    /// cannot be used (no `nft`, no CAP_NET_ADMIN, no nf_tables).
+    /// Replaces wharf's tables with empty ones; fails where nftables
+    /// cannot be used (no CAP_NET_ADMIN, no nf_tables).
     pub fn start(node: String, drain: Duration) -> Result<Self, NftError> {
-        run_once(&fresh_table())?;
+        run_once(&fresh_tables())?;
         let writer = Writer::start().map_err(|e| NftError::Netlink(e.into()))?;
         Ok(Self {
             node,
@@ -80,11 +90,11 @@ impl Nftables {
         })
     }
 
-    /// Deletes wharf's table: nothing is forwarded by the kernel any more.
+    /// Deletes wharf's tables: nothing is forwarded by the kernel any more.
     pub fn stop(&mut self) {
         self.writer.finish();
-        if let Err(e) = run_once(&[Op::DeleteTable]) {
-            tracing::warn!(error = %e, "cannot delete the nftables table");
+        if let Err(e) = run_once(&FAMILIES.map(|f| Op::DeleteTable.on(f))) {
+            tracing::warn!(error = %e, "cannot delete the nftables tables");
         }
         self.claims.clear();
         self.services.clear();
@@ -111,10 +121,6 @@ impl Nftables {
             for frontend in &port.frontends {
                 match self.claims.claim(&owner, &port.name, frontend) {
                     Claim::Refused(conflict) => applied.conflicts.push(conflict),
-                    Claim::Held | Claim::Granted { .. } if !frontend.addr.is_ipv4() => {
-                        applied.bind_failures.push(((frontend.addr, frontend.protocol), "IPv6 is not served in nftables mode".into()));
-                        wanted.push((frontend.addr, frontend.protocol));
-                    }
                     Claim::Held | Claim::Granted { .. } => {
                         served.push(frontend);
                         wanted.push((frontend.addr, frontend.protocol));
@@ -124,10 +130,19 @@ impl Nftables {
             granted.push((port, served));
         }
         let released = self.claims.settle(&owner.service, wanted, &mut applied);
-        let new = rules::render(granted, &self.node);
-        let old = self.services.remove(&owner.service).unwrap_or_default();
-        let commands = self.transaction(&owner.service, &old, &new, &released);
-        self.pending.extend(commands);
+        for family in FAMILIES {
+            let new = rules::render(granted.iter().map(|(port, served)| (*port, served.clone())), &self.node, family);
+            self.apply_family(&owner.service, family, new, &released);
+        }
+        applied
+    }
+
+    /// Brings one service's rules in one family's table to `new`.
+    fn apply_family(&mut self, service: &ObjectKey, family: IpFamily, new: ServiceRules, released: &[FrontendKey]) {
+        let released: Vec<FrontendKey> = released.iter().filter(|k| family_of(k) == family).copied().collect();
+        let old = self.services.remove(&(service.clone(), family)).unwrap_or_default();
+        let commands = self.transaction(service, &old, &new, &released);
+        self.pending.extend(commands.into_iter().map(|op| op.on(family)));
         for (frontend, before) in &old.targets {
             let now = new.targets.get(frontend);
             for gone in before.iter().filter(|e| now.is_none_or(|n| !n.contains(e))) {
@@ -138,11 +153,10 @@ impl Nftables {
                 }
             }
         }
-        self.record(&owner.service, &new, &released);
+        self.record(service, family, &new, &released);
         if !new.chains.is_empty() || !new.elements.is_empty() {
-            self.services.insert(owner.service.clone(), new);
+            self.services.insert((service.clone(), family), new);
         }
-        applied
     }
 
     /// Hands every change since the last commit to the writer as one
@@ -178,8 +192,8 @@ impl Nftables {
 
     /// Whether `frontend` balances over `endpoint` now.
     fn sends_to(&self, frontend: &FrontendKey, endpoint: SocketAddr) -> bool {
-        let owner = self.elements.get(frontend).map(|(_, owner)| owner);
-        let targets = owner.and_then(|o| self.services.get(o)).and_then(|s| s.targets.get(frontend));
+        let owner = self.elements.get(frontend).map(|(_, owner)| (owner.clone(), family_of(frontend)));
+        let targets = owner.and_then(|o| self.services.get(&o)).and_then(|s| s.targets.get(frontend));
         targets.is_some_and(|t| t.contains(&endpoint))
     }
 
@@ -227,9 +241,11 @@ impl Nftables {
         ops
     }
 
-    /// Remembers which map elements `service` now sets.
-    fn record(&mut self, service: &ObjectKey, new: &ServiceRules, released: &[FrontendKey]) {
-        self.elements.retain(|key, (_, setter)| setter != service || new.elements.contains_key(key) && !released.contains(key));
+    /// Remembers which map elements `service` now sets in `family`'s table.
+    fn record(&mut self, service: &ObjectKey, family: IpFamily, new: &ServiceRules, released: &[FrontendKey]) {
+        self.elements.retain(|key, (_, setter)| {
+            family_of(key) != family || setter != service || new.elements.contains_key(key) && !released.contains(key)
+        });
         for (key, verdict) in &new.elements {
             self.elements.insert(*key, (verdict.clone(), service.clone()));
         }
@@ -239,18 +255,19 @@ impl Nftables {
     /// transaction; if even that fails, the next commit or tick tries
     /// again.
     fn rewrite(&mut self) {
-        let mut ops = fresh_table();
-        for rules in self.services.values() {
-            ops.extend(rules.sets.iter().map(|(set, timeout)| Op::AddSet { name: set.clone(), timeout: *timeout }));
-            ops.extend(rules.chains.keys().map(|chain| Op::AddChain { name: chain.clone(), base: None }));
+        let mut ops = fresh_tables();
+        for ((_, family), rules) in &self.services {
+            let on = |op: Op| op.on(*family);
+            ops.extend(rules.sets.iter().map(|(set, timeout)| on(Op::AddSet { name: set.clone(), timeout: *timeout })));
+            ops.extend(rules.chains.keys().map(|chain| on(Op::AddChain { name: chain.clone(), base: None })));
         }
-        for rules in self.services.values() {
+        for ((_, family), rules) in &self.services {
             for (chain, body) in &rules.chains {
-                ops.extend(body.iter().map(|rule| Op::AddRule { chain: chain.clone(), rule: rule.clone() }));
+                ops.extend(body.iter().map(|rule| Op::AddRule { chain: chain.clone(), rule: rule.clone() }.on(*family)));
             }
         }
         for (key, (verdict, _)) in &self.elements {
-            ops.push(Op::AddElement { key: *key, verdict: verdict.clone() });
+            ops.push(Op::AddElement { key: *key, verdict: verdict.clone() }.on(family_of(key)));
         }
         let forget = std::mem::take(&mut self.stale_flows);
         self.writer.send(Job { ops, replaces_all: true, forget });

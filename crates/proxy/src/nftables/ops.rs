@@ -1,12 +1,15 @@
-//! One change to wharf's table (`ip wharf`): what a transaction is made
-//! of. `encode` writes it for the kernel; `Display` writes it as the `nft`
-//! command that would do the same, for logs and tests.
+//! One change to one of wharf's tables (`ip wharf`, `ip6 wharf`): what a
+//! transaction is made of. `encode` writes it for the kernel; `Display`
+//! writes it as the `nft` command that would do the same, for logs and
+//! tests.
 
 use std::fmt;
 use std::time::Duration;
 
+use wharf_api::ipfamily::IpFamily;
+
 use crate::claims::FrontendKey;
-use crate::nftables::rules::{protocol_name, Rule, Verdict, AFFINITY_ENTRIES, TABLE};
+use crate::nftables::rules::{header, protocol_name, Rule, Verdict, AFFINITY_ENTRIES, TABLE};
 
 /// The hooks wharf's base chains sit on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,20 @@ pub enum Op {
     },
 }
 
+/// An operation on the table of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableOp {
+    pub family: IpFamily,
+    pub op: Op,
+}
+
+impl Op {
+    /// This operation on `family`'s table.
+    pub fn on(self, family: IpFamily) -> TableOp {
+        TableOp { family, op: self }
+    }
+}
+
 /// A map key as nft writes it: `ip . proto . port`.
 struct Key<'a>(&'a FrontendKey);
 
@@ -80,10 +97,14 @@ impl fmt::Display for Key<'_> {
     }
 }
 
-impl fmt::Display for Op {
+impl fmt::Display for TableOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = format!("ip {TABLE}");
-        match self {
+        let t = format!("{} {TABLE}", header(self.family));
+        let key_type = match self.family {
+            IpFamily::V4 => "ipv4_addr",
+            IpFamily::V6 => "ipv6_addr",
+        };
+        match &self.op {
             Op::AddTable => write!(f, "add table {t}"),
             Op::DeleteTable => write!(f, "delete table {t}"),
             Op::AddChain { name, base: None } => write!(f, "add chain {t} {name}"),
@@ -94,10 +115,10 @@ impl fmt::Display for Op {
             Op::FlushChain(name) => write!(f, "flush chain {t} {name}"),
             Op::DeleteChain(name) => write!(f, "delete chain {t} {name}"),
             Op::AddRule { chain, rule } => write!(f, "add rule {t} {chain} {rule}"),
-            Op::AddMap(name) => write!(f, "add map {t} {name} {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}"),
+            Op::AddMap(name) => write!(f, "add map {t} {name} {{ type {key_type} . inet_proto . inet_service : verdict ; }}"),
             Op::AddSet { name, timeout } => write!(
                 f,
-                "add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; size {AFFINITY_ENTRIES} ; timeout {}s ; }}",
+                "add set {t} {name} {{ type {key_type} ; flags dynamic,timeout ; size {AFFINITY_ENTRIES} ; timeout {}s ; }}",
                 timeout.as_secs().max(1)
             ),
             Op::DeleteSet(name) => write!(f, "delete set {t} {name}"),

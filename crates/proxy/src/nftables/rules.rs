@@ -1,7 +1,8 @@
 //! The nftables rules of the kernel data plane, laid out as kube-proxy's
 //! nftables mode lays them out (pure: text in, no kernel here).
 //!
-//! One table, `ip wharf`. A verdict map `service-ips` sends (destination,
+//! One table per family, `ip wharf` and `ip6 wharf`, alike but for the
+//! addresses they match. A verdict map `service-ips` sends (destination,
 //! protocol, port) to one chain per service port and scope; that chain
 //! picks an endpoint chain by `numgen random` (after any ClientIP
 //! affinity) and the endpoint chain DNATs. Frontends without a usable
@@ -12,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::claims::FrontendKey;
@@ -61,8 +62,8 @@ impl Verdict {
 /// writes each as `nft list` shows it; `encode` writes it for the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rule {
-    /// `ip daddr . meta l4proto . th dport vmap @MAP`
-    Dispatch(&'static str),
+    /// `ip daddr . meta l4proto . th dport vmap @MAP` (`ip6 daddr` for IPv6)
+    Dispatch(&'static str, IpFamily),
     /// `jump CHAIN`
     Jump(String),
     /// `ct state new jump CHAIN`
@@ -80,13 +81,13 @@ pub enum Rule {
     MarkRemote,
     /// `ip saddr ADDR meta mark set meta mark | BIT`: an endpoint reaching
     /// itself through its service (hairpin).
-    MarkHairpin(Ipv4Addr),
+    MarkHairpin(IpAddr),
     /// `ip saddr @SET goto CHAIN`
-    Sticky { set: String, chain: String },
+    Sticky { set: String, chain: String, family: IpFamily },
     /// `update @SET { ip saddr }`
-    Remember(String),
+    Remember(String, IpFamily),
     /// `meta l4proto PROTO dnat to ADDR`
-    Dnat(Protocol, SocketAddrV4),
+    Dnat(Protocol, SocketAddr),
     /// `numgen random mod N vmap { 0 : goto A, 1 : goto B, ... }`
     Spread(Vec<String>),
 }
@@ -95,7 +96,7 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bit = MASQUERADE_BIT;
         match self {
-            Rule::Dispatch(map) => write!(f, "ip daddr . meta l4proto . th dport vmap @{map}"),
+            Rule::Dispatch(map, family) => write!(f, "{} daddr . meta l4proto . th dport vmap @{map}", header(*family)),
             Rule::Jump(chain) => write!(f, "jump {chain}"),
             Rule::JumpIfNew(chain) => write!(f, "ct state new jump {chain}"),
             Rule::Goto(chain) => write!(f, "goto {chain}"),
@@ -105,9 +106,9 @@ impl fmt::Display for Rule {
             Rule::RejectTcp => write!(f, "reject with tcp reset"),
             Rule::Reject => write!(f, "reject"),
             Rule::MarkRemote => write!(f, "fib saddr type != local meta mark set meta mark | {bit:#010x}"),
-            Rule::MarkHairpin(ip) => write!(f, "ip saddr {ip} meta mark set meta mark | {bit:#010x}"),
-            Rule::Sticky { set, chain } => write!(f, "ip saddr @{set} goto {chain}"),
-            Rule::Remember(set) => write!(f, "update @{set} {{ ip saddr }}"),
+            Rule::MarkHairpin(ip) => write!(f, "{} saddr {ip} meta mark set meta mark | {bit:#010x}", header(IpFamily::of(ip))),
+            Rule::Sticky { set, chain, family } => write!(f, "{} saddr @{set} goto {chain}", header(*family)),
+            Rule::Remember(set, family) => write!(f, "update @{set} {{ {} saddr }}", header(*family)),
             Rule::Dnat(protocol, to) => write!(f, "meta l4proto {} dnat to {to}", protocol_name(*protocol)),
             Rule::Spread(chains) => {
                 write!(f, "numgen random mod {} vmap {{ ", chains.len())?;
@@ -132,6 +133,14 @@ pub struct ServiceRules {
     /// The endpoints each frontend sends to: conntrack keeps flows to one
     /// that leaves going there until they are deleted.
     pub targets: BTreeMap<FrontendKey, Vec<SocketAddr>>,
+}
+
+/// The family's table (`ip`, `ip6`), and the header its rules match.
+pub fn header(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
 }
 
 pub fn protocol_name(p: Protocol) -> &'static str {
@@ -168,22 +177,22 @@ fn rule(chain: &str, rule: Rule) -> Op {
     Op::AddRule { chain: chain.to_string(), rule }
 }
 
-/// The operations that make the table with its hooks and maps, empty of
-/// services.
-pub fn base() -> Vec<Op> {
+/// The operations that make a family's table with its hooks and maps,
+/// empty of services.
+pub fn base(family: IpFamily) -> Vec<Op> {
     let mut out = vec![
         Op::AddTable,
         Op::AddMap(SERVICE_IPS),
         Op::AddMap(NO_ENDPOINTS),
         Op::AddChain { name: "services".into(), base: None },
-        rule("services", Rule::Dispatch(SERVICE_IPS)),
+        rule("services", Rule::Dispatch(SERVICE_IPS, family)),
         Op::AddChain { name: "nat-postrouting".into(), base: Some(BaseChain::NatPostrouting) },
         rule("nat-postrouting", Rule::MasqueradeMarked),
         Op::AddChain { name: REJECT_CHAIN.into(), base: None },
         rule(REJECT_CHAIN, Rule::RejectTcp),
         rule(REJECT_CHAIN, Rule::Reject),
         Op::AddChain { name: "endpoints-check".into(), base: None },
-        rule("endpoints-check", Rule::Dispatch(NO_ENDPOINTS)),
+        rule("endpoints-check", Rule::Dispatch(NO_ENDPOINTS, family)),
     ];
     // DNAT at dstnat priority; the reject check before it (-110), on the
     // destination the client asked for.
@@ -200,32 +209,22 @@ pub fn base() -> Vec<Op> {
     out
 }
 
-fn ipv4(addr: &SocketAddr) -> bool {
-    matches!(addr.ip(), IpAddr::V4(_))
-}
-
-/// The rules of one service: each port with the frontends this node
-/// serves it on (IPv4 only: the table is `ip`).
-pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Frontend>)>, node: &str) -> ServiceRules {
+/// The rules of one service in `family`'s table: each port with the
+/// frontends of that family this node serves it on, balanced over the
+/// endpoints of that family.
+pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Frontend>)>, node: &str, family: IpFamily) -> ServiceRules {
     let mut rules = ServiceRules::default();
     for (port, frontends) in ports {
         for scope in [Scope::Internal, Scope::External] {
-            let served: Vec<FrontendKey> =
-                frontends.iter().filter(|f| f.scope == scope && ipv4(&f.addr)).map(|f| (f.addr, f.protocol)).collect();
+            let lane = Lane { scope, family };
+            let served: Vec<FrontendKey> = frontends.iter().filter(|f| f.lane() == lane).map(|f| (f.addr, f.protocol)).collect();
             if served.is_empty() {
                 continue;
             }
-            let usable: Vec<(&Endpoint, SocketAddrV4)> = port
-                .usable_in(Lane { scope, family: IpFamily::V4 }, node)
-                .into_iter()
-                .filter_map(|e| match e.addr {
-                    SocketAddr::V4(v4) => Some((e, v4)),
-                    SocketAddr::V6(_) => None,
-                })
-                .collect();
-            let verdict = if usable.is_empty() { Verdict::Reject } else { Verdict::Serve(service_chain(&mut rules, port, scope, &usable)) };
+            let usable = port.usable_in(lane, node);
+            let verdict = if usable.is_empty() { Verdict::Reject } else { Verdict::Serve(service_chain(&mut rules, port, lane, &usable)) };
             for key in &served {
-                rules.targets.insert(*key, usable.iter().map(|(e, _)| e.addr).collect());
+                rules.targets.insert(*key, usable.iter().map(|e| e.addr).collect());
             }
             rules.elements.extend(served.into_iter().map(|key| (key, verdict.clone())));
         }
@@ -234,7 +233,8 @@ pub fn render<'a>(ports: impl IntoIterator<Item = (&'a ServicePort, Vec<&'a Fron
 }
 
 /// Adds the chain of one port and scope and its endpoints' chains.
-fn service_chain(rules: &mut ServiceRules, port: &ServicePort, scope: Scope, usable: &[(&Endpoint, SocketAddrV4)]) -> String {
+fn service_chain(rules: &mut ServiceRules, port: &ServicePort, lane: Lane, usable: &[&Endpoint]) -> String {
+    let scope = lane.scope;
     let protocol = port.frontends.first().map_or(Protocol::Tcp, |f| f.protocol);
     let proto = protocol_name(protocol);
     let identity = format!("{}/{}/{proto}", port.name, scope_name(scope));
@@ -246,20 +246,21 @@ fn service_chain(rules: &mut ServiceRules, port: &ServicePort, scope: Scope, usa
         body.push(Rule::MarkRemote);
     }
     let mut targets = Vec::new();
-    for (endpoint, to) in usable {
+    for endpoint in usable {
+        let to = endpoint.addr;
         let ep_identity = format!("{}/{proto}__{}", port.name, endpoint.addr);
         let ep_chain = object_name("ep", &ep_identity);
         let mut ep_body = Vec::new();
         if !to.ip().is_loopback() {
-            ep_body.push(Rule::MarkHairpin(*to.ip()));
+            ep_body.push(Rule::MarkHairpin(to.ip()));
         }
         if let Some(timeout) = port.affinity {
             let set = object_name("aff", &format!("{ep_identity}/{}s", timeout.as_secs()));
-            body.push(Rule::Sticky { set: set.clone(), chain: ep_chain.clone() });
-            ep_body.push(Rule::Remember(set.clone()));
+            body.push(Rule::Sticky { set: set.clone(), chain: ep_chain.clone(), family: lane.family });
+            ep_body.push(Rule::Remember(set.clone(), lane.family));
             rules.sets.insert(set, timeout);
         }
-        ep_body.push(Rule::Dnat(protocol, *to));
+        ep_body.push(Rule::Dnat(protocol, to));
         rules.chains.insert(ep_chain.clone(), ep_body);
         targets.push(ep_chain);
     }
@@ -295,7 +296,7 @@ mod tests {
     }
 
     fn rendered(port: &ServicePort) -> ServiceRules {
-        render([(port, port.frontends.iter().collect())], "node-a")
+        render([(port, port.frontends.iter().collect())], "node-a", IpFamily::V4)
     }
 
     #[test]
@@ -346,7 +347,7 @@ mod tests {
         let svc = rules.chains.iter().find(|(n, _)| n.starts_with("svc-")).unwrap().1;
         assert!(svc[0].to_string().starts_with(&format!("ip saddr @{set} goto ep-")), "{svc:?}");
         let ep = rules.chains.iter().find(|(n, _)| n.starts_with("ep-")).unwrap().1;
-        assert_eq!(ep[0], Rule::Remember(set.clone()));
+        assert_eq!(ep[0], Rule::Remember(set.clone(), IpFamily::V4));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 
 use crate::claims::FrontendKey;
 use crate::netlink::{Batch, NetlinkError, Socket};
-use crate::nftables::ops::Op;
+use crate::nftables::ops::TableOp;
 use crate::nftables::{conntrack, encode};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum NftError {
 }
 
 /// Runs one transaction: every operation or none.
-pub fn run(socket: &mut Socket, ops: &[Op]) -> Result<(), NftError> {
+pub fn run(socket: &mut Socket, ops: &[TableOp]) -> Result<(), NftError> {
     let mut batch = Batch::default();
     let owners = encode::ops(&mut batch, ops);
     match socket.send(batch) {
@@ -39,7 +39,7 @@ pub fn run(socket: &mut Socket, ops: &[Op]) -> Result<(), NftError> {
 }
 
 /// Runs one transaction on a socket of its own.
-pub fn run_once(ops: &[Op]) -> Result<(), NftError> {
+pub fn run_once(ops: &[TableOp]) -> Result<(), NftError> {
     let mut socket = Socket::open().map_err(|e| NftError::Netlink(e.into()))?;
     run(&mut socket, ops)
 }
@@ -47,7 +47,7 @@ pub fn run_once(ops: &[Op]) -> Result<(), NftError> {
 /// One sync for the kernel.
 pub struct Job {
     /// Operations, in order (may be none).
-    pub ops: Vec<Op>,
+    pub ops: Vec<TableOp>,
     /// The operations rebuild the whole table: earlier queued jobs are moot.
     pub replaces_all: bool,
     /// Flows to delete from conntrack once the operations are in.
@@ -113,7 +113,7 @@ fn write_jobs((mut tables, mut flows): (Socket, Socket), jobs: mpsc::Receiver<Jo
 
 /// Queued jobs as one transaction and the flows to forget after it;
 /// what a later rewrite replaces is left out.
-fn coalesce(mut batch: Vec<Job>) -> (Vec<Op>, Vec<(FrontendKey, SocketAddr)>) {
+fn coalesce(mut batch: Vec<Job>) -> (Vec<TableOp>, Vec<(FrontendKey, SocketAddr)>) {
     if let Some(last) = batch.iter().rposition(|j| j.replaces_all) {
         batch.drain(..last);
     }
@@ -130,12 +130,14 @@ fn coalesce(mut batch: Vec<Job>) -> (Vec<Op>, Vec<(FrontendKey, SocketAddr)>) {
 mod tests {
     use super::*;
     use crate::model::Protocol;
+    use crate::nftables::ops::Op;
+    use wharf_api::ipfamily::IpFamily;
 
     fn job(chain: &str, replaces_all: bool) -> Job {
-        Job { ops: vec![Op::FlushChain(chain.into())], replaces_all, forget: Vec::new() }
+        Job { ops: vec![Op::FlushChain(chain.into()).on(IpFamily::V4)], replaces_all, forget: Vec::new() }
     }
 
-    fn chains(ops: &[Op]) -> Vec<String> {
+    fn chains(ops: &[TableOp]) -> Vec<String> {
         ops.iter().map(|op| op.to_string().rsplit(' ').next().unwrap_or_default().to_string()).collect()
     }
 
