@@ -620,28 +620,10 @@ mod tests {
         idx.delete_service(&crate::index::Key::new("testns", "svc1"));
         assert_eq!(before.map(|s| idx.freshness.is_fresh(&s)), [false, true, true, false]);
     }
-}
-
-#[cfg(test)]
-mod dual_stack_tests {
-    use super::*;
-    use crate::index::SOURCES;
-    use k8s_openapi::api::core::v1::{Pod, Service};
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use serde_json::json;
-
-    fn cfg() -> ZoneConfig {
-        ZoneConfig {
-            domain: "cluster.local".into(),
-            ttl: 5,
-            dns_ip: "127.96.0.10".parse().unwrap(),
-            service_cidrs: "127.96.0.0/12,fd77:6861:7266:96::/108".parse().unwrap(),
-        }
-    }
 
     /// A dual-stack service, a headless one with an IPv4 and an IPv6
     /// slice, and a pod with both addresses.
-    fn index() -> Index {
+    fn dual_index() -> Index {
         let mut idx = Index::default();
         for s in SOURCES {
             idx.mark_synced(s);
@@ -675,38 +657,36 @@ mod dual_stack_tests {
         idx
     }
 
-    fn ask(idx: &Index, q: &str, t: RecordType) -> (ResponseCode, Vec<String>) {
-        match resolve(idx, &cfg(), q, t, &mut Vec::new()) {
-            Resolution::Local(a) => (a.rcode, a.answers.iter().map(|r| r.data.to_string()).collect()),
-            Resolution::Forward => panic!("{q} was forwarded"),
-        }
+    fn ask_rdata(idx: &Index, q: &str, t: RecordType) -> (ResponseCode, Vec<String>) {
+        let a = ask(idx, q, t);
+        (a.rcode, rdata(&a))
     }
 
     #[test]
     fn a_and_aaaa_come_from_each_family() {
-        let idx = index();
-        assert_eq!(ask(&idx, "web.ns.svc.cluster.local", RecordType::A).1, ["127.96.0.50"]);
-        assert_eq!(ask(&idx, "web.ns.svc.cluster.local", RecordType::AAAA).1, ["fd77:6861:7266:96::32"]);
-        assert_eq!(ask(&idx, "db.ns.svc.cluster.local", RecordType::A).1, ["127.0.0.5"]);
-        assert_eq!(ask(&idx, "db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
-        assert_eq!(ask(&idx, "db-0.db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
-        assert_eq!(ask(&idx, "fd00--7.ns.pod.cluster.local", RecordType::AAAA).1, ["fd00::7"]);
-        assert_eq!(ask(&idx, "127-0-0-7.ns.pod.cluster.local", RecordType::A).1, ["127.0.0.7"]);
+        let idx = dual_index();
+        assert_eq!(ask_rdata(&idx, "web.ns.svc.cluster.local", RecordType::A).1, ["127.96.0.50"]);
+        assert_eq!(ask_rdata(&idx, "web.ns.svc.cluster.local", RecordType::AAAA).1, ["fd77:6861:7266:96::32"]);
+        assert_eq!(ask_rdata(&idx, "db.ns.svc.cluster.local", RecordType::A).1, ["127.0.0.5"]);
+        assert_eq!(ask_rdata(&idx, "db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
+        assert_eq!(ask_rdata(&idx, "db-0.db.ns.svc.cluster.local", RecordType::AAAA).1, ["fd00::5"]);
+        assert_eq!(ask_rdata(&idx, "fd00--7.ns.pod.cluster.local", RecordType::AAAA).1, ["fd00::7"]);
+        assert_eq!(ask_rdata(&idx, "127-0-0-7.ns.pod.cluster.local", RecordType::A).1, ["127.0.0.7"]);
         // Only the canonical dashed form names a pod.
-        assert_eq!(ask(&idx, "fd00-0-0-0-0-0-0-7.ns.pod.cluster.local", RecordType::AAAA).0, ResponseCode::NXDomain);
-        assert_eq!(ask(&idx, "fd00--7.ns.pod.cluster.local", RecordType::A), (ResponseCode::NoError, vec![]));
+        assert_eq!(ask_rdata(&idx, "fd00-0-0-0-0-0-0-7.ns.pod.cluster.local", RecordType::AAAA).0, ResponseCode::NXDomain);
+        assert_eq!(ask_rdata(&idx, "fd00--7.ns.pod.cluster.local", RecordType::A), (ResponseCode::NoError, vec![]));
     }
 
     #[test]
     fn ip6_arpa_names_answer_for_cluster_ips_and_endpoints() {
-        let idx = index();
+        let idx = dual_index();
         let service = "2.3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.6.6.2.7.1.6.8.6.7.7.d.f.ip6.arpa";
-        assert_eq!(ask(&idx, service, RecordType::PTR).1, ["web.ns.svc.cluster.local."]);
+        assert_eq!(ask_rdata(&idx, service, RecordType::PTR).1, ["web.ns.svc.cluster.local."]);
         let endpoint = "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa";
-        assert_eq!(ask(&idx, endpoint, RecordType::PTR).1, ["db-0.db.ns.svc.cluster.local."]);
+        assert_eq!(ask_rdata(&idx, endpoint, RecordType::PTR).1, ["db-0.db.ns.svc.cluster.local."]);
         // In the service range but unknown: NXDOMAIN from the range's zone.
         let free = "9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.6.6.2.7.1.6.8.6.7.7.d.f.ip6.arpa";
-        assert_eq!(ask(&idx, free, RecordType::PTR).0, ResponseCode::NXDomain);
+        assert_eq!(ask_rdata(&idx, free, RecordType::PTR).0, ResponseCode::NXDomain);
         // Elsewhere and unknown: not the cluster's to answer.
         let other = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
         assert_eq!(resolve(&idx, &cfg(), other, RecordType::PTR, &mut Vec::new()), Resolution::Forward);

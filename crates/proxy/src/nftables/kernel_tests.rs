@@ -50,54 +50,69 @@ fn v4(ops: impl IntoIterator<Item = Op>) -> Vec<TableOp> {
     ops.into_iter().map(|op| op.on(IpFamily::V4)).collect()
 }
 
-/// The base table and one service with every rule shape.
-fn a_service() -> Vec<TableOp> {
+/// The base table of `family` and one service with every rule shape:
+/// (an endpoint, a local endpoint, two frontends) of that family.
+fn a_service_of(family: IpFamily, [endpoint, local, served, rejected]: [&str; 4]) -> Vec<TableOp> {
+    let address = |text: &str| text.parse().expect("a socket address");
+    let endpoint: std::net::SocketAddr = address(endpoint);
     let mut ops = vec![Op::AddTable, Op::DeleteTable];
-    ops.extend(rules::base(IpFamily::V4));
+    ops.extend(rules::base(family));
     ops.push(Op::AddSet { name: "aff-1".into(), timeout: Duration::from_secs(10800) });
     for chain in [SVC, "ep-a", "ep-b"] {
         ops.push(Op::AddChain { name: chain.into(), base: None });
     }
     ops.extend([
         add_rule(SVC, Rule::MarkRemote),
-        add_rule(SVC, Rule::Sticky { set: "aff-1".into(), chain: "ep-a".into(), family: IpFamily::V4 }),
+        add_rule(SVC, Rule::Sticky { set: "aff-1".into(), chain: "ep-a".into(), family }),
         add_rule(SVC, Rule::Spread(vec!["ep-a".into(), "ep-b".into()])),
-        add_rule("ep-a", Rule::MarkHairpin("198.18.1.2".parse().expect("an address"))),
-        add_rule("ep-a", Rule::Remember("aff-1".into(), IpFamily::V4)),
-        add_rule("ep-a", Rule::Dnat(Protocol::Tcp, "198.18.1.2:8080".parse().expect("an address"))),
-        add_rule("ep-b", Rule::Dnat(Protocol::Udp, "127.0.0.2:53".parse().expect("an address"))),
-        Op::AddElement { key: frontend("127.96.0.20:80", Protocol::Tcp), verdict: Verdict::Serve(SVC.into()) },
-        Op::AddElement { key: frontend("127.96.0.21:53", Protocol::Udp), verdict: Verdict::Reject },
+        add_rule("ep-a", Rule::MarkHairpin(endpoint.ip())),
+        add_rule("ep-a", Rule::Remember("aff-1".into(), family)),
+        add_rule("ep-a", Rule::Dnat(Protocol::Tcp, endpoint)),
+        add_rule("ep-b", Rule::Dnat(Protocol::Udp, address(local))),
+        Op::AddElement { key: frontend(served, Protocol::Tcp), verdict: Verdict::Serve(SVC.into()) },
+        Op::AddElement { key: frontend(rejected, Protocol::Udp), verdict: Verdict::Reject },
     ]);
-    v4(ops)
+    ops.into_iter().map(|op| op.on(family)).collect()
 }
 
-#[test]
-fn every_rule_shape_reads_back_as_nft_writes_it() {
-    let ops = a_service();
-    let listing = in_own_netns(move || {
-        run_once(&a_service()).expect("the transaction");
-        nft_list()
-    });
-    for op in &ops {
+fn a_service() -> Vec<TableOp> {
+    a_service_of(IpFamily::V4, ["198.18.1.2:8080", "127.0.0.2:53", "127.96.0.20:80", "127.96.0.21:53"])
+}
+
+/// Every rule of `ops` and every one of `texts` is in `listing`.
+fn assert_listed(listing: &str, ops: &[TableOp], texts: &[&str]) {
+    for op in ops {
         if let Op::AddRule { rule, .. } = &op.op {
             assert!(listing.contains(&rule.to_string()), "`{rule}` is not in\n{listing}");
         }
     }
-    for text in [
-        "type ipv4_addr . inet_proto . inet_service : verdict",
-        &format!("elements = {{ 127.96.0.20 . tcp . 80 : goto {SVC} }}"),
-        "elements = { 127.96.0.21 . udp . 53 : goto reject-chain }",
-        "flags dynamic,timeout",
-        "timeout 3h",
-        "size 65535",
-        "type nat hook output priority -100; policy accept;",
-        "type nat hook prerouting priority dstnat; policy accept;",
-        "type nat hook postrouting priority srcnat; policy accept;",
-        "type filter hook forward priority -110; policy accept;",
-    ] {
+    for text in texts {
         assert!(listing.contains(text), "`{text}` is not in\n{listing}");
     }
+}
+
+#[test]
+fn every_rule_shape_reads_back_as_nft_writes_it() {
+    let listing = in_own_netns(|| {
+        run_once(&a_service()).expect("the transaction");
+        nft_list()
+    });
+    assert_listed(
+        &listing,
+        &a_service(),
+        &[
+            "type ipv4_addr . inet_proto . inet_service : verdict",
+            &format!("elements = {{ 127.96.0.20 . tcp . 80 : goto {SVC} }}"),
+            "elements = { 127.96.0.21 . udp . 53 : goto reject-chain }",
+            "flags dynamic,timeout",
+            "timeout 3h",
+            "size 65535",
+            "type nat hook output priority -100; policy accept;",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "type filter hook forward priority -110; policy accept;",
+        ],
+    );
 }
 
 #[test]
@@ -139,46 +154,21 @@ fn a_refused_transaction_changes_nothing_and_names_the_operation() {
 
 #[test]
 fn the_ipv6_table_reads_back_as_nft_writes_it() {
-    let six = |ops: Vec<Op>| ops.into_iter().map(|op| op.on(IpFamily::V6)).collect::<Vec<_>>();
-    let mut ops = vec![Op::AddTable, Op::DeleteTable];
-    ops.extend(rules::base(IpFamily::V6));
-    ops.push(Op::AddSet { name: "aff-6".into(), timeout: Duration::from_secs(60) });
-    for chain in [SVC, "ep-a", "ep-b"] {
-        ops.push(Op::AddChain { name: chain.into(), base: None });
-    }
-    ops.extend([
-        add_rule(SVC, Rule::Sticky { set: "aff-6".into(), chain: "ep-a".into(), family: IpFamily::V6 }),
-        add_rule(SVC, Rule::Spread(vec!["ep-a".into(), "ep-b".into()])),
-        add_rule("ep-a", Rule::MarkHairpin("fd00:18::2".parse().expect("an address"))),
-        add_rule("ep-a", Rule::Remember("aff-6".into(), IpFamily::V6)),
-        add_rule("ep-a", Rule::Dnat(Protocol::Tcp, "[fd00:18::2]:8080".parse().expect("an address"))),
-        add_rule("ep-b", Rule::Dnat(Protocol::Udp, "[::1]:53".parse().expect("an address"))),
-        Op::AddElement { key: frontend("[fd77::20]:80", Protocol::Tcp), verdict: Verdict::Serve(SVC.into()) },
-        Op::AddElement { key: frontend("[fd77::21]:53", Protocol::Udp), verdict: Verdict::Reject },
-    ]);
-    let ops = six(ops);
-    let rules_of: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match &op.op {
-            Op::AddRule { rule, .. } => Some(rule.to_string()),
-            _ => None,
-        })
-        .collect();
+    let ops = || a_service_of(IpFamily::V6, ["[fd00:18::2]:8080", "[::1]:53", "[fd77::20]:80", "[fd77::21]:53"]);
     let (v6, v4) = in_own_netns(move || {
-        run_once(&ops).expect("the transaction");
+        run_once(&ops()).expect("the transaction");
         (nft_list_family("ip6"), Command::new("nft").args(["list", "table", "ip", "wharf"]).output().expect("nft").status.success())
     });
     assert!(!v4, "the IPv6 operations touched the IPv4 table");
-    for rule in rules_of {
-        assert!(v6.contains(&rule), "`{rule}` is not in\n{v6}");
-    }
-    for text in [
-        "type ipv6_addr . inet_proto . inet_service : verdict",
-        &format!("elements = {{ fd77::20 . tcp . 80 : goto {SVC} }}"),
-        "elements = { fd77::21 . udp . 53 : goto reject-chain }",
-        "type ipv6_addr",
-        "ip6 daddr . meta l4proto . th dport vmap @service-ips",
-    ] {
-        assert!(v6.contains(text), "`{text}` is not in\n{v6}");
-    }
+    assert_listed(
+        &v6,
+        &ops(),
+        &[
+            "type ipv6_addr . inet_proto . inet_service : verdict",
+            &format!("elements = {{ fd77::20 . tcp . 80 : goto {SVC} }}"),
+            "elements = { fd77::21 . udp . 53 : goto reject-chain }",
+            "type ipv6_addr",
+            "ip6 daddr . meta l4proto . th dport vmap @service-ips",
+        ],
+    );
 }
