@@ -61,6 +61,9 @@ pub fn family_of(ip: &str) -> Option<IpFamily> {
     ip.parse::<IpAddr>().ok().map(|ip| IpFamily::of(&ip))
 }
 
+/// A service range holds at least 2^4 addresses.
+const MIN_HOST_BITS: u8 = 4;
+
 /// The service ranges: one or two, of different families; the first is
 /// the primary (single-stack services and the built-in ones use it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,9 @@ impl FromStr for ServiceCidrs {
             .split(',')
             .map(|part| part.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("{part:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(small) = nets.iter().find(|n| n.max_prefix_len() - n.prefix_len() < MIN_HOST_BITS) {
+            return Err(format!("{small}: a service range needs at least {} addresses (the DNS service is the tenth)", 1 << MIN_HOST_BITS));
+        }
         match nets.as_slice() {
             [_] => Ok(ServiceCidrs(nets)),
             [a, b] if IpFamily::of(&a.addr()) != IpFamily::of(&b.addr()) => Ok(ServiceCidrs(nets)),
@@ -364,6 +370,9 @@ mod tests {
         assert!("127.96.0.0/12,10.0.0.0/8".parse::<ServiceCidrs>().is_err());
         assert!("a,b,c".parse::<ServiceCidrs>().is_err());
         assert!("fd00::/108,127.0.0.0/8,::/0".parse::<ServiceCidrs>().is_err());
+        assert!("127.0.0.5/32".parse::<ServiceCidrs>().is_err(), "one address");
+        assert!("127.0.0.0/28,fd00::/125".parse::<ServiceCidrs>().is_err(), "8 IPv6 addresses");
+        assert!("127.0.0.0/28,fd00::/124".parse::<ServiceCidrs>().is_ok());
     }
 
     #[test]

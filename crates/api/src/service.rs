@@ -110,9 +110,15 @@ pub fn prepare_type_change(new: &mut ServiceSpec, old: &ServiceSpec) {
 /// allocated ones, as Kubernetes' `patchAllocatedValues` does, so that
 /// `kubectl replace` of a manifest without them works.
 fn keep_allocated_values(new: &mut ServiceSpec, old: &ServiceSpec) {
-    if needs_cluster_ip(new) && needs_cluster_ip(old) && new.cluster_ip.as_deref().unwrap_or_default().is_empty() {
-        new.cluster_ip = old.cluster_ip.clone();
-        new.cluster_ips = old.cluster_ips.clone();
+    if needs_cluster_ip(new) && needs_cluster_ip(old) {
+        if new.cluster_ip.as_deref().unwrap_or_default().is_empty() {
+            new.cluster_ip = old.cluster_ip.clone();
+        }
+        // An unchanged primary without the list keeps the whole list (a
+        // dual-stack service updated by a client that only knows clusterIP).
+        if new.cluster_ips.as_deref().unwrap_or_default().is_empty() && new.cluster_ip == old.cluster_ip {
+            new.cluster_ips = old.cluster_ips.clone();
+        }
     }
     if needs_node_ports(new) && needs_node_ports(old) {
         let old_ports = old.ports.as_deref().unwrap_or_default();
@@ -566,5 +572,30 @@ mod tests {
         new.spec.as_mut().unwrap().cluster_ip = Some("127.96.0.21".into());
         let errs: Vec<String> = new.validate_update(&old).iter().map(ToString::to_string).collect();
         assert_eq!(errs, ["spec.clusterIPs[0]: Invalid value: \"127.96.0.21\": may not change once set"]);
+    }
+
+    #[test]
+    fn an_update_naming_only_the_primary_keeps_both_cluster_ips() {
+        let old = service(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
+            "spec": {"clusterIP": "127.96.0.20", "clusterIPs": ["127.96.0.20", "fd77::14"], "ipFamilies": ["IPv4", "IPv6"],
+                     "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}}));
+        let spec = |s: &Service| s.spec.clone().unwrap();
+        for update in
+            [serde_json::json!({"clusterIP": "127.96.0.20", "ports": [{"port": 80}]}), serde_json::json!({"ports": [{"port": 80}]})]
+        {
+            // As decoded from the request: no defaults yet.
+            let mut new: Service =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "x", "namespace": "d"}, "spec": update})).unwrap();
+            new.prepare_for_update(&old);
+            new.apply_defaults();
+            assert_eq!(spec(&new).cluster_ips, spec(&old).cluster_ips);
+            assert!(new.validate_update(&old).is_empty());
+        }
+        // A list the update names is its own.
+        let mut chosen: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "x", "namespace": "d"},
+            "spec": {"clusterIPs": ["127.96.0.20", "fd77::99"], "ports": [{"port": 80}]}}))
+        .unwrap();
+        chosen.prepare_for_update(&old);
+        assert_eq!(spec(&chosen).cluster_ips.unwrap()[1], "fd77::99");
     }
 }

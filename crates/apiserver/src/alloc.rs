@@ -145,10 +145,10 @@ impl Allocator {
     pub fn held(&self, svc: &Service) -> HashSet<String> {
         let mut keys = HashSet::new();
         let Some(spec) = &svc.spec else { return keys };
+        // Whatever range an address came from: one that left the cluster's
+        // configuration is still released with its service.
         for ip in spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-            if self.offset_of(ip).is_some() {
-                keys.insert(ip_key(ip));
-            }
+            keys.insert(ip_key(ip));
         }
         for port in spec.ports.iter().flatten().filter_map(|p| p.node_port) {
             if let Ok(port) = u16::try_from(port) {
@@ -312,12 +312,16 @@ impl Allocator {
         let Ok(ip) = requested.parse::<IpAddr>() else {
             return Ok(Err(fail("not a valid IP address".into())));
         };
+        let key = ip_key(ip);
+        if held.contains(&key) {
+            // Its own already, even from a range since removed.
+            return Ok(Ok(()));
+        }
         if self.offset_of(ip).is_none() {
             let range = self.range(IpFamily::of(&ip)).map(|r| r.to_string()).unwrap_or_default();
             return Ok(Err(fail(format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"))));
         }
-        let key = ip_key(ip);
-        if !held.contains(&key) && store.get(&key).await?.is_some() {
+        if store.get(&key).await?.is_some() {
             return Ok(Err(fail("provided IP is already allocated".into())));
         }
         Ok(Ok(()))

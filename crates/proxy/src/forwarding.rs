@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use wharf_api::ipfamily::IpFamily;
 use wharf_api::node_status::EndpointTraffic;
 
 use crate::claims::{Applied, Owner};
@@ -41,14 +42,22 @@ pub enum Forwarding {
 impl Forwarding {
     /// The data plane `mode` asks for, and why it was chosen; `Err` when
     /// nftables was asked for and cannot be used.
-    pub fn choose(mode: ProxyMode, node: &str, drain: Duration, userspace: Dataplane) -> std::io::Result<(Self, String)> {
+    /// `families`: the families of the cluster's service ranges, each of
+    /// which gets a table in nftables mode.
+    pub fn choose(
+        mode: ProxyMode,
+        node: &str,
+        families: Vec<IpFamily>,
+        drain: Duration,
+        userspace: Dataplane,
+    ) -> std::io::Result<(Self, String)> {
         match mode {
             ProxyMode::Userspace => Ok((Forwarding::Userspace(userspace), "--proxy-mode userspace".into())),
-            ProxyMode::Nftables => match Nftables::start(node.to_string(), drain) {
+            ProxyMode::Nftables => match Nftables::start(node.to_string(), families, drain) {
                 Ok(kernel) => Ok((Forwarding::Kernel(kernel), "--proxy-mode nftables".into())),
                 Err(e) => Err(std::io::Error::other(format!("--proxy-mode nftables: {e}"))),
             },
-            ProxyMode::Auto => match Nftables::start(node.to_string(), drain) {
+            ProxyMode::Auto => match Nftables::start(node.to_string(), families, drain) {
                 Ok(kernel) => Ok((Forwarding::Kernel(kernel), "--proxy-mode auto: nftables works here".into())),
                 Err(e) => Ok((Forwarding::Userspace(userspace), format!("--proxy-mode auto: nftables cannot be used ({e})"))),
             },

@@ -38,7 +38,7 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
 use model::{NodeView, Protocol};
-use wharf_api::ipfamily::{NodeIps, ServiceCidrs};
+use wharf_api::ipfamily::{IpFamily, NodeIps, ServiceCidrs};
 use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
 
 #[derive(Clone, Debug)]
@@ -345,10 +345,12 @@ pub async fn run(
         reserved: config.reserved.clone(),
         is_local: is_local_address,
     };
-    let mut local_ranges = localroute::LocalRanges::make(config.service_cidrs.iter());
+    // Removed again when this goes out of scope, on every way out.
+    let local_ranges = localroute::LocalRanges::make(config.service_cidrs.iter());
     let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics, local_ranges.ranges());
     let connections = userspace.connections();
-    let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, config.limits.drain, userspace)?;
+    let families = config.service_cidrs.iter().map(|range| IpFamily::of(&range.addr())).collect();
+    let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, families, config.limits.drain, userspace)?;
     tracing::info!(mode = dataplane.mode(), why, "service proxy data plane");
     let events = wharf_kube::events::Recorder::new(client.clone(), "wharf-proxy", config.node_name.clone());
     let (status_tx, status_rx) = tokio::sync::watch::channel(None);
@@ -404,7 +406,7 @@ pub async fn run(
     }
     publisher.abort();
     state.dataplane.stop();
-    local_ranges.remove();
+    drop(local_ranges);
     for (_, _, task) in state.health.values() {
         task.abort();
     }

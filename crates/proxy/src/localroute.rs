@@ -62,7 +62,7 @@ impl LocalRanges {
         self.local.iter().any(|r| r.contains(ip))
     }
 
-    /// Removes the routes wharf added.
+    /// Removes the routes wharf added (also when dropped).
     pub fn remove(&mut self) {
         for range in self.added.drain(..) {
             if let Err(e) = change(RTM_DELROUTE, 0, range) {
@@ -70,6 +70,12 @@ impl LocalRanges {
             }
         }
         self.local.clear();
+    }
+}
+
+impl Drop for LocalRanges {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -107,7 +113,7 @@ mod tests {
                 let out = Command::new("ip").args(["-6", "route", "show", "table", "local"]).output().expect("ip");
                 String::from_utf8_lossy(&out.stdout).into_owned()
             };
-            let mut made = LocalRanges::make([range, "127.0.0.0/8".parse().unwrap()]);
+            let made = LocalRanges::make([range, "127.0.0.0/8".parse().unwrap()]);
             assert!(made.contains(&"fd77:6861:7266:1::5".parse().unwrap()));
             assert!(!made.contains(&"fd77:6861:7266:2::5".parse().unwrap()));
             // A socket binds an address of the range and takes a connection.
@@ -119,10 +125,9 @@ mod tests {
             std::net::TcpStream::connect(addr).expect("a connection to the local range");
             let during = routes();
             // Made twice: the second finds it there and will not remove it.
-            let mut again = LocalRanges::make([range]);
-            again.remove();
+            drop(LocalRanges::make([range]));
             assert!(routes().contains("fd77:6861:7266:1::/112"), "removed by one that did not add it");
-            made.remove();
+            drop(made);
             (during, routes())
         })
         .join()

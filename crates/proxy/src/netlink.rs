@@ -43,6 +43,9 @@ pub enum NetlinkError {
     Refused { index: usize, error: io::Error, text: Option<String> },
     #[error("the kernel did not acknowledge the batch")]
     Unanswered,
+    /// An attribute longer than netlink's 16-bit length: not sent.
+    #[error("a netlink attribute of {0} bytes is over the 65,535 netlink allows")]
+    Oversized(usize),
 }
 
 fn align4(n: usize) -> usize {
@@ -69,13 +72,22 @@ pub struct Batch {
     subsystem: Option<u16>,
     /// Framed by batch begin and end.
     transaction: bool,
+    /// The longest attribute that did not fit its length field, if any:
+    /// such a batch is refused before it is sent.
+    oversized: Option<usize>,
 }
 
 impl Default for Batch {
     /// An nf_tables transaction.
     fn default() -> Self {
-        let mut batch =
-            Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: Some(NFNL_SUBSYS_NFTABLES), transaction: true };
+        let mut batch = Batch {
+            buf: Vec::with_capacity(4096),
+            message: 0,
+            count: 0,
+            subsystem: Some(NFNL_SUBSYS_NFTABLES),
+            transaction: true,
+            oversized: None,
+        };
         batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES));
         batch.close_message();
         batch
@@ -85,12 +97,12 @@ impl Default for Batch {
 impl Batch {
     /// Messages to a netfilter `subsystem`, each on its own.
     pub fn plain(subsystem: u16) -> Self {
-        Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: Some(subsystem), transaction: false }
+        Batch { buf: Vec::with_capacity(4096), message: 0, count: 0, subsystem: Some(subsystem), transaction: false, oversized: None }
     }
 
     /// Route messages (`RTM_*`), each on its own.
     pub fn route() -> Self {
-        Batch { buf: Vec::with_capacity(256), message: 0, count: 0, subsystem: None, transaction: false }
+        Batch { buf: Vec::with_capacity(256), message: 0, count: 0, subsystem: None, transaction: false, oversized: None }
     }
 
     /// Messages in the batch, not counting its begin and end.
@@ -135,9 +147,17 @@ impl Batch {
         self.buf[self.message..self.message + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// An attribute's length, noting one that does not fit.
+    fn length(&mut self, len: usize) -> u16 {
+        u16::try_from(len).unwrap_or_else(|_| {
+            self.oversized = self.oversized.max(Some(len));
+            u16::MAX
+        })
+    }
+
     pub fn bytes(&mut self, kind: u16, value: &[u8]) {
-        let len = 4 + value.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        let len = self.length(4 + value.len());
+        self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value);
         self.buf.resize(align4(self.buf.len()), 0);
@@ -154,8 +174,8 @@ impl Batch {
 
     /// A string with its terminating NUL.
     pub fn str(&mut self, kind: u16, value: &str) {
-        let len = 4 + value.len() + 1;
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        let len = self.length(4 + value.len() + 1);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value.as_bytes());
         self.buf.push(0);
@@ -171,15 +191,18 @@ impl Batch {
     }
 
     pub fn end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u16;
+        let len = self.length(self.buf.len() - start);
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
     /// The bytes to send. In a transaction the last message asks for the
     /// acknowledgement that tells the batch went in.
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(mut self) -> Result<Vec<u8>, NetlinkError> {
+        if let Some(len) = self.oversized {
+            return Err(NetlinkError::Oversized(len));
+        }
         if !self.transaction {
-            return self.buf;
+            return Ok(self.buf);
         }
         if self.count > 0 {
             let flags_at = self.message + 6;
@@ -189,7 +212,7 @@ impl Batch {
         let seq = self.count as u32 + 1;
         self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES));
         self.close_message();
-        self.buf
+        Ok(self.buf)
     }
 }
 
@@ -274,31 +297,39 @@ impl Socket {
     /// is acknowledged.
     pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         let last = batch.len();
-        self.send_bytes(&batch.finish())?;
+        self.send_bytes(&batch.finish()?)?;
         let mut acknowledged = last == 0;
+        let mut refused = None;
+        // Every answer is read, a failure's too: one left queued would be
+        // taken for an answer to the next batch.
         while let Some(n) = self.read(false)? {
             for answer in Answers(&self.answers[..n]) {
                 match answer {
                     Answer::Ack(seq) if seq as usize == last => acknowledged = true,
-                    Answer::Error { seq, errno, text } => {
+                    Answer::Error { seq, errno, text } if refused.is_none() => {
                         let index = if seq as usize > last { 0 } else { seq as usize };
-                        return Err(NetlinkError::Refused { index, error: io::Error::from_raw_os_error(errno), text });
+                        refused = Some(NetlinkError::Refused { index, error: io::Error::from_raw_os_error(errno), text });
                     }
                     _ => {}
                 }
             }
         }
-        if acknowledged {
-            Ok(())
-        } else {
-            Err(NetlinkError::Unanswered)
+        match refused {
+            Some(error) => Err(error),
+            None if acknowledged => Ok(()),
+            None => Err(NetlinkError::Unanswered),
         }
+    }
+
+    /// Reads and drops whatever answers are queued.
+    fn drain(&mut self) {
+        while let Ok(Some(_)) = self.read(false) {}
     }
 
     /// Sends plain messages that ask for no answer; returns the errors
     /// the kernel answered some with.
     pub fn send_each(&mut self, messages: Batch) -> Result<Vec<io::Error>, NetlinkError> {
-        self.send_bytes(&messages.finish())?;
+        self.send_bytes(&messages.finish()?)?;
         let mut errors = Vec::new();
         while let Some(n) = self.read(false)? {
             errors.extend(Answers(&self.answers[..n]).filter_map(|answer| match answer {
@@ -312,15 +343,19 @@ impl Socket {
     /// Sends one dump request and hands each answer's attributes (after
     /// its nfgenmsg) to `each`, until the dump is done.
     pub fn dump(&mut self, request: Batch, mut each: impl FnMut(&[u8])) -> Result<(), NetlinkError> {
-        self.send_bytes(&request.finish())?;
+        self.send_bytes(&request.finish()?)?;
         loop {
-            let Some(n) = self.read(true)? else { return Err(NetlinkError::Unanswered) };
+            let Some(n) = self.read(true)? else {
+                self.drain();
+                return Err(NetlinkError::Unanswered);
+            };
             for answer in Answers(&self.answers[..n]) {
                 match answer {
                     Answer::Data(body) => each(body.get(NFGENMSG_LEN..).unwrap_or_default()),
                     Answer::Done => return Ok(()),
                     Answer::Error { seq, errno, text } => {
-                        return Err(NetlinkError::Refused { index: seq as usize, error: io::Error::from_raw_os_error(errno), text })
+                        self.drain();
+                        return Err(NetlinkError::Refused { index: seq as usize, error: io::Error::from_raw_os_error(errno), text });
                     }
                     Answer::Ack(_) => {}
                 }
@@ -370,7 +405,7 @@ impl<'a> Iterator for Answers<'a> {
             _ => return Some(Answer::Data(&b[NLMSG_HDRLEN..len])),
         }
         let flags = u16_at(b, 6)?;
-        let errno = -(u32_at(b, NLMSG_HDRLEN)? as i32);
+        let errno = (u32_at(b, NLMSG_HDRLEN)? as i32).wrapping_neg();
         // The refused message's header follows (and, without
         // NETLINK_CAP_ACK, its whole body).
         let inner = b.get(NLMSG_HDRLEN + 4..len)?;
@@ -424,7 +459,7 @@ fn error_text(inner: &[u8], capped: bool) -> Option<String> {
 /// The bytes a batch's messages take after their headers, for tests.
 #[cfg(test)]
 pub fn messages(batch: Batch) -> Vec<(u16, u16, Vec<u8>)> {
-    let bytes = batch.finish();
+    let bytes = batch.finish().unwrap_or_default();
     let mut out = Vec::new();
     let mut at = 0;
     while at + NLMSG_HDRLEN <= bytes.len() {
@@ -491,6 +526,31 @@ mod tests {
         let mut short = whole;
         short[0..4].copy_from_slice(&3u32.to_ne_bytes());
         assert_eq!(Answers(&short).count(), 0);
+    }
+
+    #[test]
+    fn an_attribute_past_the_16_bit_length_is_refused_before_it_is_sent() {
+        let mut batch = Batch::default();
+        batch.message(6, 0, libc::AF_INET as u8);
+        let nest = batch.nest(4);
+        for _ in 0..700 {
+            batch.bytes(1, &[0u8; 96]);
+        }
+        batch.end(nest);
+        batch.close_message();
+        assert!(matches!(batch.finish(), Err(NetlinkError::Oversized(len)) if len > 65_535));
+        let mut fine = Batch::default();
+        fine.message(6, 0, libc::AF_INET as u8);
+        fine.bytes(1, &[0u8; 60_000]);
+        fine.close_message();
+        assert!(fine.finish().is_ok());
+    }
+
+    #[test]
+    fn an_error_code_of_any_value_is_read_without_a_panic() {
+        let mut read = error(3, 0, None);
+        read[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(matches!(Answers(&read).next(), Some(Answer::Error { errno: i32::MIN, .. })));
     }
 
     #[test]

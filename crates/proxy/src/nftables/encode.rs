@@ -74,6 +74,10 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 
+/// Elements per set element message: an element of a verdict map takes at
+/// most about 250 bytes (chain names are bounded at 200), so 200 of them
+/// stay well inside one attribute's 65,535.
+const ELEMENTS_PER_MESSAGE: usize = 200;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_MAP: u32 = 0x8;
@@ -406,11 +410,16 @@ fn add_rule(b: &mut Messages, chain: &str, rule: &Rule, set_ids: &mut u32) {
             b.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
             b.bytes(NFTA_SET_USERDATA, &KEY_IN_HOST_ORDER);
             b.close_message();
-            elements(b, NFT_MSG_NEWSETELEM, "__map%d", Some(id), |b| {
-                for (i, target) in targets.iter().enumerate() {
-                    element(b, &(i as u32).to_ne_bytes(), Some((NFT_GOTO, target)));
-                }
-            });
+            // In messages of a bounded number: an element list is one
+            // attribute, whose length netlink keeps in 16 bits.
+            for (chunk, group) in targets.chunks(ELEMENTS_PER_MESSAGE).enumerate() {
+                elements(b, NFT_MSG_NEWSETELEM, "__map%d", Some(id), |b| {
+                    for (i, target) in group.iter().enumerate() {
+                        let index = (chunk * ELEMENTS_PER_MESSAGE + i) as u32;
+                        element(b, &index.to_ne_bytes(), Some((NFT_GOTO, target)));
+                    }
+                });
+            }
             Some(id)
         }
         _ => None,
@@ -637,6 +646,17 @@ mod tests {
         let key = frontend_key(&("[fd00::1]:80".parse().unwrap(), Protocol::Tcp));
         assert_eq!(&key[15..], [1, 6, 0, 0, 0, 0, 80, 0, 0]);
         assert_eq!(key.len() as u32, V6.key_len());
+    }
+
+    #[test]
+    fn a_spread_over_many_endpoints_fits_netlink_in_several_element_messages() {
+        let targets: Vec<String> = (0..1000).map(|i| format!("ep-{i:08x}-{}", "x".repeat(180))).collect();
+        let ops = [Op::AddRule { chain: "svc".into(), rule: Rule::Spread(targets) }.on(IpFamily::V6)];
+        let mut batch = Batch::default();
+        let owners = super::ops(&mut batch, &ops);
+        // The anonymous set, five element messages, the rule.
+        assert_eq!(owners, [0; 7]);
+        assert_eq!(messages(batch).len(), 9, "begin and end around them");
     }
 
     #[test]

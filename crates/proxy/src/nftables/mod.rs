@@ -36,18 +36,15 @@ use rules::{ServiceRules, Verdict};
 pub use writer::NftError;
 use writer::{run_once, Job, Writer};
 
-/// wharf's tables: `ip wharf` and `ip6 wharf`.
-const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
-
 fn family_of(key: &FrontendKey) -> IpFamily {
     IpFamily::of(&key.0.ip())
 }
 
-/// The operations that replace the tables with empty ones (stale tables
-/// from a crash go with the same transaction).
-fn fresh_tables() -> Vec<TableOp> {
+/// The operations that replace the tables of `families` with empty ones
+/// (stale tables from a crash go with the same transaction).
+fn fresh_tables(families: &[IpFamily]) -> Vec<TableOp> {
     let mut ops = Vec::new();
-    for family in FAMILIES {
+    for &family in families {
         ops.extend([Op::AddTable, Op::DeleteTable].into_iter().chain(rules::base(family)).map(|op| op.on(family)));
     }
     ops
@@ -55,6 +52,10 @@ fn fresh_tables() -> Vec<TableOp> {
 
 pub struct Nftables {
     node: String,
+    /// The families with a table: `ip wharf`, and `ip6 wharf` where the
+    /// cluster has an IPv6 service range (no IPv6 netfilter is asked of a
+    /// kernel otherwise).
+    families: Vec<IpFamily>,
     claims: Claims,
     /// What each service's rules are in each family's table.
     services: HashMap<(ObjectKey, IpFamily), ServiceRules>,
@@ -74,11 +75,12 @@ pub struct Nftables {
 impl Nftables {
     /// Replaces wharf's tables with empty ones; fails where nftables
     /// cannot be used (no CAP_NET_ADMIN, no nf_tables).
-    pub fn start(node: String, drain: Duration) -> Result<Self, NftError> {
-        run_once(&fresh_tables())?;
+    pub fn start(node: String, families: Vec<IpFamily>, drain: Duration) -> Result<Self, NftError> {
+        run_once(&fresh_tables(&families))?;
         let writer = Writer::start().map_err(|e| NftError::Netlink(e.into()))?;
         Ok(Self {
             node,
+            families,
             claims: Claims::default(),
             services: HashMap::new(),
             elements: HashMap::new(),
@@ -93,7 +95,8 @@ impl Nftables {
     /// Deletes wharf's tables: nothing is forwarded by the kernel any more.
     pub fn stop(&mut self) {
         self.writer.finish();
-        if let Err(e) = run_once(&FAMILIES.map(|f| Op::DeleteTable.on(f))) {
+        let deletes: Vec<TableOp> = self.families.iter().map(|f| Op::DeleteTable.on(*f)).collect();
+        if let Err(e) = run_once(&deletes) {
             tracing::warn!(error = %e, "cannot delete the nftables tables");
         }
         self.claims.clear();
@@ -121,6 +124,11 @@ impl Nftables {
             for frontend in &port.frontends {
                 match self.claims.claim(&owner, &port.name, frontend) {
                     Claim::Refused(conflict) => applied.conflicts.push(conflict),
+                    Claim::Held | Claim::Granted { .. } if !self.families.contains(&IpFamily::of(&frontend.addr.ip())) => {
+                        let why = "no nftables table of this family: the cluster has no service range of it";
+                        applied.bind_failures.push(((frontend.addr, frontend.protocol), why.into()));
+                        wanted.push((frontend.addr, frontend.protocol));
+                    }
                     Claim::Held | Claim::Granted { .. } => {
                         served.push(frontend);
                         wanted.push((frontend.addr, frontend.protocol));
@@ -130,7 +138,7 @@ impl Nftables {
             granted.push((port, served));
         }
         let released = self.claims.settle(&owner.service, wanted, &mut applied);
-        for family in FAMILIES {
+        for family in self.families.clone() {
             let new = rules::render(granted.iter().map(|(port, served)| (*port, served.clone())), &self.node, family);
             self.apply_family(&owner.service, family, new, &released);
         }
@@ -255,7 +263,7 @@ impl Nftables {
     /// transaction; if even that fails, the next commit or tick tries
     /// again.
     fn rewrite(&mut self) {
-        let mut ops = fresh_tables();
+        let mut ops = fresh_tables(&self.families);
         for ((_, family), rules) in &self.services {
             let on = |op: Op| op.on(*family);
             ops.extend(rules.sets.iter().map(|(set, timeout)| on(Op::AddSet { name: set.clone(), timeout: *timeout })));
