@@ -75,8 +75,18 @@ pub struct Nftables {
 impl Nftables {
     /// Replaces wharf's tables with empty ones; fails where nftables
     /// cannot be used (no CAP_NET_ADMIN, no nf_tables).
-    pub fn start(node: String, families: Vec<IpFamily>, drain: Duration) -> Result<Self, NftError> {
-        run_once(&fresh_tables(&families))?;
+    /// The primary family's table must work; another family's that does
+    /// not (a kernel without IPv6 netfilter) is left out, and its
+    /// frontends are reported as not served.
+    pub fn start(node: String, wanted: Vec<IpFamily>, drain: Duration) -> Result<Self, NftError> {
+        let mut families = Vec::new();
+        for (i, family) in wanted.into_iter().enumerate() {
+            match run_once(&fresh_tables(&[family])) {
+                Ok(()) => families.push(family),
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => tracing::warn!(?family, error = %e, "no nftables table for this family: its frontends are not served"),
+            }
+        }
         let writer = Writer::start().map_err(|e| NftError::Netlink(e.into()))?;
         Ok(Self {
             node,
