@@ -256,8 +256,9 @@ fn frontends_link(w: &mut Writer, inputs: &Inputs) {
     let spec = inputs.service.spec.clone().unwrap_or_default();
     let ports: Vec<String> =
         spec.ports.iter().flatten().map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"))).collect();
-    let cluster_ip = spec.cluster_ip.clone().unwrap_or_default();
-    w.line(1, true, &format!("cluster IP {cluster_ip} ports {}", ports.join(",")));
+    let cluster_ips = cluster_ips(&spec);
+    let label = if cluster_ips.len() > 1 { "cluster IPs" } else { "cluster IP" };
+    w.line(1, true, &format!("{label} {} ports {}", cluster_ips.join(","), ports.join(",")));
     for port in spec.ports.iter().flatten().filter_map(|p| p.node_port) {
         w.line(1, true, &format!("node port {port}"));
     }
@@ -353,8 +354,16 @@ fn dns_link(w: &mut Writer, inputs: &Inputs, expected: &[IpAddr]) {
     }
 }
 
-/// The addresses the DNS should give: the cluster IP, or for a headless
-/// service its ready endpoints.
+/// The service's cluster IPs (one per family), or its one `clusterIP`.
+fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
+    match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.clone(),
+        _ => spec.cluster_ip.clone().into_iter().collect(),
+    }
+}
+
+/// The addresses the DNS should give (A and AAAA): the cluster IPs, or
+/// for a headless service its ready endpoints of every family.
 fn expected_addresses(inputs: &Inputs) -> Vec<IpAddr> {
     let spec = inputs.service.spec.clone().unwrap_or_default();
     match spec.cluster_ip.as_deref() {
@@ -365,7 +374,7 @@ fn expected_addresses(inputs: &Inputs) -> Vec<IpAddr> {
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
             .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
             .collect(),
-        Some(ip) => ip.parse().into_iter().collect(),
+        Some(_) => cluster_ips(&spec).iter().filter_map(|ip| ip.parse().ok()).collect(),
         None => Vec::new(),
     }
 }
@@ -536,5 +545,17 @@ mod tests {
         let report = explain(&inputs(vec![pod("web-0", &[("app", "web")], true, &[("http", 8080)])], 1, "10.0.0.6"));
         assert!(report.text.contains("expected 10.0.0.5"), "{}", report.text);
         assert!(!report.whole);
+    }
+
+    #[test]
+    fn a_dual_stack_service_expects_an_address_of_each_family() {
+        let mut inputs = inputs(vec![pod("web-0", &[("app", "web")], true, &[("http", 8080)])], 1, "10.0.0.5");
+        let spec = inputs.service.spec.as_mut().unwrap();
+        spec.cluster_ips = Some(vec!["10.0.0.5".into(), "fd00::5".into()]);
+        assert_eq!(expected_addresses(&inputs), ["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
+        inputs.dns.1 = DnsAnswer::Addresses(vec!["fd00::5".parse().unwrap(), "10.0.0.5".parse().unwrap()]);
+        let report = explain(&inputs);
+        assert!(report.text.contains("cluster IPs 10.0.0.5,fd00::5"), "{}", report.text);
+        assert!(report.whole, "{}", report.text);
     }
 }

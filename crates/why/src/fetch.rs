@@ -20,32 +20,22 @@ pub enum FetchError {
     Api(#[from] kube::Error),
 }
 
-/// The A records the cluster DNS at `server` gives for `name`.
+/// The A and AAAA records the cluster DNS at `server` gives for `name`.
 async fn ask_dns(server: SocketAddr, name: &str) -> DnsAnswer {
-    let query = || -> Result<Vec<u8>, String> {
-        let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
-        message.metadata.recursion_desired = true;
-        message.add_query(Query::query(Name::from_ascii(format!("{name}.")).map_err(|e| e.to_string())?, RecordType::A));
-        message.to_vec().map_err(|e| e.to_string())
-    };
     let exchange = async {
-        let bytes = query()?;
-        let bind: SocketAddr = if server.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
-        let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
-        socket.send_to(&bytes, server).await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 4096];
-        let (n, _) = socket.recv_from(&mut buf).await.map_err(|e| e.to_string())?;
-        let answer = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
-        let ips: Vec<IpAddr> = answer
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
+        let mut ips = Vec::new();
+        let mut code = None;
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            let answer = ask_dns_once(server, name, qtype).await?;
+            code.get_or_insert(answer.metadata.response_code);
+            ips.extend(answer.answers.iter().filter_map(|r| match &r.data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,
-            })
-            .collect();
+            }));
+        }
         if ips.is_empty() {
-            return Err(format!("no address ({})", answer.metadata.response_code));
+            return Err(format!("no address ({})", code.map(|c| c.to_string()).unwrap_or_default()));
         }
         Ok(ips)
     };
@@ -54,6 +44,20 @@ async fn ask_dns(server: SocketAddr, name: &str) -> DnsAnswer {
         Ok(Err(why)) => DnsAnswer::Failed(why),
         Err(_) => DnsAnswer::Failed(format!("no answer from {server} within {DNS_TIMEOUT:?}")),
     }
+}
+
+/// One query of `qtype` for `name` and its answer.
+async fn ask_dns_once(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, String> {
+    let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(format!("{name}.")).map_err(|e| e.to_string())?, qtype));
+    let bytes = message.to_vec().map_err(|e| e.to_string())?;
+    let bind: SocketAddr = if server.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
+    let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
+    socket.send_to(&bytes, server).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).await.map_err(|e| e.to_string())?;
+    Message::from_vec(&buf[..n]).map_err(|e| e.to_string())
 }
 
 fn rand_id() -> u16 {
