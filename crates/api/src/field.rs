@@ -68,6 +68,14 @@ impl From<i64> for Value {
     }
 }
 
+impl Value {
+    /// A list of strings as Kubernetes quotes it: `[]string{"a", "b"}`.
+    pub fn strings(items: &[String]) -> Self {
+        let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+        Value::Raw(format!("[]string{{{}}}", quoted.join(", ")))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
     pub kind: ErrorType,

@@ -177,12 +177,6 @@ pub fn nth(net: IpNet, n: u128) -> IpAddr {
     }
 }
 
-/// `[]string{"a", "b"}`, as Kubernetes quotes a list in an error.
-fn list_value(items: &[String]) -> Value {
-    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
-    Value::Raw(format!("[]string{{{}}}", quoted.join(", ")))
-}
-
 fn policy(spec: &ServiceSpec) -> &str {
     spec.ip_family_policy.as_deref().unwrap_or(SINGLE_STACK)
 }
@@ -282,7 +276,7 @@ pub fn settle(spec: &mut ServiceSpec, old: Option<&ServiceSpec>, cluster: &Servi
         if cluster.get(family).is_none() {
             errs.push(FieldError::invalid(
                 format!("spec.clusterIPs[{i}]"),
-                list_value(cluster_ips(spec)),
+                Value::strings(cluster_ips(spec)),
                 format!("{} is not configured on this cluster", family.as_str()),
             ));
         } else {

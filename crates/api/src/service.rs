@@ -255,6 +255,16 @@ fn validate_spec(spec: &ServiceSpec, path: &Path) -> FieldErrors {
     errs
 }
 
+/// The addresses a stored service has: `clusterIPs`, one per family, or
+/// where a writer left the list out, its `clusterIP` (`None` for a
+/// headless service).
+pub fn cluster_ips(spec: &ServiceSpec) -> Vec<&str> {
+    match spec.cluster_ips.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
+    }
+}
+
 /// `clusterIPs` with `clusterIP` as the first where it is set.
 fn requested_ips(spec: &ServiceSpec) -> Vec<String> {
     let mut ips = spec.cluster_ips.clone().unwrap_or_default();
@@ -287,8 +297,7 @@ fn validate_cluster_ips(spec: &ServiceSpec, path: &Path) -> FieldErrors {
         }
         return errs;
     }
-    let ips_value =
-        || crate::field::Value::Raw(format!("[]string{{{}}}", ips.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")));
+    let ips_value = || crate::field::Value::strings(ips);
     match ips.first() {
         Some(first) if !ip.is_empty() && first != ip => {
             errs.push(FieldError::invalid(path.child("clusterIPs"), ips_value(), "first value must match `clusterIP`"));

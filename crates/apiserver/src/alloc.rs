@@ -302,12 +302,7 @@ impl Allocator {
     ) -> ApiResult<Result<(), FieldError>> {
         let requested = &ips[i];
         let fail = |why: String| {
-            let list: Vec<String> = ips.iter().map(|ip| format!("{ip:?}")).collect();
-            FieldError::invalid(
-                "spec.clusterIPs",
-                FieldValue::Raw(format!("[]string{{{}}}", list.join(", "))),
-                format!("failed to allocate IP {requested}: {why}"),
-            )
+            FieldError::invalid("spec.clusterIPs", FieldValue::strings(ips), format!("failed to allocate IP {requested}: {why}"))
         };
         let Ok(ip) = requested.parse::<IpAddr>() else {
             return Ok(Err(fail("not a valid IP address".into())));

@@ -193,8 +193,7 @@ impl Index {
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
         } else {
-            let listed = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.as_ref().filter(|_| spec.cluster_ips.is_none()));
-            let ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+            let ips: Vec<IpAddr> = wharf_api::service::cluster_ips(spec).into_iter().filter_map(|ip| ip.parse().ok()).collect();
             if ips.is_empty() {
                 ServiceKind::Headless
             } else {

@@ -45,9 +45,10 @@ pub struct PortState {
     metrics: PortMetrics,
 }
 
-/// The backends of each lane (scope and family).
+/// The backends of each lane (scope and family), by `Lane::index`: read
+/// for every connection and datagram.
 #[derive(Default, Clone)]
-struct BackendSets(HashMap<Lane, Arc<Vec<Arc<Backend>>>>);
+struct BackendSets([Arc<Vec<Arc<Backend>>>; 4]);
 
 impl PortState {
     fn new(name: ServicePortName, metrics: &ProxyMetrics) -> Arc<Self> {
@@ -70,7 +71,7 @@ impl PortState {
 
     pub fn backends(&self, lane: Lane) -> Arc<Vec<Arc<Backend>>> {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        sets.0.get(&lane).cloned().unwrap_or_default()
+        sets.0[lane.index()].clone()
     }
 
     fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
@@ -91,7 +92,7 @@ impl PortState {
 
     fn is_usable(&self, addr: SocketAddr) -> bool {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        sets.0.values().flat_map(|set| set.iter()).any(|b| b.addr == addr)
+        sets.0.iter().flat_map(|set| set.iter()).any(|b| b.addr == addr)
     }
 
     /// Installs the usable endpoints of `port` on node `node`. Endpoints
@@ -106,9 +107,8 @@ impl PortState {
                 .backend
                 .clone()
         };
-        let sets: HashMap<Lane, Arc<Vec<Arc<Backend>>>> =
-            Lane::ALL.iter().map(|lane| (*lane, Arc::new(port.usable_in(*lane, node).iter().map(|e| get(e.addr)).collect()))).collect();
-        let keep: HashSet<SocketAddr> = sets.values().flat_map(|set| set.iter()).map(|b| b.addr).collect();
+        let sets = Lane::ALL.map(|lane| Arc::new(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect::<Vec<_>>()));
+        let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
         let leaving: Vec<SocketAddr> = all.keys().filter(|a| !keep.contains(a)).copied().collect();
         if drain.is_zero() {
             for addr in &leaving {

@@ -85,6 +85,15 @@ impl Lane {
         Lane { scope: Scope::External, family: IpFamily::V4 },
         Lane { scope: Scope::External, family: IpFamily::V6 },
     ];
+
+    /// Its place in `ALL`.
+    pub fn index(self) -> usize {
+        let scope = match self.scope {
+            Scope::Internal => 0,
+            Scope::External => 2,
+        };
+        scope + usize::from(self.family == IpFamily::V6)
+    }
 }
 
 impl Frontend {
@@ -167,8 +176,7 @@ pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
     if ty == "ExternalName" {
         return Vec::new();
     }
-    let listed = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.as_ref().filter(|_| spec.cluster_ips.is_none()));
-    let cluster_ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    let cluster_ips: Vec<IpAddr> = wharf_api::service::cluster_ips(spec).into_iter().filter_map(|ip| ip.parse().ok()).collect();
     // Node ports on the node's address of each family the service has.
     let families: Vec<IpFamily> = match spec.ip_families.as_deref() {
         Some(listed) if !listed.is_empty() => listed.iter().filter_map(|f| IpFamily::parse(f)).collect(),

@@ -256,7 +256,7 @@ fn frontends_link(w: &mut Writer, inputs: &Inputs) {
     let spec = inputs.service.spec.clone().unwrap_or_default();
     let ports: Vec<String> =
         spec.ports.iter().flatten().map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP"))).collect();
-    let cluster_ips = cluster_ips(&spec);
+    let cluster_ips = wharf_api::service::cluster_ips(&spec);
     let label = if cluster_ips.len() > 1 { "cluster IPs" } else { "cluster IP" };
     w.line(1, true, &format!("{label} {} ports {}", cluster_ips.join(","), ports.join(",")));
     for port in spec.ports.iter().flatten().filter_map(|p| p.node_port) {
@@ -354,14 +354,6 @@ fn dns_link(w: &mut Writer, inputs: &Inputs, expected: &[IpAddr]) {
     }
 }
 
-/// The service's cluster IPs (one per family), or its one `clusterIP`.
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
-    match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.clone(),
-        _ => spec.cluster_ip.clone().into_iter().collect(),
-    }
-}
-
 /// The addresses the DNS should give (A and AAAA): the cluster IPs, or
 /// for a headless service its ready endpoints of every family.
 fn expected_addresses(inputs: &Inputs) -> Vec<IpAddr> {
@@ -374,7 +366,7 @@ fn expected_addresses(inputs: &Inputs) -> Vec<IpAddr> {
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
             .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
             .collect(),
-        Some(_) => cluster_ips(&spec).iter().filter_map(|ip| ip.parse().ok()).collect(),
+        Some(_) => wharf_api::service::cluster_ips(&spec).iter().filter_map(|ip| ip.parse().ok()).collect(),
         None => Vec::new(),
     }
 }

@@ -171,7 +171,7 @@ impl Nftables {
                 }
             }
         }
-        self.record(service, family, &new, &released);
+        self.record(service, &old, &new, &released);
         if !new.chains.is_empty() || !new.elements.is_empty() {
             self.services.insert((service.clone(), family), new);
         }
@@ -259,11 +259,16 @@ impl Nftables {
         ops
     }
 
-    /// Remembers which map elements `service` now sets in `family`'s table.
-    fn record(&mut self, service: &ObjectKey, family: IpFamily, new: &ServiceRules, released: &[FrontendKey]) {
-        self.elements.retain(|key, (_, setter)| {
-            family_of(key) != family || setter != service || new.elements.contains_key(key) && !released.contains(key)
-        });
+    /// Remembers which map elements `service` now sets in one family's
+    /// table: what it set before (`old`) or released, and no longer sets,
+    /// goes. Only those keys are looked at, not every element.
+    fn record(&mut self, service: &ObjectKey, old: &ServiceRules, new: &ServiceRules, released: &[FrontendKey]) {
+        for key in old.elements.keys().chain(released) {
+            let gone = !new.elements.contains_key(key) || released.contains(key);
+            if gone && self.elements.get(key).is_some_and(|(_, setter)| setter == service) {
+                self.elements.remove(key);
+            }
+        }
         for (key, verdict) in &new.elements {
             self.elements.insert(*key, (verdict.clone(), service.clone()));
         }
