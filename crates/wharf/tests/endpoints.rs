@@ -187,6 +187,22 @@ async fn more_than_a_hundred_pods_split_into_slices() {
     let sizes = sizes().await;
     assert!(sizes.iter().all(|s| *s <= 100), "{sizes:?}");
     assert_eq!(sizes.len(), 3, "{sizes:?}");
+
+    // A managed slice edited by hand is put back: the controller keeps a
+    // digest of each slice's endpoints and sees the content differ.
+    let mut tampered = slices.list(&ListParams::default().labels("kubernetes.io/service-name=many")).await.unwrap().items.remove(0);
+    let name = tampered.metadata.name.clone().unwrap();
+    tampered.endpoints[0].hostname = Some("tampered".into());
+    slices.replace(&name, &PostParams::default(), &tampered).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = slices.get(&name).await.unwrap();
+        if now.endpoints.iter().all(|e| e.hostname.is_none()) && now.endpoints.len() == tampered.endpoints.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the edited slice was never repaired: {:?}", now.endpoints[0]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use wharf_kube::{Change, ObjectKey, Watched};
 
+use super::digest::{EndpointsDigest, SliceDigest};
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
 
 /// (namespace, label key, label value)
@@ -22,8 +22,8 @@ type SelectorTerm = (String, String, String);
 struct Postings(HashMap<SelectorTerm, HashSet<ObjectKey>>);
 
 impl Postings {
-    fn update(&mut self, key: &ObjectKey, labels: Option<&BTreeMap<String, String>>, add: bool) {
-        for (k, v) in labels.into_iter().flatten() {
+    fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a String, &'a String)>, add: bool) {
+        for (k, v) in labels {
             let term = (key.namespace.clone(), k.clone(), v.clone());
             if add {
                 self.0.entry(term).or_default().insert(key.clone());
@@ -46,15 +46,20 @@ fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, pod: &PodInfo) -> bool {
-    let labels = pod.labels();
-    selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    selector.iter().all(|(k, v)| pod.label(k) == Some(v))
+}
+
+/// A pod's labels as postings take them.
+fn pod_labels(pod: Option<&PodInfo>) -> impl Iterator<Item = (&String, &String)> {
+    pod.into_iter().flat_map(|p| p.labels()).map(|(k, v)| (k, v))
 }
 
 /// The service a managed slice belongs to.
-pub fn service_of_slice(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let labels = slice.metadata.labels.as_ref()?;
+pub fn service_of_slice(slice: &SliceDigest) -> Option<ObjectKey> {
+    let meta = &slice.meta;
+    let labels = meta.labels.as_ref()?;
     (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)).then_some(())?;
-    Some(ObjectKey::new(slice.metadata.namespace.clone().unwrap_or_default(), labels.get(SERVICE_NAME_LABEL)?.clone()))
+    Some(ObjectKey::new(meta.namespace.clone().unwrap_or_default(), labels.get(SERVICE_NAME_LABEL)?.clone()))
 }
 
 /// One change from any of the watches (transient: each value moves
@@ -63,16 +68,16 @@ pub fn service_of_slice(slice: &EndpointSlice) -> Option<ObjectKey> {
 pub enum Update {
     Service(Event<Service>),
     Pod(Event<PodInfo>),
-    Slice(Event<EndpointSlice>),
-    Endpoints(Event<Endpoints>),
+    Slice(Event<SliceDigest>),
+    Endpoints(Event<EndpointsDigest>),
 }
 
 #[derive(Default)]
 pub struct Index {
     pub services: Watched<Service>,
     pub pods: Watched<PodInfo>,
-    pub slices: Watched<EndpointSlice>,
-    pub endpoints: Watched<Endpoints>,
+    pub slices: Watched<SliceDigest>,
+    pub endpoints: Watched<EndpointsDigest>,
     services_by_term: Postings,
     pods_by_label: Postings,
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
@@ -143,8 +148,8 @@ impl Index {
             Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
             Change::Deleted(old) => (Some(old.as_ref()), None),
         };
-        self.services_by_term.update(&key, old.and_then(selector), false);
-        self.services_by_term.update(&key, new.and_then(selector), true);
+        self.services_by_term.update(&key, old.and_then(selector).into_iter().flatten(), false);
+        self.services_by_term.update(&key, new.and_then(selector).into_iter().flatten(), true);
     }
 
     fn pod_changed(&mut self, change: &Change<PodInfo>, marked: &mut Vec<ObjectKey>) {
@@ -156,10 +161,9 @@ impl Index {
         for pod in [old, new].into_iter().flatten() {
             self.services_selecting(pod, marked);
         }
-        let (old_labels, new_labels) = (old.and_then(PodInfo::labels), new.and_then(PodInfo::labels));
-        if old_labels != new_labels {
-            self.pods_by_label.update(&key, old_labels, false);
-            self.pods_by_label.update(&key, new_labels, true);
+        if old.map(PodInfo::labels) != new.map(PodInfo::labels) {
+            self.pods_by_label.update(&key, pod_labels(old), false);
+            self.pods_by_label.update(&key, pod_labels(new), true);
         }
     }
 
@@ -167,7 +171,7 @@ impl Index {
     fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
         let ns = pod.meta.namespace.as_deref().unwrap_or_default();
         let mut seen = HashSet::new();
-        for (k, v) in pod.labels().into_iter().flatten() {
+        for (k, v) in pod.labels() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
                 if seen.insert(svc) {
                     out.push(svc.clone());
@@ -176,7 +180,7 @@ impl Index {
         }
     }
 
-    fn slice_changed(&mut self, change: &Change<EndpointSlice>) -> Vec<ObjectKey> {
+    fn slice_changed(&mut self, change: &Change<SliceDigest>) -> Vec<ObjectKey> {
         let key = change.key();
         let (old, new) = match change {
             Change::Applied { old, new } => (old.as_deref().and_then(service_of_slice), service_of_slice(new)),
@@ -197,7 +201,7 @@ impl Index {
     }
 
     /// Records a slice this controller wrote.
-    pub fn record_slice(&mut self, slice: EndpointSlice) {
+    pub fn record_slice(&mut self, slice: SliceDigest) {
         if let Some(change) = self.slices.reflector.record(slice) {
             self.slice_changed(&change);
         }
@@ -229,7 +233,7 @@ impl Index {
 
     /// Decides what to write for one service.
     pub fn plan(&self, key: &ObjectKey) -> Work {
-        let existing: Vec<Arc<EndpointSlice>> =
+        let existing: Vec<Arc<SliceDigest>> =
             self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.reflector.get(k).cloned()).collect();
         let current_ep = self.endpoints.reflector.get(key);
         let service = self.services.reflector.get(key);
@@ -237,7 +241,7 @@ impl Index {
             // Deleted, or no selector: the user owns its endpoints.
             let endpoints = current_ep
                 .filter(|e| plan::is_managed_endpoints(e))
-                .map(|e| EndpointsWrite::Delete(e.metadata.resource_version.as_deref().and_then(|v| v.parse().ok())));
+                .map(|e| EndpointsWrite::Delete(e.meta.resource_version.as_deref().and_then(|v| v.parse().ok())));
             return Work { key: key.clone(), slices: SlicePlan { delete: existing, ..Default::default() }, endpoints };
         };
         let members = self.members(&key.namespace, sel);
@@ -252,19 +256,13 @@ impl Index {
         for family in families {
             let desired = plan::desired_endpoints(svc, members.iter().map(|p| p.as_ref()), family);
             legacy.get_or_insert_with(|| plan::legacy_endpoints(svc, &desired));
-            let of_family: Vec<Arc<EndpointSlice>> = existing.iter().filter(|s| s.address_type == family.as_str()).cloned().collect();
+            let of_family: Vec<Arc<SliceDigest>> = existing.iter().filter(|s| s.address_type == family.as_str()).cloned().collect();
             slices = slices.merge(plan::plan_slices(svc, desired, &of_family, MAX_ENDPOINTS_PER_SLICE, family));
         }
         let legacy = legacy.unwrap_or_else(|| plan::legacy_endpoints(svc, &Default::default()));
         let endpoints = match current_ep {
-            Some(cur)
-                if cur.subsets == legacy.subsets
-                    && cur.metadata.labels == legacy.metadata.labels
-                    && cur.metadata.annotations == legacy.metadata.annotations =>
-            {
-                None
-            }
-            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.metadata.resource_version.clone())),
+            Some(cur) if cur.matches(&legacy) => None,
+            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.meta.resource_version.clone())),
             None => Some(EndpointsWrite::Put(Box::new(legacy), None)),
         };
         Work { key: key.clone(), slices, endpoints }

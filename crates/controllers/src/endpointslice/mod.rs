@@ -10,6 +10,7 @@
 //! index is planned again off the hot path: a service with work that no
 //! event queued is drift, counted and repaired.
 
+pub mod digest;
 pub mod index;
 pub mod plan;
 
@@ -58,14 +59,15 @@ fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// Pods become `PodInfo` as they arrive, before anything keeps them (a
+/// Objects become what the controller keeps of them (`PodInfo`, a slice
+/// or Endpoints digest) as they arrive, before anything holds them (a
 /// relist's buffer included).
-fn pod_info(event: Event<Pod>) -> Event<PodInfo> {
+fn kept<K, T: From<K>>(event: Event<K>) -> Event<T> {
     match event {
-        Event::Apply(p) => Event::Apply(PodInfo::from(&p)),
-        Event::Delete(p) => Event::Delete(PodInfo::from(&p)),
+        Event::Apply(o) => Event::Apply(T::from(o)),
+        Event::Delete(o) => Event::Delete(T::from(o)),
         Event::Init => Event::Init,
-        Event::InitApply(p) => Event::InitApply(PodInfo::from(&p)),
+        Event::InitApply(o) => Event::InitApply(T::from(o)),
         Event::InitDone => Event::InitDone,
     }
 }
@@ -85,9 +87,9 @@ impl EndpointSliceController {
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let updates = stream::select_all([
             watch::watch_all::<Service>(&self.client).map(Update::Service).boxed(),
-            watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(pod_info(e))).boxed(),
-            watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(Update::Slice).boxed(),
-            watch::watch_all::<Endpoints>(&self.client).map(Update::Endpoints).boxed(),
+            watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(kept(e))).boxed(),
+            watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(|e| Update::Slice(kept(e))).boxed(),
+            watch::watch_all::<Endpoints>(&self.client).map(|e| Update::Endpoints(kept(e))).boxed(),
         ]);
         futures::pin_mut!(updates);
         let mut workers = None;
@@ -148,12 +150,12 @@ impl EndpointSliceController {
         let failed = |what| move |source| WriteError { what, source };
         for slice in work.slices.create {
             let created = slices.create(&PostParams::default(), &slice).await.map_err(failed("creating a slice"))?;
-            self.lock().record_slice(created);
+            self.lock().record_slice(created.into());
         }
         for slice in work.slices.update {
             let name = slice.metadata.name.clone().unwrap_or_default();
             let updated = slices.replace(&name, &PostParams::default(), &slice).await.map_err(failed("updating a slice"))?;
-            self.lock().record_slice(updated);
+            self.lock().record_slice(updated.into());
         }
         for slice in work.slices.delete {
             let key = ObjectKey::of(slice.as_ref());
@@ -171,7 +173,7 @@ impl EndpointSliceController {
                     None => endpoints.create(&PostParams::default(), &ep).await,
                 }
                 .map_err(failed("writing Endpoints"))?;
-                self.lock().endpoints.reflector.record(written);
+                self.lock().endpoints.reflector.record(written.into());
             }
             Some(EndpointsWrite::Delete(version)) => {
                 gone(endpoints.delete(&work.key.name, &DeleteParams::default()).await).map_err(failed("deleting Endpoints"))?;

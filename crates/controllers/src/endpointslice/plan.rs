@@ -12,6 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::{family_of, IpFamily};
 
+use super::digest::{kept_as, port_key, EndpointsDigest, SliceDigest};
+
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
@@ -25,13 +27,16 @@ const MAX_LEGACY_ADDRESSES: usize = 1000;
 const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 
 /// What placement reads of a pod, and nothing more: a controller keeps one
-/// per pod, so 100,000 pods cost about 300 bytes each instead of the 5 KiB
-/// a decoded `Pod` takes.
+/// per pod, so a pod costs a few hundred bytes instead of the 5 KiB a
+/// decoded `Pod` takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
-    /// Name, namespace, uid, labels, resource version and deletion time;
-    /// nothing else of the pod's metadata.
+    /// Name, namespace, uid, resource version and deletion time; nothing
+    /// else of the pod's metadata.
     pub meta: ObjectMeta,
+    /// Its labels, sorted by key: a `BTreeMap` would take a 540-byte node
+    /// for a single label.
+    pub labels: Box<[(String, String)]>,
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
     /// out of that slice.
@@ -48,33 +53,21 @@ pub struct PodInfo {
     pub ports: Vec<(Option<String>, i32, Option<String>)>,
 }
 
-/// A `PodInfo` is kept by the same reflector as any object.
-impl k8s_openapi::Resource for PodInfo {
-    const API_VERSION: &'static str = "v1";
-    const GROUP: &'static str = "";
-    const KIND: &'static str = "Pod";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "pods";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
-
-impl k8s_openapi::Metadata for PodInfo {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.meta
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.meta
-    }
-}
+// A `PodInfo` is kept by the same reflector as any object.
+kept_as!(PodInfo, Pod);
 
 impl PodInfo {
     pub fn name(&self) -> &str {
         self.meta.name.as_deref().unwrap_or_default()
     }
 
-    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
-        self.meta.labels.as_ref()
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    pub fn label(&self, key: &str) -> Option<&String> {
+        let found = self.labels.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.labels[found].1)
     }
 
     pub fn ip(&self, family: IpFamily) -> Option<&String> {
@@ -92,6 +85,12 @@ fn pod_ip_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>, family: IpF
     listed.chain(status.pod_ip.as_ref()).find(|ip| family_of(ip) == Some(family)).cloned()
 }
 
+impl From<Pod> for PodInfo {
+    fn from(pod: Pod) -> Self {
+        Self::from(&pod)
+    }
+}
+
 impl From<&Pod> for PodInfo {
     fn from(pod: &Pod) -> Self {
         let status = pod.status.as_ref();
@@ -102,11 +101,11 @@ impl From<&Pod> for PodInfo {
                 name: m.name.clone(),
                 namespace: m.namespace.clone(),
                 uid: m.uid.clone(),
-                labels: m.labels.clone(),
                 resource_version: m.resource_version.clone(),
                 deletion_timestamp: m.deletion_timestamp.clone(),
                 ..Default::default()
             },
+            labels: m.labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ipv4: pod_ip_of(status, IpFamily::V4),
             ipv6: pod_ip_of(status, IpFamily::V6),
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
@@ -155,11 +154,6 @@ fn pod_ports(svc: &Service, pod: &PodInfo) -> Vec<EndpointPort> {
     ports
 }
 
-/// A port set as a comparable key.
-fn port_key(ports: &[EndpointPort]) -> String {
-    serde_json::to_string(ports).unwrap_or_default()
-}
-
 /// One pod's endpoint for the service's `family` slices, or None if it
 /// has no address of that family yet or has finished.
 fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoint> {
@@ -204,16 +198,12 @@ pub fn desired_endpoints<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a P
     groups
 }
 
-fn endpoint_pod(ep: &Endpoint) -> Option<&str> {
-    ep.target_ref.as_ref()?.name.as_deref()
-}
-
 /// The slice writes that bring `existing` to `desired`.
 #[derive(Debug, Default)]
 pub struct SlicePlan {
     pub create: Vec<EndpointSlice>,
     pub update: Vec<EndpointSlice>,
-    pub delete: Vec<Arc<EndpointSlice>>,
+    pub delete: Vec<Arc<SliceDigest>>,
 }
 
 impl SlicePlan {
@@ -263,40 +253,33 @@ pub fn families(svc: &Service) -> Vec<IpFamily> {
 /// controller does: keep each endpoint in the slice it is in, fill slices
 /// that are changing anyway, then slices with room, then new slices.
 /// `existing` are the service's slices of that family.
-pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<EndpointSlice>], max: usize, family: IpFamily) -> SlicePlan {
+pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<SliceDigest>], max: usize, family: IpFamily) -> SlicePlan {
     let labels = slice_labels(svc);
     let owners = vec![owner(svc)];
     let mut plan = SlicePlan::default();
-    // Working copies of the existing slices: (original, endpoints, changed).
-    let mut kept: Vec<(Arc<EndpointSlice>, Vec<Endpoint>, bool)> = Vec::new();
+    let mut kept: Vec<Kept> = Vec::new();
     for slice in existing {
-        let key = port_key(slice.ports.as_deref().unwrap_or_default());
-        let Some((_, wanted)) = desired.get_mut(&key) else {
+        let Some((ports, wanted)) = desired.get_mut(&slice.ports) else {
             plan.delete.push(slice.clone());
             continue;
         };
-        let mut endpoints = Vec::new();
-        for ep in &slice.endpoints {
-            if let Some(new) = endpoint_pod(ep).and_then(|pod| wanted.remove(pod)) {
-                endpoints.push(new);
-            }
-        }
-        let changed = endpoints != slice.endpoints
-            || slice.metadata.labels.as_ref() != Some(&labels)
-            || slice.metadata.owner_references.as_ref() != Some(&owners);
-        kept.push((slice.clone(), endpoints, changed));
+        let endpoints: Vec<Endpoint> =
+            slice.endpoints.iter().filter_map(|ep| ep.pod.as_deref().and_then(|pod| wanted.remove(pod))).collect();
+        let changed = !slice.holds(&endpoints)
+            || slice.meta.labels.as_ref() != Some(&labels)
+            || slice.meta.owner_references.as_ref() != Some(&owners);
+        kept.push(Kept { slice: slice.clone(), ports: ports.clone(), endpoints, changed });
     }
     for (key, (ports, wanted)) in desired {
         let mut rest: VecDeque<Endpoint> = wanted.into_values().collect();
-        let same_ports = |s: &EndpointSlice| port_key(s.ports.as_deref().unwrap_or_default()) == key;
         // Slices being written anyway first, then the fullest with room.
-        let mut order: Vec<usize> = (0..kept.len()).filter(|&i| same_ports(&kept[i].0)).collect();
-        order.sort_by_key(|&i| (!kept[i].2, std::cmp::Reverse(kept[i].1.len())));
+        let mut order: Vec<usize> = (0..kept.len()).filter(|&i| kept[i].slice.ports == key).collect();
+        order.sort_by_key(|&i| (!kept[i].changed, std::cmp::Reverse(kept[i].endpoints.len())));
         for i in order {
-            while kept[i].1.len() < max {
+            while kept[i].endpoints.len() < max {
                 let Some(ep) = rest.pop_front() else { break };
-                kept[i].1.push(ep);
-                kept[i].2 = true;
+                kept[i].endpoints.push(ep);
+                kept[i].changed = true;
             }
         }
         while !rest.is_empty() {
@@ -315,18 +298,28 @@ pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<Endpoint
             });
         }
     }
-    for (slice, endpoints, changed) in kept {
+    for Kept { slice, ports, endpoints, changed } in kept {
         if endpoints.is_empty() {
             plan.delete.push(slice);
         } else if changed {
-            let mut updated = (*slice).clone();
-            updated.endpoints = endpoints;
-            updated.metadata.labels = Some(labels.clone());
-            updated.metadata.owner_references = Some(owners.clone());
-            plan.update.push(updated);
+            plan.update.push(EndpointSlice {
+                metadata: ObjectMeta { labels: Some(labels.clone()), owner_references: Some(owners.clone()), ..slice.meta.clone() },
+                address_type: slice.address_type.clone(),
+                endpoints,
+                ports: Some(ports),
+            });
         }
     }
     plan
+}
+
+/// An existing slice while a plan fills it: the endpoints it will hold,
+/// and whether that differs from what it holds now.
+struct Kept {
+    slice: Arc<SliceDigest>,
+    ports: Vec<EndpointPort>,
+    endpoints: Vec<Endpoint>,
+    changed: bool,
 }
 
 /// Marks the Endpoints this controller writes. Not skip-mirror alone:
@@ -343,8 +336,8 @@ fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
 }
 
 /// Whether this controller wrote an Endpoints object.
-pub fn is_managed_endpoints(ep: &Endpoints) -> bool {
-    ep.metadata.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).is_some_and(|v| v == ENDPOINTS_MANAGER)
+pub fn is_managed_endpoints(ep: &EndpointsDigest) -> bool {
+    ep.meta.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).is_some_and(|v| v == ENDPOINTS_MANAGER)
 }
 
 /// The legacy Endpoints object for the same endpoints: one subset per
@@ -488,13 +481,13 @@ mod tests {
         let sizes: Vec<usize> = plan.create.iter().map(|s| s.endpoints.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
         // Pretend they were written, then flip one pod's readiness.
-        let existing: Vec<Arc<EndpointSlice>> = plan
+        let existing: Vec<Arc<SliceDigest>> = plan
             .create
             .into_iter()
             .enumerate()
             .map(|(i, mut s)| {
                 s.metadata.name = Some(format!("web-{i}"));
-                Arc::new(s)
+                Arc::new(SliceDigest::from(s))
             })
             .collect();
         let mut pods = pods;
