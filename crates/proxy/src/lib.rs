@@ -37,7 +37,7 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
-use model::{NodeView, Protocol};
+use model::{NodeView, Protocol, SliceView};
 use wharf_api::ipfamily::{IpFamily, NodeIps, ServiceCidrs};
 use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
 
@@ -98,8 +98,9 @@ fn strip_service(svc: &mut Service) {
     strip_meta(&mut svc.metadata);
 }
 
-/// A slice as the proxy reads it: whose endpoint it is, its DNS name and
-/// old topology are never looked at.
+/// A slice cut to what the proxy reads as soon as it arrives (a relist
+/// buffers whole lists of them): whose endpoint it is, its DNS name and old
+/// topology are never looked at. The model then keeps it as a `SliceView`.
 fn strip_slice(slice: &mut EndpointSlice) {
     strip_meta(&mut slice.metadata);
     for endpoint in &mut slice.endpoints {
@@ -119,7 +120,7 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
 #[derive(Default)]
 struct Model {
     services: HashMap<ObjectKey, Service>,
-    slices: HashMap<ObjectKey, (ObjectKey, EndpointSlice)>,
+    slices: HashMap<ObjectKey, (ObjectKey, SliceView)>,
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
     touched: HashSet<ObjectKey>,
     synced: HashSet<&'static str>,
@@ -142,7 +143,7 @@ impl Model {
         }
     }
 
-    fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
         self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).map(|(_, s)| s)
     }
 }
@@ -173,7 +174,7 @@ impl Table<EndpointSlice> for Model {
         let Some(owner) = slice_owner(&slice) else { return };
         self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
         self.touched.insert(owner.clone());
-        self.slices.insert(key, (owner, slice));
+        self.slices.insert(key, (owner, SliceView::from(&slice)));
     }
     fn delete(&mut self, key: &ObjectKey) {
         self.remove_slice(key);
