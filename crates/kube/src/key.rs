@@ -38,3 +38,22 @@ impl fmt::Display for ObjectKey {
 pub fn version_of<K: Resource>(obj: &K) -> Option<u64> {
     obj.meta().resource_version.as_deref().and_then(|rv| rv.parse().ok())
 }
+
+/// What a table needs of an object: which one it is, and how new. Every
+/// Kubernetes object has both in its metadata; a controller's compact
+/// stand-in for one (`PodInfo`) keeps just these.
+pub trait Keyed {
+    fn key(&self) -> ObjectKey;
+    /// As [`version_of`].
+    fn version(&self) -> Option<u64>;
+}
+
+impl<K: Resource> Keyed for K {
+    fn key(&self) -> ObjectKey {
+        ObjectKey::of(self)
+    }
+
+    fn version(&self) -> Option<u64> {
+        version_of(self)
+    }
+}

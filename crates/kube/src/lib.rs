@@ -16,7 +16,7 @@ pub mod reflector;
 pub mod watch;
 
 pub use controller::run_workers;
-pub use key::ObjectKey;
+pub use key::{Keyed, ObjectKey};
 pub use metrics::{ControllerMetrics, QueueHandles};
 pub use queue::{Backoff, WorkQueue};
 pub use reflector::{Change, Reflector, Relister, Table, Watched};

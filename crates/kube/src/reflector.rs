@@ -17,9 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
-use kube::Resource;
 
-use crate::key::{version_of, ObjectKey};
+use crate::key::{Keyed, ObjectKey};
 
 /// What a watch of kind `K` keeps current.
 pub trait Table<K> {
@@ -43,11 +42,11 @@ impl<K> Default for Relister<K> {
     }
 }
 
-impl<K: Resource> Relister<K> {
+impl<K: Keyed> Relister<K> {
     pub fn handle(&mut self, table: &mut impl Table<K>, event: Event<K>) {
         match event {
             Event::Apply(obj) => table.apply(obj),
-            Event::Delete(obj) => table.delete(&ObjectKey::of(&obj)),
+            Event::Delete(obj) => table.delete(&obj.key()),
             Event::Init => {
                 self.relist = Some(Vec::new());
                 table.relist_started();
@@ -55,7 +54,7 @@ impl<K: Resource> Relister<K> {
             Event::InitApply(obj) => self.relist.get_or_insert_with(Vec::new).push(obj),
             Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
-                let keys: HashSet<ObjectKey> = listed.iter().map(ObjectKey::of).collect();
+                let keys: HashSet<ObjectKey> = listed.iter().map(Keyed::key).collect();
                 for obj in listed {
                     table.apply(obj);
                 }
@@ -77,7 +76,7 @@ pub enum Change<K> {
     Deleted(Arc<K>),
 }
 
-impl<K: Resource> Change<K> {
+impl<K: Keyed> Change<K> {
     /// The object as it is now, or as it was last when deleted.
     pub fn object(&self) -> &K {
         match self {
@@ -88,8 +87,8 @@ impl<K: Resource> Change<K> {
 
     pub fn key(&self) -> ObjectKey {
         match self {
-            Change::Applied { new, .. } => ObjectKey::of(new.as_ref()),
-            Change::Deleted(old) => ObjectKey::of(old.as_ref()),
+            Change::Applied { new, .. } => new.key(),
+            Change::Deleted(old) => old.key(),
         }
     }
 }
@@ -128,7 +127,7 @@ fn newer(new: Option<u64>, known: Option<u64>) -> bool {
     }
 }
 
-impl<K: Resource> Reflector<K> {
+impl<K: Keyed> Reflector<K> {
     /// True once the first complete list has been applied.
     pub fn is_synced(&self) -> bool {
         self.synced
@@ -163,7 +162,7 @@ impl<K: Resource> Reflector<K> {
     /// returned, not queued.
     pub fn record(&mut self, obj: K) -> Option<Change<K>> {
         if self.relisting {
-            self.recorded_during_relist.insert(ObjectKey::of(&obj));
+            self.recorded_during_relist.insert(obj.key());
         }
         self.upsert(obj)
     }
@@ -178,8 +177,8 @@ impl<K: Resource> Reflector<K> {
     }
 
     fn upsert(&mut self, obj: K) -> Option<Change<K>> {
-        let key = ObjectKey::of(&obj);
-        let version = version_of(&obj);
+        let key = obj.key();
+        let version = obj.version();
         if let Some(&gone) = self.tombstones.get(&key) {
             if !newer(version, Some(gone)) {
                 return None;
@@ -187,7 +186,7 @@ impl<K: Resource> Reflector<K> {
             self.tombstones.remove(&key);
         }
         if let Some(existing) = self.items.get(&key) {
-            if !newer(version, version_of(existing.as_ref())) {
+            if !newer(version, existing.version()) {
                 return None;
             }
         }
@@ -197,7 +196,7 @@ impl<K: Resource> Reflector<K> {
     }
 }
 
-impl<K: Resource> Table<K> for Reflector<K> {
+impl<K: Keyed> Table<K> for Reflector<K> {
     fn apply(&mut self, obj: K) {
         if let Some(change) = self.upsert(obj) {
             self.changes.push(change);
@@ -240,7 +239,7 @@ impl<K> Default for Watched<K> {
     }
 }
 
-impl<K: Resource> Watched<K> {
+impl<K: Keyed> Watched<K> {
     /// Applies one watcher event; returns what changed.
     pub fn handle(&mut self, event: Event<K>) -> Vec<Change<K>> {
         self.relister.handle(&mut self.reflector, event);

@@ -38,7 +38,6 @@ macro_rules! kept_as {
         }
     };
 }
-pub(crate) use kept_as;
 
 /// A hash of `value`'s JSON form.
 pub fn content_hash<T: Serialize + ?Sized>(value: &T) -> u64 {

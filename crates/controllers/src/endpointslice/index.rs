@@ -169,7 +169,7 @@ impl Index {
 
     /// Services whose selector the pod's labels may satisfy.
     fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
-        let ns = pod.meta.namespace.as_deref().unwrap_or_default();
+        let ns = pod.key.namespace.as_str();
         let mut seen = HashSet::new();
         for (k, v) in pod.labels() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {

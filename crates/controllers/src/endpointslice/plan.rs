@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::{family_of, IpFamily};
 
-use super::digest::{kept_as, port_key, EndpointsDigest, SliceDigest};
+use wharf_kube::key::{version_of, Keyed, ObjectKey};
+
+use super::digest::{port_key, EndpointsDigest, SliceDigest};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -31,9 +33,12 @@ const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// decoded `Pod` takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
-    /// Name, namespace, uid, resource version and deletion time; nothing
-    /// else of the pod's metadata.
-    pub meta: ObjectMeta,
+    /// Namespace and name.
+    pub key: ObjectKey,
+    pub uid: Option<String>,
+    /// Its resourceVersion. Nothing else of the pod's metadata is kept (a
+    /// whole `ObjectMeta` is 360 bytes before anything is in it).
+    pub version: Option<u64>,
     /// Its labels, sorted by key: a `BTreeMap` would take a 540-byte node
     /// for a single label.
     pub labels: Box<[(String, String)]>,
@@ -54,11 +59,19 @@ pub struct PodInfo {
 }
 
 // A `PodInfo` is kept by the same reflector as any object.
-kept_as!(PodInfo, Pod);
+impl Keyed for PodInfo {
+    fn key(&self) -> ObjectKey {
+        self.key.clone()
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
+    }
+}
 
 impl PodInfo {
     pub fn name(&self) -> &str {
-        self.meta.name.as_deref().unwrap_or_default()
+        &self.key.name
     }
 
     pub fn labels(&self) -> &[(String, String)] {
@@ -97,14 +110,9 @@ impl From<&Pod> for PodInfo {
         let spec = pod.spec.as_ref();
         let m = &pod.metadata;
         PodInfo {
-            meta: ObjectMeta {
-                name: m.name.clone(),
-                namespace: m.namespace.clone(),
-                uid: m.uid.clone(),
-                resource_version: m.resource_version.clone(),
-                deletion_timestamp: m.deletion_timestamp.clone(),
-                ..Default::default()
-            },
+            key: ObjectKey::of(pod),
+            uid: m.uid.clone(),
+            version: version_of(pod),
             labels: m.labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ipv4: pod_ip_of(status, IpFamily::V4),
             ipv6: pod_ip_of(status, IpFamily::V6),
@@ -175,9 +183,9 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoi
         node_name: pod.node_name.clone(),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
-            namespace: pod.meta.namespace.clone(),
-            name: pod.meta.name.clone(),
-            uid: pod.meta.uid.clone(),
+            namespace: Some(pod.key.namespace.clone()),
+            name: Some(pod.key.name.clone()),
+            uid: pod.uid.clone(),
             ..Default::default()
         }),
         ..Default::default()
