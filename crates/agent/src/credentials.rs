@@ -214,13 +214,15 @@ mod tests {
     #[test]
     fn a_saved_credential_is_reused_until_it_expires_and_only_by_its_node() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = certificate("system:node:n1", now() - 100, now() + 200);
+        // One clock reading: making a key can take long enough to cross a second.
+        let start = now();
+        let (cert, key) = certificate("system:node:n1", start - 100, start + 200);
         let credential = NodeCredential::new("CA", &cert, &key);
         credential.save(dir.path()).unwrap();
         let loaded = NodeCredential::load(dir.path(), "n1").unwrap().expect("still valid");
         assert_eq!(loaded.pem, credential.pem);
         assert!(loaded.identity().is_ok(), "the one file holds the certificate and its key");
-        assert_eq!(loaded.renew_at().unwrap(), now() - 100 + 200, "two thirds of 300 s after the start");
+        assert_eq!(loaded.renew_at().unwrap(), start - 100 + 200, "two thirds of 300 s after the start");
         assert!(NodeCredential::load(dir.path(), "n2").is_err(), "another node's certificate");
         let (old, key) = certificate("system:node:n1", now() - 100, now() - 1);
         NodeCredential::new("CA", &old, &key).save(dir.path()).unwrap();

@@ -183,7 +183,7 @@ impl Allocator {
                     continue;
                 }
                 if let Some(taken) = store.get(&key).await? {
-                    let owner = owner_name(&taken.value);
+                    let owner = owner_name(&taken.value.bytes());
                     errs.push(FieldError::invalid(
                         field.as_str(),
                         ip.as_str(),

@@ -118,7 +118,7 @@ async fn try_lead(store: &dyn Store, key: &str, id: &str, ttl: Duration) -> whar
         None => (Compare::Absent(key.to_string()), None),
         Some(kv) => {
             // Unreadable (written by hand?): taken over as if expired.
-            let stored: Option<Value> = serde_json::from_slice(&kv.value).ok();
+            let stored: Option<Value> = serde_json::from_slice(&kv.value.bytes()).ok();
             if stored.as_ref().is_some_and(|l| held_by_other(l, id, ttl, now)) {
                 return Ok(false);
             }
@@ -145,7 +145,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(try_lead(store.as_ref(), "/lead", "b", ttl).await.unwrap(), "b takes over an expired lease");
         assert!(!try_lead(store.as_ref(), "/lead", "a", ttl).await.unwrap());
-        let lease: Value = serde_json::from_slice(&store.get("/lead").await.unwrap().unwrap().value).unwrap();
+        let lease: Value = serde_json::from_slice(&store.get("/lead").await.unwrap().unwrap().value.bytes()).unwrap();
         assert_eq!((lease["kind"].as_str(), lease["spec"]["holderIdentity"].as_str()), (Some("Lease"), Some("b")));
         assert_eq!(lease["spec"]["leaseTransitions"], 1, "a to b");
     }
@@ -177,7 +177,7 @@ mod tests {
             let keys = self.keys.lock().unwrap();
             Ok(keys.get(key).map(|(value, rev)| wharf_store::KeyValue {
                 key: key.into(),
-                value: value.clone(),
+                value: value.clone().into(),
                 create_revision: *rev,
                 mod_revision: *rev,
             }))

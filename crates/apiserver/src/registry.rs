@@ -158,7 +158,7 @@ fn decode(bytes: &[u8], revision: Revision) -> ApiResult<Value> {
 }
 
 fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
-    decode(&kv.value, kv.mod_revision)
+    decode(&kv.value.bytes(), kv.mod_revision)
 }
 
 /// The stored form: the object without its resource version, which is
@@ -726,12 +726,12 @@ fn carry_over(info: &KindInfo, desired: Value, current: &Value, target: WriteTar
 /// Turns a store event into the watch event a filtered watcher sees: an
 /// object that starts or stops matching is ADDED or DELETED for it.
 fn to_watch_event(event: &Event, filter: &Filter) -> ApiResult<Option<WatchEvent>> {
-    let prev = event.prev.as_ref().map(|p| decode(p, event.revision)).transpose()?;
+    let prev = event.prev.as_ref().map(|p| decode(&p.bytes(), event.revision)).transpose()?;
     let prev_matches = prev.as_ref().is_some_and(|p| filter.matches(p));
     Ok(match event.kind {
         EventKind::Delete => prev.filter(|_| prev_matches).map(|object| WatchEvent { kind: "DELETED", object }),
         EventKind::Put => {
-            let object = decode(&event.value, event.revision)?;
+            let object = decode(&event.value.bytes(), event.revision)?;
             match (prev_matches, filter.matches(&object)) {
                 (true, true) => Some(WatchEvent { kind: "MODIFIED", object }),
                 (false, true) => Some(WatchEvent { kind: "ADDED", object }),

@@ -16,6 +16,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::model::{Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
+use crate::packed::{Packer, Value};
 use crate::{Result, Store, StoreError, StoreMetrics, WatchStream};
 
 /// key -> (create_revision, mod_revision, value)
@@ -35,7 +36,8 @@ const MAX_BATCH: usize = 512;
 
 #[derive(Clone)]
 struct Entry {
-    value: Bytes,
+    /// Packed (`packed`): the file holds it as written.
+    value: Value,
     create_revision: Revision,
     mod_revision: Revision,
 }
@@ -167,15 +169,18 @@ fn load(db: &redb::Database) -> Result<(BTreeMap<String, Entry>, Revision)> {
     let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
     let table = read.open_table(KV).map_err(backend)?;
     let mut kv = BTreeMap::new();
+    let mut packer = Packer::default();
     for row in table.iter().map_err(backend)? {
         let (key, value) = row.map_err(backend)?;
         let (create_revision, mod_revision, bytes) = value.value();
-        kv.insert(key.value().to_string(), Entry { value: Bytes::copy_from_slice(bytes), create_revision, mod_revision });
+        let value = packer.pack(&Bytes::copy_from_slice(bytes));
+        kv.insert(key.value().to_string(), Entry { value, create_revision, mod_revision });
     }
     Ok((kv, revision))
 }
 
 fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, metrics: StoreMetrics) {
+    let mut packer = Packer::default();
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -186,23 +191,25 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
         }
         let started = std::time::Instant::now();
         metrics.batch_size.observe(batch.len() as f64);
-        commit_batch(&db, &shared, batch);
+        commit_batch(&db, &shared, &mut packer, batch);
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 
 /// What one batch changes: the final state of every touched key (None =
-/// deleted) and the events in commit order.
-struct Staged {
-    changes: HashMap<String, Option<Entry>>,
+/// deleted) with its value as written (for the file), and the events in
+/// commit order.
+struct Staged<'p> {
+    changes: HashMap<String, Option<(Entry, Bytes)>>,
+    packer: &'p mut Packer,
     events: Vec<Arc<Event>>,
     revision: Revision,
 }
 
-impl Staged {
+impl Staged<'_> {
     fn current<'a>(&'a self, state: &'a State, key: &str) -> Option<&'a Entry> {
         match self.changes.get(key) {
-            Some(staged) => staged.as_ref(),
+            Some(staged) => staged.as_ref().map(|(entry, _)| entry),
             None => state.kv.get(key),
         }
     }
@@ -222,16 +229,10 @@ impl Staged {
             let event = match op {
                 Op::Put { key, value } => {
                     let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);
-                    let entry = Entry { value: value.clone(), create_revision, mod_revision: revision };
-                    self.changes.insert(key.clone(), Some(entry));
-                    Event {
-                        kind: EventKind::Put,
-                        key: key.clone(),
-                        value: value.clone(),
-                        revision,
-                        create_revision,
-                        prev: prev.map(|p| p.value),
-                    }
+                    let packed = self.packer.pack(value);
+                    let entry = Entry { value: packed.clone(), create_revision, mod_revision: revision };
+                    self.changes.insert(key.clone(), Some((entry, value.clone())));
+                    Event { kind: EventKind::Put, key: key.clone(), value: packed, revision, create_revision, prev: prev.map(|p| p.value) }
                 }
                 Op::Delete { key } => {
                     let Some(prev) = prev else { continue };
@@ -239,7 +240,7 @@ impl Staged {
                     Event {
                         kind: EventKind::Delete,
                         key: key.clone(),
-                        value: Bytes::new(),
+                        value: Value::default(),
                         revision,
                         create_revision: prev.create_revision,
                         prev: Some(prev.value),
@@ -252,10 +253,10 @@ impl Staged {
     }
 }
 
-fn commit_batch(db: &redb::Database, shared: &Shared, batch: Vec<WriteRequest>) {
+fn commit_batch(db: &redb::Database, shared: &Shared, packer: &mut Packer, batch: Vec<WriteRequest>) {
     let (staged, outcomes) = {
         let state = shared.read();
-        let mut staged = Staged { changes: HashMap::new(), events: Vec::new(), revision: state.revision };
+        let mut staged = Staged { changes: HashMap::new(), packer, events: Vec::new(), revision: state.revision };
         let outcomes: Vec<TxnOutcome> = batch.iter().map(|r| staged.apply(&state, &r.txn)).collect();
         (staged, outcomes)
     };
@@ -281,8 +282,8 @@ fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
         let mut kv = txn.open_table(KV).map_err(backend)?;
         for (key, entry) in &staged.changes {
             match entry {
-                Some(e) => {
-                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, e.value.as_ref())).map_err(backend)?;
+                Some((e, written)) => {
+                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, written.as_ref())).map_err(backend)?;
                 }
                 None => {
                     kv.remove(key.as_str()).map_err(backend)?;
@@ -299,7 +300,7 @@ fn publish(shared: &Shared, staged: Staged) {
     let mut state = shared.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     for (key, entry) in staged.changes {
         match entry {
-            Some(e) => state.kv.insert(key, e),
+            Some((e, _)) => state.kv.insert(key, e),
             None => state.kv.remove(&key),
         };
     }

@@ -81,13 +81,13 @@ impl Encryption {
     }
 
     fn open_kv(&self, mut kv: KeyValue) -> Result<KeyValue> {
-        kv.value = self.open(&kv.key, kv.value)?;
+        kv.value = self.open(&kv.key, kv.value.bytes())?.into();
         Ok(kv)
     }
 
     fn open_event(&self, mut event: Event) -> Result<Event> {
-        event.value = self.open(&event.key, event.value)?;
-        event.prev = event.prev.map(|p| self.open(&event.key, p)).transpose()?;
+        event.value = self.open(&event.key, event.value.bytes())?.into();
+        event.prev = event.prev.map(|p| self.open(&event.key, p.bytes()).map(crate::Value::from)).transpose()?;
         Ok(event)
     }
 }
@@ -156,7 +156,7 @@ mod tests {
         let store = Encrypted::new(raw.clone(), Encryption::new(secrets.clone(), &[key("k1", 1)], true));
         store.txn(put("/registry/secrets/ns/a", "hunter2")).await.unwrap();
         store.txn(put("/registry/services/ns/a", "plain")).await.unwrap();
-        let at_rest = raw.get("/registry/secrets/ns/a").await.unwrap().unwrap().value;
+        let at_rest = raw.get("/registry/secrets/ns/a").await.unwrap().unwrap().value.bytes();
         assert!(at_rest.starts_with(b"k8s:enc:aesgcm:v1:k1:"), "{at_rest:?}");
         assert!(!at_rest.windows(7).any(|w| w == b"hunter2"), "the plaintext is not at rest");
         assert_eq!(raw.get("/registry/services/ns/a").await.unwrap().unwrap().value, "plain", "other kinds stay plain");
@@ -166,7 +166,7 @@ mod tests {
         let rotated = Encrypted::new(raw.clone(), Encryption::new(secrets.clone(), &[key("k2", 2), key("k1", 1)], true));
         assert_eq!(rotated.list("/registry/secrets/").await.unwrap().0[0].value, "hunter2");
         rotated.txn(put("/registry/secrets/ns/b", "new")).await.unwrap();
-        assert!(raw.get("/registry/secrets/ns/b").await.unwrap().unwrap().value.starts_with(b"k8s:enc:aesgcm:v1:k2:"));
+        assert!(raw.get("/registry/secrets/ns/b").await.unwrap().unwrap().value.bytes().starts_with(b"k8s:enc:aesgcm:v1:k2:"));
         let without_k1 = Encrypted::new(raw.clone(), Encryption::new(secrets.clone(), &[key("k2", 2)], true));
         let err = without_k1.get("/registry/secrets/ns/a").await.unwrap_err().to_string();
         assert!(err.contains("no longer holds"), "{err}");
@@ -190,6 +190,6 @@ mod tests {
         store.txn(put("/registry/secrets/ns/a", "two")).await.unwrap();
         let _ = events.next().await.unwrap().unwrap();
         let second = events.next().await.unwrap().unwrap();
-        assert_eq!((second.value, second.prev), (Bytes::from("two"), Some(Bytes::from("one"))));
+        assert_eq!((second.value, second.prev), ("two".into(), Some("one".into())));
     }
 }

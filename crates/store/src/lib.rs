@@ -12,12 +12,13 @@ mod encrypted;
 mod etcd;
 mod metrics;
 mod model;
+mod packed;
 
 pub use embedded::{EmbeddedStore, DEFAULT_WATCH_HISTORY};
 pub use encrypted::{Encrypted, Encryption, EncryptionKey};
 pub use etcd::{EtcdCredentials, EtcdStore, EtcdTls};
 pub use metrics::{Measured, StoreMetrics};
-pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
+pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome, Value};
 
 use futures::stream::BoxStream;
 

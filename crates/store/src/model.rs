@@ -1,12 +1,14 @@
 use bytes::Bytes;
 
+pub use crate::packed::Value;
+
 /// A global, strictly increasing transaction counter (etcd's revision).
 pub type Revision = u64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
-    pub value: Bytes,
+    pub value: Value,
     pub create_revision: Revision,
     pub mod_revision: Revision,
 }
@@ -101,8 +103,8 @@ pub enum EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub key: String,
-    pub value: Bytes,
+    pub value: Value,
     pub revision: Revision,
     pub create_revision: Revision,
-    pub prev: Option<Bytes>,
+    pub prev: Option<Value>,
 }

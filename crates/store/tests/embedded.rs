@@ -98,3 +98,35 @@ async fn a_lagging_watcher_loses_nothing_after_a_backlog() {
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.expect("an event").expect("open");
     assert_eq!(next.expect("not compacted").key, "/p/b");
 }
+
+/// JSON is held packed in memory, read back as written (directly, through
+/// a watch with its previous value, and after a reopen), and the file
+/// holds it as written, so a later build with another dictionary reads it.
+#[tokio::test]
+async fn json_is_packed_in_memory_and_plain_on_disk() {
+    let pod = |phase: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"api-7f9c","namespace":"prod","uid":"0e0c9a4e-1d1b-4c55-9d4e-6b8f3f1f2a11","labels":{{"app":"api"}}}},"spec":{{"containers":[{{"image":"registry.example/api:2.4.1","name":"api","ports":[{{"containerPort":8443,"name":"https","protocol":"TCP"}}]}}],"nodeName":"worker-3"}},"status":{{"phase":"{phase}","podIP":"127.1.2.3"}}}}"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.txn(Txn::new().put("/registry/pods/prod/api", pod("Pending"))).await.unwrap();
+        store.txn(Txn::new().put("/registry/pods/prod/api", pod("Running"))).await.unwrap();
+        let kv = store.get("/registry/pods/prod/api").await.unwrap().unwrap();
+        assert_eq!(kv.value.bytes(), pod("Running"));
+        assert!(kv.value.held() * 2 < pod("Running").len(), "held {} of {} bytes", kv.value.held(), pod("Running").len());
+        let mut events = store.watch("/registry/pods/", 0).await.unwrap();
+        let _created = events.next().await.unwrap().unwrap();
+        let updated = events.next().await.unwrap().unwrap();
+        assert_eq!(updated.value.bytes(), pod("Running"));
+        assert_eq!(updated.prev.map(|p| p.bytes()), Some(pod("Pending").into()));
+    }
+    let file = std::fs::read(dir.path().join("state.redb")).unwrap();
+    assert!(file.windows(26).any(|w| w == br#""image":"registry.example/"#), "the file holds the JSON as written");
+    let store = open(&dir);
+    let (items, _) = store.list("/registry/pods/").await.unwrap();
+    assert_eq!(items[0].value.bytes(), pod("Running"));
+    assert!(items[0].value.held() * 2 < pod("Running").len(), "packed again after a reopen");
+}

@@ -132,7 +132,7 @@ async fn two_clients_share_one_keyspace_and_revision() {
     let b = EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap();
     let TxnOutcome::Committed(rev) = a.txn(Txn::new().put("/shared", "from a")).await.unwrap() else { panic!() };
     let kv = b.get("/shared").await.unwrap().unwrap();
-    assert_eq!((&kv.value[..], kv.mod_revision), (&b"from a"[..], rev));
+    assert_eq!((&kv.value.bytes()[..], kv.mod_revision), (&b"from a"[..], rev));
     // A key taken through one client is taken for the other.
     let taken = b.txn(Txn::new().when(wharf_store::Compare::Absent("/shared".into())).put("/shared", "b")).await.unwrap();
     assert_eq!(taken, TxnOutcome::Failed);

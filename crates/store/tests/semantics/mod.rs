@@ -21,7 +21,7 @@ pub async fn compare_and_swap_guards_writes(store: &dyn Store, p: &str) {
     let second = committed(store.txn(Txn::new().when(Compare::ModRevision(key.clone(), first)).put(key.clone(), "3")).await.unwrap());
     assert!(second > first);
     let kv = store.get(&key).await.unwrap().unwrap();
-    assert_eq!((&kv.value[..], kv.create_revision, kv.mod_revision), (&b"3"[..], first, second));
+    assert_eq!((&kv.value.bytes()[..], kv.create_revision, kv.mod_revision), (&b"3"[..], first, second));
 }
 
 pub async fn failed_compare_writes_none_of_the_ops(store: &dyn Store, p: &str) {
@@ -39,7 +39,7 @@ pub async fn failed_compare_writes_none_of_the_ops(store: &dyn Store, p: &str) {
         .unwrap();
     assert_eq!(outcome, TxnOutcome::Failed);
     assert!(store.get(&obj).await.unwrap().is_none());
-    assert_eq!(&store.get(&taken).await.unwrap().unwrap().value[..], b"x");
+    assert_eq!(&store.get(&taken).await.unwrap().unwrap().value.bytes()[..], b"x");
 }
 
 pub async fn list_is_limited_to_the_prefix(store: &dyn Store, p: &str) {
@@ -85,7 +85,7 @@ pub async fn concurrent_writers_lose_no_update(store: std::sync::Arc<dyn Store>,
             let mut done = 0;
             while done < 20 {
                 let kv = store.get(&key).await.unwrap().unwrap();
-                let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                let n: u64 = std::str::from_utf8(&kv.value.bytes()).unwrap().parse().unwrap();
                 let txn = Txn::new().when(Compare::ModRevision(key.clone(), kv.mod_revision)).put(key.clone(), (n + 1).to_string());
                 if let TxnOutcome::Committed(_) = store.txn(txn).await.unwrap() {
                     done += 1;
@@ -96,5 +96,5 @@ pub async fn concurrent_writers_lose_no_update(store: std::sync::Arc<dyn Store>,
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(&store.get(&key).await.unwrap().unwrap().value[..], b"80");
+    assert_eq!(&store.get(&key).await.unwrap().unwrap().value.bytes()[..], b"80");
 }
