@@ -43,6 +43,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether it selects every object (no decoding needed to know).
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.0.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         (self.labels.is_empty() || self.labels.matches(&object::labels(obj))) && self.fields.matches(|f| object::field_string(obj, f))
     }
@@ -51,19 +56,57 @@ impl Filter {
 /// Encoded objects as the store returned them.
 pub struct Stored(Vec<KeyValue>);
 
-/// One page of a list (`limit`/`continue`).
+/// One page of a list (`limit`/`continue`): a range of the listing, decoded
+/// only as it is written out, so a page of large objects never exists
+/// decoded all at once.
 pub struct Page {
-    pub items: Vec<Value>,
+    listing: Arc<Vec<KeyValue>>,
+    range: std::ops::Range<usize>,
     /// The revision of the listing every page of this list reads.
     pub revision: Revision,
     pub continue_token: Option<String>,
 }
 
+impl Page {
+    /// Its objects, decoded one at a time, those `filter` selects.
+    pub fn items<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
+        selected(&self.listing[self.range.clone()], filter)
+    }
+}
+
 impl Stored {
     /// Decodes the objects one at a time, keeping those `filter` selects.
     pub fn decode<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
-        self.0.iter().map(decode_kv).filter(move |obj| obj.as_ref().map_or(true, |o| filter.matches(o)))
+        selected(&self.0, filter)
     }
+}
+
+/// Where a page starting at `from` ends: after `limit` objects `filter`
+/// selects (0: no limit). Finding it decodes each object once and drops it
+/// at once; without a filter nothing is decoded.
+fn page_end(listing: &[KeyValue], from: usize, filter: &Filter, limit: usize) -> ApiResult<usize> {
+    if limit == 0 {
+        return Ok(listing.len());
+    }
+    if filter.is_everything() {
+        return Ok(listing.len().min(from.saturating_add(limit)));
+    }
+    let mut taken = 0;
+    for (i, kv) in listing.iter().enumerate().skip(from) {
+        if taken == limit {
+            return Ok(i);
+        }
+        if filter.matches(&decode_kv(kv)?) {
+            taken += 1;
+        }
+    }
+    Ok(listing.len())
+}
+
+/// The objects of `kvs` that `filter` selects, decoded one at a time; an
+/// object that does not decode is passed on as its error.
+fn selected<'a>(kvs: &'a [KeyValue], filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
+    kvs.iter().map(decode_kv).filter(move |obj| obj.as_ref().map_or(true, |o| filter.matches(o)))
 }
 
 /// Refuses a field selector on a field the kind cannot select by.
@@ -268,23 +311,12 @@ impl Registry {
             }
         };
         let from = listing.partition_point(|kv| kv.key < start);
-        let mut items = Vec::new();
-        let mut next = None;
-        for (i, kv) in listing.iter().enumerate().skip(from) {
-            if limit > 0 && items.len() == limit {
-                next = Some(i);
-                break;
-            }
-            let object = decode_kv(kv)?;
-            if filter.matches(&object) {
-                items.push(object);
-            }
-        }
-        let continue_token = next.map(|i| {
+        let end = page_end(&listing, from, filter, limit)?;
+        let continue_token = (end < listing.len()).then(|| {
             let id = kept.unwrap_or_else(|| self.pager.keep(listing.clone(), revision));
-            crate::pager::encode(id, revision, &listing[i].key)
+            crate::pager::encode(id, revision, &listing[end].key)
         });
-        Ok(Page { items, revision, continue_token })
+        Ok(Page { listing, range: from..end, revision, continue_token })
     }
 
     /// Fills `apiVersion` and `kind`, refusing a body of another kind.

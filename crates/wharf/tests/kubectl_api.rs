@@ -374,6 +374,10 @@ fn config_maps_secrets_service_accounts_and_leases() {
     }
     let paged = w.kubectl_ok(&["get", "configmaps", "--chunk-size=1", "--no-headers", "-o", "name"]);
     assert_eq!(paged.lines().collect::<Vec<_>>(), ["configmap/app", "configmap/app2", "configmap/app3"]);
+    // With a selector a page holds `limit` matching objects, skipping the rest.
+    w.kubectl_ok(&["label", "configmap", "app", "app3", "tier=web"]);
+    let selected = w.kubectl_ok(&["get", "configmaps", "-l", "tier=web", "--chunk-size=1", "--no-headers", "-o", "name"]);
+    assert_eq!(selected.lines().collect::<Vec<_>>(), ["configmap/app", "configmap/app3"]);
     let err = w.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?limit=1&continue=bm90LWEtdG9rZW4"]);
     assert!(err.contains("continue key is not valid"), "{err}");
 
