@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,7 +19,10 @@ impl ObjectKey {
     }
 
     pub fn of<K: Resource>(obj: &K) -> Self {
-        let meta = obj.meta();
+        Self::of_meta(obj.meta())
+    }
+
+    pub fn of_meta(meta: &ObjectMeta) -> Self {
         Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
     }
 }
@@ -36,12 +40,17 @@ impl fmt::Display for ObjectKey {
 /// An object's resourceVersion as a number, where it is one (wharf's and
 /// etcd's are); None means "unknown order".
 pub fn version_of<K: Resource>(obj: &K) -> Option<u64> {
-    obj.meta().resource_version.as_deref().and_then(|rv| rv.parse().ok())
+    version_in(obj.meta())
+}
+
+/// As [`version_of`], from the metadata alone.
+pub fn version_in(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref().and_then(|rv| rv.parse().ok())
 }
 
 /// What a table needs of an object: which one it is, and how new. Every
 /// Kubernetes object has both in its metadata; a controller's compact
-/// stand-in for one (`PodInfo`) keeps just these.
+/// stand-in for one (`PodInfo`, a slice digest) implements it itself.
 pub trait Keyed {
     fn key(&self) -> ObjectKey;
     /// As [`version_of`].

@@ -13,31 +13,24 @@ use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
+use wharf_kube::key::{version_in, Keyed, ObjectKey};
 
-/// Makes a compact stand-in for kind `$kind` something the reflector can
-/// keep: it answers to the same API path, and its metadata is `$ty.meta`.
-macro_rules! kept_as {
-    ($ty:ty, $kind:ty) => {
-        impl k8s_openapi::Resource for $ty {
-            const API_VERSION: &'static str = <$kind as k8s_openapi::Resource>::API_VERSION;
-            const GROUP: &'static str = <$kind as k8s_openapi::Resource>::GROUP;
-            const KIND: &'static str = <$kind as k8s_openapi::Resource>::KIND;
-            const VERSION: &'static str = <$kind as k8s_openapi::Resource>::VERSION;
-            const URL_PATH_SEGMENT: &'static str = <$kind as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-            type Scope = <$kind as k8s_openapi::Resource>::Scope;
-        }
-
-        impl k8s_openapi::Metadata for $ty {
-            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-            fn metadata(&self) -> &Self::Ty {
-                &self.meta
+/// A digest is kept by the same reflector as any object: its key and
+/// version are its metadata's.
+macro_rules! keyed_by_meta {
+    ($($ty:ty),*) => {$(
+        impl Keyed for $ty {
+            fn key(&self) -> ObjectKey {
+                ObjectKey::of_meta(&self.meta)
             }
-            fn metadata_mut(&mut self) -> &mut Self::Ty {
-                &mut self.meta
+
+            fn version(&self) -> Option<u64> {
+                version_in(&self.meta)
             }
         }
-    };
+    )*};
 }
+keyed_by_meta!(SliceDigest, EndpointsDigest);
 
 /// A hash of `value`'s JSON form.
 pub fn content_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
@@ -93,7 +86,6 @@ pub struct SliceDigest {
     /// Its endpoints in order.
     pub endpoints: Vec<EndpointDigest>,
 }
-kept_as!(SliceDigest, EndpointSlice);
 
 impl From<EndpointSlice> for SliceDigest {
     fn from(slice: EndpointSlice) -> Self {
@@ -122,7 +114,6 @@ pub struct EndpointsDigest {
     pub meta: ObjectMeta,
     pub subsets: u64,
 }
-kept_as!(EndpointsDigest, Endpoints);
 
 impl From<Endpoints> for EndpointsDigest {
     fn from(ep: Endpoints) -> Self {

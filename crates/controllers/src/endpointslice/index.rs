@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::runtime::watcher::Event;
-use wharf_kube::{Change, ObjectKey, Watched};
+use wharf_kube::{Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
@@ -239,9 +239,7 @@ impl Index {
         let service = self.services.reflector.get(key);
         let Some((svc, sel)) = service.and_then(|s| selector(s).map(|sel| (s, sel))) else {
             // Deleted, or no selector: the user owns its endpoints.
-            let endpoints = current_ep
-                .filter(|e| plan::is_managed_endpoints(e))
-                .map(|e| EndpointsWrite::Delete(e.meta.resource_version.as_deref().and_then(|v| v.parse().ok())));
+            let endpoints = current_ep.filter(|e| plan::is_managed_endpoints(e)).map(|e| EndpointsWrite::Delete(e.version()));
             return Work { key: key.clone(), slices: SlicePlan { delete: existing, ..Default::default() }, endpoints };
         };
         let members = self.members(&key.namespace, sel);

@@ -23,7 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
-use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, WorkQueue};
+use wharf_kube::{watch, Backoff, Keyed, ObjectKey, QueueHandles, WorkQueue};
 
 pub use index::Index;
 use index::{EndpointsWrite, Update, Work};
@@ -158,9 +158,9 @@ impl EndpointSliceController {
             self.lock().record_slice(updated.into());
         }
         for slice in work.slices.delete {
-            let key = ObjectKey::of(slice.as_ref());
+            let key = slice.key();
             gone(slices.delete(&key.name, &DeleteParams::default()).await).map_err(failed("deleting a slice"))?;
-            self.lock().forget_slice(&key, wharf_kube::key::version_of(slice.as_ref()));
+            self.lock().forget_slice(&key, slice.version());
         }
         let endpoints: Api<Endpoints> = Api::namespaced(self.client.clone(), &ns);
         match work.endpoints {
