@@ -15,7 +15,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{Event, KeyValue, Op, Result, Revision, Store, StoreError, Txn, TxnOutcome, WatchStream};
+use crate::{Event, KeyValue, Op, Result, Revision, Store, StoreError, Txn, TxnOutcome, Value, WatchStream};
 
 const PREFIX: &str = "k8s:enc:aesgcm:v1:";
 const NONCE_LEN: usize = 12;
@@ -80,14 +80,23 @@ impl Encryption {
         Ok(plain.into())
     }
 
+    /// `value` opened when sealed, else as it is: a value the backend holds
+    /// packed stays packed, and is not copied.
+    fn open_value(&self, key: &str, value: Value) -> Result<Value> {
+        if !value.starts_with(PREFIX.as_bytes()) {
+            return Ok(value);
+        }
+        Ok(self.open(key, value.bytes())?.into())
+    }
+
     fn open_kv(&self, mut kv: KeyValue) -> Result<KeyValue> {
-        kv.value = self.open(&kv.key, kv.value.bytes())?.into();
+        kv.value = self.open_value(&kv.key, kv.value)?;
         Ok(kv)
     }
 
     fn open_event(&self, mut event: Event) -> Result<Event> {
-        event.value = self.open(&event.key, event.value.bytes())?.into();
-        event.prev = event.prev.map(|p| self.open(&event.key, p.bytes()).map(crate::Value::from)).transpose()?;
+        event.value = self.open_value(&event.key, event.value)?;
+        event.prev = event.prev.map(|p| self.open_value(&event.key, p)).transpose()?;
         Ok(event)
     }
 }
@@ -178,6 +187,24 @@ mod tests {
         assert!(store.get("/registry/secrets/ns/c").await.unwrap_err().to_string().contains("does not authenticate"));
         raw.txn(put("/registry/secrets/ns/old", "from before")).await.unwrap();
         assert_eq!(store.get("/registry/secrets/ns/old").await.unwrap().unwrap().value, "from before");
+    }
+
+    #[tokio::test]
+    async fn values_that_are_not_sealed_pass_through_still_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let store = Encrypted::new(raw, Encryption::new(vec!["/registry/secrets/".into()], &[key("k1", 1)], true));
+        let json = format!(r#"{{"kind":"Service","metadata":{{"name":"a","annotations":{{"x":"{}"}}}}}}"#, "y".repeat(2000));
+        let key = "/registry/services/ns/a";
+        let mut events = store.watch("/registry/", store.revision()).await.unwrap();
+        store.txn(Txn::new().put(key, json.clone())).await.unwrap();
+        let listed = store.list("/registry/").await.unwrap().0.remove(0).value;
+        let got = store.get(key).await.unwrap().unwrap().value;
+        let watched = events.next().await.unwrap().unwrap().value;
+        for value in [listed, got, watched] {
+            assert!(value.held() < json.len() / 4, "held {} of {}: unpacked on the way through", value.held(), json.len());
+            assert_eq!(value, json.as_str());
+        }
     }
 
     #[tokio::test]

@@ -55,6 +55,17 @@ impl Value {
         }
     }
 
+    /// Whether the value as written starts with `prefix`. A packed value is
+    /// a JSON object, so for any other prefix this is answered without
+    /// unpacking it.
+    pub fn starts_with(&self, prefix: &[u8]) -> bool {
+        match &self.0 {
+            Repr::Plain(bytes) => bytes.starts_with(prefix),
+            Repr::Packed(_) if prefix.first().is_some_and(|b| *b != b'{') => false,
+            Repr::Packed(packed) => unpack(packed).starts_with(prefix),
+        }
+    }
+
     /// Bytes held in memory for it.
     pub fn held(&self) -> usize {
         match &self.0 {
@@ -163,6 +174,7 @@ mod tests {
         assert!(packed.held() * 2 < pod.len(), "{} of {}", packed.held(), pod.len());
         assert_eq!(packed.bytes(), pod);
         assert_eq!(packed, Value::from(pod));
+        assert!(packed.starts_with(br#"{"apiVersion":"v1""#) && !packed.starts_with(b"k8s:") && !packed.starts_with(b"{\"kind"));
     }
 
     #[test]
