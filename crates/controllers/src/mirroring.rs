@@ -119,7 +119,7 @@ pub struct MirroringController {
 /// The service a mirrored slice belongs to.
 fn owner_of(slice: &EndpointSlice) -> Option<ObjectKey> {
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ObjectKey { namespace: slice.metadata.namespace.clone().unwrap_or_default(), name: service.clone() })
+    Some(ObjectKey::new(slice.metadata.namespace.clone().unwrap_or_default(), service.as_str()))
 }
 
 impl MirroringController {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -49,11 +50,11 @@ struct SliceEntry {
 pub struct Index {
     services: HashMap<Key, ServiceEntry>,
     slices: HashMap<Key, SliceEntry>,
-    slices_of: HashMap<Key, HashSet<String>>,
+    slices_of: HashMap<Key, HashSet<Arc<str>>>,
     by_cluster_ip: HashMap<IpAddr, HashSet<Key>>,
     /// Each pod's IPs, one per family.
-    pods: HashMap<Key, Vec<IpAddr>>,
-    pod_ips: HashMap<(String, IpAddr), usize>,
+    pods: HashMap<Key, Box<[IpAddr]>>,
+    pod_ips: HashMap<(Arc<str>, IpAddr), usize>,
     namespaces: HashSet<String>,
     /// What changed when, for the answer caches.
     pub freshness: Freshness,
@@ -136,7 +137,7 @@ impl Index {
     }
 
     pub fn has_pod_ip(&self, ns: &str, ip: IpAddr) -> bool {
-        self.pod_ips.contains_key(&(ns.to_string(), ip))
+        self.pod_ips.contains_key(&(Arc::from(ns), ip))
     }
 
     /// Endpoints of a service from all its slices, de-duplicated by IP and
@@ -145,7 +146,7 @@ impl Index {
         let key = Key::new(ns, service);
         let mut seen = BTreeMap::new();
         for slice in self.slices_of.get(&key).into_iter().flatten() {
-            if let Some(entry) = self.slices.get(&Key::new(ns, slice.as_str())) {
+            if let Some(entry) = self.slices.get(&Key::new(ns, slice.clone())) {
                 for ep in &entry.endpoints {
                     seen.entry((ep.ip, ep.hostname.clone())).or_insert_with(|| ep.clone());
                 }
@@ -162,7 +163,7 @@ impl Index {
             .get(&key)
             .into_iter()
             .flatten()
-            .filter_map(|s| self.slices.get(&Key::new(ns, s.as_str())))
+            .filter_map(|s| self.slices.get(&Key::new(ns, s.clone())))
             .flat_map(|s| s.ports.iter().cloned())
             .collect();
         ports.sort();
@@ -174,7 +175,7 @@ impl Index {
     pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
         for (key, slice) in &self.slices {
-            let svc_key = Key::new(key.namespace.as_str(), slice.service.as_str());
+            let svc_key = Key::new(&*key.namespace, slice.service.as_str());
             if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
                 continue;
             }
@@ -269,7 +270,7 @@ impl Index {
             return;
         }
         self.delete_slice(&key);
-        self.slices_of.entry(Key::new(key.namespace.as_str(), entry.service.as_str())).or_default().insert(key.name.clone());
+        self.slices_of.entry(Key::new(&*key.namespace, entry.service.as_str())).or_default().insert(key.name.clone());
         let scopes = slice_scopes(&key.namespace, &entry);
         self.slices.insert(key, entry);
         self.changed(scopes);
@@ -277,7 +278,7 @@ impl Index {
 
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
-            let owner = Key::new(key.namespace.as_str(), old.service.as_str());
+            let owner = Key::new(&*key.namespace, old.service.as_str());
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(&key.name);
                 if set.is_empty() {
@@ -295,7 +296,7 @@ impl Index {
         let mut ips: Vec<IpAddr> = listed.chain(status.and_then(|s| s.pod_ip.as_deref())).filter_map(|ip| ip.parse().ok()).collect();
         ips.sort();
         ips.dedup();
-        if self.pods.get(&key).map_or(ips.is_empty(), |had| *had == ips) {
+        if self.pods.get(&key).map_or(ips.is_empty(), |had| **had == *ips) {
             return;
         }
         self.delete_pod(&key);
@@ -307,7 +308,7 @@ impl Index {
             *self.pod_ips.entry((key.namespace.clone(), *ip)).or_default() += 1;
             scopes.push(Scope::pod(&key.namespace, &dashed(*ip)));
         }
-        self.pods.insert(key, ips);
+        self.pods.insert(key, ips.into());
         self.changed(scopes);
     }
 

@@ -9,12 +9,12 @@ use kube::Resource;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     /// Empty for cluster-scoped objects.
-    pub namespace: String,
-    pub name: String,
+    pub namespace: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<std::sync::Arc<str>>, name: impl Into<std::sync::Arc<str>>) -> Self {
         Self { namespace: namespace.into(), name: name.into() }
     }
 

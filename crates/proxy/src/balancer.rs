@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EndpointCounters, PortMetrics};
 
@@ -26,22 +27,38 @@ use crate::metrics::{EndpointCounters, PortMetrics};
 pub struct Backend {
     pub addr: SocketAddr,
     pub active: AtomicUsize,
-    counters: OnceLock<EndpointCounters>,
+    /// Boxed: a pointer while unused, as most are.
+    counters: OnceLock<Box<EndpointCounters>>,
+    /// Cancelled when open connections must close (drain timeout); made
+    /// by the first connection, as most endpoints never carry one here.
+    closed: OnceLock<CancellationToken>,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Arc::new(Backend { addr, active: AtomicUsize::new(0), counters: OnceLock::new() })
+        Arc::new(Backend { addr, active: AtomicUsize::new(0), counters: OnceLock::new(), closed: OnceLock::new() })
     }
 
     /// This endpoint's counters, created in `port`'s series on first use.
     pub fn counters(&self, port: &PortMetrics) -> &EndpointCounters {
-        self.counters.get_or_init(|| port.endpoint(self.addr))
+        self.counters.get_or_init(|| Box::new(port.endpoint(self.addr)))
+    }
+
+    /// The signal that its open connections must close.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.get_or_init(CancellationToken::new).clone()
+    }
+
+    /// Closes its open connections, if it has carried any.
+    pub fn close(&self) {
+        if let Some(closed) = self.closed.get() {
+            closed.cancel();
+        }
     }
 
     /// Its counters if it has carried traffic.
     pub fn counters_if_used(&self) -> Option<&EndpointCounters> {
-        self.counters.get()
+        self.counters.get().map(|c| &**c)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,20 +27,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Endpoints tried per connection at most.
 const CONNECT_ATTEMPTS: usize = 3;
 
-/// A backend as one port's listeners share it, with its drain signal.
-pub struct PortBackend {
-    pub backend: Arc<Backend>,
-    /// Cancelled when open connections must close (drain timeout); made
-    /// by the first connection, as most endpoints never carry one here.
-    closed: OnceLock<CancellationToken>,
-}
-
 /// The live state of one service port on this node.
 pub struct PortState {
     pub name: ServicePortName,
     label: String,
     sets: RwLock<BackendSets>,
-    all: RwLock<HashMap<SocketAddr, Arc<PortBackend>>>,
+    all: RwLock<HashMap<SocketAddr, Arc<Backend>>>,
     affinity: RwLock<Option<Arc<Affinity>>>,
     metrics: PortMetrics,
 }
@@ -75,7 +67,7 @@ impl PortState {
     }
 
     fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
-        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.closed.get_or_init(CancellationToken::new).clone())
+        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.closed())
     }
 
     pub fn affinity(&self) -> Option<Arc<Affinity>> {
@@ -102,10 +94,7 @@ impl PortState {
     fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, affinity_entries: usize, runtime: &Handle) {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         let mut get = |addr: SocketAddr| {
-            all.entry(addr)
-                .or_insert_with(|| Arc::new(PortBackend { backend: Backend::new(addr), closed: OnceLock::new() }))
-                .backend
-                .clone()
+            all.entry(addr).or_insert_with(|| Backend::new(addr)).clone()
         };
         let sets = Lane::ALL.map(|lane| Arc::new(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect::<Vec<_>>()));
         let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
@@ -134,9 +123,7 @@ impl PortState {
                         let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).remove(&addr);
                         if let Some(gone) = gone {
                             state.metrics.forget_endpoint(addr);
-                            if let Some(closed) = gone.closed.get() {
-                                closed.cancel();
-                            }
+                            gone.close();
                         }
                     }
                 });
@@ -148,11 +135,11 @@ impl PortState {
     fn traffic(&self, into: &mut Vec<EndpointTraffic>) {
         let all = self.all.read().unwrap_or_else(|p| p.into_inner());
         for backend in all.values() {
-            let Some(counters) = backend.backend.counters_if_used() else { continue };
+            let Some(counters) = backend.counters_if_used() else { continue };
             let last_error = counters.last_error();
             into.push(EndpointTraffic {
                 service_port: self.label.clone(),
-                endpoint: backend.backend.addr.to_string(),
+                endpoint: backend.addr.to_string(),
                 connections: counters.connections.get(),
                 active: counters.active.get(),
                 bytes_to_endpoint: counters.to_endpoint.get(),
@@ -483,7 +470,7 @@ impl Dataplane {
         }
         let names: HashSet<&ServicePortName> = ports.iter().map(|p| &p.name).collect();
         self.ports.retain(|name, state| {
-            let kept = (name.namespace != owner.service.namespace || name.service != owner.service.name) || names.contains(name);
+            let kept = (*name.namespace != *owner.service.namespace || *name.service != *owner.service.name) || names.contains(name);
             if !kept {
                 state.forget_metrics();
             }

@@ -303,8 +303,8 @@ impl State {
                     task.abort();
                 }
                 let state = Arc::new(health::HealthState {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
+                    namespace: key.namespace.to_string(),
+                    name: key.name.to_string(),
                     local_endpoints: std::sync::atomic::AtomicUsize::new(local),
                 });
                 let task = self.runtime.spawn(health::serve(SocketAddr::new(self.config.node_ips.primary(), port), state.clone()));

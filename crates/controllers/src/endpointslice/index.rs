@@ -15,16 +15,16 @@ use super::digest::{EndpointsDigest, SliceDigest};
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
 
 /// (namespace, label key, label value)
-type SelectorTerm = (String, String, String);
+type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
 
 /// Services or pods by selector term / label.
 #[derive(Default)]
 struct Postings(HashMap<SelectorTerm, HashSet<ObjectKey>>);
 
 impl Postings {
-    fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a String, &'a String)>, add: bool) {
+    fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a str, &'a str)>, add: bool) {
         for (k, v) in labels {
-            let term = (key.namespace.clone(), k.clone(), v.clone());
+            let term = (key.namespace.clone(), k.into(), v.into());
             if add {
                 self.0.entry(term).or_default().insert(key.clone());
             } else if let Some(set) = self.0.get_mut(&term) {
@@ -37,7 +37,7 @@ impl Postings {
     }
 
     fn get(&self, ns: &str, k: &str, v: &str) -> Option<&HashSet<ObjectKey>> {
-        self.0.get(&(ns.to_string(), k.to_string(), v.to_string()))
+        self.0.get(&(Arc::from(ns), k.into(), v.into()))
     }
 }
 
@@ -45,13 +45,18 @@ fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
 }
 
+/// A service's selector terms as postings take them.
+fn selector_terms(svc: Option<&Service>) -> impl Iterator<Item = (&str, &str)> {
+    svc.and_then(selector).into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
 fn labels_match(selector: &BTreeMap<String, String>, pod: &PodInfo) -> bool {
-    selector.iter().all(|(k, v)| pod.label(k) == Some(v))
+    selector.iter().all(|(k, v)| pod.label(k) == Some(v.as_str()))
 }
 
 /// A pod's labels as postings take them.
-fn pod_labels(pod: Option<&PodInfo>) -> impl Iterator<Item = (&String, &String)> {
-    pod.into_iter().flat_map(|p| p.labels()).map(|(k, v)| (k, v))
+fn pod_labels(pod: Option<&PodInfo>) -> impl Iterator<Item = (&str, &str)> {
+    pod.into_iter().flat_map(|p| p.labels()).map(|(k, v)| (&**k, &**v))
 }
 
 /// The service a managed slice belongs to.
@@ -148,8 +153,8 @@ impl Index {
             Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
             Change::Deleted(old) => (Some(old.as_ref()), None),
         };
-        self.services_by_term.update(&key, old.and_then(selector).into_iter().flatten(), false);
-        self.services_by_term.update(&key, new.and_then(selector).into_iter().flatten(), true);
+        self.services_by_term.update(&key, selector_terms(old), false);
+        self.services_by_term.update(&key, selector_terms(new), true);
     }
 
     fn pod_changed(&mut self, change: &Change<PodInfo>, marked: &mut Vec<ObjectKey>) {
@@ -169,7 +174,7 @@ impl Index {
 
     /// Services whose selector the pod's labels may satisfy.
     fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
-        let ns = pod.key.namespace.as_str();
+        let ns = &*pod.key.namespace;
         let mut seen = HashSet::new();
         for (k, v) in pod.labels() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {

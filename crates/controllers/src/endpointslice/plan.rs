@@ -33,29 +33,30 @@ const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// decoded `Pod` takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
-    /// Namespace and name.
+    /// Namespace and name, shared with the tables that index the pod.
     pub key: ObjectKey,
-    pub uid: Option<String>,
+    pub uid: Option<Box<str>>,
     /// Its resourceVersion. Nothing else of the pod's metadata is kept (a
     /// whole `ObjectMeta` is 360 bytes before anything is in it).
     pub version: Option<u64>,
     /// Its labels, sorted by key: a `BTreeMap` would take a 540-byte node
     /// for a single label.
-    pub labels: Box<[(String, String)]>,
+    labels: Box<[(Box<str>, Box<str>)]>,
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
     /// out of that slice.
-    pub ipv4: Option<String>,
-    pub ipv6: Option<String>,
+    ipv4: Option<Box<str>>,
+    ipv6: Option<Box<str>>,
     pub ready: bool,
     /// Succeeded or Failed: no longer an endpoint.
     pub finished: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub hostname: Option<String>,
-    pub subdomain: Option<String>,
-    /// Container ports: (name, number, protocol).
-    pub ports: Vec<(Option<String>, i32, Option<String>)>,
+    pub node_name: Option<Box<str>>,
+    pub hostname: Option<Box<str>>,
+    pub subdomain: Option<Box<str>>,
+    /// Its named container ports (name, number): all a service's named
+    /// `targetPort` resolves against; a number needs no lookup.
+    named_ports: Box<[(Box<str>, i32)]>,
 }
 
 // A `PodInfo` is kept by the same reflector as any object.
@@ -74,28 +75,28 @@ impl PodInfo {
         &self.key.name
     }
 
-    pub fn labels(&self) -> &[(String, String)] {
+    pub fn labels(&self) -> &[(Box<str>, Box<str>)] {
         &self.labels
     }
 
-    pub fn label(&self, key: &str) -> Option<&String> {
-        let found = self.labels.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+    pub fn label(&self, key: &str) -> Option<&str> {
+        let found = self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
         Some(&self.labels[found].1)
     }
 
-    pub fn ip(&self, family: IpFamily) -> Option<&String> {
+    pub fn ip(&self, family: IpFamily) -> Option<&str> {
         match family {
-            IpFamily::V4 => self.ipv4.as_ref(),
-            IpFamily::V6 => self.ipv6.as_ref(),
+            IpFamily::V4 => self.ipv4.as_deref(),
+            IpFamily::V6 => self.ipv6.as_deref(),
         }
     }
 }
 
 /// A pod's first address of `family`: `status.podIPs`, else `status.podIP`.
-fn pod_ip_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>, family: IpFamily) -> Option<String> {
+fn pod_ip_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>, family: IpFamily) -> Option<Box<str>> {
     let status = status?;
     let listed = status.pod_ips.iter().flatten().map(|p| &p.ip);
-    listed.chain(status.pod_ip.as_ref()).find(|ip| family_of(ip) == Some(family)).cloned()
+    listed.chain(status.pod_ip.as_ref()).find(|ip| family_of(ip) == Some(family)).map(|ip| ip.as_str().into())
 }
 
 impl From<Pod> for PodInfo {
@@ -111,22 +112,22 @@ impl From<&Pod> for PodInfo {
         let m = &pod.metadata;
         PodInfo {
             key: ObjectKey::of(pod),
-            uid: m.uid.clone(),
+            uid: m.uid.as_deref().map(Box::from),
             version: version_of(pod),
-            labels: m.labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: m.labels.iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
             ipv4: pod_ip_of(status, IpFamily::V4),
             ipv6: pod_ip_of(status, IpFamily::V6),
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             terminating: m.deletion_timestamp.is_some(),
-            node_name: spec.and_then(|s| s.node_name.clone()),
-            hostname: spec.and_then(|s| s.hostname.clone()),
-            subdomain: spec.and_then(|s| s.subdomain.clone()),
-            ports: spec
+            node_name: spec.and_then(|s| s.node_name.as_deref()).map(Box::from),
+            hostname: spec.and_then(|s| s.hostname.as_deref()).map(Box::from),
+            subdomain: spec.and_then(|s| s.subdomain.as_deref()).map(Box::from),
+            named_ports: spec
                 .into_iter()
                 .flat_map(|s| s.containers.iter())
                 .flat_map(|c| c.ports.iter().flatten())
-                .map(|p| (p.name.clone(), p.container_port, p.protocol.clone()))
+                .filter_map(|p| Some((p.name.as_deref()?.into(), p.container_port)))
                 .collect(),
         }
     }
@@ -136,7 +137,7 @@ impl From<&Pod> for PodInfo {
 fn resolve_port(pod: &PodInfo, target: &IntOrString) -> Option<i32> {
     match target {
         IntOrString::Int(n) => Some(*n),
-        IntOrString::String(name) => pod.ports.iter().find(|(n, _, _)| n.as_deref() == Some(name.as_str())).map(|(_, port, _)| *port),
+        IntOrString::String(name) => pod.named_ports.iter().find(|(n, _)| **n == *name).map(|(_, port)| *port),
     }
 }
 
@@ -165,13 +166,13 @@ fn pod_ports(svc: &Service, pod: &PodInfo) -> Vec<EndpointPort> {
 /// One pod's endpoint for the service's `family` slices, or None if it
 /// has no address of that family yet or has finished.
 fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoint> {
-    let ip = pod.ip(family)?.clone();
+    let ip = pod.ip(family)?.to_string();
     if pod.finished {
         return None;
     }
     let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
     let svc_name = svc.metadata.name.as_deref();
-    let hostname = pod.hostname.clone().filter(|_| pod.subdomain.as_deref() == svc_name);
+    let hostname = pod.hostname.as_deref().filter(|_| pod.subdomain.as_deref() == svc_name).map(String::from);
     Some(Endpoint {
         addresses: vec![ip],
         conditions: Some(EndpointConditions {
@@ -180,12 +181,12 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoi
             terminating: Some(pod.terminating),
         }),
         hostname,
-        node_name: pod.node_name.clone(),
+        node_name: pod.node_name.as_deref().map(String::from),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
-            namespace: Some(pod.key.namespace.clone()),
-            name: Some(pod.key.name.clone()),
-            uid: pod.uid.clone(),
+            namespace: Some(pod.key.namespace.to_string()),
+            name: Some(pod.key.name.to_string()),
+            uid: pod.uid.as_deref().map(String::from),
             ..Default::default()
         }),
         ..Default::default()
