@@ -100,7 +100,7 @@ mod tests {
     fn listing(n: usize) -> Listing {
         Arc::new(
             (0..n)
-                .map(|i| KeyValue { key: format!("/p/{i:03}"), value: Default::default(), create_revision: 1, mod_revision: 1 })
+                .map(|i| KeyValue { key: format!("/p/{i:03}").into(), value: Default::default(), create_revision: 1, mod_revision: 1 })
                 .collect(),
         )
     }

@@ -310,7 +310,7 @@ impl Registry {
                 (Arc::new(kvs), revision, None, String::new())
             }
         };
-        let from = listing.partition_point(|kv| kv.key < start);
+        let from = listing.partition_point(|kv| *kv.key < *start);
         let end = page_end(&listing, from, filter, limit)?;
         let continue_token = (end < listing.len()).then(|| {
             let id = kept.unwrap_or_else(|| self.pager.keep(listing.clone(), revision));

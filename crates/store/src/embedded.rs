@@ -43,7 +43,8 @@ struct Entry {
 }
 
 struct State {
-    kv: BTreeMap<String, Entry>,
+    /// Keys are shared with the events and listings that name them.
+    kv: BTreeMap<Arc<str>, Entry>,
     /// Events kept in `history`, at most.
     history_limit: usize,
     revision: Revision,
@@ -157,7 +158,7 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(e.into().to_string())
 }
 
-fn load(db: &redb::Database) -> Result<(BTreeMap<String, Entry>, Revision)> {
+fn load(db: &redb::Database) -> Result<(BTreeMap<Arc<str>, Entry>, Revision)> {
     // Make sure both tables exist so that read transactions can open them.
     let init = db.begin_write().map_err(backend)?;
     init.open_table(KV).map_err(backend)?;
@@ -174,7 +175,7 @@ fn load(db: &redb::Database) -> Result<(BTreeMap<String, Entry>, Revision)> {
         let (key, value) = row.map_err(backend)?;
         let (create_revision, mod_revision, bytes) = value.value();
         let value = packer.pack(&Bytes::copy_from_slice(bytes));
-        kv.insert(key.value().to_string(), Entry { value, create_revision, mod_revision });
+        kv.insert(key.value().into(), Entry { value, create_revision, mod_revision });
     }
     Ok((kv, revision))
 }
@@ -200,7 +201,7 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
 /// deleted) with its value as written (for the file), and the events in
 /// commit order.
 struct Staged<'p> {
-    changes: HashMap<String, Option<(Entry, Bytes)>>,
+    changes: HashMap<Arc<str>, Option<(Entry, Bytes)>>,
     packer: &'p mut Packer,
     events: Vec<Arc<Event>>,
     revision: Revision,
@@ -212,6 +213,12 @@ impl Staged<'_> {
             Some(staged) => staged.as_ref().map(|(entry, _)| entry),
             None => state.kv.get(key),
         }
+    }
+
+    /// `key` as the store already holds it, else a new copy.
+    fn shared_key(&self, state: &State, key: &str) -> Arc<str> {
+        let held = self.changes.get_key_value(key).map(|(k, _)| k).or_else(|| state.kv.get_key_value(key).map(|(k, _)| k));
+        held.cloned().unwrap_or_else(|| key.into())
     }
 
     fn apply(&mut self, state: &State, txn: &Txn) -> TxnOutcome {
@@ -226,20 +233,21 @@ impl Staged<'_> {
         let revision = self.revision;
         for op in &txn.ops {
             let prev = self.current(state, op.key()).cloned();
+            let key = self.shared_key(state, op.key());
             let event = match op {
-                Op::Put { key, value } => {
+                Op::Put { value, .. } => {
                     let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);
                     let packed = self.packer.pack(value);
                     let entry = Entry { value: packed.clone(), create_revision, mod_revision: revision };
                     self.changes.insert(key.clone(), Some((entry, value.clone())));
-                    Event { kind: EventKind::Put, key: key.clone(), value: packed, revision, create_revision, prev: prev.map(|p| p.value) }
+                    Event { kind: EventKind::Put, key, value: packed, revision, create_revision, prev: prev.map(|p| p.value) }
                 }
-                Op::Delete { key } => {
+                Op::Delete { .. } => {
                     let Some(prev) = prev else { continue };
                     self.changes.insert(key.clone(), None);
                     Event {
                         kind: EventKind::Delete,
-                        key: key.clone(),
+                        key,
                         value: Value::default(),
                         revision,
                         create_revision: prev.create_revision,
@@ -283,10 +291,10 @@ fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
         for (key, entry) in &staged.changes {
             match entry {
                 Some((e, written)) => {
-                    kv.insert(key.as_str(), (e.create_revision, e.mod_revision, written.as_ref())).map_err(backend)?;
+                    kv.insert(&**key, (e.create_revision, e.mod_revision, written.as_ref())).map_err(backend)?;
                 }
                 None => {
-                    kv.remove(key.as_str()).map_err(backend)?;
+                    kv.remove(&**key).map_err(backend)?;
                 }
             }
         }
@@ -324,8 +332,8 @@ fn trim_history(state: &mut State) {
     }
 }
 
-fn key_value(key: &str, entry: &Entry) -> KeyValue {
-    KeyValue { key: key.to_string(), value: entry.value.clone(), create_revision: entry.create_revision, mod_revision: entry.mod_revision }
+fn key_value(key: &Arc<str>, entry: &Entry) -> KeyValue {
+    KeyValue { key: key.clone(), value: entry.value.clone(), create_revision: entry.create_revision, mod_revision: entry.mod_revision }
 }
 
 #[async_trait::async_trait]
@@ -335,12 +343,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.shared.read().kv.get(key).map(|e| key_value(key, e)))
+        Ok(self.shared.read().kv.get_key_value(key).map(|(k, e)| key_value(k, e)))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
         let state = self.shared.read();
-        let items = state.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, e)| key_value(k, e)).collect();
+        let from = (std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded);
+        let items = state.kv.range::<str, _>(from).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, e)| key_value(k, e)).collect();
         Ok((items, state.revision))
     }
 

@@ -104,7 +104,7 @@ fn revision(r: i64) -> Revision {
 
 fn key_value(kv: &pb::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
-        key: String::from_utf8(kv.key.clone()).map_err(|e| StoreError::Backend(e.to_string()))?,
+        key: std::str::from_utf8(&kv.key).map_err(|e| StoreError::Backend(e.to_string()))?.into(),
         value: Bytes::copy_from_slice(&kv.value).into(),
         create_revision: revision(kv.create_revision),
         mod_revision: revision(kv.mod_revision),
@@ -257,7 +257,7 @@ fn events(response: &pb::WatchResponse, seen: &AtomicU64) -> Vec<Event> {
             seen.fetch_max(rev, Ordering::Relaxed);
             Some(Event {
                 kind,
-                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                key: String::from_utf8_lossy(&kv.key).into(),
                 value: Bytes::copy_from_slice(&kv.value).into(),
                 revision: rev,
                 create_revision: e.prev_kv.as_ref().map_or(revision(kv.create_revision), |p| revision(p.create_revision)),

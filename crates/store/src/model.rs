@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 pub use crate::packed::Value;
@@ -7,7 +9,9 @@ pub type Revision = u64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
-    pub key: String,
+    /// Shared with the backend's own copy (a listing or an event holds no
+    /// copy of its own).
+    pub key: Arc<str>,
     pub value: Value,
     pub create_revision: Revision,
     pub mod_revision: Revision,
@@ -102,7 +106,7 @@ pub enum EventKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
-    pub key: String,
+    pub key: Arc<str>,
     pub value: Value,
     pub revision: Revision,
     pub create_revision: Revision,

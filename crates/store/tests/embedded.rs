@@ -33,7 +33,7 @@ async fn state_and_revision_survive_reopen() {
     let (items, rev) = store.list("/k/").await.unwrap();
     assert_eq!(rev, 11);
     assert_eq!(items.len(), 9);
-    assert!(items.iter().all(|kv| kv.key != "/k/3"));
+    assert!(items.iter().all(|kv| &*kv.key != "/k/3"));
     let next = store.txn(Txn::new().put("/k/x", "y")).await.unwrap();
     assert_eq!(next, TxnOutcome::Committed(12));
 }
@@ -67,7 +67,7 @@ async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     let mut quiet = store.watch("/quiet/", store.revision()).await.unwrap();
     // Both in one transaction: the quiet event follows a busy one of its revision.
     store.txn(Txn::new().put("/busy/first", "b").put("/quiet/a", "1")).await.unwrap();
-    assert_eq!(quiet.next().await.unwrap().unwrap().key, "/quiet/a");
+    assert_eq!(quiet.next().await.unwrap().unwrap().key.as_ref(), "/quiet/a");
     for _ in 0..20 {
         // More than the live channel holds (a quarter of the history) between
         // two reads of a slow consumer; far more than the history in all.
@@ -78,7 +78,7 @@ async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     }
     store.txn(Txn::new().put("/busy/last", "b").put("/quiet/b", "2")).await.unwrap();
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), quiet.next()).await.expect("an event").expect("open");
-    assert_eq!(next.expect("not compacted").key, "/quiet/b");
+    assert_eq!(next.expect("not compacted").key.as_ref(), "/quiet/b");
 }
 
 /// A watcher that took its first event from the backlog and then lagged
@@ -90,13 +90,13 @@ async fn a_lagging_watcher_loses_nothing_after_a_backlog() {
     let start = store.revision();
     store.txn(Txn::new().put("/p/a", "1")).await.unwrap();
     let mut watch = store.watch("/p/", start).await.unwrap();
-    assert_eq!(watch.next().await.unwrap().unwrap().key, "/p/a", "from the backlog");
+    assert_eq!(watch.next().await.unwrap().unwrap().key.as_ref(), "/p/a", "from the backlog");
     for i in 0..30 {
         store.txn(Txn::new().put(format!("/busy/{i}"), "x")).await.unwrap();
     }
     store.txn(Txn::new().put("/p/b", "2")).await.unwrap();
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.expect("an event").expect("open");
-    assert_eq!(next.expect("not compacted").key, "/p/b");
+    assert_eq!(next.expect("not compacted").key.as_ref(), "/p/b");
 }
 
 /// JSON is held packed in memory, read back as written (directly, through
@@ -129,4 +129,22 @@ async fn json_is_packed_in_memory_and_plain_on_disk() {
     let (items, _) = store.list("/registry/pods/").await.unwrap();
     assert_eq!(items[0].value.bytes(), pod("Running"));
     assert!(items[0].value.held() * 2 < pod("Running").len(), "packed again after a reopen");
+}
+
+/// One copy of a key however many listings and retained events name it:
+/// at scale the keys are a large part of what the store holds.
+#[tokio::test]
+async fn listings_and_events_share_the_stored_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut watch = store.watch("/k/", store.revision()).await.unwrap();
+    store.txn(Txn::new().put("/k/a", "1")).await.unwrap();
+    store.txn(Txn::new().put("/k/a", "2")).await.unwrap();
+    let listed = store.list("/k/").await.unwrap().0.remove(0).key;
+    let got = store.get("/k/a").await.unwrap().unwrap().key;
+    let created = watch.next().await.unwrap().unwrap().key;
+    let updated = watch.next().await.unwrap().unwrap().key;
+    for key in [got, created, updated] {
+        assert!(std::sync::Arc::ptr_eq(&listed, &key), "{key} is a copy");
+    }
 }

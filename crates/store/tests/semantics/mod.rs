@@ -47,7 +47,7 @@ pub async fn list_is_limited_to_the_prefix(store: &dyn Store, p: &str) {
         store.txn(Txn::new().put(format!("{p}/a/1"), "").put(format!("{p}/ab/1"), "").put(format!("{p}/a/2"), "")).await.unwrap(),
     );
     let (items, at) = store.list(&format!("{p}/a/")).await.unwrap();
-    let keys: Vec<String> = items.iter().map(|kv| kv.key.clone()).collect();
+    let keys: Vec<String> = items.iter().map(|kv| kv.key.to_string()).collect();
     assert_eq!(keys, [format!("{p}/a/1"), format!("{p}/a/2")]);
     assert!(at >= rev);
 }
@@ -62,7 +62,7 @@ pub async fn watch_replays_then_follows_in_order(store: &dyn Store, p: &str) {
     let mut seen = Vec::new();
     for _ in 0..4 {
         let e = watch.next().await.unwrap().unwrap();
-        seen.push((e.kind, e.key.clone(), e.revision, e.prev.clone()));
+        seen.push((e.kind, e.key.to_string(), e.revision, e.prev.clone()));
     }
     assert_eq!(
         seen,
