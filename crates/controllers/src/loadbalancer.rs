@@ -17,6 +17,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
+use wharf_kube::key::{version_of, Keyed};
 use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 /// Addresses of the pool in order, without network and broadcast.
@@ -31,6 +32,52 @@ fn is_ours(svc: &Service) -> bool {
 
 fn ingress_ip(svc: &Service) -> Option<Ipv4Addr> {
     svc.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.as_deref()?.parse().ok()
+}
+
+/// What the controller keeps of a service: the whole object only when it
+/// is of type LoadBalancer; of any other (most, at scale: a decoded
+/// Service is 1.4 KB), whether it still shows an address to clear.
+#[derive(Debug)]
+pub struct ServiceView {
+    key: ObjectKey,
+    version: Option<u64>,
+    has_ingress: bool,
+    load_balancer: Option<Service>,
+}
+
+impl From<Service> for ServiceView {
+    fn from(svc: Service) -> Self {
+        let is_load_balancer = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        ServiceView {
+            key: ObjectKey::of(&svc),
+            version: version_of(&svc),
+            has_ingress: ingress_ip(&svc).is_some(),
+            load_balancer: is_load_balancer.then_some(svc),
+        }
+    }
+}
+
+impl Keyed for ServiceView {
+    fn key(&self) -> ObjectKey {
+        self.key.clone()
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
+    }
+}
+
+impl ServiceView {
+    /// The service, when it is a LoadBalancer this controller serves.
+    fn ours(&self) -> Option<&Service> {
+        self.load_balancer.as_ref().filter(|s| is_ours(s))
+    }
+
+    /// Whether it shows an address though it is no LoadBalancer (any more):
+    /// one of another class keeps what its implementation wrote.
+    fn has_stale_address(&self) -> bool {
+        self.has_ingress && self.load_balancer.is_none()
+    }
 }
 
 /// Who holds which address, rebuilt from what the services say.
@@ -74,7 +121,7 @@ impl Assignments {
 }
 
 struct State {
-    services: Watched<Service>,
+    services: Watched<ServiceView>,
     assignments: Assignments,
     /// Whether the addresses services already hold have been taken.
     claimed: bool,
@@ -109,7 +156,7 @@ impl LoadBalancerController {
 
     /// Runs until `token` is cancelled.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
-        let events = watch::watch_all::<Service>(&self.client);
+        let events = watch::watch_all::<Service>(&self.client).map(watch::kept::<Service, ServiceView>);
         futures::pin_mut!(events);
         let mut workers = None;
         loop {
@@ -151,24 +198,23 @@ impl LoadBalancerController {
 
     fn decide(&self, key: &ObjectKey) -> Option<Write> {
         let mut state = self.lock();
-        let svc = state.services.reflector.get(key).cloned();
-        let Some(svc) = svc.clone().filter(|s| is_ours(s)) else {
+        let view = state.services.reflector.get(key).cloned();
+        let Some(svc) = view.as_ref().and_then(|v| v.ours()) else {
             state.assignments.release(key);
-            let stale = svc.filter(|s| ingress_ip(s).is_some() && s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer"));
-            return stale.map(|_| Write::Clear);
+            return view.is_some_and(|v| v.has_stale_address()).then_some(Write::Clear);
         };
-        let ip = state.assignments.assign(self.pool, &svc);
+        let ip = state.assignments.assign(self.pool, svc);
         match ip {
             None => {
                 tracing::warn!(service = %key, pool = %self.pool, "load balancer pool is exhausted");
-                ingress_ip(&svc).is_some().then_some(Write::Clear)
+                ingress_ip(svc).is_some().then_some(Write::Clear)
             }
-            Some(ip) if Some(ip) == ingress_ip(&svc) => None,
+            Some(ip) if Some(ip) == ingress_ip(svc) => None,
             Some(ip) => {
-                if let Some(claimed) = ingress_ip(&svc).filter(|c| state.assignments.owner(*c).is_some_and(|o| o != key)) {
+                if let Some(claimed) = ingress_ip(svc).filter(|c| state.assignments.owner(*c).is_some_and(|o| o != key)) {
                     let message = format!("{claimed} belongs to another service; assigned {ip} instead");
                     tracing::warn!(service = %key, "load balancer address taken: {message}");
-                    self.events.warn(wharf_kube::events::reference(svc.as_ref()), "LoadBalancerAddressTaken", message);
+                    self.events.warn(wharf_kube::events::reference(svc), "LoadBalancerAddressTaken", message);
                 }
                 Some(Write::Ingress(ip))
             }
@@ -187,18 +233,18 @@ impl LoadBalancerController {
             // MetalLB's words, which bare-metal users know.
             self.events.normal(wharf_kube::events::reference(&written), "IPAllocated", format!("Assigned IP [\"{ip}\"]"));
         }
-        self.lock().services.reflector.record(written);
+        self.lock().services.reflector.record(written.into());
         Ok(())
     }
 }
 
 /// Takes the addresses services already show, oldest service first.
 fn claim_held(state: &mut State, pool: Ipv4Net) {
-    let mut holders: Vec<&Arc<Service>> = state.services.reflector.values().filter(|s| is_ours(s) && ingress_ip(s).is_some()).collect();
-    holders.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjectKey::of(s.as_ref())));
+    let mut holders: Vec<&Service> = state.services.reflector.values().filter_map(|v| v.ours()).filter(|s| ingress_ip(s).is_some()).collect();
+    holders.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjectKey::of(*s)));
     for svc in holders {
         if let Some(ip) = ingress_ip(svc).filter(|ip| pool.contains(ip) && state.assignments.owner(*ip).is_none()) {
-            state.assignments.take(&ObjectKey::of(svc.as_ref()), ip);
+            state.assignments.take(&ObjectKey::of(svc), ip);
         }
     }
     state.claimed = true;
@@ -217,6 +263,21 @@ mod tests {
             v["spec"]["loadBalancerIP"] = ip.into();
         }
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn only_load_balancers_are_kept_whole() {
+        let mut cluster_ip = lb("a", Some("127.240.0.1"), None);
+        cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        let view = ServiceView::from(cluster_ip);
+        assert!(view.load_balancer.is_none() && view.has_stale_address(), "an address left after a type change is cleared");
+        assert!(!ServiceView::from(lb("b", None, None)).has_stale_address());
+        let mut other_class = lb("c", Some("127.240.0.2"), None);
+        other_class.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
+        let view = ServiceView::from(other_class);
+        assert!(view.ours().is_none() && !view.has_stale_address(), "another implementation's address is left alone");
+        let view = ServiceView::from(lb("d", Some("127.240.0.3"), None));
+        assert_eq!(view.ours().and_then(ingress_ip), Some("127.240.0.3".parse().unwrap()));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
+use wharf_kube::key::{version_of, Keyed};
 use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 use crate::endpointslice::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
@@ -27,11 +28,37 @@ const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 const MAX_MIRRORED: usize = 1000;
 const WORKERS: usize = 2;
 
+/// What mirroring reads of a Service: whether it selects pods. The
+/// controller keeps one per service, not the decoded Service (1.4 KB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirroredService {
+    key: ObjectKey,
+    version: Option<u64>,
+    selects: bool,
+}
+
+impl From<Service> for MirroredService {
+    fn from(svc: Service) -> Self {
+        let selects = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
+        MirroredService { key: ObjectKey::of(&svc), version: version_of(&svc), selects }
+    }
+}
+
+impl Keyed for MirroredService {
+    fn key(&self) -> ObjectKey {
+        self.key.clone()
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.version
+    }
+}
+
 /// The slices that mirror `endpoints` of `service`; none when the service
 /// is missing, has a selector, or the Endpoints opt out.
-pub fn mirrored_slices(service: Option<&Service>, endpoints: Option<&Endpoints>) -> Vec<EndpointSlice> {
+pub fn mirrored_slices(service: Option<&MirroredService>, endpoints: Option<&Endpoints>) -> Vec<EndpointSlice> {
     let (Some(service), Some(endpoints)) = (service, endpoints) else { return Vec::new() };
-    let selects = service.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
+    let selects = service.selects;
     let labels = endpoints.metadata.labels.clone().unwrap_or_default();
     if selects || labels.get(SKIP_MIRROR_LABEL).map(String::as_str) == Some("true") {
         return Vec::new();
@@ -104,7 +131,7 @@ fn ports(subset: &EndpointSubset) -> Vec<EndpointPort> {
 
 #[derive(Default)]
 struct State {
-    services: Watched<Service>,
+    services: Watched<MirroredService>,
     endpoints: Watched<Endpoints>,
     slices: Watched<EndpointSlice>,
 }
@@ -135,7 +162,7 @@ impl MirroringController {
     /// Runs until `token` is cancelled; workers start once all three
     /// watches have listed.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
-        let services = watch::watch_all::<Service>(&self.client);
+        let services = watch::watch_all::<Service>(&self.client).map(watch::kept::<Service, MirroredService>);
         // Endpoints that opt out (every one the EndpointSlice controller
         // writes) are never sent: at 100,000 endpoints that is most of them.
         // One that opts out later arrives as a deletion.
@@ -221,8 +248,9 @@ impl MirroringController {
 mod tests {
     use super::*;
 
-    fn service(selector: Option<&str>) -> Service {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"selector": selector.map(|s| serde_json::json!({"app": s}))}})).unwrap()
+    fn service(selector: Option<&str>) -> MirroredService {
+        let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"selector": selector.map(|s| serde_json::json!({"app": s}))}})).unwrap();
+        svc.into()
     }
 
     fn endpoints(labels: serde_json::Value) -> Endpoints {

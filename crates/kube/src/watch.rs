@@ -46,3 +46,16 @@ where
 {
     watch(Api::<K>::all(client.clone()), watcher::Config::default())
 }
+
+/// A watch event carrying what a consumer keeps of the object (a compact
+/// view, `T: From<K>`) instead of the object: applied to each event as it
+/// arrives, before anything holds it (a relist's buffer included).
+pub fn kept<K, T: From<K>>(event: Event<K>) -> Event<T> {
+    match event {
+        Event::Apply(o) => Event::Apply(T::from(o)),
+        Event::Delete(o) => Event::Delete(T::from(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(T::from(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}

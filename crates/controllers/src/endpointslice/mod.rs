@@ -21,7 +21,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, Backoff, Keyed, ObjectKey, QueueHandles, WorkQueue};
 
@@ -59,19 +59,6 @@ fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// Objects become what the controller keeps of them (`PodInfo`, a slice
-/// or Endpoints digest) as they arrive, before anything holds them (a
-/// relist's buffer included).
-fn kept<K, T: From<K>>(event: Event<K>) -> Event<T> {
-    match event {
-        Event::Apply(o) => Event::Apply(T::from(o)),
-        Event::Delete(o) => Event::Delete(T::from(o)),
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(T::from(o)),
-        Event::InitDone => Event::InitDone,
-    }
-}
-
 impl EndpointSliceController {
     pub fn new(client: kube::Client, metrics: QueueHandles) -> Self {
         let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
@@ -87,9 +74,9 @@ impl EndpointSliceController {
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let updates = stream::select_all([
             watch::watch_all::<Service>(&self.client).map(Update::Service).boxed(),
-            watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(kept(e))).boxed(),
-            watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(|e| Update::Slice(kept(e))).boxed(),
-            watch::watch_all::<Endpoints>(&self.client).map(|e| Update::Endpoints(kept(e))).boxed(),
+            watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(watch::kept(e))).boxed(),
+            watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(|e| Update::Slice(watch::kept(e))).boxed(),
+            watch::watch_all::<Endpoints>(&self.client).map(|e| Update::Endpoints(watch::kept(e))).boxed(),
         ]);
         futures::pin_mut!(updates);
         let mut workers = None;
