@@ -93,9 +93,7 @@ impl PortState {
     /// if `drain` is zero).
     fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, affinity_entries: usize, runtime: &Handle) {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
-        let mut get = |addr: SocketAddr| {
-            all.entry(addr).or_insert_with(|| Backend::new(addr)).clone()
-        };
+        let mut get = |addr: SocketAddr| all.entry(addr).or_insert_with(|| Backend::new(addr)).clone();
         let sets = Lane::ALL.map(|lane| Arc::new(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect::<Vec<_>>()));
         let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
         let leaving: Vec<SocketAddr> = all.keys().filter(|a| !keep.contains(a)).copied().collect();
