@@ -94,8 +94,17 @@ fn strip_meta(meta: &mut ObjectMeta) {
     };
 }
 
+/// A service cut to what the proxy reads: its selector (a 540-byte map
+/// node, whatever its size) is for the EndpointSlice controller, and its
+/// status conditions for other controllers.
 fn strip_service(svc: &mut Service) {
     strip_meta(&mut svc.metadata);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
+    if let Some(status) = svc.status.as_mut() {
+        status.conditions = None;
+    }
 }
 
 /// A slice cut to what the proxy reads as soon as it arrives (a relist
@@ -416,4 +425,44 @@ pub async fn run(
         tracing::warn!(open = connections.len(), ?grace, "proxied connections still open after the shutdown grace; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_stripped_service_serves_the_same_frontends() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1", "resourceVersion": "7",
+                "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {"app": "web"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "clusterIP": "127.96.0.50", "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 32000, "sessionAffinity": "ClientIP",
+                "ports": [{"name": "http", "port": 80, "nodePort": 31000, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "127.240.0.1"}]},
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "R", "message": "m"}]}
+        }))
+        .unwrap();
+        let node = model::NodeView {
+            name: "n1".into(),
+            ips: "127.0.0.1,::1".parse().unwrap(),
+            reserved: Default::default(),
+            is_local: |ip| ip.is_loopback(),
+        };
+        let mut stripped = svc.clone();
+        strip_service(&mut stripped);
+        assert_eq!(model::service_ports(&stripped, &node), model::service_ports(&svc, &node));
+        assert!(!model::service_ports(&svc, &node).is_empty());
+        let spec = stripped.spec.as_ref().unwrap();
+        assert_eq!(spec.health_check_node_port, Some(32000));
+        assert!(spec.selector.is_none() && stripped.metadata.labels.is_none() && stripped.metadata.annotations.is_none());
+        assert!(stripped.status.as_ref().unwrap().conditions.is_none());
+        assert_eq!(
+            (stripped.metadata.uid.as_deref(), stripped.metadata.creation_timestamp.is_some()),
+            (Some("u1"), true),
+            "identity and age are kept"
+        );
+    }
 }
