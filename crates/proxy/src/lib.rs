@@ -37,7 +37,7 @@ use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
-use model::{NodeView, Protocol, SliceView};
+use model::{NodeView, Protocol, ServiceView, SliceView};
 use wharf_api::ipfamily::{IpFamily, NodeIps, ServiceCidrs};
 use wharf_api::node_status::{FailingFrontend, FailureReason, ProxyStatus, PROXY_STATUS};
 
@@ -94,19 +94,6 @@ fn strip_meta(meta: &mut ObjectMeta) {
     };
 }
 
-/// A service cut to what the proxy reads: its selector (a 540-byte map
-/// node, whatever its size) is for the EndpointSlice controller, and its
-/// status conditions for other controllers.
-fn strip_service(svc: &mut Service) {
-    strip_meta(&mut svc.metadata);
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.selector = None;
-    }
-    if let Some(status) = svc.status.as_mut() {
-        status.conditions = None;
-    }
-}
-
 /// A slice cut to what the proxy reads as soon as it arrives (a relist
 /// buffers whole lists of them): whose endpoint it is, its DNS name and old
 /// topology are never looked at. The model then keeps it as a `SliceView`.
@@ -128,7 +115,7 @@ fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
 /// each change touched; the table of both watches.
 #[derive(Default)]
 struct Model {
-    services: HashMap<ObjectKey, Service>,
+    services: HashMap<ObjectKey, ServiceView>,
     slices: HashMap<ObjectKey, (ObjectKey, SliceView)>,
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
     touched: HashSet<ObjectKey>,
@@ -157,9 +144,9 @@ impl Model {
     }
 }
 
-impl Table<Service> for Model {
-    fn apply(&mut self, svc: Service) {
-        let key = ObjectKey::of(&svc);
+impl Table<ServiceView> for Model {
+    fn apply(&mut self, svc: ServiceView) {
+        let key = svc.key.clone();
         self.services.insert(key.clone(), svc);
         self.touched.insert(key);
     }
@@ -265,7 +252,7 @@ impl State {
             }
             return self.dataplane.apply(claims::Owner { service: key.clone(), created: None }, &[]);
         };
-        let owner = claims::Owner { service: key.clone(), created: svc.metadata.creation_timestamp.clone() };
+        let owner = claims::Owner { service: key.clone(), created: svc.created.clone() };
         let mut ports = model::service_ports(svc, &self.node);
         model::attach_endpoints(&mut ports, self.model.slices_for(key), |p| p.frontends[0].protocol);
         let applied = self.dataplane.apply(owner, &ports);
@@ -280,7 +267,7 @@ impl State {
             let message = format!("{addr}/{protocol:?} is already served by {}; this service is not served there", conflict.owner);
             tracing::warn!(service = %conflict.refused, frontend = %addr, owner = %conflict.owner, "frontend conflict: {message}");
             if let Some(svc) = self.model.services.get(&conflict.refused) {
-                self.events.warn(wharf_kube::events::reference(svc), "FrontendConflict", message);
+                self.events.warn(svc.reference(), "FrontendConflict", message);
             }
         }
     }
@@ -291,17 +278,12 @@ impl State {
         let Some(svc) = self.model.services.get(key) else { return };
         for ((addr, protocol), why) in failures {
             let message = format!("node {} cannot listen on {addr}/{protocol:?}: {why}", self.config.node_name);
-            self.events.warn(wharf_kube::events::reference(svc), "FrontendBindFailed", message);
+            self.events.warn(svc.reference(), "FrontendBindFailed", message);
         }
     }
 
     fn sync_health(&mut self, key: &ObjectKey, ports: &[model::ServicePort]) {
-        let spec = self.model.services.get(key).and_then(|s| s.spec.as_ref());
-        let hc_port = spec
-            .filter(|s| s.external_traffic_policy.as_deref() == Some("Local"))
-            .and_then(|s| s.health_check_node_port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0);
+        let hc_port = self.model.services.get(key).and_then(|s| s.health_check_port);
         let local: usize = ports.first().map_or(0, |p| p.local_ready(&self.config.node_name));
         match (hc_port, self.health.get(key)) {
             (Some(port), Some((current, state, _))) if *current == port => {
@@ -334,7 +316,7 @@ const BURST: usize = 1024;
 // Transient: each value moves once from its watch to its table.
 #[allow(clippy::large_enum_variant)]
 enum Update {
-    Service(Event<Service>),
+    Service(Event<ServiceView>),
     Slice(Event<EndpointSlice>),
 }
 
@@ -377,11 +359,11 @@ pub async fn run(
     let mut state =
         State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events, failing: HashMap::new() };
     let updates = stream::select_all([
-        watch::watch_all::<Service>(&client).map(|e| Update::Service(e.modify(strip_service))).boxed(),
+        watch::watch_all::<Service>(&client).map(|e| Update::Service(watch::kept(e))).boxed(),
         watch::watch_all::<EndpointSlice>(&client).map(|e| Update::Slice(e.modify(strip_slice))).boxed(),
     ]);
     futures::pin_mut!(updates);
-    let (mut services, mut slices) = (Relister::<Service>::default(), Relister::<EndpointSlice>::default());
+    let (mut services, mut slices) = (Relister::<ServiceView>::default(), Relister::<EndpointSlice>::default());
     loop {
         let update = tokio::select! {
             _ = token.cancelled() => break,
@@ -425,44 +407,4 @@ pub async fn run(
         tracing::warn!(open = connections.len(), ?grace, "proxied connections still open after the shutdown grace; closing them");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_stripped_service_serves_the_same_frontends() {
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "u1", "resourceVersion": "7",
-                "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {"app": "web"},
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"}},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "clusterIP": "127.96.0.50", "externalTrafficPolicy": "Local",
-                "healthCheckNodePort": 32000, "sessionAffinity": "ClientIP",
-                "ports": [{"name": "http", "port": 80, "nodePort": 31000, "protocol": "TCP"}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "127.240.0.1"}]},
-                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "R", "message": "m"}]}
-        }))
-        .unwrap();
-        let node = model::NodeView {
-            name: "n1".into(),
-            ips: "127.0.0.1,::1".parse().unwrap(),
-            reserved: Default::default(),
-            is_local: |ip| ip.is_loopback(),
-        };
-        let mut stripped = svc.clone();
-        strip_service(&mut stripped);
-        assert_eq!(model::service_ports(&stripped, &node), model::service_ports(&svc, &node));
-        assert!(!model::service_ports(&svc, &node).is_empty());
-        let spec = stripped.spec.as_ref().unwrap();
-        assert_eq!(spec.health_check_node_port, Some(32000));
-        assert!(spec.selector.is_none() && stripped.metadata.labels.is_none() && stripped.metadata.annotations.is_none());
-        assert!(stripped.status.as_ref().unwrap().conditions.is_none());
-        assert_eq!(
-            (stripped.metadata.uid.as_deref(), stripped.metadata.creation_timestamp.is_some()),
-            (Some("u1"), true),
-            "identity and age are kept"
-        );
-    }
 }

@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wharf_api::ipfamily::{IpFamily, NodeIps};
+use wharf_kube::key::Keyed;
+use wharf_kube::ObjectKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -168,77 +171,156 @@ pub struct NodeView {
     pub is_local: fn(IpAddr) -> bool,
 }
 
+/// A Service as the proxy keeps it: what its frontends and policies are
+/// made of, its age (the older service keeps a contested frontend) and
+/// what an event about it names. A decoded Service is over a kilobyte even
+/// without the parts the proxy never reads; at 10,000 services that is
+/// 10 MB for one table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceView {
+    pub key: ObjectKey,
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    pub created: Option<Time>,
+    /// ExternalName: a DNS alias, nothing to proxy.
+    external_name: bool,
+    cluster_ips: Box<[IpAddr]>,
+    /// `spec.ipFamilies`; empty when not listed.
+    families: Box<[IpFamily]>,
+    /// Load-balancer ingress addresses (type LoadBalancer only).
+    lb_ips: Box<[IpAddr]>,
+    external_ips: Box<[IpAddr]>,
+    affinity: Option<Duration>,
+    ports: Box<[PortSpec]>,
+    internal_local: bool,
+    external_local: bool,
+    /// `healthCheckNodePort`, served only with `externalTrafficPolicy: Local`.
+    pub health_check_port: Option<u16>,
+}
+
+/// One port of a service the proxy can carry.
+#[derive(Clone, Debug, PartialEq)]
+struct PortSpec {
+    name: Box<str>,
+    protocol: Protocol,
+    port: u16,
+    node_port: Option<u16>,
+}
+
+fn addresses<'a>(ips: impl IntoIterator<Item = &'a str>) -> Box<[IpAddr]> {
+    ips.into_iter().filter_map(|ip| ip.parse().ok()).collect()
+}
+
+impl From<Service> for ServiceView {
+    fn from(svc: Service) -> Self {
+        let spec = svc.spec.unwrap_or_default();
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let ingress = svc.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
+        let lb_ips = if ty == "LoadBalancer" { addresses(ingress.iter().filter_map(|i| i.ip.as_deref())) } else { Box::default() };
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let secs =
+                spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(10800))
+        });
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(PortSpec {
+                    name: p.name.as_deref().unwrap_or_default().into(),
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                    port: u16::try_from(p.port).ok()?,
+                    node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0),
+                })
+            })
+            .collect();
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        ServiceView {
+            key: ObjectKey::of_meta(&svc.metadata),
+            uid: svc.metadata.uid.as_deref().map(Box::from),
+            resource_version: svc.metadata.resource_version.as_deref().map(Box::from),
+            created: svc.metadata.creation_timestamp,
+            external_name: ty == "ExternalName",
+            cluster_ips: addresses(wharf_api::service::cluster_ips(&spec)),
+            families: spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f)).collect(),
+            lb_ips,
+            external_ips: addresses(spec.external_ips.iter().flatten().map(String::as_str)),
+            affinity,
+            ports,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local,
+            health_check_port: spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0 && external_local),
+        }
+    }
+}
+
+impl Keyed for ServiceView {
+    fn key(&self) -> ObjectKey {
+        self.key.clone()
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.resource_version.as_deref().and_then(|rv| rv.parse().ok())
+    }
+}
+
+impl ServiceView {
+    /// The Service, as an event about it names it.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(self.key.namespace.to_string()),
+            name: Some(self.key.name.to_string()),
+            uid: self.uid.as_deref().map(String::from),
+            resource_version: self.resource_version.as_deref().map(String::from),
+            ..Default::default()
+        }
+    }
+}
+
 /// The frontends and policies of a service's ports; endpoints are left
 /// empty for [`attach_endpoints`].
-pub fn service_ports(svc: &Service, node: &NodeView) -> Vec<ServicePort> {
-    let Some(spec) = &svc.spec else { return Vec::new() };
-    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if ty == "ExternalName" {
+pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
+    if svc.external_name {
         return Vec::new();
     }
-    let cluster_ips: Vec<IpAddr> = wharf_api::service::cluster_ips(spec).into_iter().filter_map(|ip| ip.parse().ok()).collect();
     // Node ports on the node's address of each family the service has.
-    let families: Vec<IpFamily> = match spec.ip_families.as_deref() {
-        Some(listed) if !listed.is_empty() => listed.iter().filter_map(|f| IpFamily::parse(f)).collect(),
-        _ => vec![IpFamily::of(&node.ips.primary())],
-    };
+    let families: Vec<IpFamily> = if svc.families.is_empty() { vec![IpFamily::of(&node.ips.primary())] } else { svc.families.to_vec() };
     let node_ips: Vec<IpAddr> = families.iter().filter_map(|f| node.ips.get(*f)).collect();
-    let lb_ips: Vec<IpAddr> = if ty == "LoadBalancer" {
-        svc.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let external_ips: Vec<IpAddr> =
-        spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).filter(|ip| (node.is_local)(*ip)).collect();
-    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        let secs =
-            spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
-        Duration::from_secs(u64::try_from(secs).unwrap_or(10800))
-    });
-    let name = |port: &str| ServicePortName {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        service: svc.metadata.name.clone().unwrap_or_default(),
-        port: port.to_string(),
-    };
+    let external_ips = svc.external_ips.iter().copied().filter(|ip| (node.is_local)(*ip));
+    let external: Vec<IpAddr> = svc.lb_ips.iter().copied().chain(external_ips).collect();
     let mut out = Vec::new();
-    for p in spec.ports.iter().flatten() {
-        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else { continue };
-        let Ok(port) = u16::try_from(p.port) else { continue };
+    for p in svc.ports.iter() {
         let mut frontends = Vec::new();
         let mut add = |ip: IpAddr, port: u16, scope| {
             let addr = SocketAddr::new(ip, port);
-            if !node.reserved.contains(&(addr, protocol)) {
-                frontends.push(Frontend { addr, protocol, scope });
+            if !node.reserved.contains(&(addr, p.protocol)) {
+                frontends.push(Frontend { addr, protocol: p.protocol, scope });
             }
         };
-        for ip in &cluster_ips {
-            add(*ip, port, Scope::Internal);
+        for ip in svc.cluster_ips.iter() {
+            add(*ip, p.port, Scope::Internal);
         }
-        if let Some(node_port) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
+        if let Some(node_port) = p.node_port {
             for ip in &node_ips {
                 add(*ip, node_port, Scope::External);
             }
         }
-        for ip in lb_ips.iter().chain(&external_ips) {
-            add(*ip, port, Scope::External);
+        for ip in &external {
+            add(*ip, p.port, Scope::External);
         }
         if frontends.is_empty() {
             continue;
         }
         out.push(ServicePort {
-            name: name(p.name.as_deref().unwrap_or_default()),
+            name: ServicePortName { namespace: svc.key.namespace.to_string(), service: svc.key.name.to_string(), port: p.name.to_string() },
             frontends,
             endpoints: Vec::new(),
-            affinity,
-            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            affinity: svc.affinity,
+            internal_local: svc.internal_local,
+            external_local: svc.external_local,
         });
     }
     out
@@ -336,8 +418,8 @@ mod tests {
         NodeView { name: "n1".into(), ips: "127.0.0.1,::1".parse().unwrap(), reserved: BTreeSet::new(), is_local: |ip| ip.is_loopback() }
     }
 
-    fn fleet() -> Service {
-        serde_json::from_value(json!({
+    fn fleet() -> ServiceView {
+        serde_json::from_value::<Service>(json!({
             "metadata": {"name": "fleet", "namespace": "default"},
             "spec": {"type": "LoadBalancer", "clusterIP": "127.96.0.50", "externalTrafficPolicy": "Local",
                 "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
@@ -345,6 +427,7 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "127.240.0.1"}]}}
         }))
         .unwrap()
+        .into()
     }
 
     fn slice(eps: serde_json::Value, port: i32) -> SliceView {
@@ -352,6 +435,29 @@ mod tests {
             "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}))
         .unwrap();
         SliceView::from(&slice)
+    }
+
+    #[test]
+    fn a_service_view_keeps_identity_age_and_health_check_port() {
+        let svc = |policy: &str| -> ServiceView {
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": "web", "namespace": "d", "uid": "u1", "resourceVersion": "42", "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"app": "web"}, "annotations": {"note": "never read"}},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "clusterIP": "127.96.0.9", "externalTrafficPolicy": policy,
+                    "healthCheckNodePort": 32000, "ports": [{"port": 80, "nodePort": 31000}]}
+            }))
+            .unwrap()
+            .into()
+        };
+        let local = svc("Local");
+        assert_eq!((local.key(), local.version(), local.health_check_port), (ObjectKey::new("d", "web"), Some(42), Some(32000)));
+        assert!(local.created.is_some());
+        let reference = local.reference();
+        assert_eq!(
+            (reference.kind.as_deref(), reference.namespace.as_deref(), reference.name.as_deref(), reference.uid.as_deref()),
+            (Some("Service"), Some("d"), Some("web"), Some("u1"))
+        );
+        assert_eq!(svc("Cluster").health_check_port, None, "served only for externalTrafficPolicy: Local");
     }
 
     #[test]
@@ -399,13 +505,13 @@ mod tests {
         n.reserved.insert(("127.96.0.10:53".parse().unwrap(), Protocol::Udp));
         let dns: Service = serde_json::from_value(json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"},
             "spec": {"clusterIP": "127.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "metrics", "port": 9153}]}})).unwrap();
-        let ports = service_ports(&dns, &n);
+        let ports = service_ports(&dns.into(), &n);
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].name.port, "metrics");
         let ext: Service = serde_json::from_value(
             json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
         )
         .unwrap();
-        assert!(service_ports(&ext, &n).is_empty());
+        assert!(service_ports(&ext.into(), &n).is_empty());
     }
 }

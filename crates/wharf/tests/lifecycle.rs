@@ -87,6 +87,11 @@ fn a_second_signal_exits_at_once() {
     w.sigterm();
     let mut buf = [0u8; CHUNK];
     assert!(conn.read(&mut buf).unwrap() > 0, "the first signal must not cut the transfer");
+    // Two signals that arrive before the process took the first are one
+    // (the kernel keeps one pending signal of a kind): send the second
+    // once shutdown has visibly begun.
+    let refused = support::eventually(Duration::from_secs(10), || TcpStream::connect(format!("{ip}:80")).is_err().then_some(()));
+    assert!(refused.is_some(), "the first signal did not stop the proxy accepting");
     w.sigterm();
     assert_eq!(w.wait_exit(Duration::from_secs(5)), Some(130), "the second signal did not end wharf at once");
 }
