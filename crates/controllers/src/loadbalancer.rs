@@ -17,7 +17,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
-use wharf_kube::key::{version_of, Keyed};
+use wharf_kube::key::version_of;
 use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 /// Addresses of the pool in order, without network and broadcast.
@@ -57,15 +57,7 @@ impl From<Service> for ServiceView {
     }
 }
 
-impl Keyed for ServiceView {
-    fn key(&self) -> ObjectKey {
-        self.key.clone()
-    }
-
-    fn version(&self) -> Option<u64> {
-        self.version
-    }
-}
+wharf_kube::keyed_view!(ServiceView);
 
 impl ServiceView {
     /// The service, when it is a LoadBalancer this controller serves.

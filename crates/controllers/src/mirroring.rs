@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
-use wharf_kube::key::{version_of, Keyed};
+use wharf_kube::key::version_of;
 use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 use crate::endpointslice::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
@@ -44,15 +44,7 @@ impl From<Service> for MirroredService {
     }
 }
 
-impl Keyed for MirroredService {
-    fn key(&self) -> ObjectKey {
-        self.key.clone()
-    }
-
-    fn version(&self) -> Option<u64> {
-        self.version
-    }
-}
+wharf_kube::keyed_view!(MirroredService);
 
 /// The slices that mirror `endpoints` of `service`; none when the service
 /// is missing, has a selector, or the Endpoints opt out.

@@ -57,6 +57,23 @@ pub trait Keyed {
     fn version(&self) -> Option<u64>;
 }
 
+/// Implements [`Keyed`] for compact views that carry their object's key
+/// and version as fields `key: ObjectKey` and `version: Option<u64>`.
+#[macro_export]
+macro_rules! keyed_view {
+    ($($view:ty),+ $(,)?) => {$(
+        impl $crate::Keyed for $view {
+            fn key(&self) -> $crate::ObjectKey {
+                self.key.clone()
+            }
+
+            fn version(&self) -> Option<u64> {
+                self.version
+            }
+        }
+    )+};
+}
+
 impl<K: Resource> Keyed for K {
     fn key(&self) -> ObjectKey {
         ObjectKey::of(self)

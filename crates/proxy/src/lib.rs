@@ -21,7 +21,7 @@ mod netlink;
 pub mod nftables;
 pub mod udp;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +30,6 @@ use std::time::Duration;
 use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
@@ -77,46 +76,12 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
         .collect()
 }
 
-/// Metadata as the proxy reads it: identity, age (the older service wins
-/// a contested address) and the service-name label. The rest (managed
-/// fields, a last-applied copy of the whole object, owners) would be kept
-/// for every object and never read.
-fn strip_meta(meta: &mut ObjectMeta) {
-    let service = meta.labels.take().and_then(|mut l| l.remove_entry("kubernetes.io/service-name"));
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        resource_version: meta.resource_version.take(),
-        uid: meta.uid.take(),
-        creation_timestamp: meta.creation_timestamp.take(),
-        labels: service.map(|entry| BTreeMap::from([entry])),
-        ..Default::default()
-    };
-}
-
-/// A slice cut to what the proxy reads as soon as it arrives (a relist
-/// buffers whole lists of them): whose endpoint it is, its DNS name and old
-/// topology are never looked at. The model then keeps it as a `SliceView`.
-fn strip_slice(slice: &mut EndpointSlice) {
-    strip_meta(&mut slice.metadata);
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hostname = None;
-        endpoint.deprecated_topology = None;
-    }
-}
-
-fn slice_owner(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let name = slice.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
-    Some(ObjectKey::new(slice.metadata.namespace.clone().unwrap_or_default(), name.clone()))
-}
-
 /// The Services and EndpointSlices the proxy follows, with the services
 /// each change touched; the table of both watches.
 #[derive(Default)]
 struct Model {
     services: HashMap<ObjectKey, ServiceView>,
-    slices: HashMap<ObjectKey, (ObjectKey, SliceView)>,
+    slices: HashMap<ObjectKey, SliceView>,
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
     touched: HashSet<ObjectKey>,
     synced: HashSet<&'static str>,
@@ -128,7 +93,7 @@ impl Model {
     }
 
     fn remove_slice(&mut self, key: &ObjectKey) {
-        if let Some((owner, _)) = self.slices.remove(key) {
+        if let Some(owner) = self.slices.remove(key).and_then(|slice| slice.owner) {
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(key);
                 if set.is_empty() {
@@ -140,7 +105,7 @@ impl Model {
     }
 
     fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
-        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k)).map(|(_, s)| s)
+        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
     }
 }
 
@@ -163,14 +128,14 @@ impl Table<ServiceView> for Model {
     }
 }
 
-impl Table<EndpointSlice> for Model {
-    fn apply(&mut self, slice: EndpointSlice) {
-        let key = ObjectKey::of(&slice);
+impl Table<SliceView> for Model {
+    fn apply(&mut self, slice: SliceView) {
+        let key = slice.key.clone();
         self.remove_slice(&key);
-        let Some(owner) = slice_owner(&slice) else { return };
+        let Some(owner) = slice.owner.clone() else { return };
         self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
-        self.touched.insert(owner.clone());
-        self.slices.insert(key, (owner, SliceView::from(&slice)));
+        self.touched.insert(owner);
+        self.slices.insert(key, slice);
     }
     fn delete(&mut self, key: &ObjectKey) {
         self.remove_slice(key);
@@ -317,7 +282,7 @@ const BURST: usize = 1024;
 #[allow(clippy::large_enum_variant)]
 enum Update {
     Service(Event<ServiceView>),
-    Slice(Event<EndpointSlice>),
+    Slice(Event<SliceView>),
 }
 
 /// Runs the proxy until `token` is cancelled; then stops accepting and
@@ -360,10 +325,10 @@ pub async fn run(
         State { config, node, model: Model::default(), dataplane, health: HashMap::new(), runtime, events, failing: HashMap::new() };
     let updates = stream::select_all([
         watch::watch_all::<Service>(&client).map(|e| Update::Service(watch::kept(e))).boxed(),
-        watch::watch_all::<EndpointSlice>(&client).map(|e| Update::Slice(e.modify(strip_slice))).boxed(),
+        watch::watch_all::<EndpointSlice>(&client).map(|e| Update::Slice(watch::kept(e))).boxed(),
     ]);
     futures::pin_mut!(updates);
-    let (mut services, mut slices) = (Relister::<ServiceView>::default(), Relister::<EndpointSlice>::default());
+    let (mut services, mut slices) = (Relister::<ServiceView>::default(), Relister::<SliceView>::default());
     loop {
         let update = tokio::select! {
             _ = token.cancelled() => break,

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wharf_api::ipfamily::{IpFamily, NodeIps};
-use wharf_kube::key::Keyed;
+use wharf_kube::key::version_in;
 use wharf_kube::ObjectKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,7 +180,7 @@ pub struct NodeView {
 pub struct ServiceView {
     pub key: ObjectKey,
     uid: Option<Box<str>>,
-    resource_version: Option<Box<str>>,
+    version: Option<u64>,
     pub created: Option<Time>,
     /// ExternalName: a DNS alias, nothing to proxy.
     external_name: bool,
@@ -239,7 +239,7 @@ impl From<Service> for ServiceView {
         ServiceView {
             key: ObjectKey::of_meta(&svc.metadata),
             uid: svc.metadata.uid.as_deref().map(Box::from),
-            resource_version: svc.metadata.resource_version.as_deref().map(Box::from),
+            version: version_in(&svc.metadata),
             created: svc.metadata.creation_timestamp,
             external_name: ty == "ExternalName",
             cluster_ips: addresses(wharf_api::service::cluster_ips(&spec)),
@@ -255,15 +255,7 @@ impl From<Service> for ServiceView {
     }
 }
 
-impl Keyed for ServiceView {
-    fn key(&self) -> ObjectKey {
-        self.key.clone()
-    }
-
-    fn version(&self) -> Option<u64> {
-        self.resource_version.as_deref().and_then(|rv| rv.parse().ok())
-    }
-}
+wharf_kube::keyed_view!(ServiceView, SliceView);
 
 impl ServiceView {
     /// The Service, as an event about it names it.
@@ -274,7 +266,7 @@ impl ServiceView {
             namespace: Some(self.key.namespace.to_string()),
             name: Some(self.key.name.to_string()),
             uid: self.uid.as_deref().map(String::from),
-            resource_version: self.resource_version.as_deref().map(String::from),
+            resource_version: self.version.map(|v| v.to_string()),
             ..Default::default()
         }
     }
@@ -326,11 +318,15 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
     out
 }
 
-/// An EndpointSlice as the proxy keeps it: its ports and, per endpoint,
-/// the addresses, conditions and node. A decoded slice costs about 450
-/// bytes an endpoint; this costs under 100.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An EndpointSlice as the proxy keeps it: which it is and whose, its
+/// ports and, per endpoint, the addresses, conditions and node. A decoded
+/// slice costs about 450 bytes an endpoint; this costs under 100.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceView {
+    pub key: ObjectKey,
+    version: Option<u64>,
+    /// The service it belongs to (`kubernetes.io/service-name`).
+    pub owner: Option<ObjectKey>,
     /// (name, protocol, number) of each port it can carry.
     ports: Vec<(String, Protocol, u16)>,
     endpoints: Vec<SliceEndpoint>,
@@ -345,12 +341,21 @@ struct SliceEndpoint {
     node: Option<Box<str>>,
 }
 
-impl From<&EndpointSlice> for SliceView {
-    fn from(slice: &EndpointSlice) -> Self {
+impl From<EndpointSlice> for SliceView {
+    fn from(slice: EndpointSlice) -> Self {
+        let meta = &slice.metadata;
+        let owner = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+        let mut view = SliceView {
+            key: ObjectKey::of_meta(meta),
+            version: version_in(meta),
+            owner: owner.map(|name| ObjectKey::new(meta.namespace.clone().unwrap_or_default(), name.as_str())),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        };
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            return Self::default(); // FQDN slices carry nothing a proxy can dial
+            return view; // FQDN slices carry nothing a proxy can dial
         }
-        let ports = slice
+        view.ports = slice
             .ports
             .iter()
             .flatten()
@@ -359,7 +364,7 @@ impl From<&EndpointSlice> for SliceView {
                 Some((sp.name.clone().unwrap_or_default(), Protocol::parse(sp.protocol.as_deref())?, number))
             })
             .collect();
-        let endpoints = slice
+        view.endpoints = slice
             .endpoints
             .iter()
             .map(|ep| {
@@ -374,7 +379,7 @@ impl From<&EndpointSlice> for SliceView {
                 }
             })
             .collect();
-        Self { ports, endpoints }
+        view
     }
 }
 
@@ -413,6 +418,7 @@ pub fn attach_endpoints<'a>(
 mod tests {
     use super::*;
     use serde_json::json;
+    use wharf_kube::Keyed;
 
     fn node() -> NodeView {
         NodeView { name: "n1".into(), ips: "127.0.0.1,::1".parse().unwrap(), reserved: BTreeSet::new(), is_local: |ip| ip.is_loopback() }
@@ -434,7 +440,7 @@ mod tests {
         let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": eps,
             "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}))
         .unwrap();
-        SliceView::from(&slice)
+        SliceView::from(slice)
     }
 
     #[test]
@@ -458,6 +464,19 @@ mod tests {
             (Some("Service"), Some("d"), Some("web"), Some("u1"))
         );
         assert_eq!(svc("Cluster").health_check_port, None, "served only for externalTrafficPolicy: Local");
+    }
+
+    #[test]
+    fn a_slice_view_knows_its_service() {
+        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "web-x", "namespace": "d", "resourceVersion": "9",
+            "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "FQDN", "endpoints": []}))
+        .unwrap();
+        let view = SliceView::from(slice);
+        assert_eq!(
+            (view.key(), view.version(), view.owner.clone()),
+            (ObjectKey::new("d", "web-x"), Some(9), Some(ObjectKey::new("d", "web")))
+        );
+        assert!(view.ports.is_empty() && view.endpoints.is_empty(), "an FQDN slice carries nothing to dial");
     }
 
     #[test]

@@ -208,17 +208,17 @@ struct Staged<'p> {
 }
 
 impl Staged<'_> {
-    fn current<'a>(&'a self, state: &'a State, key: &str) -> Option<&'a Entry> {
-        match self.changes.get(key) {
-            Some(staged) => staged.as_ref().map(|(entry, _)| entry),
-            None => state.kv.get(key),
+    /// Where `key` stands: as this batch left it, else as the store holds
+    /// it, with the key as already held (None: neither knows it).
+    fn find<'a>(&'a self, state: &'a State, key: &str) -> Option<(&'a Arc<str>, Option<&'a Entry>)> {
+        match self.changes.get_key_value(key) {
+            Some((held, staged)) => Some((held, staged.as_ref().map(|(entry, _)| entry))),
+            None => state.kv.get_key_value(key).map(|(held, entry)| (held, Some(entry))),
         }
     }
 
-    /// `key` as the store already holds it, else a new copy.
-    fn shared_key(&self, state: &State, key: &str) -> Arc<str> {
-        let held = self.changes.get_key_value(key).map(|(k, _)| k).or_else(|| state.kv.get_key_value(key).map(|(k, _)| k));
-        held.cloned().unwrap_or_else(|| key.into())
+    fn current<'a>(&'a self, state: &'a State, key: &str) -> Option<&'a Entry> {
+        self.find(state, key).and_then(|(_, entry)| entry)
     }
 
     fn apply(&mut self, state: &State, txn: &Txn) -> TxnOutcome {
@@ -232,8 +232,11 @@ impl Staged<'_> {
         self.revision += 1;
         let revision = self.revision;
         for op in &txn.ops {
-            let prev = self.current(state, op.key()).cloned();
-            let key = self.shared_key(state, op.key());
+            // The key as the store already holds it, else a new copy.
+            let (key, prev) = match self.find(state, op.key()) {
+                Some((held, entry)) => (held.clone(), entry.cloned()),
+                None => (op.key().into(), None),
+            };
             let event = match op {
                 Op::Put { value, .. } => {
                     let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);

@@ -62,8 +62,14 @@ impl Encryption {
         Ok(out.into())
     }
 
-    fn open(&self, key: &str, value: Bytes) -> Result<Bytes> {
-        let Some(rest) = value.strip_prefix(PREFIX.as_bytes()) else { return Ok(value) };
+    /// `value` opened when sealed, else as it is: a value the backend holds
+    /// packed stays packed, and is not copied.
+    fn open(&self, key: &str, value: Value) -> Result<Value> {
+        if !value.starts_with(PREFIX.as_bytes()) {
+            return Ok(value);
+        }
+        let value = value.bytes();
+        let rest = &value[PREFIX.len()..];
         let cannot = |why: &str| StoreError::Backend(format!("cannot decrypt {key}: {why}"));
         let colon = rest.iter().position(|b| *b == b':').ok_or_else(|| cannot("no key name"))?;
         let (name, sealed) = (&rest[..colon], &rest[colon + 1..]);
@@ -77,26 +83,17 @@ impl Encryption {
         let plain = cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: key.as_bytes() })
             .map_err(|_| cannot("the value does not authenticate"))?;
-        Ok(plain.into())
-    }
-
-    /// `value` opened when sealed, else as it is: a value the backend holds
-    /// packed stays packed, and is not copied.
-    fn open_value(&self, key: &str, value: Value) -> Result<Value> {
-        if !value.starts_with(PREFIX.as_bytes()) {
-            return Ok(value);
-        }
-        Ok(self.open(key, value.bytes())?.into())
+        Ok(Bytes::from(plain).into())
     }
 
     fn open_kv(&self, mut kv: KeyValue) -> Result<KeyValue> {
-        kv.value = self.open_value(&kv.key, kv.value)?;
+        kv.value = self.open(&kv.key, kv.value)?;
         Ok(kv)
     }
 
     fn open_event(&self, mut event: Event) -> Result<Event> {
-        event.value = self.open_value(&event.key, event.value)?;
-        event.prev = event.prev.map(|p| self.open_value(&event.key, p)).transpose()?;
+        event.value = self.open(&event.key, event.value)?;
+        event.prev = event.prev.map(|p| self.open(&event.key, p)).transpose()?;
         Ok(event)
     }
 }

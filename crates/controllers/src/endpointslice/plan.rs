@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::{family_of, IpFamily};
 
-use wharf_kube::key::{version_of, Keyed, ObjectKey};
+use wharf_kube::key::{version_of, ObjectKey};
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
 
@@ -60,15 +60,7 @@ pub struct PodInfo {
 }
 
 // A `PodInfo` is kept by the same reflector as any object.
-impl Keyed for PodInfo {
-    fn key(&self) -> ObjectKey {
-        self.key.clone()
-    }
-
-    fn version(&self) -> Option<u64> {
-        self.version
-    }
-}
+wharf_kube::keyed_view!(PodInfo);
 
 impl PodInfo {
     pub fn name(&self) -> &str {
