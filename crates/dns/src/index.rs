@@ -3,6 +3,7 @@
 //! change marks the scopes it touched in `freshness`, which tells the
 //! answer caches which of their answers are stale.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,15 +35,26 @@ pub struct ServiceEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
     pub ip: IpAddr,
-    /// The endpoint's hostname, or its dashed IP.
-    pub hostname: String,
+    /// The hostname the endpoint was given, lower case; without one, it is
+    /// named by its dashed IP, made when asked (most endpoints have none).
+    given_name: Option<Box<str>>,
     pub ready: bool,
+}
+
+impl EndpointEntry {
+    /// The endpoint's hostname, or its dashed IP.
+    pub fn hostname(&self) -> Cow<'_, str> {
+        match &self.given_name {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(dashed(self.ip)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SliceEntry {
     service: String,
-    endpoints: Vec<EndpointEntry>,
+    endpoints: Box<[EndpointEntry]>,
     ports: Vec<NamedPort>,
 }
 
@@ -148,7 +160,7 @@ impl Index {
         for slice in self.slices_of.get(&key).into_iter().flatten() {
             if let Some(entry) = self.slices.get(&Key::new(ns, slice.clone())) {
                 for ep in &entry.endpoints {
-                    seen.entry((ep.ip, ep.hostname.clone())).or_insert_with(|| ep.clone());
+                    seen.entry((ep.ip, ep.given_name.clone())).or_insert_with(|| ep.clone());
                 }
             }
         }
@@ -180,7 +192,7 @@ impl Index {
                 continue;
             }
             for ep in slice.endpoints.iter().filter(|e| e.ip == ip && e.ready) {
-                out.push((svc_key.clone(), ep.hostname.clone()));
+                out.push((svc_key.clone(), ep.hostname().into_owned()));
             }
         }
         out.sort();
@@ -257,10 +269,10 @@ impl Index {
             .iter()
             .flat_map(|e| {
                 let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                let hostname = e.hostname.clone().map(|h| h.to_lowercase());
+                let given_name: Option<Box<str>> = e.hostname.as_deref().map(|h| h.to_lowercase().into());
                 e.addresses.iter().filter_map(move |a| {
                     let ip: IpAddr = a.parse().ok()?;
-                    Some(EndpointEntry { ip, hostname: hostname.clone().unwrap_or_else(|| dashed(ip)), ready })
+                    Some(EndpointEntry { ip, given_name: given_name.clone(), ready })
                 })
             })
             .collect();

@@ -269,7 +269,7 @@ impl Zone<'_> {
         let mut answers = Vec::new();
         let mut additional = Vec::new();
         for ep in ready {
-            let target = format!("{}.{fqdn}", ep.hostname);
+            let target = format!("{}.{fqdn}", ep.hostname());
             for (_, _, port) in &ports {
                 if let Some(t) = name(&target) {
                     answers.extend(record(self.qname, self.cfg.ttl, RData::SRV(SRV::new(0, weight, *port, t))));
@@ -323,7 +323,7 @@ impl Zone<'_> {
         if !matches!(self.index.service(ns, svc).map(|s| &s.kind), Some(ServiceKind::Headless)) {
             return self.nxdomain();
         }
-        let matching: Vec<EndpointEntry> = self.ready_endpoints(ns, svc).into_iter().filter(|e| e.hostname == host).collect();
+        let matching: Vec<EndpointEntry> = self.ready_endpoints(ns, svc).into_iter().filter(|e| e.hostname() == host).collect();
         if matching.is_empty() {
             return self.nxdomain();
         }

@@ -13,10 +13,11 @@ pub mod metrics;
 pub mod node_status;
 pub mod queue;
 pub mod reflector;
+pub mod shared_str;
 pub mod watch;
 
 pub use controller::run_workers;
-pub use key::{Keyed, ObjectKey};
+pub use key::{Keyed, ObjectKey, Uid};
 pub use metrics::{ControllerMetrics, QueueHandles};
 pub use queue::{Backoff, WorkQueue};
 pub use reflector::{Change, Reflector, Relister, Table, Watched};

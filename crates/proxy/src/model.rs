@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
@@ -12,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wharf_api::ipfamily::{IpFamily, NodeIps};
 use wharf_kube::key::version_in;
-use wharf_kube::ObjectKey;
+use wharf_kube::{shared_str, ObjectKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -111,7 +112,8 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node: Option<String>,
+    /// Shared with the slice view it came from.
+    pub node: Option<Arc<str>>,
 }
 
 /// Everything the data plane needs for one service port.
@@ -328,17 +330,21 @@ pub struct SliceView {
     /// The service it belongs to (`kubernetes.io/service-name`).
     pub owner: Option<ObjectKey>,
     /// (name, protocol, number) of each port it can carry.
-    ports: Vec<(String, Protocol, u16)>,
-    endpoints: Vec<SliceEndpoint>,
+    /// Boxed slices: a collected `Vec` keeps up to twice the room.
+    ports: Box<[(String, Protocol, u16)]>,
+    endpoints: Box<[SliceEndpoint]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SliceEndpoint {
-    addresses: Box<[IpAddr]>,
+    /// The first address: the API calls an endpoint's addresses fungible
+    /// and lets a consumer use only the first, as kube-proxy does.
+    address: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node: Option<Box<str>>,
+    /// Shared by the endpoints of a node (`shared_str`).
+    node: Option<Arc<str>>,
 }
 
 impl From<EndpointSlice> for SliceView {
@@ -349,8 +355,8 @@ impl From<EndpointSlice> for SliceView {
             key: ObjectKey::of_meta(meta),
             version: version_in(meta),
             owner: owner.map(|name| ObjectKey::new(meta.namespace.clone().unwrap_or_default(), name.as_str())),
-            ports: Vec::new(),
-            endpoints: Vec::new(),
+            ports: Box::default(),
+            endpoints: Box::default(),
         };
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             return view; // FQDN slices carry nothing a proxy can dial
@@ -367,16 +373,16 @@ impl From<EndpointSlice> for SliceView {
         view.endpoints = slice
             .endpoints
             .iter()
-            .map(|ep| {
+            .filter_map(|ep| {
                 let cond = ep.conditions.clone().unwrap_or_default();
-                SliceEndpoint {
-                    addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                Some(SliceEndpoint {
+                    address: ep.addresses.first()?.parse().ok()?,
                     // Unset conditions mean ready (and so serving), as in the API.
                     ready: cond.ready.unwrap_or(true),
                     serving: cond.serving.or(cond.ready).unwrap_or(true),
                     terminating: cond.terminating.unwrap_or(false),
-                    node: ep.node_name.as_deref().map(Box::from),
-                }
+                    node: ep.node_name.as_deref().map(shared_str::shared),
+                })
             })
             .collect();
         view
@@ -397,15 +403,13 @@ pub fn attach_endpoints<'a>(
             let matching = slice.ports.iter().find(|(name, p, _)| *name == port.name.port && *p == protocol);
             let Some(&(_, _, number)) = matching else { continue };
             for ep in &slice.endpoints {
-                for &ip in &ep.addresses {
-                    found.entry(i).or_default().insert(Endpoint {
-                        addr: SocketAddr::new(ip, number),
-                        ready: ep.ready,
-                        serving: ep.serving,
-                        terminating: ep.terminating,
-                        node: ep.node.as_deref().map(String::from),
-                    });
-                }
+                found.entry(i).or_default().insert(Endpoint {
+                    addr: SocketAddr::new(ep.address, number),
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    node: ep.node.clone(),
+                });
             }
         }
     }
@@ -477,6 +481,22 @@ mod tests {
             (ObjectKey::new("d", "web-x"), Some(9), Some(ObjectKey::new("d", "web")))
         );
         assert!(view.ports.is_empty() && view.endpoints.is_empty(), "an FQDN slice carries nothing to dial");
+    }
+
+    #[test]
+    fn an_endpoint_is_dialled_at_its_first_address() {
+        let mut ports = service_ports(&fleet(), &node());
+        let s = slice(
+            json!([
+                {"addresses": ["127.0.0.7", "127.0.0.8"], "nodeName": "n1"},
+                {"addresses": ["not-an-ip"], "nodeName": "n1"},
+                {"addresses": [], "nodeName": "n1"}
+            ]),
+            8080,
+        );
+        attach_endpoints(&mut ports, [&s], |p| p.frontends[0].protocol);
+        let all: Vec<String> = ports[0].usable(Scope::Internal, "n1").iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(all, ["127.0.0.7:8080"], "the others are fungible with the first (kube-proxy dials only it)");
     }
 
     #[test]

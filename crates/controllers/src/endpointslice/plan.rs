@@ -4,15 +4,17 @@
 //! the least churn, and the legacy Endpoints object in step.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use wharf_api::ipfamily::{family_of, IpFamily};
+use wharf_api::ipfamily::IpFamily;
 
-use wharf_kube::key::{version_of, ObjectKey};
+use wharf_kube::key::{version_of, ObjectKey, Uid};
+use wharf_kube::shared_str;
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
 
@@ -35,7 +37,7 @@ const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 pub struct PodInfo {
     /// Namespace and name, shared with the tables that index the pod.
     pub key: ObjectKey,
-    pub uid: Option<Box<str>>,
+    pub uid: Option<Uid>,
     /// Its resourceVersion. Nothing else of the pod's metadata is kept (a
     /// whole `ObjectMeta` is 360 bytes before anything is in it).
     pub version: Option<u64>,
@@ -45,17 +47,25 @@ pub struct PodInfo {
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
     /// out of that slice.
-    ipv4: Option<Box<str>>,
-    ipv6: Option<Box<str>>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
     pub ready: bool,
     /// Succeeded or Failed: no longer an endpoint.
     pub finished: bool,
     pub terminating: bool,
-    pub node_name: Option<Box<str>>,
-    pub hostname: Option<Box<str>>,
-    pub subdomain: Option<Box<str>>,
-    /// Its named container ports (name, number): all a service's named
-    /// `targetPort` resolves against; a number needs no lookup.
+    /// Shared by the pods of a node (`shared_str`).
+    pub node_name: Option<Arc<str>>,
+    /// What few pods have, apart: one pointer for the pods without.
+    rare: Option<Box<RareFields>>,
+}
+
+/// The hostname and subdomain a pod may ask for, and its named container
+/// ports (name, number): all a service's named `targetPort` resolves
+/// against; a number needs no lookup.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RareFields {
+    hostname: Option<Box<str>>,
+    subdomain: Option<Box<str>>,
     named_ports: Box<[(Box<str>, i32)]>,
 }
 
@@ -76,19 +86,54 @@ impl PodInfo {
         Some(&self.labels[found].1)
     }
 
-    pub fn ip(&self, family: IpFamily) -> Option<&str> {
+    pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
         match family {
-            IpFamily::V4 => self.ipv4.as_deref(),
-            IpFamily::V6 => self.ipv6.as_deref(),
+            IpFamily::V4 => self.ipv4.map(IpAddr::V4),
+            IpFamily::V6 => self.ipv6.map(IpAddr::V6),
         }
+    }
+
+    pub fn hostname(&self) -> Option<&str> {
+        self.rare.as_ref()?.hostname.as_deref()
+    }
+
+    pub fn subdomain(&self) -> Option<&str> {
+        self.rare.as_ref()?.subdomain.as_deref()
+    }
+
+    fn named_ports(&self) -> &[(Box<str>, i32)] {
+        self.rare.as_ref().map_or(&[], |rare| &rare.named_ports)
     }
 }
 
-/// A pod's first address of `family`: `status.podIPs`, else `status.podIP`.
-fn pod_ip_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>, family: IpFamily) -> Option<Box<str>> {
-    let status = status?;
-    let listed = status.pod_ips.iter().flatten().map(|p| &p.ip);
-    listed.chain(status.pod_ip.as_ref()).find(|ip| family_of(ip) == Some(family)).map(|ip| ip.as_str().into())
+/// A pod's addresses: the first of each family in `status.podIPs`, else
+/// `status.podIP`.
+fn pod_ips_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let listed = status.into_iter().flat_map(|s| s.pod_ips.iter().flatten().map(|p| &p.ip).chain(s.pod_ip.as_ref()));
+    let (mut v4, mut v6) = (None, None);
+    for ip in listed.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+        match ip {
+            IpAddr::V4(ip) => v4 = v4.or(Some(ip)),
+            IpAddr::V6(ip) => v6 = v6.or(Some(ip)),
+        }
+    }
+    (v4, v6)
+}
+
+/// The fields few pods set, or None.
+fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Box<RareFields>> {
+    let spec = spec?;
+    let rare = RareFields {
+        hostname: spec.hostname.as_deref().map(Box::from),
+        subdomain: spec.subdomain.as_deref().map(Box::from),
+        named_ports: spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.as_deref()?.into(), p.container_port)))
+            .collect(),
+    };
+    (rare != RareFields::default()).then(|| Box::new(rare))
 }
 
 impl From<Pod> for PodInfo {
@@ -102,25 +147,19 @@ impl From<&Pod> for PodInfo {
         let status = pod.status.as_ref();
         let spec = pod.spec.as_ref();
         let m = &pod.metadata;
+        let (ipv4, ipv6) = pod_ips_of(status);
         PodInfo {
             key: ObjectKey::of(pod),
-            uid: m.uid.as_deref().map(Box::from),
+            uid: m.uid.as_deref().map(Uid::new),
             version: version_of(pod),
             labels: m.labels.iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
-            ipv4: pod_ip_of(status, IpFamily::V4),
-            ipv6: pod_ip_of(status, IpFamily::V6),
+            ipv4,
+            ipv6,
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             terminating: m.deletion_timestamp.is_some(),
-            node_name: spec.and_then(|s| s.node_name.as_deref()).map(Box::from),
-            hostname: spec.and_then(|s| s.hostname.as_deref()).map(Box::from),
-            subdomain: spec.and_then(|s| s.subdomain.as_deref()).map(Box::from),
-            named_ports: spec
-                .into_iter()
-                .flat_map(|s| s.containers.iter())
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|p| Some((p.name.as_deref()?.into(), p.container_port)))
-                .collect(),
+            node_name: spec.and_then(|s| s.node_name.as_deref()).map(shared_str::shared),
+            rare: rare_fields(spec),
         }
     }
 }
@@ -129,7 +168,7 @@ impl From<&Pod> for PodInfo {
 fn resolve_port(pod: &PodInfo, target: &IntOrString) -> Option<i32> {
     match target {
         IntOrString::Int(n) => Some(*n),
-        IntOrString::String(name) => pod.named_ports.iter().find(|(n, _)| **n == *name).map(|(_, port)| *port),
+        IntOrString::String(name) => pod.named_ports().iter().find(|(n, _)| **n == *name).map(|(_, port)| *port),
     }
 }
 
@@ -164,7 +203,7 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoi
     }
     let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
     let svc_name = svc.metadata.name.as_deref();
-    let hostname = pod.hostname.as_deref().filter(|_| pod.subdomain.as_deref() == svc_name).map(String::from);
+    let hostname = pod.hostname().filter(|_| pod.subdomain() == svc_name).map(String::from);
     Some(Endpoint {
         addresses: vec![ip],
         conditions: Some(EndpointConditions {
@@ -178,7 +217,7 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoi
             kind: Some("Pod".into()),
             namespace: Some(pod.key.namespace.to_string()),
             name: Some(pod.key.name.to_string()),
-            uid: pod.uid.as_deref().map(String::from),
+            uid: pod.uid.as_ref().map(Uid::to_string),
             ..Default::default()
         }),
         ..Default::default()
@@ -436,6 +475,35 @@ mod tests {
         }))
         .map(|p: Pod| PodInfo::from(&p))
         .unwrap()
+    }
+
+    #[test]
+    fn a_pod_view_keeps_what_an_endpoint_names() {
+        let uid = "0b5f3c1e-8d2a-4e6f-9a7b-1c2d3e4f5a6b";
+        let plain: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "d", "uid": uid, "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"podIPs": [{"ip": "fd00::1"}, {"ip": "127.0.0.9"}], "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let view = PodInfo::from(&plain);
+        assert!(view.rare.is_none(), "a pod without hostname or named ports carries no extra allocation");
+        assert_eq!(view.ip(IpFamily::V4), Some("127.0.0.9".parse().unwrap()));
+        assert_eq!(view.ip(IpFamily::V6), Some("fd00::1".parse().unwrap()));
+        let svc = service(json!(80));
+        let endpoint = pod_endpoint(&svc, &view, IpFamily::V4).unwrap();
+        assert_eq!(endpoint.addresses, ["127.0.0.9"]);
+        assert_eq!(endpoint.target_ref.unwrap().uid.as_deref(), Some(uid));
+        assert_eq!(endpoint.node_name.as_deref(), Some("n1"));
+        let other = PodInfo::from(&plain);
+        assert!(Arc::ptr_eq(view.node_name.as_ref().unwrap(), other.node_name.as_ref().unwrap()), "pods of a node share its name");
+
+        let mut named = plain.clone();
+        let spec = named.spec.as_mut().unwrap();
+        (spec.hostname, spec.subdomain) = (Some("h".into()), Some("web".into()));
+        let named = PodInfo::from(&named);
+        assert_eq!((named.hostname(), named.subdomain()), (Some("h"), Some("web")));
+        assert_eq!(pod_endpoint(&svc, &named, IpFamily::V6).unwrap().hostname.as_deref(), Some("h"));
     }
 
     #[test]
