@@ -9,7 +9,7 @@
 //! or a watch backlog hands out packed values without copying them.
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use zstd::bulk::{Compressor, Decompressor};
@@ -36,8 +36,11 @@ pub struct Value(Repr);
 #[derive(Clone, Debug)]
 enum Repr {
     Plain(Bytes),
-    /// The original length (u32, little endian), then a zstd frame.
-    Packed(Bytes),
+    /// The original length (u32, little endian), then a zstd frame. An
+    /// `Arc` holds its count in the same allocation; a `Bytes` made from a
+    /// `Vec` allocates a header of its own once it is shared (by the map
+    /// and an event, always).
+    Packed(Arc<[u8]>),
 }
 
 impl Default for Repr {
@@ -69,7 +72,8 @@ impl Value {
     /// Bytes held in memory for it.
     pub fn held(&self) -> usize {
         match &self.0 {
-            Repr::Plain(b) | Repr::Packed(b) => b.len(),
+            Repr::Plain(bytes) => bytes.len(),
+            Repr::Packed(packed) => packed.len(),
         }
     }
 }
@@ -128,17 +132,15 @@ impl Packer {
         }
         match compressor.compress(value) {
             Ok(frame) if frame.len() + 4 < value.len() => {
-                let mut packed = Vec::with_capacity(frame.len() + 4);
-                packed.extend_from_slice(&length.to_le_bytes());
-                packed.extend_from_slice(&frame);
-                Value(Repr::Packed(packed.into()))
+                let packed: Arc<[u8]> = length.to_le_bytes().iter().chain(&frame).copied().collect();
+                Value(Repr::Packed(packed))
             }
             _ => plain(),
         }
     }
 }
 
-fn unpack(packed: &Bytes) -> Bytes {
+fn unpack(packed: &[u8]) -> Bytes {
     let (length, frame) = packed.split_at(4.min(packed.len()));
     let length = length.try_into().map(u32::from_le_bytes).unwrap_or(0) as usize;
     let unpacked = UNPACKER.with_borrow_mut(|slot| {
