@@ -4,15 +4,16 @@
 //! slices by the service they belong to. Applying a change returns the
 //! services it concerns; planning one service reads only its members.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::watcher::Event;
 use wharf_kube::{Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
+use super::service::ServiceInfo;
 
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
@@ -41,17 +42,13 @@ impl Postings {
     }
 }
 
-fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
-    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
-}
-
 /// A service's selector terms as postings take them.
-fn selector_terms(svc: Option<&Service>) -> impl Iterator<Item = (&str, &str)> {
-    svc.and_then(selector).into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))
+fn selector_terms(svc: Option<&ServiceInfo>) -> impl Iterator<Item = (&str, &str)> {
+    svc.and_then(ServiceInfo::selector).into_iter().flatten().map(|(k, v)| (&**k, &**v))
 }
 
-fn labels_match(selector: &BTreeMap<String, String>, pod: &PodInfo) -> bool {
-    selector.iter().all(|(k, v)| pod.label(k) == Some(v.as_str()))
+fn labels_match(selector: &[(Box<str>, Box<str>)], pod: &PodInfo) -> bool {
+    selector.iter().all(|(k, v)| pod.label(k) == Some(&**v))
 }
 
 /// A pod's labels as postings take them.
@@ -71,7 +68,7 @@ pub fn service_of_slice(slice: &SliceDigest) -> Option<ObjectKey> {
 /// once from its watch to the index).
 #[allow(clippy::large_enum_variant)]
 pub enum Update {
-    Service(Event<Service>),
+    Service(Event<ServiceInfo>),
     Pod(Event<PodInfo>),
     Slice(Event<SliceDigest>),
     Endpoints(Event<EndpointsDigest>),
@@ -79,7 +76,7 @@ pub enum Update {
 
 #[derive(Default)]
 pub struct Index {
-    pub services: Watched<Service>,
+    pub services: Watched<ServiceInfo>,
     pub pods: Watched<PodInfo>,
     pub slices: Watched<SliceDigest>,
     pub endpoints: Watched<EndpointsDigest>,
@@ -147,7 +144,7 @@ impl Index {
         marked
     }
 
-    fn service_changed(&mut self, change: &Change<Service>) {
+    fn service_changed(&mut self, change: &Change<ServiceInfo>) {
         let key = change.key();
         let (old, new) = match change {
             Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
@@ -220,7 +217,7 @@ impl Index {
     }
 
     /// The pods a selector matches: the smallest posting list, filtered.
-    fn members(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<PodInfo>> {
+    fn members(&self, ns: &str, selector: &[(Box<str>, Box<str>)]) -> Vec<Arc<PodInfo>> {
         let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
         let Some(Some(keys)) = smallest else { return Vec::new() };
         keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()
@@ -230,7 +227,7 @@ impl Index {
     /// selector, those with slices, and those with Endpoints it wrote.
     pub fn all_keys(&self) -> HashSet<ObjectKey> {
         let mut keys: HashSet<ObjectKey> =
-            self.services.reflector.iter().filter(|(_, s)| selector(s).is_some()).map(|(k, _)| k.clone()).collect();
+            self.services.reflector.iter().filter(|(_, s)| s.selector().is_some()).map(|(k, _)| k.clone()).collect();
         keys.extend(self.slices_of.keys().cloned());
         keys.extend(self.endpoints.reflector.iter().filter(|(_, e)| plan::is_managed_endpoints(e)).map(|(k, _)| k.clone()));
         keys
@@ -242,7 +239,7 @@ impl Index {
             self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.reflector.get(k).cloned()).collect();
         let current_ep = self.endpoints.reflector.get(key);
         let service = self.services.reflector.get(key);
-        let Some((svc, sel)) = service.and_then(|s| selector(s).map(|sel| (s, sel))) else {
+        let Some((svc, sel)) = service.and_then(|s| s.selector().map(|sel| (s, sel))) else {
             // Deleted, or no selector: the user owns its endpoints.
             let endpoints = current_ep.filter(|e| plan::is_managed_endpoints(e)).map(|e| EndpointsWrite::Delete(e.version()));
             return Work { key: key.clone(), slices: SlicePlan { delete: existing, ..Default::default() }, endpoints };
@@ -250,7 +247,7 @@ impl Index {
         let members = self.members(&key.namespace, sel);
         // One set of slices per family; the legacy Endpoints carry the
         // primary family's, as Kubernetes' endpoints controller does.
-        let families = plan::families(svc);
+        let families = svc.families();
         let mut legacy = None;
         let mut slices = SlicePlan {
             delete: existing.iter().filter(|s| !families.iter().any(|f| f.as_str() == s.address_type)).cloned().collect(),

@@ -13,6 +13,7 @@
 pub mod digest;
 pub mod index;
 pub mod plan;
+pub mod service;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,14 +60,6 @@ fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// A Service cut to what planning reads, as it arrives: its annotations
-/// (with kubectl, a last-applied copy of the whole object) and its status
-/// are never read.
-fn strip_service(svc: &mut Service) {
-    svc.metadata.annotations = None;
-    svc.status = None;
-}
-
 impl EndpointSliceController {
     pub fn new(client: kube::Client, metrics: QueueHandles) -> Self {
         let queue = Arc::new(WorkQueue::new(Backoff::default(), metrics.clone()));
@@ -81,7 +74,7 @@ impl EndpointSliceController {
     pub async fn run(self, token: CancellationToken) {
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let updates = stream::select_all([
-            watch::watch_all::<Service>(&self.client).map(|e| Update::Service(e.modify(strip_service))).boxed(),
+            watch::watch_all::<Service>(&self.client).map(|e| Update::Service(watch::kept(e))).boxed(),
             watch::watch_all::<Pod>(&self.client).map(|e| Update::Pod(watch::kept(e))).boxed(),
             watch::watch(Api::<EndpointSlice>::all(self.client.clone()), managed).map(|e| Update::Slice(watch::kept(e))).boxed(),
             watch::watch_all::<Endpoints>(&self.client).map(|e| Update::Endpoints(watch::kept(e))).boxed(),
@@ -177,29 +170,5 @@ impl EndpointSliceController {
             None => {}
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stripped_service_keeps_what_planning_reads() {
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "d", "uid": "u1", "labels": {"tier": "front"},
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"}},
-            "spec": {"selector": {"app": "web"}, "clusterIP": "None", "publishNotReadyAddresses": true, "ipFamilies": ["IPv4"],
-                "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-            "status": {"loadBalancer": {}}
-        }))
-        .unwrap();
-        let mut stripped = svc.clone();
-        strip_service(&mut stripped);
-        assert!(stripped.metadata.annotations.is_none() && stripped.status.is_none());
-        assert_eq!(
-            (stripped.spec, stripped.metadata.labels, stripped.metadata.uid, stripped.metadata.name),
-            (svc.spec, svc.metadata.labels, svc.metadata.uid, svc.metadata.name)
-        );
     }
 }

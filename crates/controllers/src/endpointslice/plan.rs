@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,6 +17,7 @@ use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str;
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
+use super::service::ServiceInfo;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -174,19 +175,16 @@ fn resolve_port(pod: &PodInfo, target: &IntOrString) -> Option<i32> {
 
 /// The pod's ports for the service: one per service port whose target
 /// resolves for this pod.
-fn pod_ports(svc: &Service, pod: &PodInfo) -> Vec<EndpointPort> {
-    let spec = svc.spec.as_ref();
-    let mut ports: Vec<EndpointPort> = spec
-        .and_then(|s| s.ports.as_ref())
-        .into_iter()
-        .flatten()
+fn pod_ports(svc: &ServiceInfo, pod: &PodInfo) -> Vec<EndpointPort> {
+    let mut ports: Vec<EndpointPort> = svc
+        .ports
+        .iter()
         .filter_map(|p| {
-            let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
             Some(EndpointPort {
-                name: Some(p.name.clone().unwrap_or_default()),
-                port: Some(resolve_port(pod, &target)?),
-                protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
-                app_protocol: p.app_protocol.clone(),
+                name: Some(p.name.to_string()),
+                port: Some(resolve_port(pod, &p.target)?),
+                protocol: Some(p.protocol.to_string()),
+                app_protocol: p.app_protocol.as_deref().map(String::from),
             })
         })
         .collect();
@@ -196,14 +194,13 @@ fn pod_ports(svc: &Service, pod: &PodInfo) -> Vec<EndpointPort> {
 
 /// One pod's endpoint for the service's `family` slices, or None if it
 /// has no address of that family yet or has finished.
-fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoint> {
+fn pod_endpoint(svc: &ServiceInfo, pod: &PodInfo, family: IpFamily) -> Option<Endpoint> {
     let ip = pod.ip(family)?.to_string();
     if pod.finished {
         return None;
     }
-    let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
-    let svc_name = svc.metadata.name.as_deref();
-    let hostname = pod.hostname().filter(|_| pod.subdomain() == svc_name).map(String::from);
+    let publish = svc.publish_not_ready_addresses;
+    let hostname = pod.hostname().filter(|_| pod.subdomain() == Some(svc.name())).map(String::from);
     Some(Endpoint {
         addresses: vec![ip],
         conditions: Some(EndpointConditions {
@@ -227,7 +224,7 @@ fn pod_endpoint(svc: &Service, pod: &PodInfo, family: IpFamily) -> Option<Endpoi
 /// Desired endpoints grouped by port set, each group ordered by pod name.
 pub type Desired = BTreeMap<String, (Vec<EndpointPort>, BTreeMap<String, Endpoint>)>;
 
-pub fn desired_endpoints<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a PodInfo>, family: IpFamily) -> Desired {
+pub fn desired_endpoints<'a>(svc: &ServiceInfo, pods: impl IntoIterator<Item = &'a PodInfo>, family: IpFamily) -> Desired {
     let mut groups: Desired = BTreeMap::new();
     for pod in pods {
         let Some(endpoint) = pod_endpoint(svc, pod, family) else { continue };
@@ -260,32 +257,26 @@ impl SlicePlan {
     }
 }
 
-fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
-    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    labels.insert(SERVICE_NAME_LABEL.into(), svc.metadata.name.clone().unwrap_or_default());
+/// A service's own labels, as a map to add to.
+fn labels_of(svc: &ServiceInfo) -> BTreeMap<String, String> {
+    svc.labels().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn slice_labels(svc: &ServiceInfo) -> BTreeMap<String, String> {
+    let mut labels = labels_of(svc);
+    labels.insert(SERVICE_NAME_LABEL.into(), svc.name().into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels
 }
 
-fn owner(svc: &Service) -> OwnerReference {
+fn owner(svc: &ServiceInfo) -> OwnerReference {
     OwnerReference {
         api_version: "v1".into(),
         kind: "Service".into(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
+        name: svc.name().into(),
+        uid: svc.uid(),
         controller: Some(true),
         block_owner_deletion: Some(true),
-    }
-}
-
-/// The families a service's endpoints are published for: its
-/// `ipFamilies`, the primary first (IPv4 where none is set).
-pub fn families(svc: &Service) -> Vec<IpFamily> {
-    let listed: Vec<IpFamily> = svc.spec.iter().flat_map(|s| s.ip_families.iter().flatten()).filter_map(|f| IpFamily::parse(f)).collect();
-    if listed.is_empty() {
-        vec![IpFamily::V4]
-    } else {
-        listed
     }
 }
 
@@ -293,7 +284,7 @@ pub fn families(svc: &Service) -> Vec<IpFamily> {
 /// controller does: keep each endpoint in the slice it is in, fill slices
 /// that are changing anyway, then slices with room, then new slices.
 /// `existing` are the service's slices of that family.
-pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<SliceDigest>], max: usize, family: IpFamily) -> SlicePlan {
+pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<SliceDigest>], max: usize, family: IpFamily) -> SlicePlan {
     let labels = slice_labels(svc);
     let owners = vec![owner(svc)];
     let mut plan = SlicePlan::default();
@@ -326,8 +317,8 @@ pub fn plan_slices(svc: &Service, mut desired: Desired, existing: &[Arc<SliceDig
             let take = rest.len().min(max);
             plan.create.push(EndpointSlice {
                 metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", svc.metadata.name.as_deref().unwrap_or_default())),
-                    namespace: svc.metadata.namespace.clone(),
+                    generate_name: Some(format!("{}-", svc.name())),
+                    namespace: Some(svc.namespace().into()),
                     labels: Some(labels.clone()),
                     owner_references: Some(owners.clone()),
                     ..Default::default()
@@ -368,8 +359,8 @@ struct Kept {
 pub const ENDPOINTS_MANAGED_BY_LABEL: &str = "endpoints.wharf.dev/managed-by";
 const ENDPOINTS_MANAGER: &str = "endpointslice-controller";
 
-fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
-    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+fn endpoints_labels(svc: &ServiceInfo) -> BTreeMap<String, String> {
+    let mut labels = labels_of(svc);
     labels.insert(SKIP_MIRROR_LABEL.into(), "true".into());
     labels.insert(ENDPOINTS_MANAGED_BY_LABEL.into(), ENDPOINTS_MANAGER.into());
     labels
@@ -383,7 +374,7 @@ pub fn is_managed_endpoints(ep: &EndpointsDigest) -> bool {
 /// The legacy Endpoints object for the same endpoints: one subset per
 /// port set, ready addresses and not-ready ones; terminating pods are left
 /// out, as the Kubernetes endpoints controller does.
-pub fn legacy_endpoints(svc: &Service, desired: &Desired) -> Endpoints {
+pub fn legacy_endpoints(svc: &ServiceInfo, desired: &Desired) -> Endpoints {
     let mut subsets = Vec::new();
     let mut total = 0;
     for (ports, endpoints) in desired.values() {
@@ -440,8 +431,8 @@ pub fn legacy_endpoints(svc: &Service, desired: &Desired) -> Endpoints {
     }
     Endpoints {
         metadata: ObjectMeta {
-            name: svc.metadata.name.clone(),
-            namespace: svc.metadata.namespace.clone(),
+            name: Some(svc.name().into()),
+            namespace: Some(svc.namespace().into()),
             labels: Some(endpoints_labels(svc)),
             annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
@@ -453,9 +444,14 @@ pub fn legacy_endpoints(svc: &Service, desired: &Desired) -> Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
 
-    fn service(target: serde_json::Value) -> Service {
+    fn service(target: serde_json::Value) -> ServiceInfo {
+        service_object(target).into()
+    }
+
+    fn service_object(target: serde_json::Value) -> Service {
         serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "d", "uid": "svc-uid", "labels": {"app": "web"}},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": target}]}
@@ -572,8 +568,9 @@ mod tests {
 
     #[test]
     fn publish_not_ready_addresses_marks_all_ready() {
-        let mut svc = service(json!(80));
+        let mut svc = service_object(json!(80));
         svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let svc = ServiceInfo::from(svc);
         let desired = desired_endpoints(&svc, &[pod("u", "127.0.0.2", 80, false, false)], IpFamily::V4);
         let (_, eps) = desired.values().next().unwrap();
         assert_eq!(eps["u"].conditions.as_ref().unwrap().ready, Some(true));
@@ -591,9 +588,10 @@ mod tests {
 
     #[test]
     fn each_family_gets_slices_of_its_own_address_type() {
-        let mut svc = service(json!(8080));
+        let mut svc = service_object(json!(8080));
         svc.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
-        assert_eq!(families(&svc), [IpFamily::V6, IpFamily::V4]);
+        let svc = ServiceInfo::from(svc);
+        assert_eq!(svc.families(), [IpFamily::V6, IpFamily::V4]);
         let dual: Pod = serde_json::from_value(json!({
             "metadata": {"name": "d", "namespace": "d", "uid": "uid-d", "labels": {"app": "web"}},
             "status": {"phase": "Running", "podIP": "127.0.0.9", "podIPs": [{"ip": "127.0.0.9"}, {"ip": "fd00::9"}],
@@ -608,6 +606,6 @@ mod tests {
         assert_eq!(addresses, ["fd00::9"], "a pod without an IPv6 address is left out");
         let v4 = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &[], 100, IpFamily::V4);
         assert_eq!((v4.create[0].address_type.as_str(), v4.create[0].endpoints.len()), ("IPv4", 2));
-        assert_eq!(families(&service(json!(80))), [IpFamily::V4], "IPv4 where none is set");
+        assert_eq!(service(json!(80)).families(), [IpFamily::V4], "IPv4 where none is set");
     }
 }
