@@ -34,6 +34,31 @@ pub struct Backend {
     closed: OnceLock<CancellationToken>,
 }
 
+/// A backend in a set of them, found by its address: the set holds the
+/// address once, inside the backend (a map keyed by it held it twice).
+#[derive(Clone)]
+pub struct ByAddr(pub Arc<Backend>);
+
+impl std::borrow::Borrow<SocketAddr> for ByAddr {
+    fn borrow(&self) -> &SocketAddr {
+        &self.0.addr
+    }
+}
+
+impl std::hash::Hash for ByAddr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.addr.hash(state)
+    }
+}
+
+impl PartialEq for ByAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.addr == other.0.addr
+    }
+}
+
+impl Eq for ByAddr {}
+
 impl Backend {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
         Arc::new(Backend { addr, active: AtomicUsize::new(0), counters: OnceLock::new(), closed: OnceLock::new() })
@@ -164,6 +189,19 @@ mod tests {
 
     fn backends(n: u16) -> Vec<Arc<Backend>> {
         (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)))).collect()
+    }
+
+    #[test]
+    #[allow(clippy::mutable_key_type)] // hashed by the address alone, which never changes
+    fn a_backend_set_finds_a_backend_by_its_address() {
+        let all = backends(3);
+        let set: std::collections::HashSet<ByAddr> = all.iter().cloned().map(ByAddr).collect();
+        let found = set.get(&all[1].addr).map(|b| b.0.clone());
+        assert!(found.is_some_and(|b| Arc::ptr_eq(&b, &all[1])));
+        assert!(!set.contains(&SocketAddr::from(([127, 0, 0, 1], 9))));
+        // The same address is one member, whichever backend carries it.
+        let again: std::collections::HashSet<ByAddr> = [ByAddr(all[0].clone()), ByAddr(Backend::new(all[0].addr))].into_iter().collect();
+        assert_eq!(again.len(), 1);
     }
 
     #[test]

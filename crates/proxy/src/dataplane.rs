@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
 
-use crate::balancer::{self, ActiveGuard, Affinity, Backend};
+use crate::balancer::{self, ActiveGuard, Affinity, Backend, ByAddr};
 pub use crate::claims::{Applied, Conflict, Owner};
 use crate::claims::{Claim, Claims, FrontendKey};
 use crate::metrics::{PortMetrics, ProxyMetrics};
@@ -32,7 +32,7 @@ pub struct PortState {
     pub name: ServicePortName,
     label: String,
     sets: RwLock<BackendSets>,
-    all: RwLock<HashMap<SocketAddr, Arc<Backend>>>,
+    all: RwLock<HashSet<ByAddr>>,
     affinity: RwLock<Option<Arc<Affinity>>>,
     metrics: PortMetrics,
 }
@@ -57,7 +57,7 @@ impl PortState {
 
     /// Drops this port's metric series: the port is gone.
     fn forget_metrics(&self) {
-        let endpoints: Vec<SocketAddr> = self.all.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let endpoints: Vec<SocketAddr> = self.all.read().unwrap_or_else(|p| p.into_inner()).iter().map(|b| b.0.addr).collect();
         self.metrics.forget(endpoints);
     }
 
@@ -67,7 +67,7 @@ impl PortState {
     }
 
     fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
-        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.closed())
+        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.0.closed())
     }
 
     pub fn affinity(&self) -> Option<Arc<Affinity>> {
@@ -93,15 +93,22 @@ impl PortState {
     /// if `drain` is zero).
     fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, affinity_entries: usize, runtime: &Handle) {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
-        let mut get = |addr: SocketAddr| all.entry(addr).or_insert_with(|| Backend::new(addr)).clone();
+        let mut get = |addr: SocketAddr| match all.get(&addr) {
+            Some(held) => held.0.clone(),
+            None => {
+                let new = Backend::new(addr);
+                all.insert(ByAddr(new.clone()));
+                new
+            }
+        };
         let sets = Lane::ALL.map(|lane| Arc::new(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect::<Vec<_>>()));
         let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
-        let leaving: Vec<SocketAddr> = all.keys().filter(|a| !keep.contains(a)).copied().collect();
+        let leaving: Vec<SocketAddr> = all.iter().map(|b| b.0.addr).filter(|a| !keep.contains(a)).collect();
         if drain.is_zero() {
             for addr in &leaving {
                 self.metrics.forget_endpoint(*addr);
             }
-            all.retain(|a, _| keep.contains(a));
+            all.retain(|b| keep.contains(&b.0.addr));
         }
         drop(all);
         *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets(sets);
@@ -118,7 +125,7 @@ impl PortState {
                 runtime.spawn(async move {
                     tokio::time::sleep(drain).await;
                     if !state.is_usable(addr) {
-                        let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+                        let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).take(&addr).map(|b| b.0);
                         if let Some(gone) = gone {
                             state.metrics.forget_endpoint(addr);
                             gone.close();
@@ -132,7 +139,7 @@ impl PortState {
     /// The traffic of this port's endpoints that have carried any.
     fn traffic(&self, into: &mut Vec<EndpointTraffic>) {
         let all = self.all.read().unwrap_or_else(|p| p.into_inner());
-        for backend in all.values() {
+        for ByAddr(backend) in all.iter() {
             let Some(counters) = backend.counters_if_used() else { continue };
             let last_error = counters.last_error();
             into.push(EndpointTraffic {

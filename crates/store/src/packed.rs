@@ -29,32 +29,51 @@ thread_local! {
     static UNPACKER: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// A stored value as a backend hands it out: as written, or packed.
-#[derive(Clone, Debug, Default)]
-pub struct Value(Repr);
-
+/// A stored value as a backend hands it out: a tag byte (`PLAIN` or
+/// `PACKED`), then the value as written, or its original length (u32,
+/// little endian) and a zstd frame. One `Arc` of 16 bytes, its count in
+/// the same allocation: the store holds one per key and two per retained
+/// event (the value and the one it replaced).
 #[derive(Clone, Debug)]
-enum Repr {
-    Plain(Bytes),
-    /// The original length (u32, little endian), then a zstd frame. An
-    /// `Arc` holds its count in the same allocation; a `Bytes` made from a
-    /// `Vec` allocates a header of its own once it is shared (by the map
-    /// and an event, always).
-    Packed(Arc<[u8]>),
+pub struct Value(Arc<[u8]>);
+
+const PLAIN: u8 = 0;
+const PACKED: u8 = 1;
+
+/// A value's bytes as a `Bytes` that shares them.
+struct Shared(Arc<[u8]>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
-impl Default for Repr {
+impl Default for Value {
     fn default() -> Self {
-        Repr::Plain(Bytes::new())
+        Value::tagged(PLAIN, &[])
     }
 }
 
 impl Value {
+    fn tagged(tag: u8, content: &[u8]) -> Self {
+        Value(std::iter::once(tag).chain(content.iter().copied()).collect())
+    }
+
+    /// The tag and what follows it.
+    fn parts(&self) -> (u8, &[u8]) {
+        match self.0.split_first() {
+            Some((tag, content)) => (*tag, content),
+            None => (PLAIN, &[]),
+        }
+    }
+
     /// The value as it was written.
     pub fn bytes(&self) -> Bytes {
-        match &self.0 {
-            Repr::Plain(bytes) => bytes.clone(),
-            Repr::Packed(packed) => unpack(packed),
+        match self.parts() {
+            (PACKED, packed) => unpack(packed),
+            (_, []) => Bytes::new(),
+            _ => Bytes::from_owner(Shared(self.0.clone())).slice(1..),
         }
     }
 
@@ -62,31 +81,33 @@ impl Value {
     /// a JSON object, so for any other prefix this is answered without
     /// unpacking it.
     pub fn starts_with(&self, prefix: &[u8]) -> bool {
-        match &self.0 {
-            Repr::Plain(bytes) => bytes.starts_with(prefix),
-            Repr::Packed(_) if prefix.first().is_some_and(|b| *b != b'{') => false,
-            Repr::Packed(packed) => unpack(packed).starts_with(prefix),
+        match self.parts() {
+            (PACKED, _) if prefix.first().is_some_and(|b| *b != b'{') => false,
+            (PACKED, packed) => unpack(packed).starts_with(prefix),
+            (_, plain) => plain.starts_with(prefix),
         }
     }
 
     /// Bytes held in memory for it.
     pub fn held(&self) -> usize {
-        match &self.0 {
-            Repr::Plain(bytes) => bytes.len(),
-            Repr::Packed(packed) => packed.len(),
-        }
+        self.0.len()
+    }
+
+    #[cfg(test)]
+    fn is_packed(&self) -> bool {
+        self.parts().0 == PACKED
     }
 }
 
 impl From<Bytes> for Value {
     fn from(bytes: Bytes) -> Self {
-        Value(Repr::Plain(bytes))
+        Value::tagged(PLAIN, &bytes)
     }
 }
 
 impl From<&'static str> for Value {
     fn from(s: &'static str) -> Self {
-        Value(Repr::Plain(Bytes::from_static(s.as_bytes())))
+        Value::tagged(PLAIN, s.as_bytes())
     }
 }
 
@@ -124,7 +145,7 @@ impl Packer {
     /// `value` packed where that makes it smaller: JSON objects of some
     /// size. Anything else (an encrypted value, a short one) stays as it is.
     pub fn pack(&mut self, value: &Bytes) -> Value {
-        let plain = || Value(Repr::Plain(value.clone()));
+        let plain = || Value::tagged(PLAIN, value);
         let Some(compressor) = self.0.as_mut() else { return plain() };
         let Ok(length) = u32::try_from(value.len()) else { return plain() };
         if value.len() < MIN_PACKED || value.first() != Some(&b'{') {
@@ -132,8 +153,8 @@ impl Packer {
         }
         match compressor.compress(value) {
             Ok(frame) if frame.len() + 4 < value.len() => {
-                let packed: Arc<[u8]> = length.to_le_bytes().iter().chain(&frame).copied().collect();
-                Value(Repr::Packed(packed))
+                let packed = [PACKED].iter().chain(&length.to_le_bytes()).chain(&frame).copied().collect();
+                Value(packed)
             }
             _ => plain(),
         }
@@ -172,7 +193,7 @@ mod tests {
         );
         let mut packer = Packer::default();
         let packed = packer.pack(&pod);
-        assert!(matches!(packed.0, Repr::Packed(_)));
+        assert!(packed.is_packed());
         assert!(packed.held() * 2 < pod.len(), "{} of {}", packed.held(), pod.len());
         assert_eq!(packed.bytes(), pod);
         assert_eq!(packed, Value::from(pod));
@@ -180,11 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn a_value_is_one_pointer() {
+        // The store holds one per key and two per retained event.
+        assert_eq!(std::mem::size_of::<Value>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Value>>(), 16);
+        let plain = Value::from(Bytes::from_static(b"k8s:enc:aesgcm:v1:k1:sealed"));
+        let (a, b) = (plain.bytes(), plain.bytes());
+        assert_eq!(a, &b"k8s:enc:aesgcm:v1:k1:sealed"[..]);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "a plain value is handed out without a copy");
+        assert_eq!(Value::default().bytes(), Bytes::new());
+    }
+
+    #[test]
     fn what_is_not_json_or_too_short_stays_as_written() {
         let mut packer = Packer::default();
         for value in [Bytes::from_static(b"k8s:enc:aesgcm:v1:k1:\x00\x01\x02"), Bytes::from_static(b"{}"), Bytes::new()] {
             let kept = packer.pack(&value);
-            assert!(matches!(kept.0, Repr::Plain(_)));
+            assert!(!kept.is_packed());
             assert_eq!(kept.bytes(), value);
         }
     }
