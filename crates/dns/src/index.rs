@@ -42,6 +42,15 @@ pub struct EndpointEntry {
 }
 
 impl EndpointEntry {
+    /// Whether `host` names it: its hostname, or without one its dashed IP
+    /// (`undashed(host)`, parsed once by the caller for all endpoints).
+    pub fn answers_to(&self, host: &str, undashed_host: Option<IpAddr>) -> bool {
+        match &self.given_name {
+            Some(name) => **name == *host,
+            None => undashed_host == Some(self.ip),
+        }
+    }
+
     /// The endpoint's hostname, or its dashed IP.
     pub fn hostname(&self) -> Cow<'_, str> {
         match &self.given_name {

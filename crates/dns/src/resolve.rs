@@ -323,7 +323,9 @@ impl Zone<'_> {
         if !matches!(self.index.service(ns, svc).map(|s| &s.kind), Some(ServiceKind::Headless)) {
             return self.nxdomain();
         }
-        let matching: Vec<EndpointEntry> = self.ready_endpoints(ns, svc).into_iter().filter(|e| e.hostname() == host).collect();
+        let undashed_host = undashed(host);
+        let matching: Vec<EndpointEntry> =
+            self.ready_endpoints(ns, svc).into_iter().filter(|e| e.answers_to(host, undashed_host)).collect();
         if matching.is_empty() {
             return self.nxdomain();
         }
