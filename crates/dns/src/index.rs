@@ -67,6 +67,29 @@ struct SliceEntry {
     ports: Vec<NamedPort>,
 }
 
+/// A pod's addresses, sorted: nearly always one, held inline.
+#[derive(Debug, PartialEq, Eq)]
+enum PodIps {
+    One(IpAddr),
+    Many(Box<[IpAddr]>),
+}
+
+impl PodIps {
+    fn new(ips: Vec<IpAddr>) -> Self {
+        match ips[..] {
+            [one] => PodIps::One(one),
+            _ => PodIps::Many(ips.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[IpAddr] {
+        match self {
+            PodIps::One(ip) => std::slice::from_ref(ip),
+            PodIps::Many(ips) => ips,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Index {
     services: HashMap<Key, ServiceEntry>,
@@ -74,7 +97,7 @@ pub struct Index {
     slices_of: HashMap<Key, HashSet<Arc<str>>>,
     by_cluster_ip: HashMap<IpAddr, HashSet<Key>>,
     /// Each pod's IPs, one per family.
-    pods: HashMap<Key, Box<[IpAddr]>>,
+    pods: HashMap<Key, PodIps>,
     pod_ips: HashMap<(Arc<str>, IpAddr), usize>,
     namespaces: HashSet<String>,
     /// What changed when, for the answer caches.
@@ -317,7 +340,7 @@ impl Index {
         let mut ips: Vec<IpAddr> = listed.chain(status.and_then(|s| s.pod_ip.as_deref())).filter_map(|ip| ip.parse().ok()).collect();
         ips.sort();
         ips.dedup();
-        if self.pods.get(&key).map_or(ips.is_empty(), |had| **had == *ips) {
+        if self.pods.get(&key).map_or(ips.is_empty(), |had| had.as_slice() == ips) {
             return;
         }
         self.delete_pod(&key);
@@ -329,14 +352,14 @@ impl Index {
             *self.pod_ips.entry((key.namespace.clone(), *ip)).or_default() += 1;
             scopes.push(Scope::pod(&key.namespace, &dashed(*ip)));
         }
-        self.pods.insert(key, ips.into());
+        self.pods.insert(key, PodIps::new(ips));
         self.changed(scopes);
     }
 
     pub fn delete_pod(&mut self, key: &Key) {
         if let Some(ips) = self.pods.remove(key) {
             let mut scopes = Vec::new();
-            for ip in ips {
+            for &ip in ips.as_slice() {
                 let slot = (key.namespace.clone(), ip);
                 if let Some(n) = self.pod_ips.get_mut(&slot) {
                     *n -= 1;
@@ -372,5 +395,29 @@ impl Index {
             "pods" => self.pods.keys().cloned().collect(),
             _ => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ips: &[&str]) -> Pod {
+        let ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"podIPs": ips}})).unwrap()
+    }
+
+    #[test]
+    fn a_pod_answers_at_its_current_addresses_only() {
+        let mut idx = Index::default();
+        let (a, b, v6): (IpAddr, IpAddr, IpAddr) = ("127.0.0.7".parse().unwrap(), "127.0.0.8".parse().unwrap(), "fd00::7".parse().unwrap());
+        idx.apply_pod(&pod(&["127.0.0.7"]));
+        assert!(idx.has_pod_ip("ns", a) && !idx.has_pod_ip("other", a));
+        idx.apply_pod(&pod(&["127.0.0.8", "fd00::7"]));
+        assert!(!idx.has_pod_ip("ns", a) && idx.has_pod_ip("ns", b) && idx.has_pod_ip("ns", v6));
+        idx.apply_pod(&pod(&["fd00::7"]));
+        assert!(!idx.has_pod_ip("ns", b) && idx.has_pod_ip("ns", v6));
+        idx.delete_pod(&Key::new("ns", "p"));
+        assert!(!idx.has_pod_ip("ns", v6) && idx.pod_ips.is_empty() && idx.pods.is_empty());
     }
 }

@@ -1,4 +1,8 @@
-//! Per-service Prometheus metrics of the proxy.
+//! Per-service Prometheus metrics of the proxy. A series' service label is
+//! the port's one shared copy, and its direction or reason a constant:
+//! every service port has eight series before any traffic.
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,32 +12,32 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    pub service: String,
+    pub service: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    pub service: String,
+    pub service: Arc<str>,
     pub endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
-    pub service: String,
-    pub direction: String,
+    pub service: Arc<str>,
+    pub direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub service: String,
-    pub reason: String,
+    pub service: Arc<str>,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointDirectionLabels {
-    pub service: String,
+    pub service: Arc<str>,
     pub endpoint: String,
-    pub direction: String,
+    pub direction: &'static str,
 }
 
 #[derive(Clone, Default)]
@@ -66,7 +70,7 @@ impl ProxyMetrics {
 #[derive(Clone)]
 pub struct PortMetrics {
     family: ProxyMetrics,
-    service: String,
+    service: Arc<str>,
     pub active: Gauge,
     pub to_endpoint: Counter,
     pub to_client: Counter,
@@ -79,11 +83,11 @@ pub struct PortMetrics {
 
 impl PortMetrics {
     pub fn new(family: &ProxyMetrics, service: &str) -> Self {
-        let bytes =
-            |direction: &str| family.bytes.get_or_create(&DirectionLabels { service: service.into(), direction: direction.into() }).clone();
-        let error = |reason: &str| family.errors.get_or_create(&ErrorLabels { service: service.into(), reason: reason.into() }).clone();
+        let service: Arc<str> = service.into();
+        let bytes = |direction| family.bytes.get_or_create(&DirectionLabels { service: service.clone(), direction }).clone();
+        let error = |reason| family.errors.get_or_create(&ErrorLabels { service: service.clone(), reason }).clone();
         PortMetrics {
-            active: family.active.get_or_create(&ServiceLabels { service: service.into() }).clone(),
+            active: family.active.get_or_create(&ServiceLabels { service: service.clone() }).clone(),
             to_endpoint: bytes("to_endpoint"),
             to_client: bytes("to_client"),
             no_endpoint: error("no_endpoint"),
@@ -92,7 +96,7 @@ impl PortMetrics {
             idle_timeout: error("idle_timeout"),
             half_closed_timeout: error("half_closed_timeout"),
             family: family.clone(),
-            service: service.to_string(),
+            service,
         }
     }
 
@@ -108,8 +112,8 @@ impl PortMetrics {
         EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }
     }
 
-    fn direction_labels(&self, endpoint: std::net::SocketAddr, direction: &str) -> EndpointDirectionLabels {
-        EndpointDirectionLabels { service: self.service.clone(), endpoint: endpoint.to_string(), direction: direction.into() }
+    fn direction_labels(&self, endpoint: std::net::SocketAddr, direction: &'static str) -> EndpointDirectionLabels {
+        EndpointDirectionLabels { service: self.service.clone(), endpoint: endpoint.to_string(), direction }
     }
 
     /// One endpoint's series, created when it first carries traffic.
@@ -146,10 +150,10 @@ impl PortMetrics {
         let service = || self.service.clone();
         self.family.active.remove(&ServiceLabels { service: service() });
         for direction in ["to_endpoint", "to_client"] {
-            self.family.bytes.remove(&DirectionLabels { service: service(), direction: direction.into() });
+            self.family.bytes.remove(&DirectionLabels { service: service(), direction });
         }
         for reason in ["no_endpoint", "connect", "drained", "idle_timeout", "half_closed_timeout"] {
-            self.family.errors.remove(&ErrorLabels { service: service(), reason: reason.into() });
+            self.family.errors.remove(&ErrorLabels { service: service(), reason });
         }
     }
 }
@@ -194,6 +198,7 @@ mod tests {
         let mut registry = Registry::default();
         family.register(&mut registry);
         let port = PortMetrics::new(&family, "default/web:http");
+        assert_eq!(Arc::strong_count(&port.service), 9, "the port and its eight series share one service name");
         let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
         port.endpoint(a).connections.inc();
         let b_counters = port.endpoint(b);
