@@ -234,7 +234,7 @@ impl LoadBalancerController {
 fn claim_held(state: &mut State, pool: Ipv4Net) {
     let mut holders: Vec<&Service> =
         state.services.reflector.values().filter_map(|v| v.ours()).filter(|s| ingress_ip(s).is_some()).collect();
-    holders.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjectKey::of(*s)));
+    holders.sort_by_cached_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ObjectKey::of(*s)));
     for svc in holders {
         if let Some(ip) = ingress_ip(svc).filter(|ip| pool.contains(ip) && state.assignments.owner(*ip).is_none()) {
             state.assignments.take(&ObjectKey::of(svc), ip);

@@ -42,12 +42,11 @@ pub struct EndpointEntry {
 }
 
 impl EndpointEntry {
-    /// Whether `host` names it: its hostname, or without one its dashed IP
-    /// (`undashed(host)`, parsed once by the caller for all endpoints).
-    pub fn answers_to(&self, host: &str, undashed_host: Option<IpAddr>) -> bool {
+    /// Whether `host` names it: its hostname, or without one its dashed IP.
+    pub fn answers_to(&self, host: &str) -> bool {
         match &self.given_name {
             Some(name) => **name == *host,
-            None => undashed_host == Some(self.ip),
+            None => is_dashed(self.ip, host),
         }
     }
 
@@ -115,6 +114,23 @@ pub const SOURCES: [&str; 4] = ["services", "endpointslices", "pods", "namespace
 /// with dashes for colons (`fd00--1`), as CoreDNS writes them.
 pub fn dashed(ip: IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
+}
+
+/// Whether `label` is `dashed(ip)`, compared as the address is written
+/// out, without making the dashed name.
+pub fn is_dashed(ip: IpAddr, label: &str) -> bool {
+    /// What of the label is still to match; None once it did not.
+    struct Rest<'a>(Option<&'a [u8]>);
+    impl std::fmt::Write for Rest<'_> {
+        fn write_str(&mut self, written: &str) -> std::fmt::Result {
+            for byte in written.bytes().map(|b| if b == b'.' || b == b':' { b'-' } else { b }) {
+                self.0 = self.0.and_then(|rest| rest.split_first()).filter(|(first, _)| **first == byte).map(|(_, rest)| rest);
+            }
+            self.0.map(|_| ()).ok_or(std::fmt::Error)
+        }
+    }
+    let mut rest = Rest(Some(label.as_bytes()));
+    std::fmt::Write::write_fmt(&mut rest, format_args!("{ip}")).is_ok() && rest.0.is_some_and(<[u8]>::is_empty)
 }
 
 /// The address a dashed label stands for, if it is one written
@@ -192,7 +208,7 @@ impl Index {
         for slice in self.slices_of.get(&key).into_iter().flatten() {
             if let Some(entry) = self.slices.get(&Key::new(ns, slice.clone())) {
                 for ep in &entry.endpoints {
-                    seen.entry((ep.ip, ep.given_name.clone())).or_insert_with(|| ep.clone());
+                    seen.entry((ep.ip, ep.hostname().into_owned())).or_insert_with(|| ep.clone());
                 }
             }
         }
@@ -405,6 +421,17 @@ mod tests {
     fn pod(ips: &[&str]) -> Pod {
         let ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
         serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"podIPs": ips}})).unwrap()
+    }
+
+    #[test]
+    fn a_dashed_name_is_compared_as_it_would_be_written() {
+        for ip in ["127.0.0.7", "fd00::7", "::ffff:1.2.3.4", "::"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let name = dashed(ip);
+            assert!(is_dashed(ip, &name), "{name}");
+            assert!(!is_dashed(ip, &name[..name.len() - 1]) && !is_dashed(ip, &format!("{name}-")) && !is_dashed(ip, ""));
+        }
+        assert!(!is_dashed("127.0.0.7".parse().unwrap(), "127-0-0-8"));
     }
 
     #[test]

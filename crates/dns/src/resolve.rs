@@ -323,9 +323,7 @@ impl Zone<'_> {
         if !matches!(self.index.service(ns, svc).map(|s| &s.kind), Some(ServiceKind::Headless)) {
             return self.nxdomain();
         }
-        let undashed_host = undashed(host);
-        let matching: Vec<EndpointEntry> =
-            self.ready_endpoints(ns, svc).into_iter().filter(|e| e.answers_to(host, undashed_host)).collect();
+        let matching: Vec<EndpointEntry> = self.ready_endpoints(ns, svc).into_iter().filter(|e| e.answers_to(host)).collect();
         if matching.is_empty() {
             return self.nxdomain();
         }

@@ -22,8 +22,8 @@ impl ObjectKey {
         Self::of_meta(obj.meta())
     }
 
-    /// The key of an object that is about to be kept: its namespace is
-    /// the one shared copy (`shared_str`).
+    /// An object's key, its namespace the one shared copy (`shared_str`):
+    /// most keys made are kept, by a table or a view.
     pub fn of_meta(meta: &ObjectMeta) -> Self {
         Self::new(crate::shared_str::shared(meta.namespace.as_deref().unwrap_or_default()), meta.name.as_deref().unwrap_or_default())
     }

@@ -83,7 +83,7 @@ impl Encryption {
         let plain = cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: key.as_bytes() })
             .map_err(|_| cannot("the value does not authenticate"))?;
-        Ok(Bytes::from(plain).into())
+        Ok(plain.as_slice().into())
     }
 
     fn open_kv(&self, mut kv: KeyValue) -> Result<KeyValue> {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -105,7 +104,7 @@ fn revision(r: i64) -> Revision {
 fn key_value(kv: &pb::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
         key: std::str::from_utf8(&kv.key).map_err(|e| StoreError::Backend(e.to_string()))?.into(),
-        value: Bytes::copy_from_slice(&kv.value).into(),
+        value: kv.value.as_slice().into(),
         create_revision: revision(kv.create_revision),
         mod_revision: revision(kv.mod_revision),
     })
@@ -258,10 +257,10 @@ fn events(response: &pb::WatchResponse, seen: &AtomicU64) -> Vec<Event> {
             Some(Event {
                 kind,
                 key: String::from_utf8_lossy(&kv.key).into(),
-                value: Bytes::copy_from_slice(&kv.value).into(),
+                value: kv.value.as_slice().into(),
                 revision: rev,
                 create_revision: e.prev_kv.as_ref().map_or(revision(kv.create_revision), |p| revision(p.create_revision)),
-                prev: e.prev_kv.as_ref().map(|p| Bytes::copy_from_slice(&p.value).into()),
+                prev: e.prev_kv.as_ref().map(|p| p.value.as_slice().into()),
             })
         })
         .collect()

@@ -49,9 +49,12 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
+/// The empty value, shared by every delete event.
+static EMPTY: LazyLock<Value> = LazyLock::new(|| Value::tagged(PLAIN, &[]));
+
 impl Default for Value {
     fn default() -> Self {
-        Value::tagged(PLAIN, &[])
+        EMPTY.clone()
     }
 }
 
@@ -62,6 +65,7 @@ impl Value {
 
     /// The tag and what follows it.
     fn parts(&self) -> (u8, &[u8]) {
+        // Every constructor writes a tag; an empty buffer is read as empty.
         match self.0.split_first() {
             Some((tag, content)) => (*tag, content),
             None => (PLAIN, &[]),
@@ -96,6 +100,12 @@ impl Value {
     #[cfg(test)]
     fn is_packed(&self) -> bool {
         self.parts().0 == PACKED
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(bytes: &[u8]) -> Self {
+        Value::tagged(PLAIN, bytes)
     }
 }
 

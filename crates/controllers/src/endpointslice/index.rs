@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::watcher::Event;
-use wharf_kube::{Change, Keyed, ObjectKey, Watched};
+use wharf_kube::{shared_str, Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
-use super::service::ServiceInfo;
+use super::service::{Pair, ServiceInfo};
 
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
@@ -47,7 +47,7 @@ fn selector_terms(svc: Option<&ServiceInfo>) -> impl Iterator<Item = (&str, &str
     svc.and_then(ServiceInfo::selector).into_iter().flatten().map(|(k, v)| (&**k, &**v))
 }
 
-fn labels_match(selector: &[(Box<str>, Box<str>)], pod: &PodInfo) -> bool {
+fn labels_match(selector: &[Pair], pod: &PodInfo) -> bool {
     selector.iter().all(|(k, v)| pod.label(k) == Some(&**v))
 }
 
@@ -61,7 +61,7 @@ pub fn service_of_slice(slice: &SliceDigest) -> Option<ObjectKey> {
     let meta = &slice.meta;
     let labels = meta.labels.as_ref()?;
     (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)).then_some(())?;
-    Some(ObjectKey::new(meta.namespace.clone().unwrap_or_default(), labels.get(SERVICE_NAME_LABEL)?.clone()))
+    Some(ObjectKey::new(shared_str::shared(meta.namespace.as_deref().unwrap_or_default()), labels.get(SERVICE_NAME_LABEL)?.as_str()))
 }
 
 /// One change from any of the watches (transient: each value moves
@@ -217,7 +217,7 @@ impl Index {
     }
 
     /// The pods a selector matches: the smallest posting list, filtered.
-    fn members(&self, ns: &str, selector: &[(Box<str>, Box<str>)]) -> Vec<Arc<PodInfo>> {
+    fn members(&self, ns: &str, selector: &[Pair]) -> Vec<Arc<PodInfo>> {
         let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
         let Some(Some(keys)) = smallest else { return Vec::new() };
         keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()

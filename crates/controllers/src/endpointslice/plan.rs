@@ -17,7 +17,7 @@ use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str;
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
-use super::service::ServiceInfo;
+use super::service::{Pair, Pairs, ServiceInfo};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -44,7 +44,7 @@ pub struct PodInfo {
     pub version: Option<u64>,
     /// Its labels, sorted by key: a `BTreeMap` would take a 540-byte node
     /// for a single label.
-    labels: Box<[(Box<str>, Box<str>)]>,
+    labels: Pairs,
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
     /// out of that slice.
@@ -78,7 +78,7 @@ impl PodInfo {
         &self.key.name
     }
 
-    pub fn labels(&self) -> &[(Box<str>, Box<str>)] {
+    pub fn labels(&self) -> &[Pair] {
         &self.labels
     }
 
@@ -108,7 +108,8 @@ impl PodInfo {
 }
 
 /// A pod's addresses: the first of each family in `status.podIPs`, else
-/// `status.podIP`.
+/// `status.podIP`. Kept parsed, so a slice carries an address in its
+/// canonical form (the same address, whatever case or zeros the pod wrote).
 fn pod_ips_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
     let listed = status.into_iter().flat_map(|s| s.pod_ips.iter().flatten().map(|p| &p.ip).chain(s.pod_ip.as_ref()));
     let (mut v4, mut v6) = (None, None);

@@ -8,8 +8,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::IpFamily;
 use wharf_kube::key::{version_of, ObjectKey, Uid};
 
-/// Sorted (key, value) pairs: labels or a selector.
-pub type Pairs = Box<[(Box<str>, Box<str>)]>;
+/// A label or a selector term: (key, value).
+pub type Pair = (Box<str>, Box<str>);
+
+/// Labels or a selector, sorted by key.
+pub type Pairs = Box<[Pair]>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceInfo {
@@ -84,12 +87,12 @@ impl ServiceInfo {
         self.uid.as_ref().map(Uid::to_string).unwrap_or_default()
     }
 
-    pub fn labels(&self) -> &[(Box<str>, Box<str>)] {
+    pub fn labels(&self) -> &[Pair] {
         &self.labels
     }
 
     /// Its selector, if it has a non-empty one.
-    pub fn selector(&self) -> Option<&[(Box<str>, Box<str>)]> {
+    pub fn selector(&self) -> Option<&[Pair]> {
         (!self.selector.is_empty()).then_some(&*self.selector)
     }
 
