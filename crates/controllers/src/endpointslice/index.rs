@@ -12,8 +12,9 @@ use kube::runtime::watcher::Event;
 use wharf_kube::{shared_str, Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
+use super::labels::Labels;
 use super::plan::{self, PodInfo, SlicePlan, MANAGED_BY, MANAGED_BY_LABEL, MAX_ENDPOINTS_PER_SLICE, SERVICE_NAME_LABEL};
-use super::service::{Pair, ServiceInfo};
+use super::service::ServiceInfo;
 
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
@@ -44,16 +45,16 @@ impl Postings {
 
 /// A service's selector terms as postings take them.
 fn selector_terms(svc: Option<&ServiceInfo>) -> impl Iterator<Item = (&str, &str)> {
-    svc.and_then(ServiceInfo::selector).into_iter().flatten().map(|(k, v)| (&**k, &**v))
+    svc.and_then(ServiceInfo::selector).into_iter().flat_map(Labels::iter)
 }
 
-fn labels_match(selector: &[Pair], pod: &PodInfo) -> bool {
-    selector.iter().all(|(k, v)| pod.label(k) == Some(&**v))
+fn labels_match(selector: &Labels, pod: &PodInfo) -> bool {
+    selector.iter().all(|(k, v)| pod.label(k) == Some(v))
 }
 
 /// A pod's labels as postings take them.
 fn pod_labels(pod: Option<&PodInfo>) -> impl Iterator<Item = (&str, &str)> {
-    pod.into_iter().flat_map(|p| p.labels()).map(|(k, v)| (&**k, &**v))
+    pod.into_iter().flat_map(|p| p.labels().iter())
 }
 
 /// The service a managed slice belongs to.
@@ -217,7 +218,7 @@ impl Index {
     }
 
     /// The pods a selector matches: the smallest posting list, filtered.
-    fn members(&self, ns: &str, selector: &[Pair]) -> Vec<Arc<PodInfo>> {
+    fn members(&self, ns: &str, selector: &Labels) -> Vec<Arc<PodInfo>> {
         let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
         let Some(Some(keys)) = smallest else { return Vec::new() };
         keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()

@@ -12,6 +12,7 @@
 
 pub mod digest;
 pub mod index;
+pub mod labels;
 pub mod plan;
 pub mod service;
 

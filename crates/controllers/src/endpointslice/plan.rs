@@ -17,7 +17,8 @@ use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str;
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
-use super::service::{Pair, Pairs, ServiceInfo};
+use super::labels::Labels;
+use super::service::ServiceInfo;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -42,9 +43,9 @@ pub struct PodInfo {
     /// Its resourceVersion. Nothing else of the pod's metadata is kept (a
     /// whole `ObjectMeta` is 360 bytes before anything is in it).
     pub version: Option<u64>,
-    /// Its labels, sorted by key: a `BTreeMap` would take a 540-byte node
-    /// for a single label.
-    labels: Pairs,
+    /// Its labels, in one allocation (`labels.rs`): a `BTreeMap` would take
+    /// a 540-byte node for a single label.
+    labels: Labels,
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
     /// out of that slice.
@@ -78,13 +79,12 @@ impl PodInfo {
         &self.key.name
     }
 
-    pub fn labels(&self) -> &[Pair] {
+    pub fn labels(&self) -> &Labels {
         &self.labels
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
-        let found = self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
-        Some(&self.labels[found].1)
+        self.labels.get(key)
     }
 
     pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
@@ -154,7 +154,7 @@ impl From<&Pod> for PodInfo {
             key: ObjectKey::of(pod),
             uid: m.uid.as_deref().map(Uid::new),
             version: version_of(pod),
-            labels: m.labels.iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+            labels: Labels::from_sorted(m.labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))),
             ipv4,
             ipv6,
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
@@ -260,7 +260,7 @@ impl SlicePlan {
 
 /// A service's own labels, as a map to add to.
 fn labels_of(svc: &ServiceInfo) -> BTreeMap<String, String> {
-    svc.labels().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    svc.labels().iter().map(|(k, v)| (k.into(), v.into())).collect()
 }
 
 fn slice_labels(svc: &ServiceInfo) -> BTreeMap<String, String> {

@@ -8,20 +8,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::IpFamily;
 use wharf_kube::key::{version_of, ObjectKey, Uid};
 
-/// A label or a selector term: (key, value).
-pub type Pair = (Box<str>, Box<str>);
-
-/// Labels or a selector, sorted by key.
-pub type Pairs = Box<[Pair]>;
+use super::labels::Labels;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceInfo {
     pub key: ObjectKey,
     pub version: Option<u64>,
     uid: Option<Uid>,
-    labels: Pairs,
+    labels: Labels,
     /// Empty: none, and the user owns the service's endpoints.
-    selector: Pairs,
+    selector: Labels,
     pub ports: Box<[PortInfo]>,
     pub publish_not_ready_addresses: bool,
     /// `spec.ipFamilies` as listed (unknown names left out).
@@ -42,11 +38,6 @@ pub struct PortInfo {
     pub app_protocol: Option<Box<str>>,
 }
 
-fn sorted_pairs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Pairs {
-    // A BTreeMap iterates in key order already.
-    pairs.into_iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect()
-}
-
 impl From<Service> for ServiceInfo {
     fn from(svc: Service) -> Self {
         let meta = &svc.metadata;
@@ -55,8 +46,10 @@ impl From<Service> for ServiceInfo {
             key: ObjectKey::of_meta(meta),
             version: version_of(&svc),
             uid: meta.uid.as_deref().map(Uid::new),
-            labels: sorted_pairs(meta.labels.iter().flatten()),
-            selector: sorted_pairs(spec.and_then(|s| s.selector.as_ref()).into_iter().flatten()),
+            labels: Labels::from_sorted(meta.labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))),
+            selector: Labels::from_sorted(
+                spec.and_then(|s| s.selector.as_ref()).into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
             ports: spec
                 .and_then(|s| s.ports.as_ref())
                 .into_iter()
@@ -87,13 +80,13 @@ impl ServiceInfo {
         self.uid.as_ref().map(Uid::to_string).unwrap_or_default()
     }
 
-    pub fn labels(&self) -> &[Pair] {
+    pub fn labels(&self) -> &Labels {
         &self.labels
     }
 
     /// Its selector, if it has a non-empty one.
-    pub fn selector(&self) -> Option<&[Pair]> {
-        (!self.selector.is_empty()).then_some(&*self.selector)
+    pub fn selector(&self) -> Option<&Labels> {
+        (!self.selector.is_empty()).then_some(&self.selector)
     }
 
     /// The families its endpoints are published for: its `ipFamilies`,
@@ -124,9 +117,8 @@ mod tests {
         .unwrap();
         let view = ServiceInfo::from(svc);
         assert_eq!((view.namespace(), view.name(), view.version, view.uid()), ("d", "web", Some(7), "u1".to_string()));
-        let labels: Vec<(&str, &str)> = view.labels().iter().map(|(k, v)| (&**k, &**v)).collect();
-        assert_eq!(labels, [("app", "web"), ("tier", "front")]);
-        assert_eq!(view.selector().map(<[_]>::len), Some(1));
+        assert_eq!(view.labels().iter().collect::<Vec<_>>(), [("app", "web"), ("tier", "front")]);
+        assert_eq!(view.selector().map(|s| s.iter().collect::<Vec<_>>()), Some(vec![("app", "web")]));
         assert!(view.publish_not_ready_addresses);
         assert_eq!(view.families(), [IpFamily::V6, IpFamily::V4]);
         assert_eq!(
