@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wharf_api::ipfamily::{IpFamily, NodeIps};
-use wharf_kube::key::version_in;
+use wharf_kube::key::{version_in, Uid};
 use wharf_kube::{shared_str, ObjectKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,7 +181,7 @@ pub struct NodeView {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceView {
     pub key: ObjectKey,
-    uid: Option<Box<str>>,
+    uid: Option<Uid>,
     version: Option<u64>,
     pub created: Option<Time>,
     /// ExternalName: a DNS alias, nothing to proxy.
@@ -240,7 +240,7 @@ impl From<Service> for ServiceView {
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         ServiceView {
             key: ObjectKey::of_meta(&svc.metadata),
-            uid: svc.metadata.uid.as_deref().map(Box::from),
+            uid: svc.metadata.uid.as_deref().map(Uid::new),
             version: version_in(&svc.metadata),
             created: svc.metadata.creation_timestamp,
             external_name: ty == "ExternalName",
@@ -267,7 +267,7 @@ impl ServiceView {
             kind: Some("Service".into()),
             namespace: Some(self.key.namespace.to_string()),
             name: Some(self.key.name.to_string()),
-            uid: self.uid.as_deref().map(String::from),
+            uid: self.uid.as_ref().map(Uid::to_string),
             resource_version: self.version.map(|v| v.to_string()),
             ..Default::default()
         }
@@ -350,15 +350,10 @@ struct SliceEndpoint {
 impl From<EndpointSlice> for SliceView {
     fn from(slice: EndpointSlice) -> Self {
         let meta = &slice.metadata;
+        let key = ObjectKey::of_meta(meta);
         let owner = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
-        let mut view = SliceView {
-            key: ObjectKey::of_meta(meta),
-            version: version_in(meta),
-            owner: None,
-            ports: Box::default(),
-            endpoints: Box::default(),
-        };
-        view.owner = owner.map(|name| ObjectKey::new(view.key.namespace.clone(), name.as_str()));
+        let owner = owner.map(|name| ObjectKey::new(key.namespace.clone(), name.as_str()));
+        let mut view = SliceView { key, version: version_in(meta), owner, ports: Box::default(), endpoints: Box::default() };
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             return view; // FQDN slices carry nothing a proxy can dial
         }

@@ -174,7 +174,7 @@ fn load(db: &redb::Database) -> Result<(BTreeMap<Arc<str>, Entry>, Revision)> {
     for row in table.iter().map_err(backend)? {
         let (key, value) = row.map_err(backend)?;
         let (create_revision, mod_revision, bytes) = value.value();
-        let value = packer.pack(&Bytes::copy_from_slice(bytes));
+        let value = packer.pack(bytes);
         kv.insert(key.value().into(), Entry { value, create_revision, mod_revision });
     }
     Ok((kv, revision))

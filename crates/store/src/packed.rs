@@ -154,7 +154,7 @@ impl Default for Packer {
 impl Packer {
     /// `value` packed where that makes it smaller: JSON objects of some
     /// size. Anything else (an encrypted value, a short one) stays as it is.
-    pub fn pack(&mut self, value: &Bytes) -> Value {
+    pub fn pack(&mut self, value: &[u8]) -> Value {
         let plain = || Value::tagged(PLAIN, value);
         let Some(compressor) = self.0.as_mut() else { return plain() };
         let Ok(length) = u32::try_from(value.len()) else { return plain() };

@@ -2,6 +2,8 @@
 //! one allocation. As boxed pairs they were one allocation for the list
 //! and two per pair, for every pod.
 
+use std::collections::BTreeMap;
+
 /// Pairs sorted by key, each written as its key's and its value's length
 /// (u32, little endian), then the key and the value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +22,11 @@ impl Labels {
             bytes.extend_from_slice(value.as_bytes());
         }
         Labels(bytes.into_boxed_slice())
+    }
+
+    /// An object's labels or a selector, as decoded.
+    pub fn of(map: Option<&BTreeMap<String, String>>) -> Self {
+        Self::from_sorted(map.into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     pub fn iter(&self) -> Iter<'_> {

@@ -154,7 +154,7 @@ impl From<&Pod> for PodInfo {
             key: ObjectKey::of(pod),
             uid: m.uid.as_deref().map(Uid::new),
             version: version_of(pod),
-            labels: Labels::from_sorted(m.labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))),
+            labels: Labels::of(m.labels.as_ref()),
             ipv4,
             ipv6,
             ready: status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),

@@ -46,10 +46,8 @@ impl From<Service> for ServiceInfo {
             key: ObjectKey::of_meta(meta),
             version: version_of(&svc),
             uid: meta.uid.as_deref().map(Uid::new),
-            labels: Labels::from_sorted(meta.labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))),
-            selector: Labels::from_sorted(
-                spec.and_then(|s| s.selector.as_ref()).into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())),
-            ),
+            labels: Labels::of(meta.labels.as_ref()),
+            selector: Labels::of(spec.and_then(|s| s.selector.as_ref())),
             ports: spec
                 .and_then(|s| s.ports.as_ref())
                 .into_iter()
