@@ -11,6 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::few::FewSet;
 use crate::freshness::{Freshness, Scope};
 
 pub use wharf_kube::ObjectKey as Key;
@@ -24,7 +25,7 @@ pub enum ServiceKind {
 }
 
 /// A named port: (name, protocol in lower case, number).
-pub type NamedPort = (String, String, u16);
+pub type NamedPort = (String, &'static str, u16);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
@@ -61,7 +62,8 @@ impl EndpointEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SliceEntry {
-    service: String,
+    /// Its service's name, shared with the key of `slices_of`.
+    service: Arc<str>,
     endpoints: Box<[EndpointEntry]>,
     ports: Vec<NamedPort>,
 }
@@ -93,8 +95,8 @@ impl PodIps {
 pub struct Index {
     services: HashMap<Key, ServiceEntry>,
     slices: HashMap<Key, SliceEntry>,
-    slices_of: HashMap<Key, HashSet<Arc<str>>>,
-    by_cluster_ip: HashMap<IpAddr, HashSet<Key>>,
+    slices_of: HashMap<Key, FewSet<Arc<str>>>,
+    by_cluster_ip: HashMap<IpAddr, FewSet<Key>>,
     /// Each pod's IPs, one per family.
     pods: HashMap<Key, PodIps>,
     pod_ips: HashMap<(Arc<str>, IpAddr), usize>,
@@ -140,12 +142,17 @@ pub fn undashed(label: &str) -> Option<IpAddr> {
     (dashed(ip) == label).then_some(ip)
 }
 
+/// A protocol as SRV names write it; the API admits no others.
+fn lower_protocol(protocol: &str) -> Option<&'static str> {
+    ["tcp", "udp", "sctp"].into_iter().find(|p| p.eq_ignore_ascii_case(protocol))
+}
+
 fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<NamedPort> {
     ports
         .filter_map(|(name, protocol, port)| {
             let name = name.filter(|n| !n.is_empty())?;
             let port = u16::try_from(port?).ok()?;
-            Some((name.to_lowercase(), protocol.map_or("tcp".into(), |p| p.to_lowercase()), port))
+            Some((name.to_lowercase(), lower_protocol(protocol.map_or("TCP", String::as_str))?, port))
         })
         .collect()
 }
@@ -235,7 +242,7 @@ impl Index {
     pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
         for (key, slice) in &self.slices {
-            let svc_key = Key::new(&*key.namespace, slice.service.as_str());
+            let svc_key = Key { namespace: key.namespace.clone(), name: slice.service.clone() };
             if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
                 continue;
             }
@@ -307,7 +314,8 @@ impl Index {
 
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
         let key = Key::of(slice);
-        let service = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned();
+        let service: Option<Arc<str>> =
+            slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(|s| s.as_str().into());
         let Some(service) = service.filter(|_| matches!(slice.address_type.as_str(), "IPv4" | "IPv6")) else {
             self.delete_slice(&key);
             return;
@@ -330,7 +338,8 @@ impl Index {
             return;
         }
         self.delete_slice(&key);
-        self.slices_of.entry(Key::new(&*key.namespace, entry.service.as_str())).or_default().insert(key.name.clone());
+        let owner = Key { namespace: key.namespace.clone(), name: entry.service.clone() };
+        self.slices_of.entry(owner).or_default().insert(key.name.clone());
         let scopes = slice_scopes(&key.namespace, &entry);
         self.slices.insert(key, entry);
         self.changed(scopes);
@@ -338,7 +347,7 @@ impl Index {
 
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
-            let owner = Key::new(&*key.namespace, old.service.as_str());
+            let owner = Key { namespace: key.namespace.clone(), name: old.service.clone() };
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(&key.name);
                 if set.is_empty() {

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod encode;
+mod few;
 pub mod forward;
 pub mod freshness;
 pub mod index;

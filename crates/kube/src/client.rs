@@ -130,13 +130,20 @@ pub fn with_identity(server: &str, ca_pem: &str, identity: Arc<ClientIdentity>) 
     build_on(config, https)
 }
 
+/// The most a connection buffers of what it reads (hyper's minimum is 8 KiB).
+const READ_BUFFER_CAP: usize = 64 << 10;
+
 fn build_on(config: kube::Config, https: hyper_rustls::HttpsConnector<HttpConnector>) -> Result<kube::Client, ClientError> {
     let mut timed = TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
     timed.set_read_timeout(config.read_timeout);
     timed.set_write_timeout(config.write_timeout);
     timed.set_reset_reader_on_write(config.reset_reader_on_write);
-    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(timed);
+    // A connection's read buffer grows with what it reads and is kept while
+    // the connection lives: at hyper's default cap (408 KiB) each watch that
+    // once read a large list held that much for good. Bodies stream, so a
+    // small cap costs only more reads of a long list.
+    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http1_max_buf_size(READ_BUFFER_CAP).build(timed);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.default_retry.then(|| RetryLayer::new(RetryPolicy::server_retry())))

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -30,7 +30,6 @@ const CONNECT_ATTEMPTS: usize = 3;
 /// The live state of one service port on this node.
 pub struct PortState {
     pub name: ServicePortName,
-    label: String,
     sets: RwLock<BackendSets>,
     all: RwLock<HashSet<ByAddr>>,
     affinity: RwLock<Option<Arc<Affinity>>>,
@@ -39,15 +38,33 @@ pub struct PortState {
 
 /// The backends of each lane (scope and family), by `Lane::index`: read
 /// for every connection and datagram.
-#[derive(Default, Clone)]
-struct BackendSets([Arc<Vec<Arc<Backend>>>; 4]);
+#[derive(Clone)]
+struct BackendSets([Backends; 4]);
+
+impl Default for BackendSets {
+    fn default() -> Self {
+        BackendSets(std::array::from_fn(|_| NO_BACKENDS.clone()))
+    }
+}
+
+/// One lane's backends. Most lanes of most ports are empty (a port has
+/// one family, and few endpoints are on this node): those share one.
+type Backends = Arc<[Arc<Backend>]>;
+
+static NO_BACKENDS: LazyLock<Backends> = LazyLock::new(|| Arc::new([]));
+
+fn backends_of(set: Vec<Arc<Backend>>) -> Backends {
+    if set.is_empty() {
+        NO_BACKENDS.clone()
+    } else {
+        set.into()
+    }
+}
 
 impl PortState {
     fn new(name: ServicePortName, metrics: &ProxyMetrics) -> Arc<Self> {
-        let label = name.to_string();
         Arc::new(PortState {
-            metrics: PortMetrics::new(metrics, &label),
-            label,
+            metrics: PortMetrics::new(metrics, &name.to_string()),
             name,
             sets: RwLock::default(),
             all: RwLock::default(),
@@ -61,7 +78,7 @@ impl PortState {
         self.metrics.forget(endpoints);
     }
 
-    pub fn backends(&self, lane: Lane) -> Arc<Vec<Arc<Backend>>> {
+    pub fn backends(&self, lane: Lane) -> Backends {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
         sets.0[lane.index()].clone()
     }
@@ -74,8 +91,9 @@ impl PortState {
         self.affinity.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// `namespace/service:port`, as logs and metrics name it.
     pub fn label(&self) -> &str {
-        &self.label
+        self.metrics.service()
     }
 
     pub fn metrics(&self) -> &PortMetrics {
@@ -101,7 +119,7 @@ impl PortState {
                 new
             }
         };
-        let sets = Lane::ALL.map(|lane| Arc::new(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect::<Vec<_>>()));
+        let sets = Lane::ALL.map(|lane| backends_of(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect()));
         let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
         let leaving: Vec<SocketAddr> = all.iter().map(|b| b.0.addr).filter(|a| !keep.contains(a)).collect();
         if drain.is_zero() {
@@ -143,7 +161,7 @@ impl PortState {
             let Some(counters) = backend.counters_if_used() else { continue };
             let last_error = counters.last_error();
             into.push(EndpointTraffic {
-                service_port: self.label.clone(),
+                service_port: self.label().to_owned(),
                 endpoint: backend.addr.to_string(),
                 connections: counters.connections.get(),
                 active: counters.active.get(),
@@ -184,7 +202,7 @@ async fn connect(state: &PortState, lane: Lane, client: SocketAddr) -> Option<(T
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
         };
-        state.metrics.connect_failed.inc();
+        state.metrics.series().connect_failed.inc();
         backend.counters(&state.metrics).connect_failed(failure);
         tried.push(backend.addr);
     }
@@ -194,7 +212,7 @@ async fn connect(state: &PortState, lane: Lane, client: SocketAddr) -> Option<(T
 async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, peer: SocketAddr, timeouts: copy::Timeouts) {
     // TCP_NODELAY comes with the listening socket.
     let Some((mut upstream, backend)) = connect(&state, lane, peer).await else {
-        state.metrics.no_endpoint.inc();
+        state.metrics.series().no_endpoint.inc();
         reset(client);
         return;
     };
@@ -205,7 +223,7 @@ async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, pee
     let counters = backend.counters(&state.metrics);
     counters.connections.inc();
     counters.active.inc();
-    state.metrics.active.inc();
+    state.metrics.series().active.inc();
     let _guard = ActiveGuard::new(backend.clone());
     let closed = state.closed_signal(backend.addr);
     let drained = async {
@@ -216,19 +234,19 @@ async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, pee
     };
     tokio::select! {
         copied = copy::bidirectional(&mut client, &mut upstream, timeouts) => {
-            state.metrics.to_endpoint.inc_by(copied.sent);
-            state.metrics.to_client.inc_by(copied.received);
+            state.metrics.series().to_endpoint.inc_by(copied.sent);
+            state.metrics.series().to_client.inc_by(copied.received);
             counters.to_endpoint.inc_by(copied.sent);
             counters.to_client.inc_by(copied.received);
             if let Some(cut) = copied.cut {
-                state.metrics.cut(cut).inc();
+                state.metrics.series().cut(cut).inc();
             }
         }
         _ = drained => {
-            state.metrics.drained.inc();
+            state.metrics.series().drained.inc();
         }
     }
-    state.metrics.active.dec();
+    state.metrics.series().active.dec();
     counters.active.dec();
 }
 
@@ -459,7 +477,7 @@ impl Dataplane {
                                 self.listeners.insert(key, task);
                             }
                             Err(e) => {
-                                tracing::warn!(service = %state.label, addr = %frontend.addr, error = %e, "cannot listen");
+                                tracing::warn!(service = %state.label(), addr = %frontend.addr, error = %e, "cannot listen");
                                 applied.bind_failures.push((key, e.to_string()));
                             }
                         }
@@ -508,5 +526,35 @@ impl Dataplane {
                 Ok(worker.spawn(udp::frontend(socket, state.clone(), frontend.lane(), flows)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, ServicePort};
+
+    #[tokio::test]
+    async fn a_port_costs_little_until_it_carries_traffic() {
+        let metrics = ProxyMetrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let name = ServicePortName { namespace: "default".into(), service: "web".into(), port: "http".into() };
+        let state = PortState::new(name.clone(), &metrics);
+        let endpoint =
+            Endpoint { addr: "127.0.0.9:80".parse().unwrap(), ready: true, serving: true, terminating: false, node: Some("n2".into()) };
+        let port =
+            ServicePort { name, frontends: vec![], endpoints: vec![endpoint], affinity: None, internal_local: false, external_local: true };
+        state.update(&port, "n1", Duration::ZERO, 16, &Handle::current());
+
+        let addrs = |lane: Lane| state.backends(lane).iter().map(|b| b.addr).collect::<Vec<_>>();
+        assert_eq!(addrs(Lane::ALL[0]), vec![port.endpoints[0].addr], "cluster-wide IPv4 traffic reaches the endpoint");
+        for lane in &Lane::ALL[1..] {
+            assert!(Arc::ptr_eq(&state.backends(*lane), &NO_BACKENDS), "an empty lane shares the one empty set: {lane:?}");
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("default/web:http"), "no series before traffic: {text}");
+        assert_eq!(state.label(), "default/web:http");
     }
 }

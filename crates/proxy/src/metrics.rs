@@ -1,8 +1,8 @@
 //! Per-service Prometheus metrics of the proxy. A series' service label is
-//! the port's one shared copy, and its direction or reason a constant:
-//! every service port has eight series before any traffic.
+//! the port's one shared copy, and its direction or reason a constant. A
+//! port's series appear when it first carries traffic (or fails to).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -65,12 +65,18 @@ impl ProxyMetrics {
     }
 }
 
-/// One service port's metric handles, looked up once so the data path
-/// only does atomic adds.
-#[derive(Clone)]
+/// One service port's metrics: its name, and its eight series, made when
+/// the port first carries traffic or fails to (most ports of a large
+/// cluster never do on a given node, and eight series cost about 650
+/// bytes).
 pub struct PortMetrics {
     family: ProxyMetrics,
     service: Arc<str>,
+    series: OnceLock<Box<PortSeries>>,
+}
+
+/// A port's series, looked up once so the data path only does atomic adds.
+pub struct PortSeries {
     pub active: Gauge,
     pub to_endpoint: Counter,
     pub to_client: Counter,
@@ -81,12 +87,11 @@ pub struct PortMetrics {
     pub half_closed_timeout: Counter,
 }
 
-impl PortMetrics {
-    pub fn new(family: &ProxyMetrics, service: &str) -> Self {
-        let service: Arc<str> = service.into();
+impl PortSeries {
+    fn new(family: &ProxyMetrics, service: &Arc<str>) -> Self {
         let bytes = |direction| family.bytes.get_or_create(&DirectionLabels { service: service.clone(), direction }).clone();
         let error = |reason| family.errors.get_or_create(&ErrorLabels { service: service.clone(), reason }).clone();
-        PortMetrics {
+        PortSeries {
             active: family.active.get_or_create(&ServiceLabels { service: service.clone() }).clone(),
             to_endpoint: bytes("to_endpoint"),
             to_client: bytes("to_client"),
@@ -95,8 +100,6 @@ impl PortMetrics {
             drained: error("drained"),
             idle_timeout: error("idle_timeout"),
             half_closed_timeout: error("half_closed_timeout"),
-            family: family.clone(),
-            service,
         }
     }
 
@@ -106,6 +109,22 @@ impl PortMetrics {
             crate::copy::Cut::Idle => &self.idle_timeout,
             crate::copy::Cut::HalfClosed => &self.half_closed_timeout,
         }
+    }
+}
+
+impl PortMetrics {
+    pub fn new(family: &ProxyMetrics, service: &str) -> Self {
+        PortMetrics { family: family.clone(), service: service.into(), series: OnceLock::new() }
+    }
+
+    /// The port's name as its series label it (`namespace/service:port`).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The port's series, made on first use.
+    pub fn series(&self) -> &PortSeries {
+        self.series.get_or_init(|| Box::new(PortSeries::new(&self.family, &self.service)))
     }
 
     fn endpoint_labels(&self, endpoint: std::net::SocketAddr) -> EndpointLabels {
@@ -198,7 +217,10 @@ mod tests {
         let mut registry = Registry::default();
         family.register(&mut registry);
         let port = PortMetrics::new(&family, "default/web:http");
+        assert!(!exported(&registry).contains("default/web:http"), "no series before the port is used");
+        port.series().no_endpoint.inc();
         assert_eq!(Arc::strong_count(&port.service), 9, "the port and its eight series share one service name");
+        assert!(exported(&registry).contains(r#"wharf_proxy_errors_total{service="default/web:http",reason="no_endpoint"} 1"#));
         let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
         port.endpoint(a).connections.inc();
         let b_counters = port.endpoint(b);

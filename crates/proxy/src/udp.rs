@@ -3,7 +3,9 @@
 //! a flow whose endpoint is no longer usable is re-steered on its next
 //! packet, and idle flows expire.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,30 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::balancer::Backend;
 use crate::dataplane::PortState;
 use crate::model::Lane;
+
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    /// Where a datagram lands first: one buffer per thread, so that a
+    /// waiting frontend or flow holds none of its own (64 KiB each, times
+    /// every UDP service port and every flow).
+    static LANDING: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
+}
+
+/// The next datagram on `socket`, received by `try_recv` into the thread's
+/// landing buffer and copied out at its own length, with what `try_recv`
+/// says of its sender.
+async fn receive<T>(socket: &UdpSocket, try_recv: impl Fn(&UdpSocket, &mut [u8]) -> io::Result<(usize, T)>) -> io::Result<(Vec<u8>, T)> {
+    loop {
+        socket.readable().await?;
+        let received = LANDING.with_borrow_mut(|buf| try_recv(socket, buf).map(|(n, from)| (buf[..n].to_vec(), from)));
+        match received {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
 
 struct Flow {
     backend: Arc<Backend>,
@@ -33,15 +59,14 @@ async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Ba
     let upstream = Arc::new(UdpSocket::bind(bind).await?);
     upstream.connect(backend.addr).await?;
     let reply_socket = upstream.clone();
-    let to_client = state.metrics().to_client.clone();
+    let to_client = state.metrics().series().to_client.clone();
     let counters = backend.counters(state.metrics());
     let endpoint_to_client = counters.to_client.clone();
     let replies = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        while let Ok(n) = reply_socket.recv(&mut buf).await {
-            to_client.inc_by(n as u64);
-            endpoint_to_client.inc_by(n as u64);
-            let _ = frontend.send_to(&buf[..n], client).await;
+        while let Ok((reply, ())) = receive(&reply_socket, |s, buf| s.try_recv(buf).map(|n| (n, ()))).await {
+            to_client.inc_by(reply.len() as u64);
+            endpoint_to_client.inc_by(reply.len() as u64);
+            let _ = frontend.send_to(&reply, client).await;
         }
     });
     counters.connections.inc();
@@ -90,12 +115,10 @@ impl Flows {
 const RECV_BACKOFF: Duration = Duration::from_millis(10);
 
 pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane, mut flows: Flows) {
-    let mut buf = vec![0u8; 65535];
     let mut sweep = tokio::time::interval(flows.idle.max(Duration::from_secs(1)) / 2);
-    let to_endpoint = state.metrics().to_endpoint.clone();
     loop {
-        let (n, client) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
+        let (datagram, client) = tokio::select! {
+            received = receive(&socket, |s, buf| s.try_recv_from(buf)) => match received {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP frontend receive failed");
@@ -122,7 +145,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane,
                 },
             };
             let Some(backend) = state.choose(lane, client.ip(), &[]) else {
-                state.metrics().no_endpoint.inc();
+                state.metrics().series().no_endpoint.inc();
                 continue;
             };
             if let Some(affinity) = state.affinity() {
@@ -133,7 +156,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane,
                     flows.table.insert(client, (flow, slot));
                 }
                 Err(e) => {
-                    state.metrics().connect_failed.inc();
+                    state.metrics().series().connect_failed.inc();
                     backend.counters(state.metrics()).connect_failed(e.to_string());
                     continue;
                 }
@@ -141,9 +164,28 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane,
         }
         if let Some((flow, _)) = flows.table.get_mut(&client) {
             flow.last = Instant::now();
-            to_endpoint.inc_by(n as u64);
-            flow.backend.counters(state.metrics()).to_endpoint.inc_by(n as u64);
-            let _ = flow.upstream.send(&buf[..n]).await;
+            let n = datagram.len() as u64;
+            state.metrics().series().to_endpoint.inc_by(n);
+            flow.backend.counters(state.metrics()).to_endpoint.inc_by(n);
+            let _ = flow.upstream.send(&datagram).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn datagrams_come_out_whole_at_their_own_length() {
+        let (a, b) = (UdpSocket::bind("127.0.0.1:0").await.unwrap(), UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let largest = vec![7u8; 65_507];
+        a.send_to(&largest, b.local_addr().unwrap()).await.unwrap();
+        a.send_to(b"hi", b.local_addr().unwrap()).await.unwrap();
+        let (got, from) = receive(&b, |s, buf| s.try_recv_from(buf)).await.unwrap();
+        assert_eq!((got.len(), from), (largest.len(), a.local_addr().unwrap()));
+        assert!(got == largest);
+        let (got, _) = receive(&b, |s, buf| s.try_recv_from(buf)).await.unwrap();
+        assert_eq!((got.as_slice(), got.capacity()), (&b"hi"[..], 2), "a copy of its own size, not a landing buffer");
     }
 }
