@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
-use wharf_kube::{watch, Backoff, ObjectKey, QueueHandles, Watched, WorkQueue};
+use wharf_kube::{watch, Backoff, Keyed, ObjectKey, QueueHandles, Watched, WorkQueue};
 
 /// Where node Leases live.
 const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -95,8 +95,8 @@ impl NodeLifecycleController {
                     let nodes = self.lock();
                     let leases = self.leases();
                     let lease = |name: &str| leases.reflector.get(&ObjectKey::new(LEASE_NAMESPACE, name));
-                    for (key, _) in nodes.reflector.iter().filter(|(k, n)| is_silent(n, lease(&k.name).map(|l| &**l), self.grace, now)) {
-                        self.queue.add(key.clone());
+                    for node in nodes.reflector.values().filter(|n| is_silent(n, lease(n.key_parts().1).map(|l| &**l), self.grace, now)) {
+                        self.queue.add(node.key());
                     }
                 }
             }

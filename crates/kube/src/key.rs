@@ -25,7 +25,8 @@ impl ObjectKey {
     /// An object's key, its namespace the one shared copy (`shared_str`):
     /// most keys made are kept, by a table or a view.
     pub fn of_meta(meta: &ObjectMeta) -> Self {
-        Self::new(crate::shared_str::shared(meta.namespace.as_deref().unwrap_or_default()), meta.name.as_deref().unwrap_or_default())
+        let (namespace, name) = meta_parts(meta);
+        Self::new(crate::shared_str::shared(namespace), name)
     }
 }
 
@@ -66,6 +67,11 @@ impl fmt::Display for Uid {
     }
 }
 
+/// Namespace and name in `meta`, empty where missing.
+pub fn meta_parts(meta: &ObjectMeta) -> (&str, &str) {
+    (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
 /// An object's resourceVersion as a number, where it is one (wharf's and
 /// etcd's are); None means "unknown order".
 pub fn version_of<K: Resource>(obj: &K) -> Option<u64> {
@@ -82,6 +88,9 @@ pub fn version_in(meta: &ObjectMeta) -> Option<u64> {
 /// stand-in for one (`PodInfo`, a slice digest) implements it itself.
 pub trait Keyed {
     fn key(&self) -> ObjectKey;
+    /// Namespace and name, borrowed: what a table hashes and compares
+    /// while looking one up.
+    fn key_parts(&self) -> (&str, &str);
     /// As [`version_of`].
     fn version(&self) -> Option<u64>;
 }
@@ -96,6 +105,10 @@ macro_rules! keyed_view {
                 self.key.clone()
             }
 
+            fn key_parts(&self) -> (&str, &str) {
+                (&self.key.namespace, &self.key.name)
+            }
+
             fn version(&self) -> Option<u64> {
                 self.version
             }
@@ -106,6 +119,10 @@ macro_rules! keyed_view {
 impl<K: Resource> Keyed for K {
     fn key(&self) -> ObjectKey {
         ObjectKey::of(self)
+    }
+
+    fn key_parts(&self) -> (&str, &str) {
+        meta_parts(self.meta())
     }
 
     fn version(&self) -> Option<u64> {

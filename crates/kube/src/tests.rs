@@ -69,6 +69,31 @@ fn echoes_of_own_writes_change_nothing() {
     assert_eq!(names(&r.handle(Event::Delete(svc("a", 10)))), ["-a"]);
 }
 
+/// A compact view, as controllers keep, carrying its own key.
+struct View {
+    key: ObjectKey,
+    version: Option<u64>,
+}
+crate::keyed_view!(View);
+
+#[test]
+fn a_reflector_finds_views_by_their_own_key_and_keeps_no_copy() {
+    let mut r = reflector::Reflector::default();
+    let key = |i: u32| ObjectKey::new("d", format!("pod-{i}"));
+    let names: Vec<ObjectKey> = (0..1000).map(key).collect();
+    for (i, k) in names.iter().enumerate() {
+        r.apply(View { key: k.clone(), version: Some(i as u64 + 1) });
+    }
+    assert_eq!(Arc::strong_count(&names[7].name), 2, "the test's copy and the view's, none in the table");
+    assert!(names.iter().all(|k| r.get(k).is_some_and(|v| v.key == *k)), "found after the table grew");
+    r.apply(View { key: key(7), version: Some(5000) });
+    r.apply(View { key: key(7), version: Some(4000) });
+    assert_eq!((r.len(), r.get(&key(7)).and_then(|v| v.version)), (1000, Some(5000)), "replaced in place, never by an older one");
+    r.delete(&key(7));
+    assert!(r.get(&key(7)).is_none() && r.len() == 999);
+    assert_eq!(r.keys().len(), 999);
+}
+
 #[test]
 fn a_write_during_a_relist_is_not_taken_for_a_deletion() {
     let mut r = Watched::default();

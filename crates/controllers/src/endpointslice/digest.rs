@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
-use wharf_kube::key::{version_in, Keyed, ObjectKey};
+use wharf_kube::key::{meta_parts, version_in, Keyed, ObjectKey};
 
 /// A digest is kept by the same reflector as any object: its key and
 /// version are its metadata's.
@@ -22,6 +22,10 @@ macro_rules! keyed_by_meta {
         impl Keyed for $ty {
             fn key(&self) -> ObjectKey {
                 ObjectKey::of_meta(&self.meta)
+            }
+
+            fn key_parts(&self) -> (&str, &str) {
+                meta_parts(&self.meta)
             }
 
             fn version(&self) -> Option<u64> {

@@ -227,10 +227,9 @@ impl Index {
     /// Every service this controller may have work for: those with a
     /// selector, those with slices, and those with Endpoints it wrote.
     pub fn all_keys(&self) -> HashSet<ObjectKey> {
-        let mut keys: HashSet<ObjectKey> =
-            self.services.reflector.iter().filter(|(_, s)| s.selector().is_some()).map(|(k, _)| k.clone()).collect();
+        let mut keys: HashSet<ObjectKey> = self.services.reflector.values().filter(|s| s.selector().is_some()).map(|s| s.key()).collect();
         keys.extend(self.slices_of.keys().cloned());
-        keys.extend(self.endpoints.reflector.iter().filter(|(_, e)| plan::is_managed_endpoints(e)).map(|(k, _)| k.clone()));
+        keys.extend(self.endpoints.reflector.values().filter(|e| plan::is_managed_endpoints(e)).map(|e| e.key()));
         keys
     }
 
