@@ -68,6 +68,13 @@ struct SliceEntry {
     ports: Vec<NamedPort>,
 }
 
+impl SliceEntry {
+    /// The key of its service, given its own: the strings are shared.
+    fn owner(&self, key: &Key) -> Key {
+        Key { namespace: key.namespace.clone(), name: self.service.clone() }
+    }
+}
+
 /// A pod's addresses, sorted: nearly always one, held inline.
 #[derive(Debug, PartialEq, Eq)]
 enum PodIps {
@@ -242,7 +249,7 @@ impl Index {
     pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
         for (key, slice) in &self.slices {
-            let svc_key = Key { namespace: key.namespace.clone(), name: slice.service.clone() };
+            let svc_key = slice.owner(key);
             if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
                 continue;
             }
@@ -338,8 +345,7 @@ impl Index {
             return;
         }
         self.delete_slice(&key);
-        let owner = Key { namespace: key.namespace.clone(), name: entry.service.clone() };
-        self.slices_of.entry(owner).or_default().insert(key.name.clone());
+        self.slices_of.entry(entry.owner(&key)).or_default().insert(key.name.clone());
         let scopes = slice_scopes(&key.namespace, &entry);
         self.slices.insert(key, entry);
         self.changed(scopes);
@@ -347,7 +353,7 @@ impl Index {
 
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
-            let owner = Key { namespace: key.namespace.clone(), name: old.service.clone() };
+            let owner = old.owner(key);
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(&key.name);
                 if set.is_empty() {

@@ -140,22 +140,15 @@ impl<K: Keyed> Reflector<K> {
         self.synced
     }
 
-    fn hash(&self, (namespace, name): (&str, &str)) -> u64 {
-        self.hasher.hash_one((namespace, name))
-    }
-
-    fn find(&self, parts: (&str, &str)) -> Option<&Arc<K>> {
-        self.items.find(self.hash(parts), |item| item.key_parts() == parts)
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<K>> {
+        let parts = (&*key.namespace, &*key.name);
+        self.items.find(self.hasher.hash_one(parts), |item| item.key_parts() == parts)
     }
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
         let parts = (&*key.namespace, &*key.name);
-        let found = self.items.find_entry(self.hash(parts), |item| item.key_parts() == parts).ok()?;
+        let found = self.items.find_entry(self.hasher.hash_one(parts), |item| item.key_parts() == parts).ok()?;
         Some(found.remove().0)
-    }
-
-    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<K>> {
-        self.find((&key.namespace, &key.name))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Arc<K>> {
@@ -204,15 +197,22 @@ impl<K: Keyed> Reflector<K> {
                 self.tombstones.remove(&key);
             }
         }
-        let hash = self.hash(obj.key_parts());
         let hasher = &self.hasher;
-        let new = Arc::new(obj);
-        let old = match self.items.entry(hash, |item| item.key_parts() == new.key_parts(), |item| hasher.hash_one(item.key_parts())) {
-            Entry::Occupied(mut held) if newer(version, held.get().version()) => Some(std::mem::replace(held.get_mut(), new.clone())),
-            Entry::Occupied(_) => return None,
+        let parts = obj.key_parts();
+        let entry = self.items.entry(hasher.hash_one(parts), |item| item.key_parts() == parts, |item| hasher.hash_one(item.key_parts()));
+        // The object is shared only once it is taken: the echo of an own
+        // write, which every write has, is dropped as it is.
+        let (new, old) = match entry {
+            Entry::Occupied(held) if !newer(version, held.get().version()) => return None,
+            Entry::Occupied(mut held) => {
+                let new = Arc::new(obj);
+                let old = std::mem::replace(held.get_mut(), new.clone());
+                (new, Some(old))
+            }
             Entry::Vacant(slot) => {
+                let new = Arc::new(obj);
                 slot.insert(new.clone());
-                None
+                (new, None)
             }
         };
         Some(Change::Applied { old, new })
