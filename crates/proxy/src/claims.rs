@@ -155,7 +155,7 @@ mod tests {
     }
 
     fn port(service: &str) -> ServicePortName {
-        ServicePortName { namespace: "default".into(), service: service.into(), port: String::new() }
+        ServicePortName { namespace: "default".into(), service: service.into(), port: "".into() }
     }
 
     #[test]

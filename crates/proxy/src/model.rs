@@ -39,11 +39,13 @@ impl Protocol {
 }
 
 /// A service port as seen from outside: (namespace, service, port name).
+/// Shared text: the port state, its claims and its table key each hold one
+/// (namespace and service are the service key's own).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServicePortName {
-    pub namespace: String,
-    pub service: String,
-    pub port: String,
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
+    pub port: Arc<str>,
 }
 
 impl std::fmt::Display for ServicePortName {
@@ -203,7 +205,7 @@ pub struct ServiceView {
 /// One port of a service the proxy can carry.
 #[derive(Clone, Debug, PartialEq)]
 struct PortSpec {
-    name: Box<str>,
+    name: Arc<str>,
     protocol: Protocol,
     port: u16,
     node_port: Option<u16>,
@@ -309,7 +311,7 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
             continue;
         }
         out.push(ServicePort {
-            name: ServicePortName { namespace: svc.key.namespace.to_string(), service: svc.key.name.to_string(), port: p.name.to_string() },
+            name: ServicePortName { namespace: svc.key.namespace.clone(), service: svc.key.name.clone(), port: p.name.clone() },
             frontends,
             endpoints: Vec::new(),
             affinity: svc.affinity,
@@ -396,7 +398,7 @@ pub fn attach_endpoints<'a>(
     for slice in slices {
         for (i, port) in ports.iter().enumerate() {
             let protocol = protocol_of(port);
-            let matching = slice.ports.iter().find(|(name, p, _)| *name == port.name.port && *p == protocol);
+            let matching = slice.ports.iter().find(|(name, p, _)| **name == *port.name.port && *p == protocol);
             let Some(&(_, _, number)) = matching else { continue };
             for ep in &slice.endpoints {
                 found.entry(i).or_default().insert(Endpoint {
@@ -542,7 +544,7 @@ mod tests {
             "spec": {"clusterIP": "127.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "metrics", "port": 9153}]}})).unwrap();
         let ports = service_ports(&dns.into(), &n);
         assert_eq!(ports.len(), 1);
-        assert_eq!(ports[0].name.port, "metrics");
+        assert_eq!(&*ports[0].name.port, "metrics");
         let ext: Service = serde_json::from_value(
             json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
         )

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::watcher::Event;
-use wharf_kube::{shared_str, Change, Keyed, ObjectKey, Watched};
+use wharf_kube::{Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
 use super::labels::Labels;
@@ -59,10 +59,9 @@ fn pod_labels(pod: Option<&PodInfo>) -> impl Iterator<Item = (&str, &str)> {
 
 /// The service a managed slice belongs to.
 pub fn service_of_slice(slice: &SliceDigest) -> Option<ObjectKey> {
-    let meta = &slice.meta;
-    let labels = meta.labels.as_ref()?;
+    let labels = slice.meta.labels()?;
     (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)).then_some(())?;
-    Some(ObjectKey::new(shared_str::shared(meta.namespace.as_deref().unwrap_or_default()), labels.get(SERVICE_NAME_LABEL)?.as_str()))
+    Some(ObjectKey::new(slice.meta.key.namespace.clone(), labels.get(SERVICE_NAME_LABEL)?.as_str()))
 }
 
 /// One change from any of the watches (transient: each value moves
@@ -262,7 +261,7 @@ impl Index {
         let legacy = legacy.unwrap_or_else(|| plan::legacy_endpoints(svc, &Default::default()));
         let endpoints = match current_ep {
             Some(cur) if cur.matches(&legacy) => None,
-            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.meta.resource_version.clone())),
+            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.meta.object_meta().resource_version)),
             None => Some(EndpointsWrite::Put(Box::new(legacy), None)),
         };
         Work { key: key.clone(), slices, endpoints }

@@ -297,9 +297,10 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
         };
         let endpoints: Vec<Endpoint> =
             slice.endpoints.iter().filter_map(|ep| ep.pod.as_deref().and_then(|pod| wanted.remove(pod))).collect();
-        let changed = !slice.holds(&endpoints)
-            || slice.meta.labels.as_ref() != Some(&labels)
-            || slice.meta.owner_references.as_ref() != Some(&owners);
+        let changed = !slice.holds(&endpoints) || {
+            let meta = slice.meta.object_meta();
+            meta.labels.as_ref() != Some(&labels) || meta.owner_references.as_ref() != Some(&owners)
+        };
         kept.push(Kept { slice: slice.clone(), ports: ports.clone(), endpoints, changed });
     }
     for (key, (ports, wanted)) in desired {
@@ -335,7 +336,7 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
             plan.delete.push(slice);
         } else if changed {
             plan.update.push(EndpointSlice {
-                metadata: ObjectMeta { labels: Some(labels.clone()), owner_references: Some(owners.clone()), ..slice.meta.clone() },
+                metadata: ObjectMeta { labels: Some(labels.clone()), owner_references: Some(owners.clone()), ..slice.meta.object_meta() },
                 address_type: slice.address_type.clone(),
                 endpoints,
                 ports: Some(ports),
@@ -369,7 +370,7 @@ fn endpoints_labels(svc: &ServiceInfo) -> BTreeMap<String, String> {
 
 /// Whether this controller wrote an Endpoints object.
 pub fn is_managed_endpoints(ep: &EndpointsDigest) -> bool {
-    ep.meta.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).is_some_and(|v| v == ENDPOINTS_MANAGER)
+    ep.meta.label_is(ENDPOINTS_MANAGED_BY_LABEL, ENDPOINTS_MANAGER)
 }
 
 /// The legacy Endpoints object for the same endpoints: one subset per
