@@ -7,7 +7,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
 
 /// A part of the index an answer was built from, as a hash. Two scopes
 /// that collide only make each other's answers expire together.
@@ -47,53 +47,66 @@ impl Scope {
     }
 }
 
-/// Scopes remembered before all are forgotten at once (and every cached
-/// answer with them): deleted objects' scopes must not pile up forever.
-pub const SCOPE_LIMIT: usize = 1 << 19;
+/// Slots of the stamp table, a power of two. A scope's stamp is kept in
+/// the slot its hash picks: the table is allocated once and never grows
+/// with the objects that ever changed (a map of scopes took 17 bytes per
+/// scope, up to half a million), and never has to be reset. Two scopes in
+/// one slot only make each other's answers expire together.
+pub const SLOTS: usize = 1 << 18;
 
-/// When each scope last changed. A cached answer is fresh while the epoch
-/// and the stamps of all its scopes are what they were when it was built.
-#[derive(Debug, Default)]
+/// When each slot last changed. A cached answer is fresh while the epoch
+/// and the stamps of all its scopes' slots are what they were when it was
+/// built.
+#[derive(Debug)]
 pub struct Freshness {
     epoch: u64,
-    clock: u64,
-    stamps: FxHashMap<Scope, u64>,
+    /// Changes counted per slot; only counts that differ matter, so they
+    /// may wrap (4 billion changes to one slot within one answer's life).
+    stamps: Box<[u32]>,
 }
 
-/// An answer's scopes with their stamps when it was built.
+impl Default for Freshness {
+    fn default() -> Self {
+        // Zeroed: pages nobody touched cost no memory.
+        Self { epoch: 0, stamps: vec![0; SLOTS].into_boxed_slice() }
+    }
+}
+
+/// An answer's scopes' slots with their stamps when it was built.
 #[derive(Clone, Debug, Default)]
 pub struct Stamp {
     epoch: u64,
-    scopes: Vec<(Scope, u64)>,
+    slots: Vec<(u32, u32)>,
+}
+
+impl Scope {
+    /// Its slot: the hash's high bits after a multiply, which mixes the
+    /// low bits that FxHash leaves weak.
+    fn slot(self) -> usize {
+        (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
+    }
 }
 
 impl Freshness {
     /// Every cached answer is stale (the index went from unsynced to
-    /// synced, or the scope table was reset).
+    /// synced).
     pub fn all_changed(&mut self) {
         self.epoch += 1;
-        self.stamps.clear();
     }
 
     pub fn changed(&mut self, scope: Scope) {
-        if self.stamps.len() >= SCOPE_LIMIT {
-            self.all_changed();
-        }
-        self.clock += 1;
-        self.stamps.insert(scope, self.clock);
-    }
-
-    fn stamp_of(&self, scope: Scope) -> u64 {
-        self.stamps.get(&scope).copied().unwrap_or(0)
+        let stamp = &mut self.stamps[scope.slot()];
+        *stamp = stamp.wrapping_add(1);
     }
 
     /// The stamp of an answer built now from `scopes`.
     pub fn stamp(&self, scopes: &[Scope]) -> Stamp {
-        Stamp { epoch: self.epoch, scopes: scopes.iter().map(|s| (*s, self.stamp_of(*s))).collect() }
+        let slots = scopes.iter().map(|s| s.slot()).map(|slot| (slot as u32, self.stamps[slot])).collect();
+        Stamp { epoch: self.epoch, slots }
     }
 
     pub fn is_fresh(&self, stamp: &Stamp) -> bool {
-        stamp.epoch == self.epoch && stamp.scopes.iter().all(|(s, at)| self.stamp_of(*s) == *at)
+        stamp.epoch == self.epoch && stamp.slots.iter().all(|&(slot, at)| self.stamps.get(slot as usize) == Some(&at))
     }
 }
 
@@ -116,23 +129,35 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_scopes_stales_everything() {
+    fn all_changed_stales_everything() {
         let mut f = Freshness::default();
         let a = Scope::pod("ns", "1-2-3-4");
         let before = f.stamp(&[a]);
         f.changed(a);
         let after = f.stamp(&[a]);
-        // A reset must not bring back the stamp an older answer was built at.
         f.all_changed();
         assert!(!f.is_fresh(&before) && !f.is_fresh(&after));
+        assert!(f.is_fresh(&f.stamp(&[a])));
     }
 
     #[test]
-    fn the_scope_table_stays_bounded() {
+    fn the_stamp_table_never_grows_and_a_shared_slot_only_expires_early() {
         let mut f = Freshness::default();
-        for i in 0..SCOPE_LIMIT + 10 {
-            f.changed(Scope::service("ns", &i.to_string()));
+        let names: Vec<String> = (0..4 * SLOTS).map(|i| i.to_string()).collect();
+        let first = Scope::service("ns", &names[0]);
+        let built = f.stamp(&[first]);
+        // Many more scopes than slots: one shares the first's slot.
+        let sharing = names[1..].iter().map(|n| Scope::service("ns", n)).find(|s| s.slot() == first.slot()).unwrap();
+        for name in &names[1..] {
+            f.changed(Scope::service("ns", name));
         }
-        assert!(f.stamps.len() <= SCOPE_LIMIT);
+        assert_eq!(f.stamps.len(), SLOTS);
+        assert!(!f.is_fresh(&built), "a change in a shared slot stales the other scope's answers too");
+        let rebuilt = f.stamp(&[first]);
+        f.changed(sharing);
+        assert!(!f.is_fresh(&rebuilt));
+        // Scopes spread over the slots: four names a slot on average, not a few slots for all.
+        let used: std::collections::HashSet<usize> = names.iter().map(|n| Scope::service("ns", n).slot()).collect();
+        assert!(used.len() > SLOTS * 9 / 10, "{} of {SLOTS} slots used", used.len());
     }
 }

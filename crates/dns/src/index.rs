@@ -11,8 +11,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::few::FewSet;
 use crate::freshness::{Freshness, Scope};
+use wharf_kube::few::FewSet;
 
 pub use wharf_kube::ObjectKey as Key;
 

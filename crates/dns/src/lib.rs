@@ -9,7 +9,6 @@
 
 pub mod batch;
 pub mod encode;
-mod few;
 pub mod forward;
 pub mod freshness;
 pub mod index;

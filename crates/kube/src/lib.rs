@@ -8,6 +8,7 @@
 pub mod client;
 pub mod controller;
 pub mod events;
+pub mod few;
 pub mod key;
 pub mod metrics;
 pub mod node_status;

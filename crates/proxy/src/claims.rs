@@ -71,8 +71,9 @@ pub struct Claims {
     holders: HashMap<FrontendKey, Holder>,
     /// Services refused a frontend, to retry when it is released.
     waiting: HashMap<FrontendKey, HashSet<ObjectKey>>,
-    /// Frontends of each service, to release them when it changes.
-    by_service: HashMap<ObjectKey, Vec<FrontendKey>>,
+    /// Frontends of each service, to release them when it changes (at
+    /// their exact length: nearly every service keeps one or two).
+    by_service: HashMap<ObjectKey, Box<[FrontendKey]>>,
 }
 
 impl Claims {
@@ -93,7 +94,7 @@ impl Claims {
                 let younger = existing.owner.service.clone();
                 self.waiting.entry(key).or_default().insert(younger.clone());
                 if let Some(frontends) = self.by_service.get_mut(&younger) {
-                    frontends.retain(|f| *f != key);
+                    *frontends = frontends.iter().filter(|f| **f != key).copied().collect();
                 }
                 taken_from = Some(younger);
             }
@@ -107,7 +108,7 @@ impl Claims {
     /// retry and its conflicts are remembered for when they clear.
     pub fn settle(&mut self, service: &ObjectKey, wanted: Vec<FrontendKey>, applied: &mut Applied) -> Vec<FrontendKey> {
         let previous = self.by_service.remove(service).unwrap_or_default();
-        let released: Vec<FrontendKey> = previous.into_iter().filter(|k| !wanted.contains(k)).collect();
+        let released: Vec<FrontendKey> = previous.iter().filter(|k| !wanted.contains(k)).copied().collect();
         for key in &released {
             self.holders.remove(key);
             applied.retry.extend(self.waiting.remove(key).into_iter().flatten());
@@ -120,7 +121,7 @@ impl Claims {
         }
         self.waiting.retain(|_, w| !w.is_empty());
         if !wanted.is_empty() {
-            self.by_service.insert(service.clone(), wanted);
+            self.by_service.insert(service.clone(), wanted.into_boxed_slice());
         }
         released
     }

@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
+use wharf_kube::few::FewSet;
 use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
@@ -79,10 +80,12 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
 /// The Services and EndpointSlices the proxy follows, with the services
 /// each change touched; the table of both watches.
 #[derive(Default)]
+/// Views are boxed: a table sized for its keys holds up to twice as many
+/// slots as views, and a slot holds only a pointer.
 struct Model {
-    services: HashMap<ObjectKey, ServiceView>,
-    slices: HashMap<ObjectKey, SliceView>,
-    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    services: HashMap<ObjectKey, Box<ServiceView>>,
+    slices: HashMap<ObjectKey, Box<SliceView>>,
+    slices_of: HashMap<ObjectKey, FewSet<ObjectKey>>,
     touched: HashSet<ObjectKey>,
     synced: HashSet<&'static str>,
 }
@@ -105,14 +108,14 @@ impl Model {
     }
 
     fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
-        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
+        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k).map(|slice| &**slice))
     }
 }
 
 impl Table<ServiceView> for Model {
     fn apply(&mut self, svc: ServiceView) {
         let key = svc.key.clone();
-        self.services.insert(key.clone(), svc);
+        self.services.insert(key.clone(), Box::new(svc));
         self.touched.insert(key);
     }
     fn delete(&mut self, key: &ObjectKey) {
@@ -135,7 +138,7 @@ impl Table<SliceView> for Model {
         let Some(owner) = slice.owner.clone() else { return };
         self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
         self.touched.insert(owner);
-        self.slices.insert(key, slice);
+        self.slices.insert(key, Box::new(slice));
     }
     fn delete(&mut self, key: &ObjectKey) {
         self.remove_slice(key);

@@ -1,5 +1,6 @@
 //! A set that nearly always holds one item or a handful (the services
-//! behind a cluster IP, the slices of a service), kept in a vector: one
+//! behind a cluster IP, the slices of a service, in the DNS index and the
+//! proxy model), kept in a vector: one
 //! small allocation, where a hash set's smallest table is about 150 bytes.
 //! Lookups are linear, which at these sizes is faster than hashing.
 
