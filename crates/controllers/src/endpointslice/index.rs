@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::watcher::Event;
+use wharf_kube::few::FewSet;
 use wharf_kube::{Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
@@ -82,7 +83,7 @@ pub struct Index {
     pub endpoints: Watched<EndpointsDigest>,
     services_by_term: Postings,
     pods_by_label: Postings,
-    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    slices_of: HashMap<ObjectKey, FewSet<ObjectKey>>,
 }
 
 /// What a reconcile decided, computed under the index lock and carried
