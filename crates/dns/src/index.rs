@@ -19,18 +19,19 @@ pub use wharf_kube::ObjectKey as Key;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceKind {
     /// Its cluster IPs, one per family.
-    ClusterIp(Vec<IpAddr>),
+    ClusterIp(Box<[IpAddr]>),
     Headless,
     ExternalName(String),
 }
 
 /// A named port: (name, protocol in lower case, number).
-pub type NamedPort = (String, &'static str, u16);
+pub type NamedPort = (Box<str>, &'static str, u16);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
     pub kind: ServiceKind,
-    pub ports: Vec<NamedPort>,
+    /// At their exact length: a collected vector keeps room for four.
+    pub ports: Box<[NamedPort]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +66,7 @@ struct SliceEntry {
     /// Its service's name, shared with the key of `slices_of`.
     service: Arc<str>,
     endpoints: Box<[EndpointEntry]>,
-    ports: Vec<NamedPort>,
+    ports: Box<[NamedPort]>,
 }
 
 impl SliceEntry {
@@ -154,12 +155,12 @@ fn lower_protocol(protocol: &str) -> Option<&'static str> {
     ["tcp", "udp", "sctp"].into_iter().find(|p| p.eq_ignore_ascii_case(protocol))
 }
 
-fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Vec<NamedPort> {
+fn named_ports<'a>(ports: impl Iterator<Item = (Option<&'a String>, Option<&'a String>, Option<i32>)>) -> Box<[NamedPort]> {
     ports
         .filter_map(|(name, protocol, port)| {
             let name = name.filter(|n| !n.is_empty())?;
             let port = u16::try_from(port?).ok()?;
-            Some((name.to_lowercase(), lower_protocol(protocol.map_or("TCP", String::as_str))?, port))
+            Some((name.to_lowercase().into(), lower_protocol(protocol.map_or("TCP", String::as_str))?, port))
         })
         .collect()
 }
@@ -268,7 +269,7 @@ impl Index {
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
         } else {
-            let ips: Vec<IpAddr> = wharf_api::service::cluster_ips(spec).into_iter().filter_map(|ip| ip.parse().ok()).collect();
+            let ips: Box<[IpAddr]> = wharf_api::service::cluster_ips(spec).into_iter().filter_map(|ip| ip.parse().ok()).collect();
             if ips.is_empty() {
                 ServiceKind::Headless
             } else {

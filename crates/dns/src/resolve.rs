@@ -264,7 +264,7 @@ impl Zone<'_> {
     fn headless_srv(&self, ns: &str, svc: &str, ready: &[EndpointEntry], only: Option<(&str, &str)>) -> Answer {
         let fqdn = self.fqdn(svc, ns);
         let ports: Vec<_> =
-            self.index.endpoint_ports(ns, svc).into_iter().filter(|(n, p, _)| only.is_none_or(|(on, op)| n == on && *p == op)).collect();
+            self.index.endpoint_ports(ns, svc).into_iter().filter(|(n, p, _)| only.is_none_or(|(on, op)| **n == *on && *p == op)).collect();
         let weight = srv_weight(ready.len());
         let mut answers = Vec::new();
         let mut additional = Vec::new();
@@ -336,7 +336,7 @@ impl Zone<'_> {
             return self.nxdomain();
         }
         let Some(entry) = self.index.service(ns, svc) else { return self.nxdomain() };
-        let Some((_, _, number)) = entry.ports.iter().find(|(n, p, _)| n == port && *p == proto) else {
+        let Some((_, _, number)) = entry.ports.iter().find(|(n, p, _)| **n == *port && *p == proto) else {
             return self.nxdomain();
         };
         if self.qtype != RecordType::SRV {

@@ -30,7 +30,7 @@ pub const DEFAULT_WATCH_HISTORY: usize = 100_000;
 /// How far a live watcher may fall behind before it is re-fed from history
 /// (at most; a quarter of a smaller history).
 const BROADCAST_CAPACITY: usize = 16_384;
-const REDB_CACHE_BYTES: usize = 4 << 20;
+const REDB_CACHE_BYTES: usize = 1 << 20;
 /// Upper bound of transactions committed with one fsync.
 const MAX_BATCH: usize = 512;
 

@@ -20,9 +20,10 @@ use super::service::ServiceInfo;
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
 
-/// Services or pods by selector term / label.
+/// Services or pods by selector term / label. Most terms name one service
+/// (its selector) or one pod (a StatefulSet pod's name): a `FewSet`.
 #[derive(Default)]
-struct Postings(HashMap<SelectorTerm, HashSet<ObjectKey>>);
+struct Postings(HashMap<SelectorTerm, FewSet<ObjectKey>>);
 
 impl Postings {
     fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a str, &'a str)>, add: bool) {
@@ -39,7 +40,7 @@ impl Postings {
         }
     }
 
-    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&HashSet<ObjectKey>> {
+    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&FewSet<ObjectKey>> {
         self.0.get(&(Arc::from(ns), k.into(), v.into()))
     }
 }
@@ -219,9 +220,9 @@ impl Index {
 
     /// The pods a selector matches: the smallest posting list, filtered.
     fn members(&self, ns: &str, selector: &Labels) -> Vec<Arc<PodInfo>> {
-        let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, HashSet::len));
+        let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, FewSet::len));
         let Some(Some(keys)) = smallest else { return Vec::new() };
-        keys.iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()
+        keys.into_iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()
     }
 
     /// Every service this controller may have work for: those with a
