@@ -1,41 +1,69 @@
-//! One copy of the short strings that many objects repeat (namespaces,
-//! node names): at 100,000 pods in a few namespaces, every view of a pod
-//! would otherwise hold its own copy of the same few words.
+//! One copy of the values that many objects repeat (namespaces, node
+//! names, the named ports of a Deployment's pods): at 100,000 pods in a few
+//! namespaces, every view of a pod would otherwise hold its own copy of the
+//! same few words.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-/// The table is pruned of strings no one else holds when it reaches this
+/// A table is pruned of values no one else holds when it reaches this
 /// size, then again at twice what is still held: its size stays within
-/// twice the strings in use (plus this floor), whatever names pass through.
+/// twice the values in use (plus this floor), whatever values pass through.
 const PRUNE_FLOOR: usize = 1024;
 
-struct Table {
-    strings: HashSet<Arc<str>>,
+/// A table of shared values of one type, made on first use.
+pub struct Interner<T: ?Sized> {
+    table: Mutex<Option<Table<T>>>,
+}
+
+struct Table<T: ?Sized> {
+    held: HashSet<Arc<T>>,
     prune_at: usize,
 }
 
-static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+impl<T: ?Sized + Hash + Eq> Interner<T> {
+    pub const fn new() -> Self {
+        Interner { table: Mutex::new(None) }
+    }
+
+    /// The shared copy of `value`; `make` makes it when there is none.
+    pub fn share<Q: ?Sized + Hash + Eq>(&self, value: &Q, make: impl FnOnce(&Q) -> Arc<T>) -> Arc<T>
+    where
+        Arc<T>: Borrow<Q>,
+    {
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = guard.get_or_insert_with(|| Table { held: HashSet::new(), prune_at: PRUNE_FLOOR });
+        if let Some(held) = table.held.get(value) {
+            return held.clone();
+        }
+        if table.held.len() >= table.prune_at {
+            table.held.retain(|held| Arc::strong_count(held) > 1);
+            table.prune_at = (table.held.len() * 2).max(PRUNE_FLOOR);
+        }
+        let held = make(value);
+        table.held.insert(held.clone());
+        held
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |t| t.held.len())
+    }
+}
+
+impl<T: ?Sized + Hash + Eq> Default for Interner<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static STRINGS: Interner<str> = Interner::new();
 
 /// The shared copy of `s`.
 pub fn shared(s: &str) -> Arc<str> {
-    let mut guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let table = guard.get_or_insert_with(|| Table { strings: HashSet::new(), prune_at: PRUNE_FLOOR });
-    if let Some(held) = table.strings.get(s) {
-        return held.clone();
-    }
-    if table.strings.len() >= table.prune_at {
-        table.strings.retain(|held| Arc::strong_count(held) > 1);
-        table.prune_at = (table.strings.len() * 2).max(PRUNE_FLOOR);
-    }
-    let held: Arc<str> = Arc::from(s);
-    table.strings.insert(held.clone());
-    held
-}
-
-#[cfg(test)]
-fn table_len() -> usize {
-    TABLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |t| t.strings.len())
+    STRINGS.share(s, |s: &str| Arc::from(s))
 }
 
 #[cfg(test)]
@@ -59,7 +87,7 @@ mod tests {
             drop(shared(&format!("shared-str-test-gone-{i}")));
         }
         // Other tests may hold a few strings of their own meanwhile.
-        assert!(table_len() <= 2 * PRUNE_FLOOR, "table holds {}", table_len());
+        assert!(STRINGS.len() <= 2 * PRUNE_FLOOR, "table holds {}", STRINGS.len());
         assert!(Arc::ptr_eq(&kept, &shared("shared-str-test-kept")));
     }
 }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::IpFamily;
 
 use wharf_kube::key::{version_of, ObjectKey, Uid};
-use wharf_kube::shared_str;
+use wharf_kube::shared_str::{self, Interner};
 
 use super::digest::{port_key, EndpointsDigest, SliceDigest};
 use super::labels::Labels;
@@ -57,14 +57,16 @@ pub struct PodInfo {
     pub terminating: bool,
     /// Shared by the pods of a node (`shared_str`).
     pub node_name: Option<Arc<str>>,
-    /// What few pods have, apart: one pointer for the pods without.
-    rare: Option<Box<RareFields>>,
+    /// What few pods have, apart: one pointer for the pods without. Shared
+    /// by the pods that have the same (a Deployment's pods name the same
+    /// ports).
+    rare: Option<Arc<RareFields>>,
 }
 
 /// The hostname and subdomain a pod may ask for, and its named container
 /// ports (name, number): all a service's named `targetPort` resolves
 /// against; a number needs no lookup.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct RareFields {
     hostname: Option<Box<str>>,
     subdomain: Option<Box<str>>,
@@ -122,8 +124,10 @@ fn pod_ips_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> (Option
     (v4, v6)
 }
 
-/// The fields few pods set, or None.
-fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Box<RareFields>> {
+static RARE_FIELDS: Interner<RareFields> = Interner::new();
+
+/// The fields few pods set, or None; the one shared copy of them.
+fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Arc<RareFields>> {
     let spec = spec?;
     let rare = RareFields {
         hostname: spec.hostname.as_deref().map(Box::from),
@@ -135,7 +139,7 @@ fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Box
             .filter_map(|p| Some((p.name.as_deref()?.into(), p.container_port)))
             .collect(),
     };
-    (rare != RareFields::default()).then(|| Box::new(rare))
+    (rare != RareFields::default()).then(|| RARE_FIELDS.share(&rare, |rare| Arc::new(rare.clone())))
 }
 
 impl From<Pod> for PodInfo {
@@ -486,6 +490,11 @@ mod tests {
         .unwrap();
         let view = PodInfo::from(&plain);
         assert!(view.rare.is_none(), "a pod without hostname or named ports carries no extra allocation");
+        let mut named = plain.clone();
+        named.spec.as_mut().unwrap().containers[0].ports =
+            serde_json::from_value(json!([{"name": "http", "containerPort": 8080}])).unwrap();
+        let (first, second) = (PodInfo::from(&named), PodInfo::from(&named));
+        assert!(Arc::ptr_eq(first.rare.as_ref().unwrap(), second.rare.as_ref().unwrap()), "pods that name the same ports share them");
         assert_eq!(view.ip(IpFamily::V4), Some("127.0.0.9".parse().unwrap()));
         assert_eq!(view.ip(IpFamily::V6), Some("fd00::1".parse().unwrap()));
         let svc = service(json!(80));
