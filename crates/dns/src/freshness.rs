@@ -67,7 +67,7 @@ pub struct Freshness {
 
 impl Default for Freshness {
     fn default() -> Self {
-        // Zeroed: pages nobody touched cost no memory.
+        // 1 MiB, all of it in use once a few thousand scopes have changed.
         Self { epoch: 0, stamps: vec![0; SLOTS].into_boxed_slice() }
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::freshness::{Freshness, Scope};
-use wharf_kube::few::FewSet;
+use wharf_kube::few::{self, FewSet};
 
 pub use wharf_kube::ObjectKey as Key;
 
@@ -307,12 +307,7 @@ impl Index {
         if let Some(old) = self.services.remove(key) {
             if let ServiceKind::ClusterIp(ips) = &old.kind {
                 for ip in ips {
-                    if let Some(set) = self.by_cluster_ip.get_mut(ip) {
-                        set.remove(key);
-                        if set.is_empty() {
-                            self.by_cluster_ip.remove(ip);
-                        }
-                    }
+                    few::remove_from(&mut self.by_cluster_ip, ip, key);
                 }
             }
             let scopes = self.service_scopes(key, &old);
@@ -355,12 +350,7 @@ impl Index {
     pub fn delete_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
             let owner = old.owner(key);
-            if let Some(set) = self.slices_of.get_mut(&owner) {
-                set.remove(&key.name);
-                if set.is_empty() {
-                    self.slices_of.remove(&owner);
-                }
-            }
+            few::remove_from(&mut self.slices_of, &owner, &*key.name);
             self.changed(slice_scopes(&key.namespace, &old));
         }
     }

@@ -8,64 +8,75 @@
 //! thousands of slices) never makes an insert or a removal linear.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
-use std::hash::Hash;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
 
 /// Items kept in a vector; one more and the set is hashed.
 const FEW: usize = 8;
 
 #[derive(Debug)]
-pub enum FewSet<T> {
+pub struct FewSet<T>(Repr<T>);
+
+#[derive(Debug)]
+enum Repr<T> {
     Few(Vec<T>),
-    /// Boxed: an empty or small set stays the size of a vector.
+    /// Boxed: an empty or small set stays the size of a vector (24 bytes,
+    /// where a hash set is 48), in every slot of the tables that hold sets.
+    #[allow(clippy::box_collection)]
     Many(Box<HashSet<T>>),
 }
 
 impl<T> Default for FewSet<T> {
     fn default() -> Self {
-        FewSet::Few(Vec::new())
+        FewSet(Repr::Few(Vec::new()))
     }
 }
 
 impl<T: Eq + Hash> FewSet<T> {
     pub fn insert(&mut self, item: T) {
-        match self {
-            FewSet::Few(items) if items.contains(&item) => {}
-            FewSet::Few(items) if items.len() < FEW => {
+        match &mut self.0 {
+            Repr::Few(items) if items.contains(&item) => {}
+            Repr::Few(items) if items.len() < FEW => {
                 // A vector's first growth makes room for four; most sets keep one.
                 items.reserve_exact(1);
                 items.push(item);
             }
-            FewSet::Few(items) => {
+            Repr::Few(items) => {
                 let mut many: HashSet<T> = std::mem::take(items).into_iter().collect();
                 many.insert(item);
-                *self = FewSet::Many(Box::new(many));
+                self.0 = Repr::Many(Box::new(many));
             }
-            FewSet::Many(many) => {
+            Repr::Many(many) => {
                 many.insert(item);
             }
         }
     }
 
+    /// Removes `item`; a set that shrank to half of `FEW` is a vector
+    /// again, so a label that once had 100,000 pods does not keep their
+    /// table.
     pub fn remove<Q: Eq + Hash + ?Sized>(&mut self, item: &Q)
     where
         T: Borrow<Q>,
     {
-        match self {
-            FewSet::Few(items) => items.retain(|held| held.borrow() != item),
-            FewSet::Many(many) => {
+        match &mut self.0 {
+            Repr::Few(items) => {
+                items.retain(|held| held.borrow() != item);
+                items.shrink_to_fit();
+            }
+            Repr::Many(many) => {
                 many.remove(item);
-                if many.is_empty() {
-                    *self = FewSet::default();
+                if many.len() <= FEW / 2 {
+                    self.0 = Repr::Few(many.drain().collect());
                 }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        match self {
-            FewSet::Few(items) => items.len(),
-            FewSet::Many(many) => many.len(),
+        match &self.0 {
+            Repr::Few(items) => items.len(),
+            Repr::Many(many) => many.len(),
         }
     }
 
@@ -74,8 +85,26 @@ impl<T: Eq + Hash> FewSet<T> {
     }
 }
 
+/// Removes `item` from the set of `key` in `map`, and the set once empty.
+pub fn remove_from<K, T, Q, S>(map: &mut HashMap<K, FewSet<T>, S>, key: &K, item: &Q)
+where
+    K: Eq + Hash,
+    T: Eq + Hash + Borrow<Q>,
+    Q: Eq + Hash + ?Sized,
+    S: BuildHasher,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 /// The items of a `FewSet`, in no particular order.
-pub enum Iter<'a, T> {
+pub struct Iter<'a, T>(IterRepr<'a, T>);
+
+enum IterRepr<'a, T> {
     Few(std::slice::Iter<'a, T>),
     Many(std::collections::hash_set::Iter<'a, T>),
 }
@@ -84,9 +113,9 @@ impl<'a, T> Iterator for Iter<'a, T> {
     type Item = &'a T;
 
     fn next(&mut self) -> Option<&'a T> {
-        match self {
-            Iter::Few(items) => items.next(),
-            Iter::Many(items) => items.next(),
+        match &mut self.0 {
+            IterRepr::Few(items) => items.next(),
+            IterRepr::Many(items) => items.next(),
         }
     }
 }
@@ -96,10 +125,10 @@ impl<'a, T> IntoIterator for &'a FewSet<T> {
     type IntoIter = Iter<'a, T>;
 
     fn into_iter(self) -> Iter<'a, T> {
-        match self {
-            FewSet::Few(items) => Iter::Few(items.iter()),
-            FewSet::Many(many) => Iter::Many(many.iter()),
-        }
+        Iter(match &self.0 {
+            Repr::Few(items) => IterRepr::Few(items.iter()),
+            Repr::Many(many) => IterRepr::Many(many.iter()),
+        })
     }
 }
 
@@ -131,15 +160,28 @@ mod tests {
         assert_eq!(std::mem::size_of::<FewSet<u64>>(), std::mem::size_of::<Vec<u64>>());
         let mut set = FewSet::default();
         set.insert(0u64);
-        assert!(matches!(&set, FewSet::Few(items) if items.capacity() == 1));
+        assert!(matches!(&set.0, Repr::Few(items) if items.capacity() == 1));
         for item in 0..10_000 {
             set.insert(item);
         }
-        assert!(matches!(set, FewSet::Many(_)), "past {FEW} items the set is hashed");
+        assert!(matches!(set.0, Repr::Many(_)), "past {FEW} items the set is hashed");
         assert_eq!((set.len(), set.into_iter().count()), (10_000, 10_000));
-        for item in 0..10_000 {
+        for item in 0..10_000 - 1 {
             set.remove(&item);
         }
-        assert!(matches!(&set, FewSet::Few(items) if items.is_empty()), "an emptied set holds nothing");
+        assert!(matches!(&set.0, Repr::Few(items) if items.capacity() == 1), "a shrunk set holds a vector again");
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), [&9_999]);
+    }
+
+    #[test]
+    fn an_emptied_set_leaves_its_map() {
+        let mut map: HashMap<&str, FewSet<u32>> = HashMap::new();
+        map.entry("a").or_default().insert(1);
+        map.entry("a").or_default().insert(2);
+        remove_from(&mut map, &"a", &1);
+        assert_eq!(map["a"].len(), 1);
+        remove_from(&mut map, &"a", &2);
+        remove_from(&mut map, &"absent", &2);
+        assert!(map.is_empty());
     }
 }

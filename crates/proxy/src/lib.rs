@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
-use wharf_kube::few::FewSet;
+use wharf_kube::few::{self, FewSet};
 use wharf_kube::{watch, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
@@ -79,9 +79,10 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
 
 /// The Services and EndpointSlices the proxy follows, with the services
 /// each change touched; the table of both watches.
-#[derive(Default)]
+///
 /// Views are boxed: a table sized for its keys holds up to twice as many
 /// slots as views, and a slot holds only a pointer.
+#[derive(Default)]
 struct Model {
     services: HashMap<ObjectKey, Box<ServiceView>>,
     slices: HashMap<ObjectKey, Box<SliceView>>,
@@ -97,12 +98,7 @@ impl Model {
 
     fn remove_slice(&mut self, key: &ObjectKey) {
         if let Some(owner) = self.slices.remove(key).and_then(|slice| slice.owner) {
-            if let Some(set) = self.slices_of.get_mut(&owner) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.slices_of.remove(&owner);
-                }
-            }
+            few::remove_from(&mut self.slices_of, &owner, key);
             self.touched.insert(owner);
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::watcher::Event;
-use wharf_kube::few::FewSet;
+use wharf_kube::few::{self, FewSet};
 use wharf_kube::{Change, Keyed, ObjectKey, Watched};
 
 use super::digest::{EndpointsDigest, SliceDigest};
@@ -31,11 +31,8 @@ impl Postings {
             let term = (key.namespace.clone(), k.into(), v.into());
             if add {
                 self.0.entry(term).or_default().insert(key.clone());
-            } else if let Some(set) = self.0.get_mut(&term) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.0.remove(&term);
-                }
+            } else {
+                few::remove_from(&mut self.0, &term, key);
             }
         }
     }
@@ -191,12 +188,7 @@ impl Index {
             Change::Deleted(old) => (service_of_slice(old), None),
         };
         if let Some(owner) = &old {
-            if let Some(set) = self.slices_of.get_mut(owner) {
-                set.remove(&key);
-                if set.is_empty() {
-                    self.slices_of.remove(owner);
-                }
-            }
+            few::remove_from(&mut self.slices_of, owner, &key);
         }
         if let Some(owner) = &new {
             self.slices_of.entry(owner.clone()).or_default().insert(key);
@@ -263,7 +255,7 @@ impl Index {
         let legacy = legacy.unwrap_or_else(|| plan::legacy_endpoints(svc, &Default::default()));
         let endpoints = match current_ep {
             Some(cur) if cur.matches(&legacy) => None,
-            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.meta.object_meta().resource_version)),
+            Some(cur) => Some(EndpointsWrite::Put(Box::new(legacy), cur.meta.resource_version())),
             None => Some(EndpointsWrite::Put(Box::new(legacy), None)),
         };
         Work { key: key.clone(), slices, endpoints }

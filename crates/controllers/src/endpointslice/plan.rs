@@ -139,7 +139,15 @@ fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Arc
             .filter_map(|p| Some((p.name.as_deref()?.into(), p.container_port)))
             .collect(),
     };
-    (rare != RareFields::default()).then(|| RARE_FIELDS.share(&rare, |rare| Arc::new(rare.clone())))
+    if rare == RareFields::default() {
+        return None;
+    }
+    // A pod's own hostname (a StatefulSet's) is shared by no other pod:
+    // only what a Deployment's pods have alike goes through the table.
+    if rare.hostname.is_some() {
+        return Some(Arc::new(rare));
+    }
+    Some(RARE_FIELDS.share(&rare, |rare| Arc::new(rare.clone())))
 }
 
 impl From<Pod> for PodInfo {
@@ -495,6 +503,10 @@ mod tests {
             serde_json::from_value(json!([{"name": "http", "containerPort": 8080}])).unwrap();
         let (first, second) = (PodInfo::from(&named), PodInfo::from(&named));
         assert!(Arc::ptr_eq(first.rare.as_ref().unwrap(), second.rare.as_ref().unwrap()), "pods that name the same ports share them");
+        named.spec.as_mut().unwrap().hostname = Some("web-0".into());
+        let (first, second) = (PodInfo::from(&named), PodInfo::from(&named));
+        assert_eq!(first.hostname(), Some("web-0"));
+        assert!(!Arc::ptr_eq(first.rare.as_ref().unwrap(), second.rare.as_ref().unwrap()), "a pod's own hostname is not interned");
         assert_eq!(view.ip(IpFamily::V4), Some("127.0.0.9".parse().unwrap()));
         assert_eq!(view.ip(IpFamily::V6), Some("fd00::1".parse().unwrap()));
         let svc = service(json!(80));
