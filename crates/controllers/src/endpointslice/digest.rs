@@ -2,10 +2,9 @@
 //! metadata (for the next write's resourceVersion, and to tell whose they
 //! are) and a hash of their content, which is all a plan compares against.
 //! A slice's decoded endpoints cost about 400 bytes each; a digest keeps
-//! 16: a hash of the pod's name and one of the endpoint's JSON. Its
-//! metadata is kept as its JSON text (`KeptMeta`): decoded, an `ObjectMeta`
-//! with a few labels and an owner is about 1.5 KB in a dozen allocations;
-//! as text, about 400 bytes in one.
+//! the pod's name and 8 bytes. Its metadata is kept as its JSON text
+//! (`KeptMeta`): decoded, an `ObjectMeta` with a few labels and an owner
+//! is about 1.5 KB in a dozen allocations; as text, about 400 bytes in one.
 //!
 //! The hash is SipHash (std's `DefaultHasher`, fixed keys) of the value's
 //! JSON form, fed as it is written, so nothing is allocated.
@@ -135,25 +134,16 @@ fn endpoint_pod(ep: &Endpoint) -> Option<&str> {
     ep.target_ref.as_ref()?.name.as_deref()
 }
 
-/// A pod's name as a digest keeps it: its hash. Two names with one hash
-/// only change which slice a plan puts their endpoints in (`plan_slices`
-/// finds a kept endpoint's pod through the names it wants), never whether
-/// they are in one.
-pub fn pod_hash(name: &str) -> u64 {
-    content_hash(name)
-}
-
-/// One endpoint as a slice digest keeps it: its pod's name hashed, and a
-/// hash of its JSON (no allocation per endpoint).
+/// One endpoint as a slice digest keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointDigest {
-    pub pod: Option<u64>,
+    pub pod: Option<Box<str>>,
     pub hash: u64,
 }
 
 impl From<&Endpoint> for EndpointDigest {
     fn from(ep: &Endpoint) -> Self {
-        Self { pod: endpoint_pod(ep).map(pod_hash), hash: content_hash(ep) }
+        Self { pod: endpoint_pod(ep).map(Box::from), hash: content_hash(ep) }
     }
 }
 
@@ -236,7 +226,7 @@ mod tests {
         assert!(digest.holds(&original.endpoints));
         assert!(!digest.holds(&slice(false).endpoints), "a changed condition is a change");
         assert!(!digest.holds(&[]), "a removed endpoint is a change");
-        assert_eq!(digest.endpoints[0].pod, Some(pod_hash("a")));
+        assert_eq!(digest.endpoints[0].pod.as_deref(), Some("a"));
         assert_eq!(digest.ports, port_key(original.ports.as_deref().unwrap()));
         let meta = digest.meta.object_meta();
         assert_eq!((meta.name.as_deref(), meta.namespace.as_deref()), (Some("web-x"), Some("d")));

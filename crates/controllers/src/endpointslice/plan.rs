@@ -3,7 +3,7 @@
 //! grouped by port set, placed into slices of at most 100 endpoints with
 //! the least churn, and the legacy Endpoints object in step.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use wharf_api::ipfamily::IpFamily;
 use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str::{self, Interner};
 
-use super::digest::{pod_hash, port_key, EndpointsDigest, SliceDigest};
+use super::digest::{port_key, EndpointsDigest, SliceDigest};
 use super::labels::Labels;
 use super::service::ServiceInfo;
 
@@ -302,18 +302,13 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
     let owners = vec![owner(svc)];
     let mut plan = SlicePlan::default();
     let mut kept: Vec<Kept> = Vec::new();
-    // Digests name pods by hash: the wanted pods of each port set by theirs.
-    let names: HashMap<String, HashMap<u64, String>> = desired
-        .iter()
-        .map(|(key, (_, wanted))| (key.clone(), wanted.keys().map(|name| (pod_hash(name), name.clone())).collect()))
-        .collect();
     for slice in existing {
-        let (Some((ports, wanted)), Some(names)) = (desired.get_mut(&slice.ports), names.get(&slice.ports)) else {
+        let Some((ports, wanted)) = desired.get_mut(&slice.ports) else {
             plan.delete.push(slice.clone());
             continue;
         };
         let endpoints: Vec<Endpoint> =
-            slice.endpoints.iter().filter_map(|ep| names.get(&ep.pod?)).filter_map(|name| wanted.remove(name)).collect();
+            slice.endpoints.iter().filter_map(|ep| ep.pod.as_deref().and_then(|pod| wanted.remove(pod))).collect();
         let changed = !slice.holds(&endpoints) || {
             let meta = slice.meta.object_meta();
             meta.labels.as_ref() != Some(&labels) || meta.owner_references.as_ref() != Some(&owners)
@@ -592,33 +587,6 @@ mod tests {
         // Removing every pod deletes every slice.
         let plan = plan_slices(&svc, desired_endpoints(&svc, &[], IpFamily::V4), &existing, 100, IpFamily::V4);
         assert_eq!(plan.delete.len(), 3);
-    }
-
-    #[test]
-    fn pods_whose_names_hash_alike_are_each_placed_once() {
-        let svc = service(json!(80));
-        let pods: Vec<PodInfo> = (0..4).map(|i| pod(&format!("p{i}"), "127.0.0.1", 80, true, false)).collect();
-        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &[], 2, IpFamily::V4);
-        let named = plan.create.into_iter().enumerate().map(|(i, mut s)| {
-            s.metadata.name = Some(format!("web-{i}"));
-            SliceDigest::from(s)
-        });
-        let mut existing: Vec<SliceDigest> = named.collect();
-        // A collision, forged: the first slice's endpoints now claim the
-        // second slice's pods' hashes too.
-        let stolen = existing[1].endpoints[0].pod;
-        existing[0].endpoints[0].pod = stolen;
-        let existing: Vec<Arc<SliceDigest>> = existing.into_iter().map(Arc::new).collect();
-        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &existing, 2, IpFamily::V4);
-        let kept_unchanged = existing.iter().filter(|s| !plan.delete.iter().any(|d| Arc::ptr_eq(d, s)));
-        let unchanged: Vec<&str> = kept_unchanged
-            .filter(|s| !plan.update.iter().any(|u| u.metadata.name == s.meta.object_meta().name))
-            .flat_map(|s| pods.iter().map(|p| p.name()).filter(|n| s.endpoints.iter().any(|e| e.pod == Some(pod_hash(n)))))
-            .collect();
-        let written = plan.create.iter().chain(&plan.update).flat_map(|s| &s.endpoints);
-        let mut names: Vec<&str> = written.filter_map(|e| e.target_ref.as_ref()?.name.as_deref()).chain(unchanged).collect();
-        names.sort();
-        assert_eq!(names, ["p0", "p1", "p2", "p3"], "every pod in exactly one slice");
     }
 
     #[test]
