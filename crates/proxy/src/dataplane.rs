@@ -210,9 +210,10 @@ async fn connect(state: &PortState, lane: Lane, client: SocketAddr) -> Option<(T
 }
 
 async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, peer: SocketAddr, timeouts: copy::Timeouts) {
+    let series = state.metrics.series();
     // TCP_NODELAY comes with the listening socket.
     let Some((mut upstream, backend)) = connect(&state, lane, peer).await else {
-        state.metrics.series().no_endpoint.inc();
+        series.no_endpoint.inc();
         reset(client);
         return;
     };
@@ -223,7 +224,7 @@ async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, pee
     let counters = backend.counters(&state.metrics);
     counters.connections.inc();
     counters.active.inc();
-    state.metrics.series().active.inc();
+    series.active.inc();
     let _guard = ActiveGuard::new(backend.clone());
     let closed = state.closed_signal(backend.addr);
     let drained = async {
@@ -234,19 +235,19 @@ async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, pee
     };
     tokio::select! {
         copied = copy::bidirectional(&mut client, &mut upstream, timeouts) => {
-            state.metrics.series().to_endpoint.inc_by(copied.sent);
-            state.metrics.series().to_client.inc_by(copied.received);
+            series.to_endpoint.inc_by(copied.sent);
+            series.to_client.inc_by(copied.received);
             counters.to_endpoint.inc_by(copied.sent);
             counters.to_client.inc_by(copied.received);
             if let Some(cut) = copied.cut {
-                state.metrics.series().cut(cut).inc();
+                series.cut(cut).inc();
             }
         }
         _ = drained => {
-            state.metrics.series().drained.inc();
+            series.drained.inc();
         }
     }
-    state.metrics.series().active.dec();
+    series.active.dec();
     counters.active.dec();
 }
 
