@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use wharf_api::kinds::KindInfo;
 use wharf_api::selector::{FieldSelector, LabelSelector};
+use wharf_store::Revision;
 
 use crate::admission;
 use crate::authz::Caller;
@@ -24,7 +25,7 @@ use crate::http::{header_str, json_response, with_warnings, CACHE_CONTROL};
 use crate::kind::Kind;
 use crate::object::{self, FieldValidation};
 use crate::patch::{self, PatchKind};
-use crate::registry::{check_field_selector, DeleteOptions, Filter, WatchEvent, WatchStart, WriteOptions, WriteTarget};
+use crate::registry::{check_field_selector, DeleteOptions, Filter, WatchEvent, WatchStart, WriteOptions, WriteTarget, PROGRESS};
 use crate::request::{self, Target};
 use crate::ssa;
 use crate::table::{self, IncludeObject, Printer};
@@ -395,15 +396,18 @@ fn watch_lines(events: BoxStream<'static, ApiResult<WatchEvent>>, printer: &'sta
 }
 
 /// Adds a BOOKMARK every `interval` (when the client allows them) with the
-/// latest resourceVersion the watch has sent (or started from), so a quiet
-/// or filtered watch can resume from a recent revision.
+/// latest resourceVersion the watch has passed: its own events and the
+/// store's progress (`PROGRESS`, never sent), so a quiet or filtered watch
+/// resumes from a recent revision, inside the store's history.
 fn with_bookmarks(
     events: BoxStream<'static, ApiResult<WatchEvent>>,
     info: &'static KindInfo,
     interval: Option<Duration>,
-    since: Option<String>,
+    since: Option<Revision>,
 ) -> BoxStream<'static, ApiResult<WatchEvent>> {
-    let Some(interval) = interval else { return events };
+    let Some(interval) = interval else {
+        return events.filter(|event| futures::future::ready(!matches!(event, Ok(e) if e.kind == PROGRESS))).boxed();
+    };
     enum Item {
         Event(ApiResult<WatchEvent>),
         Tick,
@@ -413,15 +417,18 @@ fn with_bookmarks(
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
     let events = events.map(Item::Event).chain(futures::stream::once(futures::future::ready(Item::End)));
     futures::stream::select(events, ticks.map(|_| Item::Tick))
-        .scan(since, move |latest: &mut Option<String>, item| {
+        .scan(since, move |latest: &mut Option<Revision>, item| {
             let out = match item {
                 Item::Event(Ok(event)) => {
-                    *latest = Some(object::resource_version(&event.object).to_string());
-                    Some(Some(Ok(event)))
+                    // Never backwards: a progress may name the revision before
+                    // one whose events were sent.
+                    let passed = object::resource_version(&event.object).parse().ok();
+                    *latest = (*latest).max(passed);
+                    Some((event.kind != PROGRESS).then_some(Ok(event)))
                 }
                 Item::Event(Err(e)) => Some(Some(Err(e))),
                 // Nothing sent yet: nothing to bookmark.
-                Item::Tick => Some(latest.as_deref().map(|rv| Ok(WatchEvent { kind: "BOOKMARK", object: bookmark(info, rv) }))),
+                Item::Tick => Some(latest.map(|rv| Ok(WatchEvent { kind: "BOOKMARK", object: bookmark(info, &rv.to_string()) }))),
                 Item::End => None,
             };
             futures::future::ready(out)
@@ -479,7 +486,7 @@ async fn watch(app: &App, target: &Target, q: &Query, as_table: bool) -> ApiResu
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(DEFAULT_WATCH_SECONDS);
     let bookmarks = query_flag(q, "allowWatchBookmarks")?.then_some(app.bookmark_interval);
     let since = match start {
-        WatchStart::After(rv) => Some(rv.to_string()),
+        WatchStart::After(rv) => Some(rv),
         WatchStart::Current { .. } => None,
     };
     let lines = match registry.watch(kind, target.namespace.as_deref(), filter, start).await {
@@ -522,12 +529,40 @@ mod tests {
         Ok(WatchEvent { kind: "ADDED", object: json!({"metadata": {"resourceVersion": rv}}) })
     }
 
+    fn progress(rv: &str) -> ApiResult<WatchEvent> {
+        Ok(WatchEvent { kind: PROGRESS, object: json!({"metadata": {"resourceVersion": rv}}) })
+    }
+
+    /// A quiet watch's bookmark follows the store's progress, never goes
+    /// back, and a progress item itself is never sent, bookmarks or not.
+    #[tokio::test(start_paused = true)]
+    async fn progress_moves_bookmarks_and_is_never_sent() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let stream = with_bookmarks(rx.boxed(), &wharf_api::kinds::CONFIG_MAP, Some(Duration::from_secs(1)), Some(5));
+        futures::pin_mut!(stream);
+        for item in [progress("900"), event("950"), progress("949")] {
+            tx.unbounded_send(item).expect("send");
+        }
+        assert_eq!(stream.next().await.and_then(Result::ok).map(|e| e.kind), Some("ADDED"));
+        let bookmark = stream.next().await.and_then(Result::ok).expect("a bookmark");
+        assert_eq!((bookmark.kind, &bookmark.object["metadata"]["resourceVersion"]), ("BOOKMARK", &json!("950")));
+
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let plain = with_bookmarks(rx.boxed(), &wharf_api::kinds::CONFIG_MAP, None, Some(5));
+        for item in [progress("900"), event("950")] {
+            tx.unbounded_send(item).expect("send");
+        }
+        drop(tx);
+        let kinds: Vec<&str> = plain.filter_map(|e| async move { e.ok().map(|e| e.kind) }).collect().await;
+        assert_eq!(kinds, ["ADDED"]);
+    }
+
     /// The ticks never end; the stream must end with the watch, or a client
     /// cut off from the store would wait for events that never come.
     #[tokio::test(start_paused = true)]
     async fn bookmarks_carry_the_latest_revision_and_end_with_the_watch() {
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        let stream = with_bookmarks(rx.boxed(), &wharf_api::kinds::CONFIG_MAP, Some(Duration::from_secs(1)), Some("5".into()));
+        let stream = with_bookmarks(rx.boxed(), &wharf_api::kinds::CONFIG_MAP, Some(Duration::from_secs(1)), Some(5));
         futures::pin_mut!(stream);
         let first = stream.next().await.and_then(Result::ok).expect("a bookmark");
         assert_eq!((first.kind, &first.object["metadata"]["resourceVersion"]), ("BOOKMARK", &json!("5")));

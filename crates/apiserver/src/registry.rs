@@ -127,6 +127,17 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
+/// The kind of a watch item that is never sent: the watch has passed
+/// every change it would show through the object's resourceVersion. A
+/// BOOKMARK carries the latest one.
+pub const PROGRESS: &str = "PROGRESS";
+
+impl WatchEvent {
+    fn progress(revision: Revision) -> Self {
+        WatchEvent { kind: PROGRESS, object: json!({"metadata": {"resourceVersion": revision.to_string()}}) }
+    }
+}
+
 /// Where a watch starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchStart {
@@ -689,14 +700,11 @@ impl Registry {
             }
         };
         let live = self.store.watch(&prefix, from).await?;
-        let live = live.filter_map(move |event| {
-            let filter = filter.clone();
-            async move {
-                match event {
-                    Ok(event) => to_watch_event(&event, &filter).transpose(),
-                    Err(e) => Some(Err(e.into())),
-                }
-            }
+        let live = live.map(move |event| match event {
+            Ok(event) if event.kind == EventKind::Progress => Ok(WatchEvent::progress(event.revision)),
+            // Filtered out: passed, though events of its revision may follow.
+            Ok(event) => to_watch_event(&event, &filter).map(|shown| shown.unwrap_or_else(|| WatchEvent::progress(event.revision - 1))),
+            Err(e) => Err(e.into()),
         });
         Ok(stream::iter(initial).chain(live).boxed())
     }
@@ -761,6 +769,7 @@ fn to_watch_event(event: &Event, filter: &Filter) -> ApiResult<Option<WatchEvent
     let prev = event.prev.as_ref().map(|p| decode(&p.bytes(), event.revision)).transpose()?;
     let prev_matches = prev.as_ref().is_some_and(|p| filter.matches(p));
     Ok(match event.kind {
+        EventKind::Progress => None,
         EventKind::Delete => prev.filter(|_| prev_matches).map(|object| WatchEvent { kind: "DELETED", object }),
         EventKind::Put => {
             let object = decode(&event.value.bytes(), event.revision)?;

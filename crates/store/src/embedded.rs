@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +28,16 @@ const META_REVISION: &str = "revision";
 /// How many events are kept, by default, for watches that resume from an
 /// older revision; a watcher further behind gets 410 Gone and relists.
 pub const DEFAULT_WATCH_HISTORY: usize = 100_000;
+/// Events younger than this are kept (up to the cap): kube-apiserver's
+/// watch cache keeps 75 s, its bookmark interval and a margin, so that a
+/// watcher resuming from its last bookmark finds its place.
+const FRESH_FOR: Duration = Duration::from_secs(75);
+/// Events kept however old they are: an idle store still resumes watchers
+/// a little behind.
+const HISTORY_FLOOR: usize = 1_000;
+/// A watcher passing this many events of other prefixes is told its
+/// position (at most; a quarter of the history's floor).
+const PROGRESS_EVERY: usize = 256;
 /// How far a live watcher may fall behind before it is re-fed from history
 /// (at most; a quarter of a smaller history).
 const BROADCAST_CAPACITY: usize = 16_384;
@@ -42,13 +53,39 @@ struct Entry {
     mod_revision: Revision,
 }
 
+/// How long the store keeps events for watchers that resume from an older
+/// revision: at most `events`; of those, the ones younger than `fresh_for`,
+/// and at least `floor`.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchHistory {
+    pub events: usize,
+    pub fresh_for: Duration,
+    pub floor: usize,
+}
+
+impl Default for WatchHistory {
+    fn default() -> Self {
+        Self::events(DEFAULT_WATCH_HISTORY)
+    }
+}
+
+impl WatchHistory {
+    /// At most `events`, kept for 75 s beyond the floor.
+    pub fn events(events: usize) -> Self {
+        let events = events.max(1);
+        WatchHistory { events, fresh_for: FRESH_FOR, floor: HISTORY_FLOOR.min(events) }
+    }
+}
+
 struct State {
     /// Keys are shared with the events and listings that name them.
     kv: BTreeMap<Arc<str>, Entry>,
-    /// Events kept in `history`, at most.
-    history_limit: usize,
+    retention: WatchHistory,
     revision: Revision,
     history: VecDeque<Arc<Event>>,
+    /// When each batch in `history` was published, and its last revision:
+    /// at most one per event kept.
+    published: VecDeque<(Instant, Revision)>,
     /// Every event with a revision at or above this one is in `history`.
     history_start: Revision,
 }
@@ -66,6 +103,10 @@ impl Shared {
         // A poisoned lock means a panic in the writer while publishing; the
         // map itself is always left consistent, so keep serving it.
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The retained events after `after` under `prefix`, plus a live
@@ -116,13 +157,12 @@ impl EmbeddedStore {
 
     /// As `open`, recording commits in `metrics`.
     pub fn open_measured(path: &Path, metrics: StoreMetrics) -> Result<Self> {
-        Self::open_with(path, metrics, DEFAULT_WATCH_HISTORY)
+        Self::open_with(path, metrics, WatchHistory::default())
     }
 
-    /// As `open_measured`, keeping `watch_history` events for watchers that
-    /// fall behind.
-    pub fn open_with(path: &Path, metrics: StoreMetrics, watch_history: usize) -> Result<Self> {
-        let history_limit = watch_history.max(1);
+    /// As `open_measured`, keeping events for watchers that fall behind as
+    /// `retention` says.
+    pub fn open_with(path: &Path, metrics: StoreMetrics, retention: WatchHistory) -> Result<Self> {
         // The store holds every object, secrets among them: owner only,
         // from the moment the file exists.
         create_private(path)?;
@@ -130,8 +170,8 @@ impl EmbeddedStore {
         // the writer, so keep it small.
         let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
         let (kv, revision) = load(&db)?;
-        let (events, _) = broadcast::channel((history_limit / 4).clamp(1, BROADCAST_CAPACITY));
-        let state = State { kv, history_limit, revision, history: VecDeque::new(), history_start: revision + 1 };
+        let (events, _) = broadcast::channel((retention.events / 4).clamp(1, BROADCAST_CAPACITY));
+        let state = State { kv, retention, revision, history: VecDeque::new(), published: VecDeque::new(), history_start: revision + 1 };
         let shared = Arc::new(Shared { state: RwLock::new(state), events });
         let (sender, requests) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -182,7 +222,20 @@ fn load(db: &redb::Database) -> Result<(BTreeMap<Arc<str>, Entry>, Revision)> {
 
 fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, metrics: StoreMetrics) {
     let mut packer = Packer::default();
-    while let Ok(first) = requests.recv() {
+    loop {
+        // Between writes the thread wakes only when retained events age out.
+        let next = match shared.read().next_expiry(Instant::now()) {
+            Some(wait) => requests.recv_timeout(wait).map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
+            None => requests.recv().map_err(|_| false),
+        };
+        let first = match next {
+            Ok(first) => first,
+            Err(true) => {
+                shared.write().trim_history(Instant::now());
+                continue;
+            }
+            Err(false) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -308,7 +361,7 @@ fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
 }
 
 fn publish(shared: &Shared, staged: Staged) {
-    let mut state = shared.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = shared.write();
     for (key, entry) in staged.changes {
         match entry {
             Some((e, _)) => state.kv.insert(key, e),
@@ -316,22 +369,58 @@ fn publish(shared: &Shared, staged: Staged) {
         };
     }
     state.revision = staged.revision;
+    let now = Instant::now();
+    if !staged.events.is_empty() {
+        state.published.push_back((now, staged.revision));
+    }
     for event in staged.events {
         state.history.push_back(event.clone());
         // No receivers is fine: nobody is watching.
         let _ = shared.events.send(event);
     }
-    trim_history(&mut state);
+    state.trim_history(now);
 }
 
-/// Drops the oldest events beyond the retention, whole revisions at a time.
-fn trim_history(state: &mut State) {
-    while state.history.len() > state.history_limit {
-        let Some(oldest) = state.history.pop_front() else { break };
-        while state.history.front().is_some_and(|e| e.revision == oldest.revision) {
-            state.history.pop_front();
+impl State {
+    /// Drops the oldest events, whole revisions at a time, beyond the cap,
+    /// then those older than `fresh_for` beyond the floor.
+    fn trim_history(&mut self, now: Instant) {
+        let WatchHistory { events, fresh_for, floor } = self.retention;
+        while self.history.len() > events {
+            self.drop_oldest_revision();
         }
-        state.history_start = oldest.revision + 1;
+        while self.history.len() > floor {
+            let Some(&(at, through)) = self.published.front() else { break };
+            if now.saturating_duration_since(at) < fresh_for {
+                break;
+            }
+            if self.history.front().is_some_and(|e| e.revision <= through) {
+                self.drop_oldest_revision();
+            } else {
+                self.published.pop_front();
+            }
+        }
+        while self.published.front().is_some_and(|&(_, through)| through < self.history_start) {
+            self.published.pop_front();
+        }
+    }
+
+    fn drop_oldest_revision(&mut self) {
+        let Some(oldest) = self.history.pop_front() else { return };
+        while self.history.front().is_some_and(|e| e.revision == oldest.revision) {
+            self.history.pop_front();
+        }
+        self.history_start = oldest.revision + 1;
+    }
+
+    /// How long until the oldest retained batch ages out (None: nothing
+    /// would be dropped).
+    fn next_expiry(&self, now: Instant) -> Option<Duration> {
+        if self.history.len() <= self.retention.floor {
+            return None;
+        }
+        let &(at, _) = self.published.front()?;
+        Some((at + self.retention.fresh_for).saturating_duration_since(now))
     }
 }
 
@@ -365,6 +454,7 @@ impl Store for EmbeddedStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let (backlog, live, backlog_through) = self.shared.open_watch(prefix, after)?;
+        let progress_every = (self.shared.read().retention.floor / 4).clamp(1, PROGRESS_EVERY);
         let cursor = WatchCursor {
             shared: self.shared.clone(),
             prefix: prefix.to_string(),
@@ -376,6 +466,8 @@ impl Store for EmbeddedStore {
             backlog_through,
             live,
             failed: false,
+            passed_quietly: 0,
+            progress_every,
         };
         Ok(futures::stream::unfold(cursor, |mut c| async move {
             let item = c.next().await?;
@@ -409,6 +501,11 @@ struct WatchCursor {
     backlog_through: Revision,
     live: broadcast::Receiver<Arc<Event>>,
     failed: bool,
+    /// Events of other prefixes passed since the last item handed out; at
+    /// `progress_every` a `Progress` goes out, so that a resume from it
+    /// stays inside the history's floor.
+    passed_quietly: usize,
+    progress_every: usize,
 }
 
 impl WatchCursor {
@@ -417,8 +514,10 @@ impl WatchCursor {
             return None;
         }
         loop {
-            if self.backlog.is_empty() {
-                self.passed_backlog();
+            if self.backlog.is_empty() && self.passed_backlog() {
+                // Moved past events of other prefixes without passing them.
+                self.passed_quietly = 0;
+                return Some(Ok(Event::progress(self.last)));
             }
             let event = match self.backlog.pop_front() {
                 Some(event) => event,
@@ -440,27 +539,37 @@ impl WatchCursor {
                 self.last_complete = false;
             }
             if !event.key.starts_with(&self.prefix) {
-                continue;
+                self.passed_quietly += 1;
+                if self.passed_quietly < self.progress_every {
+                    continue;
+                }
+                // Events of this revision may follow: the one before is done.
+                self.passed_quietly = 0;
+                return Some(Ok(Event::progress(event.revision - 1)));
             }
             if event.revision == self.last && self.skip > 0 {
                 self.skip -= 1;
                 continue;
             }
             self.delivered_at_last += 1;
+            self.passed_quietly = 0;
             return Some(Ok((*event).clone()));
         }
     }
 
     /// The backlog is drained: every event through `backlog_through` has
-    /// been passed, whether it was under the prefix or not.
-    fn passed_backlog(&mut self) {
-        if self.backlog_through > self.last {
+    /// been passed, whether it was under the prefix or not. True when that
+    /// moved the position.
+    fn passed_backlog(&mut self) -> bool {
+        let moved = self.backlog_through > self.last;
+        if moved {
             self.last = self.backlog_through;
             self.delivered_at_last = 0;
         }
         if self.backlog_through >= self.last {
             self.last_complete = true;
         }
+        moved
     }
 
     fn refeed(&mut self) -> Result<()> {
@@ -473,5 +582,44 @@ impl WatchCursor {
         // Only a re-read revision `last` has events to skip.
         self.skip = if self.last_complete { 0 } else { self.delivered_at_last };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(events: usize, floor: usize) -> State {
+        let retention = WatchHistory { events, fresh_for: Duration::from_secs(75), floor };
+        State { kv: BTreeMap::new(), retention, revision: 0, history: VecDeque::new(), published: VecDeque::new(), history_start: 1 }
+    }
+
+    /// Publishes one batch of `events` single-key revisions at `at`.
+    fn publish_at(state: &mut State, at: Instant, events: usize) {
+        for _ in 0..events {
+            state.revision += 1;
+            state.history.push_back(Arc::new(Event::progress(state.revision)));
+        }
+        state.published.push_back((at, state.revision));
+        state.trim_history(at);
+    }
+
+    #[test]
+    fn history_keeps_fresh_events_up_to_the_cap_and_old_ones_down_to_the_floor() {
+        let start = Instant::now();
+        let mut state = state(1_000, 100);
+        for second in 0..10 {
+            publish_at(&mut state, start + Duration::from_secs(second), 200);
+        }
+        assert_eq!(state.history.len(), 1_000, "the cap holds however fresh");
+        assert_eq!((state.history_start, state.published.len()), (1_001, 5), "batches dropped with their events");
+
+        let later = start + Duration::from_secs(8 + 75);
+        assert_eq!(state.next_expiry(later), Some(Duration::ZERO));
+        state.trim_history(later);
+        assert_eq!(state.history.len(), 200, "beyond the floor, only the last, fresh, batch");
+        state.trim_history(later + Duration::from_secs(1));
+        assert_eq!((state.history.len(), state.history_start), (100, 1_901), "the floor, whole revisions");
+        assert_eq!(state.next_expiry(later), None, "nothing left to age out: the writer sleeps until a write");
     }
 }

@@ -14,7 +14,7 @@ mod metrics;
 mod model;
 mod packed;
 
-pub use embedded::{EmbeddedStore, DEFAULT_WATCH_HISTORY};
+pub use embedded::{EmbeddedStore, WatchHistory, DEFAULT_WATCH_HISTORY};
 pub use encrypted::{Encrypted, Encryption, EncryptionKey};
 pub use etcd::{EtcdCredentials, EtcdStore, EtcdTls};
 pub use metrics::{Measured, StoreMetrics};

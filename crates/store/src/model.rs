@@ -99,6 +99,11 @@ pub enum TxnOutcome {
 pub enum EventKind {
     Put,
     Delete,
+    /// Not a change: every change under the watched prefix through
+    /// `revision` has been delivered (no key, no value). It lets a quiet
+    /// watcher's bookmark follow the store, so it can resume from a recent
+    /// revision.
+    Progress,
 }
 
 /// One change to one key. For a delete, `value` is empty and `prev` holds
@@ -111,4 +116,13 @@ pub struct Event {
     pub revision: Revision,
     pub create_revision: Revision,
     pub prev: Option<Value>,
+}
+
+static NO_KEY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
+impl Event {
+    /// A watcher's position: nothing more under its prefix through `revision`.
+    pub fn progress(revision: Revision) -> Self {
+        Event { kind: EventKind::Progress, key: NO_KEY.clone(), value: Value::default(), revision, create_revision: 0, prev: None }
+    }
 }

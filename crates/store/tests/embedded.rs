@@ -1,7 +1,9 @@
 mod semantics;
 
 use futures::StreamExt;
-use wharf_store::{EmbeddedStore, Store, StoreError, Txn, TxnOutcome};
+use std::time::Duration;
+
+use wharf_store::{EmbeddedStore, EventKind, Store, StoreError, Txn, TxnOutcome, WatchHistory};
 
 fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
     EmbeddedStore::open(&dir.path().join("state.redb")).expect("open store")
@@ -62,7 +64,8 @@ async fn watch_from_before_restart_is_compacted() {
 #[tokio::test]
 async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), 64).unwrap();
+    let store =
+        EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), wharf_store::WatchHistory::events(64)).unwrap();
     let put = |key: String, value: &'static str| Txn::new().put(key, value);
     let mut quiet = store.watch("/quiet/", store.revision()).await.unwrap();
     // Both in one transaction: the quiet event follows a busy one of its revision.
@@ -81,12 +84,69 @@ async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     assert_eq!(next.expect("not compacted").key.as_ref(), "/quiet/b");
 }
 
+/// Retained events older than `fresh_for` are dropped beyond the floor,
+/// even while no write comes: the writer wakes when they age out.
+#[tokio::test]
+async fn an_idle_store_drops_old_events_down_to_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = WatchHistory { events: 10_000, fresh_for: Duration::from_millis(200), floor: 8 };
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), retention).unwrap();
+    let start = store.revision();
+    for i in 0..100 {
+        store.txn(Txn::new().put(format!("/k/{i}"), "v")).await.unwrap();
+    }
+    assert!(store.watch("/k/", start).await.is_ok(), "fresh events are kept past the floor");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let err = store.watch("/k/", start).await.err().expect("aged out");
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err:?}");
+    let mut watch = store.watch("/k/", store.revision() - 8).await.expect("the floor is kept");
+    assert_eq!(watch.next().await.unwrap().unwrap().key.as_ref(), "/k/92");
+}
+
+/// A watcher of a quiet prefix is told its position as other prefixes
+/// churn, often enough that resuming from the latest one stays inside the
+/// history, and never ahead of an event it has not been given.
+#[tokio::test]
+async fn a_quiet_watcher_is_told_its_progress_inside_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), WatchHistory::events(64)).unwrap();
+    let mut quiet = store.watch("/quiet/", store.revision()).await.unwrap();
+    let busy = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for i in 0..500 {
+                store.txn(Txn::new().put(format!("/busy/{i}"), "x")).await.unwrap();
+            }
+            // The quiet prefix's only event shares a revision with a busy one.
+            store.txn(Txn::new().put("/busy/last", "x").put("/quiet/a", "1")).await.unwrap()
+        }
+    });
+    let mut progress = Vec::new();
+    let quiet_event = loop {
+        let event =
+            tokio::time::timeout(Duration::from_secs(10), quiet.next()).await.expect("an item").expect("open").expect("not compacted");
+        match event.kind {
+            EventKind::Progress => progress.push(event.revision),
+            _ => break event,
+        }
+    };
+    let TxnOutcome::Committed(last) = busy.await.unwrap() else { panic!("committed") };
+    assert_eq!((quiet_event.key.as_ref(), quiet_event.revision), ("/quiet/a", last));
+    assert!(progress.len() >= 500 / 16, "told its position every 16 events (a quarter of 64): {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]) && progress.iter().all(|p| *p < last), "{progress:?}");
+    let latest = *progress.last().expect("progress");
+    assert!(last - latest <= 17, "the latest progress {latest} is within 16 events of {last}");
+    let mut resumed = store.watch("/quiet/", latest).await.expect("a resume from the progress is inside the history");
+    assert_eq!(resumed.next().await.unwrap().unwrap().key.as_ref(), "/quiet/a");
+}
+
 /// A watcher that took its first event from the backlog and then lagged
 /// gets the next event too (none is skipped as if delivered twice).
 #[tokio::test]
 async fn a_lagging_watcher_loses_nothing_after_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), 64).unwrap();
+    let store =
+        EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), wharf_store::WatchHistory::events(64)).unwrap();
     let start = store.revision();
     store.txn(Txn::new().put("/p/a", "1")).await.unwrap();
     let mut watch = store.watch("/p/", start).await.unwrap();

@@ -217,8 +217,9 @@ pub struct ServerArgs {
     /// API connections open at once; more are closed at accept.
     #[arg(long, default_value_t = 4096)]
     pub api_max_connections: usize,
-    /// Events the embedded store keeps for watches that fall behind; a
-    /// watch further behind gets 410 Gone and its client relists.
+    /// Events the embedded store keeps, at most, for watches that fall
+    /// behind; of these, those older than 75 s are dropped beyond the last
+    /// 1,000. A watch further behind gets 410 Gone and its client relists.
     #[arg(long, default_value_t = wharf_store::DEFAULT_WATCH_HISTORY)]
     pub watch_history: usize,
     /// How often a watch that allows bookmarks gets a BOOKMARK with the

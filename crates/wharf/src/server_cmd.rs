@@ -21,8 +21,12 @@ async fn open_store(args: &ServerCommandArgs, metrics: StoreMetrics) -> anyhow::
         StoreKind::Embedded => {
             let dir = &args.server.data.data_dir;
             crate::files::private_dir(dir)?;
-            let store = wharf_store::EmbeddedStore::open_with(&dir.join("state.redb"), metrics.clone(), args.server.watch_history)
-                .context("opening the store")?;
+            let store = wharf_store::EmbeddedStore::open_with(
+                &dir.join("state.redb"),
+                metrics.clone(),
+                wharf_store::WatchHistory::events(args.server.watch_history),
+            )
+            .context("opening the store")?;
             Ok(Arc::new(Measured::new(store, metrics)))
         }
         StoreKind::Etcd => {

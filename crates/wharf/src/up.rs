@@ -21,8 +21,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     crate::files::private_dir(data_dir)?;
     let store_metrics = StoreMetrics::default();
     store_metrics.register(&mut registry);
-    let store = EmbeddedStore::open_with(&data_dir.join("state.redb"), store_metrics.clone(), args.server.watch_history)
-        .context("opening the store")?;
+    let store = EmbeddedStore::open_with(
+        &data_dir.join("state.redb"),
+        store_metrics.clone(),
+        wharf_store::WatchHistory::events(args.server.watch_history),
+    )
+    .context("opening the store")?;
     let store = Arc::new(Measured::new(store, store_metrics));
     let site = control::Site {
         default_node: Some(&args.node.node_name),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use support::Wharf;
 
@@ -165,6 +165,56 @@ async fn watch_resumes_in_order_and_old_versions_are_gone() {
     match events.next().await {
         Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410, "{e:?}"),
         other => panic!("expected a 410 error event, got {other:?}"),
+    }
+}
+
+/// A watch of a quiet kind gets bookmarks that follow the store, not its
+/// own last event: a client resuming from its latest bookmark after other
+/// kinds churned far past the watch history goes on where it was, with no
+/// 410 and no relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_resumes_from_its_bookmark_after_churn_past_the_history() {
+    let w = Wharf::start(&["--watch-history", "64", "--watch-bookmark-interval", "200ms"]);
+    let client = w.client().await;
+    let quiet: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let busy: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    let config_map = |name: &str| -> ConfigMap { serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap() };
+    let rv = |cm: &ConfigMap| -> u64 { cm.metadata.resource_version.as_deref().unwrap().parse().unwrap() };
+    let from = quiet.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut events = quiet.watch(&WatchParams::default().timeout(60), &from).await.unwrap().boxed();
+    let mut last = 0;
+    for i in 0..300 {
+        last = rv(&busy.create(&PostParams::default(), &config_map(&format!("busy-{i}"))).await.unwrap());
+    }
+    // The store tells a watcher its place every 16 events (a quarter of 64).
+    let bookmark = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.next().await {
+                Some(Ok(WatchEvent::Bookmark(b))) if b.metadata.resource_version.parse::<u64>().unwrap() + 16 >= last => {
+                    break b.metadata.resource_version;
+                }
+                Some(Ok(WatchEvent::Bookmark(_))) => {}
+                other => panic!("a quiet watch got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a bookmark past the churn");
+    drop(events);
+
+    let mut stale = quiet.watch(&WatchParams::default().timeout(5), &from).await.unwrap().boxed();
+    match stale.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410, "the churn outran the history: {e:?}"),
+        other => panic!("expected a 410 error event, got {other:?}"),
+    }
+    let mut resumed = quiet.watch(&WatchParams::default().timeout(10), &bookmark).await.unwrap().boxed();
+    quiet.create(&PostParams::default(), &config_map("after")).await.unwrap();
+    loop {
+        match resumed.next().await {
+            Some(Ok(WatchEvent::Added(cm))) => break assert_eq!(cm.metadata.name.as_deref(), Some("after")),
+            Some(Ok(WatchEvent::Bookmark(_))) => {}
+            other => panic!("resuming from bookmark {bookmark} got {other:?}"),
+        }
     }
 }
 
