@@ -17,7 +17,7 @@ use wharf_auth::Policy;
 use crate::error::{ApiError, ApiResult};
 use crate::kind::{self, Kind};
 use crate::object;
-use crate::registry::{Filter, Registry, WatchEvent, WatchStart};
+use crate::registry::{Filter, Registry, WatchEvent, WatchStart, PROGRESS};
 
 const KINDS: [(RbacKind, &Kind); 4] = [
     (RbacKind::Role, &kind::ROLE),
@@ -89,6 +89,9 @@ async fn follow(cache: &PolicyCache, registry: &Registry, backoff: &mut Duration
             Ok(event) => event,
             Err(e) => return e,
         };
+        if event.kind == PROGRESS {
+            continue;
+        }
         if fresh.is_some() && event.kind == "BOOKMARK" {
             listing -= 1;
             if listing == 0 {

@@ -695,6 +695,9 @@ impl Registry {
                     items.into_iter().map(|object| Ok(WatchEvent { kind: "ADDED", object })).collect();
                 if end_bookmark {
                     events.push(Ok(WatchEvent { kind: "BOOKMARK", object: initial_events_end(kind.info, rv) }));
+                } else {
+                    // The list's revision, not its newest object's, is where a resume starts.
+                    events.push(Ok(WatchEvent::progress(rv)));
                 }
                 (events, rv)
             }

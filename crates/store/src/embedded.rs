@@ -224,7 +224,9 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
     let mut packer = Packer::default();
     loop {
         // Between writes the thread wakes only when retained events age out.
-        let next = match shared.read().next_expiry(Instant::now()) {
+        // Its own statement: the read lock is not held while waiting.
+        let expiry = shared.read().next_expiry(Instant::now());
+        let next = match expiry {
             Some(wait) => requests.recv_timeout(wait).map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
             None => requests.recv().map_err(|_| false),
         };
@@ -420,7 +422,8 @@ impl State {
             return None;
         }
         let &(at, _) = self.published.front()?;
-        Some((at + self.retention.fresh_for).saturating_duration_since(now))
+        // A window too long to add is one that never ends.
+        Some(at.checked_add(self.retention.fresh_for)?.saturating_duration_since(now))
     }
 }
 
