@@ -325,7 +325,8 @@ fn a_udp_flood_from_many_sources_keeps_the_flow_table_bounded() {
 
 #[test]
 fn no_service_takes_over_another_services_address() {
-    let w = Wharf::start(&["--external-ip-cidrs", "127.199.0.0/16"]);
+    // Outside the service CIDRs tests take (127.32/16 to 127.231/16).
+    let w = Wharf::start(&["--external-ip-cidrs", "127.233.0.0/16"]);
     let kubernetes_ip = cluster_ip(&w, "kubernetes");
     let takeover = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: thief\nspec:\n  externalIPs: [\"{kubernetes_ip}\"]\n  ports:\n  - {{port: 443}}\n");
     let path = w.dir.path().join("thief.yaml");
@@ -344,13 +345,13 @@ fn no_service_takes_over_another_services_address() {
     let a = Backend::start(&format!("{ip}:18700"), true);
     let _b = Backend::start(&format!("{ip}:18701"), true);
     let svc = |name: &str, port: u16| {
-        format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-0\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{name: web, containerPort: {port}}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  externalIPs: [\"127.199.0.5\"]\n  ports:\n  - {{port: 80, targetPort: web}}\n")
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-0\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - {{name: web, containerPort: {port}}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  externalIPs: [\"127.233.0.5\"]\n  ports:\n  - {{port: 80, targetPort: web}}\n")
     };
     applied(&w, &svc("first", 18700));
     std::fs::write(&path, svc("second", 18701)).unwrap();
     let err = w.kubectl_err(&["apply", "-f", path.to_str().unwrap()]);
     assert!(err.contains("already served by default/first"), "{err}");
-    wait_for("the external IP", Duration::from_secs(30), || http_get("127.199.0.5:80").is_ok_and(|p| p == a.addr.port().to_string()));
+    wait_for("the external IP", Duration::from_secs(30), || http_get("127.233.0.5:80").is_ok_and(|p| p == a.addr.port().to_string()));
 
     // A load-balancer address written into another service's status by a
     // client does not move: its owner keeps it, the newcomer gets another.
