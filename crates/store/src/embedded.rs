@@ -35,6 +35,9 @@ const FRESH_FOR: Duration = Duration::from_secs(75);
 /// Events kept however old they are: an idle store still resumes watchers
 /// a little behind.
 const HISTORY_FLOOR: usize = 1_000;
+/// How often, at most, the writer wakes to drop aged events: once a burst
+/// ages out, its thousands of batches go a second's worth at a time.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// A watcher passing this many events of other prefixes is told its
 /// position (at most; a quarter of the history's floor).
 const PROGRESS_EVERY: usize = 256;
@@ -415,7 +418,8 @@ impl State {
         self.history_start = oldest.revision + 1;
     }
 
-    /// How long until the oldest retained batch ages out (None: nothing
+    /// How long to wait before dropping aged events: until the oldest
+    /// retained batch ages out, and at least `TRIM_EVERY` (None: nothing
     /// would be dropped).
     fn next_expiry(&self, now: Instant) -> Option<Duration> {
         if self.history.len() <= self.retention.floor {
@@ -423,7 +427,7 @@ impl State {
         }
         let &(at, _) = self.published.front()?;
         // A window too long to add is one that never ends.
-        Some(at.checked_add(self.retention.fresh_for)?.saturating_duration_since(now))
+        Some(at.checked_add(self.retention.fresh_for)?.saturating_duration_since(now).max(TRIM_EVERY))
     }
 }
 
@@ -618,7 +622,12 @@ mod tests {
         assert_eq!((state.history_start, state.published.len()), (1_001, 5), "batches dropped with their events");
 
         let later = start + Duration::from_secs(8 + 75);
-        assert_eq!(state.next_expiry(later), Some(Duration::ZERO));
+        assert_eq!(
+            state.next_expiry(later - Duration::from_secs(10)),
+            Some(Duration::from_secs(7)),
+            "until the oldest (published at 5 s) ages out"
+        );
+        assert_eq!(state.next_expiry(later), Some(TRIM_EVERY), "not sooner than a second: a burst ages out in few wakeups");
         state.trim_history(later);
         assert_eq!(state.history.len(), 200, "beyond the floor, only the last, fresh, batch");
         state.trim_history(later + Duration::from_secs(1));
