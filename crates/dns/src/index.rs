@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::freshness::{Freshness, Scope};
+use crate::pods::PodAddresses;
 use wharf_kube::few::{self, FewSet};
 
 pub use wharf_kube::ObjectKey as Key;
@@ -76,29 +77,6 @@ impl SliceEntry {
     }
 }
 
-/// A pod's addresses, sorted: nearly always one, held inline.
-#[derive(Debug, PartialEq, Eq)]
-enum PodIps {
-    One(IpAddr),
-    Many(Box<[IpAddr]>),
-}
-
-impl PodIps {
-    fn new(ips: Vec<IpAddr>) -> Self {
-        match ips[..] {
-            [one] => PodIps::One(one),
-            _ => PodIps::Many(ips.into()),
-        }
-    }
-
-    fn as_slice(&self) -> &[IpAddr] {
-        match self {
-            PodIps::One(ip) => std::slice::from_ref(ip),
-            PodIps::Many(ips) => ips,
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct Index {
     services: HashMap<Key, ServiceEntry>,
@@ -106,8 +84,7 @@ pub struct Index {
     slices_of: HashMap<Key, FewSet<Arc<str>>>,
     by_cluster_ip: HashMap<IpAddr, FewSet<Key>>,
     /// Each pod's IPs, one per family.
-    pods: HashMap<Key, PodIps>,
-    pod_ips: HashMap<(Arc<str>, IpAddr), usize>,
+    pods: PodAddresses,
     namespaces: HashSet<String>,
     /// What changed when, for the answer caches.
     pub freshness: Freshness,
@@ -212,7 +189,7 @@ impl Index {
     }
 
     pub fn has_pod_ip(&self, ns: &str, ip: IpAddr) -> bool {
-        self.pod_ips.contains_key(&(Arc::from(ns), ip))
+        self.pods.has(ns, ip)
     }
 
     /// Endpoints of a service from all its slices, de-duplicated by IP and
@@ -362,35 +339,19 @@ impl Index {
         let mut ips: Vec<IpAddr> = listed.chain(status.and_then(|s| s.pod_ip.as_deref())).filter_map(|ip| ip.parse().ok()).collect();
         ips.sort();
         ips.dedup();
-        if self.pods.get(&key).map_or(ips.is_empty(), |had| had.as_slice() == ips) {
-            return;
+        if let Some(had) = self.pods.set(&key, ips.clone()) {
+            self.pods_changed(&key.namespace, had.into_iter().chain(ips));
         }
-        self.delete_pod(&key);
-        if ips.is_empty() {
-            return;
-        }
-        let mut scopes = Vec::new();
-        for ip in &ips {
-            *self.pod_ips.entry((key.namespace.clone(), *ip)).or_default() += 1;
-            scopes.push(Scope::pod(&key.namespace, &dashed(*ip)));
-        }
-        self.pods.insert(key, PodIps::new(ips));
-        self.changed(scopes);
     }
 
     pub fn delete_pod(&mut self, key: &Key) {
-        if let Some(ips) = self.pods.remove(key) {
-            let mut scopes = Vec::new();
-            for &ip in ips.as_slice() {
-                let slot = (key.namespace.clone(), ip);
-                if let Some(n) = self.pod_ips.get_mut(&slot) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.pod_ips.remove(&slot);
-                    }
-                }
-                scopes.push(Scope::pod(&key.namespace, &dashed(ip)));
-            }
+        let had = self.pods.remove(key);
+        self.pods_changed(&key.namespace, had);
+    }
+
+    fn pods_changed(&mut self, ns: &str, ips: impl IntoIterator<Item = IpAddr>) {
+        let scopes: Vec<Scope> = ips.into_iter().map(|ip| Scope::pod(ns, &dashed(ip))).collect();
+        if !scopes.is_empty() {
             self.changed(scopes);
         }
     }
@@ -414,7 +375,7 @@ impl Index {
         match source {
             "services" => self.services.keys().cloned().collect(),
             "endpointslices" => self.slices.keys().cloned().collect(),
-            "pods" => self.pods.keys().cloned().collect(),
+            "pods" => self.pods.keys(),
             _ => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
         }
     }
@@ -451,6 +412,6 @@ mod tests {
         idx.apply_pod(&pod(&["fd00::7"]));
         assert!(!idx.has_pod_ip("ns", b) && idx.has_pod_ip("ns", v6));
         idx.delete_pod(&Key::new("ns", "p"));
-        assert!(!idx.has_pod_ip("ns", v6) && idx.pod_ips.is_empty() && idx.pods.is_empty());
+        assert!(!idx.has_pod_ip("ns", v6) && idx.pods.is_empty());
     }
 }

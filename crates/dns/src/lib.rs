@@ -13,6 +13,7 @@ pub mod forward;
 pub mod freshness;
 pub mod index;
 pub mod metrics;
+mod pods;
 pub mod resolve;
 pub mod server;
 pub mod watch;
