@@ -27,11 +27,18 @@ use crate::metrics::{EndpointCounters, PortMetrics};
 pub struct Backend {
     pub addr: SocketAddr,
     pub active: AtomicUsize,
-    /// Boxed: a pointer while unused, as most are.
-    counters: OnceLock<Box<EndpointCounters>>,
-    /// Cancelled when open connections must close (drain timeout); made
-    /// by the first connection, as most endpoints never carry one here.
-    closed: OnceLock<CancellationToken>,
+    /// Made by the first connection or datagram; boxed, a pointer while
+    /// unused, as most are (64 bytes a backend, where a counter and a
+    /// signal each held apart were 80).
+    used: OnceLock<Box<Used>>,
+}
+
+/// What an endpoint that carried traffic has.
+#[derive(Debug)]
+struct Used {
+    counters: EndpointCounters,
+    /// Cancelled when open connections must close (drain timeout).
+    closed: CancellationToken,
 }
 
 /// A backend in a set of them, found by its address: the set holds the
@@ -61,29 +68,33 @@ impl Eq for ByAddr {}
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
-        Arc::new(Backend { addr, active: AtomicUsize::new(0), counters: OnceLock::new(), closed: OnceLock::new() })
+        Arc::new(Backend { addr, active: AtomicUsize::new(0), used: OnceLock::new() })
+    }
+
+    fn used(&self, port: &PortMetrics) -> &Used {
+        self.used.get_or_init(|| Box::new(Used { counters: port.endpoint(self.addr), closed: CancellationToken::new() }))
     }
 
     /// This endpoint's counters, created in `port`'s series on first use.
     pub fn counters(&self, port: &PortMetrics) -> &EndpointCounters {
-        self.counters.get_or_init(|| Box::new(port.endpoint(self.addr)))
+        &self.used(port).counters
     }
 
     /// The signal that its open connections must close.
-    pub fn closed(&self) -> CancellationToken {
-        self.closed.get_or_init(CancellationToken::new).clone()
+    pub fn closed(&self, port: &PortMetrics) -> CancellationToken {
+        self.used(port).closed.clone()
     }
 
     /// Closes its open connections, if it has carried any.
     pub fn close(&self) {
-        if let Some(closed) = self.closed.get() {
-            closed.cancel();
+        if let Some(used) = self.used.get() {
+            used.closed.cancel();
         }
     }
 
     /// Its counters if it has carried traffic.
     pub fn counters_if_used(&self) -> Option<&EndpointCounters> {
-        self.counters.get().map(|c| &**c)
+        self.used.get().map(|used| &used.counters)
     }
 }
 
