@@ -1,13 +1,19 @@
 //! Labels or a selector as the controller's views keep them: all pairs in
-//! one allocation. As boxed pairs they were one allocation for the list
-//! and two per pair, for every pod.
+//! one allocation, shared by the objects that have the same (a
+//! Deployment's pods). As boxed pairs they were one allocation for the
+//! list and two per pair, for every pod.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wharf_kube::shared_str::Interner;
 
 /// Pairs sorted by key, each written as its key's and its value's length
 /// (u32, little endian), then the key and the value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Box<[u8]>);
+pub struct Labels(Arc<[u8]>);
+
+static LABEL_SETS: Interner<[u8]> = Interner::new();
 
 impl Labels {
     /// From pairs in key order, as a `BTreeMap` gives them.
@@ -21,7 +27,7 @@ impl Labels {
             bytes.extend_from_slice(key.as_bytes());
             bytes.extend_from_slice(value.as_bytes());
         }
-        Labels(bytes.into_boxed_slice())
+        Labels(LABEL_SETS.share(&bytes[..], |bytes: &[u8]| Arc::from(bytes)))
     }
 
     /// An object's labels or a selector, as decoded.
@@ -93,5 +99,12 @@ mod tests {
         assert_eq!(labels.get("ap"), None);
         assert!(Labels::from_sorted([]).is_empty() && !labels.is_empty());
         assert_ne!(labels, Labels::from_sorted([("app", "web")]));
+    }
+
+    #[test]
+    fn equal_labels_share_one_copy() {
+        let (a, b) = (Labels::from_sorted([("app", "shared-labels-test")]), Labels::from_sorted([("app", "shared-labels-test")]));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert!(!Arc::ptr_eq(&a.0, &Labels::from_sorted([("app", "other-labels-test")]).0));
     }
 }
