@@ -1,9 +1,9 @@
 //! Pods' addresses, for the records `1-2-3-4.<ns>.pod.<zone>` answered
 //! only for a pod that exists (CoreDNS's `pods verified`). Kept per
 //! namespace: a pod is its name and addresses, an address how many pods
-//! hold it, so neither repeats the namespace (at 100,000 pods a map keyed
-//! by namespace and name, and another by namespace and address, were 12 MB;
-//! these are about 7).
+//! hold it, so neither repeats the namespace. Against a map keyed by
+//! namespace and name and another by namespace and address, this took
+//! 5 MiB off `wharf up` at 100,000 pods.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

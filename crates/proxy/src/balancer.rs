@@ -28,8 +28,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub active: AtomicUsize,
     /// Made by the first connection or datagram; boxed, a pointer while
-    /// unused, as most are (64 bytes a backend, where a counter and a
-    /// signal each held apart were 80).
+    /// unused, as most are (56 bytes a backend, where a counter and a
+    /// signal each held apart were 72).
     used: OnceLock<Box<Used>>,
 }
 

@@ -90,9 +90,6 @@ fn tcp_ask(server: &str, packet: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Whether the peer closed `conn` (EOF or reset) within `within`.
-/// How long the DNS server waits for a TCP client's next message (its default).
-const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
-
 fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
     let _ = conn.set_read_timeout(Some(within));
     let mut buf = [0u8; 64];
@@ -150,32 +147,28 @@ fn oversized_and_stalled_dns_traffic_is_cut_and_bounded() {
     assert_eq!(answer_count(&whole), 300);
 
     let before = w.usage();
-    let mut attempts = 0;
-    let mut stalled = loop {
-        attempts += 1;
-        // Stalled TCP clients: half a length prefix, then nothing.
-        let mut stalled: Vec<TcpStream> = (0..32)
-            .filter_map(|_| {
-                let mut c = TcpStream::connect(&w.dns).ok()?;
-                c.write_all(&[0]).ok()?;
-                Some(c)
-            })
-            .collect();
-        let opened = Instant::now();
-        // Past the cap, connections are closed at once: once the server holds
-        // the 32 (it takes them as it accepts them, so a probe tells when).
-        wait_for("the cap to be reached", Duration::from_secs(10), || {
-            TcpStream::connect(&w.dns).is_ok_and(|mut probe| closed_within(&mut probe, Duration::from_secs(1)))
-        });
-        let mut extra: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&w.dns).ok()).collect();
-        if extra.iter_mut().take(20).all(|c| closed_within(c, Duration::from_secs(3))) {
-            break stalled;
-        }
-        // Only a stalled connection that reached the idle timeout (10 s), on
-        // a slow run, frees a slot for one past the cap: then try again.
-        assert!(opened.elapsed() >= DNS_TCP_IDLE && attempts < 3, "a connection past the cap was kept");
-        stalled.clear();
-    };
+    // Stalled TCP clients: half a length prefix, then nothing.
+    let mut stalled: Vec<TcpStream> = (0..32)
+        .filter_map(|_| {
+            let mut c = TcpStream::connect(&w.dns).ok()?;
+            c.write_all(&[0]).ok()?;
+            Some(c)
+        })
+        .collect();
+    // Past the cap, connections are closed at once: once the server holds
+    // the 32 (it takes them as it accepts them, so a probe tells when).
+    wait_for("the cap to be reached", Duration::from_secs(10), || {
+        TcpStream::connect(&w.dns).is_ok_and(|mut probe| closed_within(&mut probe, Duration::from_secs(1)))
+    });
+    let mut extra: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&w.dns).ok()).collect();
+    let kept = extra.iter_mut().take(20).map(|c| closed_within(c, Duration::from_secs(3))).filter(|closed| !closed).count();
+    // One is kept only into a slot that freed meanwhile (a probe the server
+    // had not yet seen close; on a slow run, a stalled connection that
+    // reached the idle timeout): the server never holds more than the cap.
+    if kept > 0 {
+        let held = stalled.iter_mut().map(|c| closed_within(c, Duration::from_millis(100))).filter(|closed| !closed).count();
+        assert!(kept + held <= 32, "{kept} connections past the cap were kept beside {held} stalled ones");
+    }
     // UDP is served all along.
     let legit = dns_query(3, "kubernetes.default.svc.cluster.local", 1, None);
     assert_eq!(udp_ask(&w.dns, &legit).map(|r| answer_count(&r)), Some(1));
