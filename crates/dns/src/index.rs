@@ -339,7 +339,7 @@ impl Index {
         let mut ips: Vec<IpAddr> = listed.chain(status.and_then(|s| s.pod_ip.as_deref())).filter_map(|ip| ip.parse().ok()).collect();
         ips.sort();
         ips.dedup();
-        if let Some(had) = self.pods.set(&key, ips.clone()) {
+        if let Some(had) = self.pods.set(&key, &ips) {
             self.pods_changed(&key.namespace, had.into_iter().chain(ips));
         }
     }

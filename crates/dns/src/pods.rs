@@ -19,8 +19,8 @@ enum PodIps {
 }
 
 impl PodIps {
-    fn new(ips: Vec<IpAddr>) -> Option<Self> {
-        match ips[..] {
+    fn new(ips: &[IpAddr]) -> Option<Self> {
+        match *ips {
             [] => None,
             [one] => Some(PodIps::One(one)),
             _ => Some(PodIps::Many(ips.into())),
@@ -53,7 +53,7 @@ impl PodAddresses {
 
     /// Sets the addresses of pod `key` (sorted, without duplicates; none:
     /// it has none). Returns the addresses it had, or None if nothing changed.
-    pub fn set(&mut self, key: &Key, ips: Vec<IpAddr>) -> Option<Vec<IpAddr>> {
+    pub fn set(&mut self, key: &Key, ips: &[IpAddr]) -> Option<Vec<IpAddr>> {
         let had = self.0.get(&key.namespace).and_then(|n| n.pods.get(&key.name)).map_or(&[][..], PodIps::as_slice);
         if had == ips {
             return None;
@@ -111,14 +111,14 @@ mod tests {
         let mut pods = PodAddresses::default();
         let (a, b, other) = (Key::new("ns", "a"), Key::new("ns", "b"), Key::new("other", "a"));
         let node = ip("127.0.0.1");
-        assert_eq!(pods.set(&a, vec![node]), Some(vec![]));
-        assert_eq!(pods.set(&a, vec![node]), None, "unchanged");
-        pods.set(&b, vec![node, ip("fd00::1")]);
-        pods.set(&other, vec![ip("127.0.0.2")]);
+        assert_eq!(pods.set(&a, &[node]), Some(vec![]));
+        assert_eq!(pods.set(&a, &[node]), None, "unchanged");
+        pods.set(&b, &[node, ip("fd00::1")]);
+        pods.set(&other, &[ip("127.0.0.2")]);
         assert!(pods.has("ns", node) && pods.has("ns", ip("fd00::1")) && !pods.has("ns", ip("127.0.0.2")));
         assert_eq!(pods.remove(&a), vec![node]);
         assert!(pods.has("ns", node), "b still has it");
-        assert_eq!(pods.set(&b, vec![]), Some(vec![node, ip("fd00::1")]));
+        assert_eq!(pods.set(&b, &[]), Some(vec![node, ip("fd00::1")]));
         assert!(!pods.has("ns", node) && !pods.has("ns", ip("fd00::1")));
         let mut keys = pods.keys();
         keys.sort();

@@ -64,8 +64,7 @@ async fn watch_from_before_restart_is_compacted() {
 #[tokio::test]
 async fn a_quiet_watcher_behind_a_busy_prefix_is_not_compacted() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), wharf_store::WatchHistory::events(64)).unwrap();
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), WatchHistory::events(64)).unwrap();
     let put = |key: String, value: &'static str| Txn::new().put(key, value);
     let mut quiet = store.watch("/quiet/", store.revision()).await.unwrap();
     // Both in one transaction: the quiet event follows a busy one of its revision.
@@ -147,8 +146,7 @@ async fn a_quiet_watcher_is_told_its_progress_inside_the_history() {
 #[tokio::test]
 async fn a_lagging_watcher_loses_nothing_after_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), wharf_store::WatchHistory::events(64)).unwrap();
+    let store = EmbeddedStore::open_with(&dir.path().join("state.redb"), Default::default(), WatchHistory::events(64)).unwrap();
     let start = store.revision();
     store.txn(Txn::new().put("/p/a", "1")).await.unwrap();
     let mut watch = store.watch("/p/", start).await.unwrap();
