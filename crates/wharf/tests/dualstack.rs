@@ -14,7 +14,9 @@ use support::{http_get, Wharf};
 fn dual_stack(test: impl FnOnce(Wharf, String) + Send + 'static) {
     support::net::in_own_netns(|| {
         let v6 = "fd77:6861:7266:7::/112".to_string();
-        let w = Wharf::start(&["--service-cidr", &format!("127.71.0.0/16,{v6}")]);
+        // Outside the service CIDRs `Wharf::start` picks (127.32/16 to
+        // 127.231/16): a test may start a second wharf in this namespace.
+        let w = Wharf::start(&["--service-cidr", &format!("127.235.0.0/16,{v6}")]);
         test(w, v6);
     });
 }
@@ -119,7 +121,7 @@ fn refusals(w: &Wharf) {
 fn traffic_goes_through_each_family_to_endpoints_of_that_family() {
     support::net::in_own_netns(|| {
         let v6_range = "fd77:6861:7266:5::/112";
-        let mut w = Wharf::start(&["--service-cidr", &format!("127.70.0.0/16,{v6_range}"), "--node-ip", "127.254.70.1,::1"]);
+        let mut w = Wharf::start(&["--service-cidr", &format!("127.234.0.0/16,{v6_range}"), "--node-ip", "127.254.70.1,::1"]);
         // Pods listening on IPv6 only, and pods listening on IPv4 only.
         let _six = support::Backend::start("[::1]:18090", true);
         let _four = support::Backend::start("127.254.70.1:18091", true);
