@@ -185,6 +185,9 @@ mod tests {
         async fn list(&self, _: &str) -> wharf_store::Result<(Vec<wharf_store::KeyValue>, wharf_store::Revision)> {
             Err(wharf_store::StoreError::Closed)
         }
+        async fn snapshot(&self) -> wharf_store::Result<wharf_store::SharedSnapshot> {
+            Err(wharf_store::StoreError::Closed)
+        }
         async fn txn(&self, txn: Txn) -> wharf_store::Result<TxnOutcome> {
             self.reachable().await;
             let mut keys = self.keys.lock().unwrap();

@@ -1,40 +1,38 @@
 //! `limit` and `continue` on lists: a page of at most `limit` objects and a
-//! continue token for the rest, every page read from the same listing so
-//! the pages together are one consistent snapshot, as kube-apiserver's
-//! pages are (etcd reads at the first page's revision). The listing is
-//! kept, sharing the store's buffers, until `SNAPSHOT_TTL` passes or
-//! `MAX_SNAPSHOTS` newer ones push it out; then its token answers 410
-//! Expired and the client starts a new list.
+//! continue token for the rest, every page read from the same store
+//! snapshot so the pages together are one consistent listing, as
+//! kube-apiserver's pages are (etcd reads at the first page's revision).
+//! The snapshot is kept until the last page is read, `SNAPSHOT_TTL` passes
+//! or `MAX_SNAPSHOTS` newer ones push it out; then its token answers 410
+//! Expired and the client starts a new list. A snapshot costs the process
+//! no copy of the objects: the embedded store's is a read transaction of
+//! its file, etcd's a revision.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use wharf_store::{KeyValue, Revision};
+use wharf_store::{Revision, SharedSnapshot};
 
 use crate::error::{ApiError, ApiResult};
 
-/// Listings kept for their continue tokens.
+/// Snapshots kept for their continue tokens.
 const MAX_SNAPSHOTS: usize = 32;
 /// How long a continue token stays valid (etcd's default compaction
 /// interval in kube-apiserver).
 const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
 
-/// One listing, shared by the pages read from it.
-pub type Listing = Arc<Vec<KeyValue>>;
-
-struct Snapshot {
+struct Kept {
     id: u64,
-    revision: Revision,
-    listing: Listing,
+    snapshot: SharedSnapshot,
     taken: Instant,
 }
 
 #[derive(Default)]
 pub struct Pager {
-    snapshots: Mutex<VecDeque<Snapshot>>,
+    snapshots: Mutex<VecDeque<Kept>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -51,31 +49,39 @@ struct Token {
 const TOKEN_VERSION: &str = "meta.k8s.io/v1";
 
 impl Pager {
-    /// Keeps `listing` for the pages after the first; returns its id.
-    pub fn keep(&self, listing: Listing, revision: Revision) -> u64 {
+    /// Keeps `snapshot` for the pages after the first; returns its id.
+    pub fn keep(&self, snapshot: SharedSnapshot) -> u64 {
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         snapshots.retain(|s| s.taken.elapsed() < SNAPSHOT_TTL);
         if snapshots.len() >= MAX_SNAPSHOTS {
             snapshots.pop_front();
         }
-        snapshots.push_back(Snapshot { id, revision, listing, taken: Instant::now() });
+        snapshots.push_back(Kept { id, snapshot, taken: Instant::now() });
         id
     }
 
-    /// The listing a token continues, its revision and where to start.
-    pub fn resume(&self, token: &str, prefix: &str) -> ApiResult<(Listing, Revision, u64, String)> {
+    /// The snapshot a token continues, its id and the key to start at.
+    pub fn resume(&self, token: &str, prefix: &str) -> ApiResult<(SharedSnapshot, u64, String)> {
         let token = decode(token)?;
         if !token.start.starts_with(prefix) {
             return Err(ApiError::BadRequest("continue key is not valid: it is not for this list".into()));
         }
         let snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = snapshots.iter().find(|s| s.id == token.id && s.revision == token.rv && s.taken.elapsed() < SNAPSHOT_TTL);
-        let snapshot = snapshot.ok_or_else(|| {
-            ApiError::Gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into())
-        })?;
-        Ok((snapshot.listing.clone(), snapshot.revision, snapshot.id, token.start))
+        let kept = snapshots.iter().find(|s| s.id == token.id && s.snapshot.revision() == token.rv && s.taken.elapsed() < SNAPSHOT_TTL);
+        let kept = kept.ok_or_else(expired)?;
+        Ok((kept.snapshot.clone(), kept.id, token.start))
     }
+
+    /// The last page of snapshot `id` was read: let it go.
+    pub fn finish(&self, id: u64) {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
+    }
+}
+
+/// A continue token whose snapshot is gone.
+pub fn expired() -> ApiError {
+    ApiError::Gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into())
 }
 
 pub fn encode(id: u64, rv: Revision, start: &str) -> String {
@@ -96,27 +102,39 @@ fn decode(token: &str) -> ApiResult<Token> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use wharf_store::{KeyValue, Snapshot};
 
-    fn listing(n: usize) -> Listing {
-        Arc::new(
-            (0..n)
-                .map(|i| KeyValue { key: format!("/p/{i:03}").into(), value: Default::default(), create_revision: 1, mod_revision: 1 })
-                .collect(),
-        )
+    struct At(Revision);
+
+    #[async_trait::async_trait]
+    impl Snapshot for At {
+        fn revision(&self) -> Revision {
+            self.0
+        }
+        async fn list_from(&self, _: &str, _: &str, _: usize) -> wharf_store::Result<Vec<KeyValue>> {
+            Ok(Vec::new())
+        }
     }
 
     #[test]
-    fn tokens_resume_their_listing_until_pushed_out() {
+    fn tokens_resume_their_snapshot_until_finished_or_pushed_out() {
         let pager = Pager::default();
-        let first = pager.keep(listing(3), 7);
+        let first = pager.keep(Arc::new(At(7)));
         let token = encode(first, 7, "/p/001");
-        let (kept, rv, id, start) = pager.resume(&token, "/p/").unwrap();
-        assert_eq!((kept.len(), rv, id, start.as_str()), (3, 7, first, "/p/001"));
+        let (kept, id, start) = pager.resume(&token, "/p/").unwrap();
+        assert_eq!((kept.revision(), id, start.as_str()), (7, first, "/p/001"));
         assert!(matches!(pager.resume(&token, "/other/"), Err(ApiError::BadRequest(_))), "a token of another list");
+        assert!(matches!(pager.resume(&encode(first, 8, "/p/001"), "/p/"), Err(ApiError::Gone(_))), "another revision");
         for _ in 0..MAX_SNAPSHOTS {
-            pager.keep(listing(1), 8);
+            pager.keep(Arc::new(At(8)));
         }
         assert!(matches!(pager.resume(&token, "/p/"), Err(ApiError::Gone(_))), "pushed out: 410");
+        assert_eq!(pager.snapshots.lock().unwrap().len(), MAX_SNAPSHOTS, "bounded");
+
+        let second = pager.keep(Arc::new(At(9)));
+        pager.finish(second);
+        assert!(matches!(pager.resume(&encode(second, 9, "/p/"), "/p/"), Err(ApiError::Gone(_))), "finished: let go");
     }
 
     #[test]

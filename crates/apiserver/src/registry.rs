@@ -13,7 +13,7 @@ use wharf_api::kinds::{self, KindInfo};
 use crate::kind::{self, Kind, Lifecycle};
 use crate::limits::MAX_OBJECT_BYTES;
 use wharf_api::selector::{FieldSelector, LabelSelector};
-use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Store, Txn, TxnOutcome};
+use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Snapshot, Store, Txn, TxnOutcome};
 
 use crate::alloc::Allocator;
 use crate::error::{ApiError, ApiResult};
@@ -56,13 +56,12 @@ impl Filter {
 /// Encoded objects as the store returned them.
 pub struct Stored(Vec<KeyValue>);
 
-/// One page of a list (`limit`/`continue`): a range of the listing, decoded
-/// only as it is written out, so a page of large objects never exists
-/// decoded all at once.
+/// One page of a list (`limit`/`continue`): its objects as stored,
+/// decoded only as they are written out, so a page of large objects never
+/// exists decoded all at once.
 pub struct Page {
-    listing: Arc<Vec<KeyValue>>,
-    range: std::ops::Range<usize>,
-    /// The revision of the listing every page of this list reads.
+    items: Vec<KeyValue>,
+    /// The revision of the snapshot every page of this list reads.
     pub revision: Revision,
     pub continue_token: Option<String>,
 }
@@ -70,7 +69,7 @@ pub struct Page {
 impl Page {
     /// Its objects, decoded one at a time, those `filter` selects.
     pub fn items<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = ApiResult<Value>> + 'a {
-        selected(&self.listing[self.range.clone()], filter)
+        selected(&self.items, filter)
     }
 }
 
@@ -81,26 +80,46 @@ impl Stored {
     }
 }
 
-/// Where a page starting at `from` ends: after `limit` objects `filter`
-/// selects (0: no limit). Finding it decodes each object once and drops it
-/// at once; without a filter nothing is decoded.
-fn page_end(listing: &[KeyValue], from: usize, filter: &Filter, limit: usize) -> ApiResult<usize> {
-    if limit == 0 {
-        return Ok(listing.len());
-    }
-    if filter.is_everything() {
-        return Ok(listing.len().min(from.saturating_add(limit)));
-    }
-    let mut taken = 0;
-    for (i, kv) in listing.iter().enumerate().skip(from) {
-        if taken == limit {
-            return Ok(i);
+/// Keys read from a snapshot at a time while filling a page (at most).
+const PAGE_READ: usize = 10_000;
+
+/// Reads `snapshot` from `start` until `limit` objects `filter` selects (0:
+/// no limit); returns them and the key the next page starts at, if any
+/// remain. Finding them decodes each object once and drops those not
+/// selected at once; without a filter nothing is decoded.
+async fn read_page(
+    snapshot: &dyn Snapshot,
+    prefix: &str,
+    start: String,
+    filter: &Filter,
+    limit: usize,
+) -> ApiResult<(Vec<KeyValue>, Option<String>)> {
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    // One more than the page, to know whether anything follows it.
+    let read = limit.saturating_add(1).min(PAGE_READ);
+    let mut page = Vec::new();
+    let mut from = start;
+    loop {
+        let chunk = snapshot.list_from(prefix, &from, read).await.map_err(|e| match e {
+            wharf_store::StoreError::Compacted { .. } => crate::pager::expired(),
+            e => e.into(),
+        })?;
+        let more = chunk.len() == read;
+        if let Some(last) = chunk.last() {
+            from = format!("{}\0", last.key);
         }
-        if filter.matches(&decode_kv(kv)?) {
-            taken += 1;
+        for kv in chunk {
+            if page.len() == limit {
+                return Ok((page, Some(kv.key.to_string())));
+            }
+            if filter.is_everything() || filter.matches(&decode_kv(&kv)?) {
+                page.push(kv);
+            }
+        }
+        if !more {
+            return Ok((page, None));
         }
     }
-    Ok(listing.len())
 }
 
 /// The objects of `kvs` that `filter` selects, decoded one at a time; an
@@ -311,23 +330,28 @@ impl Registry {
         token: Option<&str>,
     ) -> ApiResult<Page> {
         let prefix = list_prefix(kind.info, namespace);
-        let (listing, revision, kept, start) = match token {
+        let (snapshot, kept, start) = match token {
             Some(token) => {
-                let (listing, revision, id, start) = self.pager.resume(token, &prefix)?;
-                (listing, revision, Some(id), start)
+                let (snapshot, id, start) = self.pager.resume(token, &prefix)?;
+                (snapshot, Some(id), start)
+            }
+            None => (self.store.snapshot().await?, None, prefix.clone()),
+        };
+        let (items, next) = read_page(snapshot.as_ref(), &prefix, start, filter, limit).await?;
+        let revision = snapshot.revision();
+        let continue_token = match next {
+            Some(next) => {
+                let id = kept.unwrap_or_else(|| self.pager.keep(snapshot));
+                Some(crate::pager::encode(id, revision, &next))
             }
             None => {
-                let (kvs, revision) = self.store.list(&prefix).await?;
-                (Arc::new(kvs), revision, None, String::new())
+                if let Some(id) = kept {
+                    self.pager.finish(id);
+                }
+                None
             }
         };
-        let from = listing.partition_point(|kv| *kv.key < *start);
-        let end = page_end(&listing, from, filter, limit)?;
-        let continue_token = (end < listing.len()).then(|| {
-            let id = kept.unwrap_or_else(|| self.pager.keep(listing.clone(), revision));
-            crate::pager::encode(id, revision, &listing[end].key)
-        });
-        Ok(Page { listing, range: from..end, revision, continue_token })
+        Ok(Page { items, revision, continue_token })
     }
 
     /// Fills `apiVersion` and `kind`, refusing a body of another kind.

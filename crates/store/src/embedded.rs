@@ -1,27 +1,31 @@
-//! The default backend: the whole key space in memory for reads, made
-//! durable in a redb file before any write is acknowledged.
+//! The default backend: the key space in a redb file, every write durable
+//! before it is acknowledged; in memory only the recent events, for
+//! watchers.
 //!
 //! One writer thread applies transactions in batches (group commit): every
 //! transaction in a batch is checked against the state left by the ones
 //! before it, the batch is committed to redb with one fsync, and only then
-//! are the new values published to readers and watchers.
+//! are its events and a read snapshot of the file as of its revision
+//! published. Readers read that snapshot (redb's MVCC): a read never sees
+//! a write that watchers have not been sent, and a list read in pages
+//! reads every page from the first one's snapshot.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::model::{Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 use crate::packed::{Packer, Value};
-use crate::{Result, Store, StoreError, StoreMetrics, WatchStream};
+use crate::{Result, SharedSnapshot, Snapshot, Store, StoreError, StoreMetrics, WatchStream};
 
 /// key -> (create_revision, mod_revision, value)
 const KV: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("kv");
+type Row<'a> = (u64, u64, &'a [u8]);
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_REVISION: &str = "revision";
 
@@ -44,17 +48,12 @@ const PROGRESS_EVERY: usize = 256;
 /// How far a live watcher may fall behind before it is re-fed from history
 /// (at most; a quarter of a smaller history).
 const BROADCAST_CAPACITY: usize = 16_384;
-const REDB_CACHE_BYTES: usize = 1 << 20;
+/// Reads come from the file through the kernel's page cache (not the
+/// process's memory); redb's own cache only has to hold the upper levels of
+/// the tree.
+const REDB_CACHE_BYTES: usize = 4 << 20;
 /// Upper bound of transactions committed with one fsync.
 const MAX_BATCH: usize = 512;
-
-#[derive(Clone)]
-struct Entry {
-    /// Packed (`packed`): the file holds it as written.
-    value: Value,
-    create_revision: Revision,
-    mod_revision: Revision,
-}
 
 /// How long the store keeps events for watchers that resume from an older
 /// revision: at most `events`; of those, the ones younger than `fresh_for`,
@@ -81,8 +80,8 @@ impl WatchHistory {
 }
 
 struct State {
-    /// Keys are shared with the events and listings that name them.
-    kv: BTreeMap<Arc<str>, Entry>,
+    /// The file as of `revision`: every read is served from it.
+    snapshot: Arc<FileSnapshot>,
     retention: WatchHistory,
     revision: Revision,
     history: VecDeque<Arc<Event>>,
@@ -153,7 +152,7 @@ impl Drop for Writer {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path` and loads it.
+    /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_measured(path, StoreMetrics::default())
     }
@@ -169,12 +168,12 @@ impl EmbeddedStore {
         // The store holds every object, secrets among them: owner only,
         // from the moment the file exists.
         create_private(path)?;
-        // Reads are served from memory; redb's page cache only has to help
-        // the writer, so keep it small.
         let db = redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path).map_err(backend)?;
-        let (kv, revision) = load(&db)?;
+        let snapshot = Arc::new(open_tables(&db)?);
+        let revision = snapshot.revision;
         let (events, _) = broadcast::channel((retention.events / 4).clamp(1, BROADCAST_CAPACITY));
-        let state = State { kv, retention, revision, history: VecDeque::new(), published: VecDeque::new(), history_start: revision + 1 };
+        let state =
+            State { snapshot, retention, revision, history: VecDeque::new(), published: VecDeque::new(), history_start: revision + 1 };
         let shared = Arc::new(Shared { state: RwLock::new(state), events });
         let (sender, requests) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -201,26 +200,62 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(e.into().to_string())
 }
 
-fn load(db: &redb::Database) -> Result<(BTreeMap<Arc<str>, Entry>, Revision)> {
-    // Make sure both tables exist so that read transactions can open them.
+/// Makes sure both tables exist, then reads the file as it stands.
+fn open_tables(db: &redb::Database) -> Result<FileSnapshot> {
     let init = db.begin_write().map_err(backend)?;
     init.open_table(KV).map_err(backend)?;
     init.open_table(META).map_err(backend)?;
     init.commit().map_err(backend)?;
-
     let read = db.begin_read().map_err(backend)?;
-    let meta = read.open_table(META).map_err(backend)?;
-    let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-    let table = read.open_table(KV).map_err(backend)?;
-    let mut kv = BTreeMap::new();
-    let mut packer = Packer::default();
-    for row in table.iter().map_err(backend)? {
-        let (key, value) = row.map_err(backend)?;
-        let (create_revision, mod_revision, bytes) = value.value();
-        let value = packer.pack(bytes);
-        kv.insert(key.value().into(), Entry { value, create_revision, mod_revision });
+    let revision = read.open_table(META).map_err(backend)?.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    FileSnapshot::read(db, revision)
+}
+
+/// The file as it stood at one revision: a redb read transaction, which
+/// keeps the pages it sees until it is dropped.
+struct FileSnapshot {
+    table: redb::ReadOnlyTable<&'static str, Row<'static>>,
+    revision: Revision,
+}
+
+impl FileSnapshot {
+    /// The file as the last commit, at `revision`, left it.
+    fn read(db: &redb::Database, revision: Revision) -> Result<Self> {
+        let table = db.begin_read().map_err(backend)?.open_table(KV).map_err(backend)?;
+        Ok(FileSnapshot { table, revision })
     }
-    Ok((kv, revision))
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.table.get(key).map_err(backend)?.map(|row| key_value(key.into(), row.value())))
+    }
+
+    fn range(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        let mut items = Vec::new();
+        for row in self.table.range(start.max(prefix)..).map_err(backend)? {
+            let (key, row) = row.map_err(backend)?;
+            let key = key.value();
+            if items.len() == limit || !key.starts_with(prefix) {
+                break;
+            }
+            items.push(key_value(key.into(), row.value()));
+        }
+        Ok(items)
+    }
+}
+
+#[async_trait::async_trait]
+impl Snapshot for FileSnapshot {
+    fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    async fn list_from(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        self.range(prefix, start, limit)
+    }
+}
+
+fn key_value(key: Arc<str>, (create_revision, mod_revision, value): Row) -> KeyValue {
+    KeyValue { key, value: value.into(), create_revision, mod_revision }
 }
 
 fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, metrics: StoreMetrics) {
@@ -255,123 +290,106 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
     }
 }
 
-/// What one batch changes: the final state of every touched key (None =
-/// deleted) with its value as written (for the file), and the events in
-/// commit order.
+/// What one batch did: the events in commit order, and the revision it
+/// reached; each transaction applied straight to the batch's redb write
+/// transaction, so the next one is checked against what it left.
 struct Staged<'p> {
-    changes: HashMap<Arc<str>, Option<(Entry, Bytes)>>,
     packer: &'p mut Packer,
     events: Vec<Arc<Event>>,
     revision: Revision,
+    changed: bool,
 }
 
 impl Staged<'_> {
-    /// Where `key` stands: as this batch left it, else as the store holds
-    /// it, with the key as already held (None: neither knows it).
-    fn find<'a>(&'a self, state: &'a State, key: &str) -> Option<(&'a Arc<str>, Option<&'a Entry>)> {
-        match self.changes.get_key_value(key) {
-            Some((held, staged)) => Some((held, staged.as_ref().map(|(entry, _)| entry))),
-            None => state.kv.get_key_value(key).map(|(held, entry)| (held, Some(entry))),
-        }
-    }
-
-    fn current<'a>(&'a self, state: &'a State, key: &str) -> Option<&'a Entry> {
-        self.find(state, key).and_then(|(_, entry)| entry)
-    }
-
-    fn apply(&mut self, state: &State, txn: &Txn) -> TxnOutcome {
-        let holds = txn.compares.iter().all(|c| c.holds(self.current(state, c.key()).map(|e| e.mod_revision)));
-        if !holds {
-            return TxnOutcome::Failed;
+    fn apply(&mut self, kv: &mut redb::Table<&str, Row>, txn: &Txn) -> Result<TxnOutcome> {
+        for compare in &txn.compares {
+            let current = kv.get(compare.key()).map_err(backend)?.map(|row| row.value().1);
+            if !compare.holds(current) {
+                return Ok(TxnOutcome::Failed);
+            }
         }
         if txn.ops.is_empty() {
-            return TxnOutcome::Committed(self.revision);
+            return Ok(TxnOutcome::Committed(self.revision));
         }
         self.revision += 1;
         let revision = self.revision;
         for op in &txn.ops {
-            // The key as the store already holds it, else a new copy.
-            let (key, prev) = match self.find(state, op.key()) {
-                Some((held, entry)) => (held.clone(), entry.cloned()),
-                None => (op.key().into(), None),
-            };
+            let key: Arc<str> = op.key().into();
             let event = match op {
                 Op::Put { value, .. } => {
-                    let create_revision = prev.as_ref().map_or(revision, |p| p.create_revision);
-                    let packed = self.packer.pack(value);
-                    let entry = Entry { value: packed.clone(), create_revision, mod_revision: revision };
-                    self.changes.insert(key.clone(), Some((entry, value.clone())));
-                    Event { kind: EventKind::Put, key, value: packed, revision, create_revision, prev: prev.map(|p| p.value) }
+                    let prev = kv.get(&*key).map_err(backend)?.map(|row| self.replaced(row.value()));
+                    let create_revision = prev.as_ref().map_or(revision, |(created, _)| *created);
+                    kv.insert(&*key, (create_revision, revision, value.as_ref())).map_err(backend)?;
+                    let value = self.packer.pack(value);
+                    Event { kind: EventKind::Put, key, value, revision, create_revision, prev: prev.map(|(_, value)| value) }
                 }
                 Op::Delete { .. } => {
-                    let Some(prev) = prev else { continue };
-                    self.changes.insert(key.clone(), None);
-                    Event {
-                        kind: EventKind::Delete,
-                        key,
-                        value: Value::default(),
-                        revision,
-                        create_revision: prev.create_revision,
-                        prev: Some(prev.value),
-                    }
+                    let Some((create_revision, prev)) = kv.remove(&*key).map_err(backend)?.map(|row| self.replaced(row.value())) else {
+                        continue;
+                    };
+                    Event { kind: EventKind::Delete, key, value: Value::default(), revision, create_revision, prev: Some(prev) }
                 }
             };
+            self.changed = true;
             self.events.push(Arc::new(event));
         }
-        TxnOutcome::Committed(revision)
+        Ok(TxnOutcome::Committed(revision))
+    }
+
+    /// A value being replaced, as its event carries it.
+    fn replaced(&mut self, (create_revision, _, value): Row) -> (Revision, Value) {
+        (create_revision, self.packer.pack(value))
     }
 }
 
 fn commit_batch(db: &redb::Database, shared: &Shared, packer: &mut Packer, batch: Vec<WriteRequest>) {
-    let (staged, outcomes) = {
-        let state = shared.read();
-        let mut staged = Staged { changes: HashMap::new(), packer, events: Vec::new(), revision: state.revision };
-        let outcomes: Vec<TxnOutcome> = batch.iter().map(|r| staged.apply(&state, &r.txn)).collect();
-        (staged, outcomes)
-    };
-
-    if !staged.changes.is_empty() {
-        if let Err(e) = persist(db, &staged) {
+    let revision = shared.read().revision;
+    let mut staged = Staged { packer, events: Vec::new(), revision, changed: false };
+    match write(db, &mut staged, &batch) {
+        Err(e) => {
             tracing::error!(error = %e, "store commit failed; batch rejected");
             for request in batch {
                 let _ = request.reply.send(Err(StoreError::Backend(e.to_string())));
             }
-            return;
         }
-        publish(shared, staged);
-    }
-    for (request, outcome) in batch.into_iter().zip(outcomes) {
-        let _ = request.reply.send(Ok(outcome));
-    }
-}
-
-fn persist(db: &redb::Database, staged: &Staged) -> Result<()> {
-    let txn = db.begin_write().map_err(backend)?;
-    {
-        let mut kv = txn.open_table(KV).map_err(backend)?;
-        for (key, entry) in &staged.changes {
-            match entry {
-                Some((e, written)) => {
-                    kv.insert(&**key, (e.create_revision, e.mod_revision, written.as_ref())).map_err(backend)?;
-                }
-                None => {
-                    kv.remove(&**key).map_err(backend)?;
-                }
+        Ok(outcomes) => {
+            if staged.changed {
+                publish(db, shared, staged);
+            }
+            for (request, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = request.reply.send(Ok(outcome));
             }
         }
-        let mut meta = txn.open_table(META).map_err(backend)?;
-        meta.insert(META_REVISION, staged.revision).map_err(backend)?;
     }
-    txn.commit().map_err(backend)
 }
 
-fn publish(shared: &Shared, staged: Staged) {
+/// Applies the batch in one redb transaction, committed (one fsync) if it
+/// changed anything; any error rejects the whole batch, nothing written.
+fn write(db: &redb::Database, staged: &mut Staged, batch: &[WriteRequest]) -> Result<Vec<TxnOutcome>> {
+    let txn = db.begin_write().map_err(backend)?;
+    let outcomes = {
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        batch.iter().map(|request| staged.apply(&mut kv, &request.txn)).collect::<Result<Vec<_>>>()?
+    };
+    if !staged.changed {
+        txn.abort().map_err(backend)?;
+        return Ok(outcomes);
+    }
+    txn.open_table(META).map_err(backend)?.insert(META_REVISION, staged.revision).map_err(backend)?;
+    txn.commit().map_err(backend)?;
+    Ok(outcomes)
+}
+
+fn publish(db: &redb::Database, shared: &Shared, staged: Staged) {
+    // Committed: the revision and the events go out whatever happens. A
+    // snapshot that cannot be taken leaves reads on the previous one (still
+    // a consistent listing, at its own revision) until the next commit.
+    let snapshot = FileSnapshot::read(db, staged.revision)
+        .inspect_err(|e| tracing::error!(error = %e, "cannot read the store file after a commit; reads stay at the previous revision"))
+        .ok();
     let mut state = shared.write();
-    for (key, entry) in staged.changes {
-        match entry {
-            Some((e, _)) => state.kv.insert(key, e),
-            None => state.kv.remove(&key),
-        };
+    if let Some(snapshot) = snapshot {
+        state.snapshot = Arc::new(snapshot);
     }
     state.revision = staged.revision;
     let now = Instant::now();
@@ -431,8 +449,10 @@ impl State {
     }
 }
 
-fn key_value(key: &Arc<str>, entry: &Entry) -> KeyValue {
-    KeyValue { key: key.clone(), value: entry.value.clone(), create_revision: entry.create_revision, mod_revision: entry.mod_revision }
+impl Shared {
+    fn snapshot(&self) -> Arc<FileSnapshot> {
+        self.read().snapshot.clone()
+    }
 }
 
 #[async_trait::async_trait]
@@ -442,14 +462,20 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.shared.read().kv.get_key_value(key).map(|(k, e)| key_value(k, e)))
+        self.shared.snapshot().get(key)
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        let state = self.shared.read();
-        let from = (std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded);
-        let items = state.kv.range::<str, _>(from).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, e)| key_value(k, e)).collect();
-        Ok((items, state.revision))
+        let snapshot = self.shared.snapshot();
+        let prefix = prefix.to_string();
+        // A whole listing may read much of the file: off the async workers.
+        tokio::task::spawn_blocking(move || Ok((snapshot.range(&prefix, &prefix, usize::MAX)?, snapshot.revision)))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    async fn snapshot(&self) -> Result<SharedSnapshot> {
+        Ok(self.shared.snapshot())
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
@@ -598,7 +624,9 @@ mod tests {
 
     fn state(events: usize, floor: usize) -> State {
         let retention = WatchHistory { events, fresh_for: Duration::from_secs(75), floor };
-        State { kv: BTreeMap::new(), retention, revision: 0, history: VecDeque::new(), published: VecDeque::new(), history_start: 1 }
+        let db = redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let snapshot = Arc::new(open_tables(&db).unwrap());
+        State { snapshot, retention, revision: 0, history: VecDeque::new(), published: VecDeque::new(), history_start: 1 }
     }
 
     /// Publishes one batch of `events` single-key revisions at `at`.

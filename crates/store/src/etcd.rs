@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::model::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
-use crate::{Result, Store, StoreError, WatchStream};
+use crate::{Result, SharedSnapshot, Snapshot, Store, StoreError, WatchStream};
 
 #[allow(clippy::all, clippy::pedantic)]
 mod pb {
@@ -36,7 +36,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A request that does not finish in this time fails (watches excepted).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys per range request of a list.
-const LIST_PAGE: i64 = 500;
+const LIST_PAGE: usize = 500;
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -206,6 +206,33 @@ impl EtcdStore {
         }
     }
 
+    /// Up to `limit` keys under `prefix` from `start` on, at revision `at`
+    /// (None: the newest), in pages of `LIST_PAGE` keys, every page read at
+    /// the first one's revision: one consistent snapshot, however large,
+    /// without a reply over gRPC's message bound (10,000 services are about
+    /// 6 MB).
+    async fn list_at(&self, prefix: &str, start: &str, limit: usize, mut at: Option<Revision>) -> Result<(Vec<KeyValue>, Revision)> {
+        let end = prefix_end(prefix);
+        let mut items = Vec::new();
+        let mut from = start.max(prefix).as_bytes().to_vec();
+        while items.len() < limit {
+            let page = (limit - items.len()).min(LIST_PAGE) as i64;
+            // 0 asks etcd for its newest.
+            let revision = at.map_or(0, |r| r as i64);
+            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: page, revision };
+            let resp = self.range_request(request).await.map_err(|e| compacted(e, at))?;
+            at.get_or_insert_with(|| self.observe(resp.header.as_ref()));
+            for kv in &resp.kvs {
+                items.push(key_value(kv)?);
+            }
+            match resp.kvs.last() {
+                Some(last) if resp.more => from = [last.key.as_slice(), &[0]].concat(),
+                _ => break,
+            }
+        }
+        Ok((items, at.unwrap_or_default()))
+    }
+
     async fn range(&self, key: &str, range_end: Vec<u8>) -> Result<pb::RangeResponse> {
         self.range_request(pb::RangeRequest { key: key.as_bytes().to_vec(), range_end, ..Default::default() }).await
     }
@@ -216,6 +243,33 @@ impl EtcdStore {
             async move { kv.range(request).await }
         })
         .await
+    }
+}
+
+/// etcd's refusal of a read at a compacted revision, as the store's own.
+fn compacted(e: StoreError, at: Option<Revision>) -> StoreError {
+    match (e, at) {
+        (StoreError::Backend(why), Some(requested)) if why.contains("required revision has been compacted") => {
+            StoreError::Compacted { requested, oldest: requested + 1 }
+        }
+        (e, _) => e,
+    }
+}
+
+/// etcd at one revision: pages are read there until etcd compacts it.
+struct EtcdSnapshot {
+    store: EtcdStore,
+    revision: Revision,
+}
+
+#[async_trait::async_trait]
+impl Snapshot for EtcdSnapshot {
+    fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    async fn list_from(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
+        Ok(self.store.list_at(prefix, start, limit, Some(self.revision)).await?.0)
     }
 }
 
@@ -278,29 +332,14 @@ impl Store for EtcdStore {
         resp.kvs.first().map(key_value).transpose()
     }
 
-    /// In pages of `LIST_PAGE` keys, every page read at the first one's
-    /// revision: one consistent snapshot, however large, without a reply
-    /// over gRPC's message bound (10,000 services are about 6 MB).
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        let end = prefix_end(prefix);
-        let mut items = Vec::new();
-        let mut from = prefix.as_bytes().to_vec();
-        // The first page's revision; 0 asks etcd for its newest.
-        let mut at: Option<Revision> = None;
-        loop {
-            let revision = at.map_or(0, |r| r as i64);
-            let request = pb::RangeRequest { key: from, range_end: end.clone(), limit: LIST_PAGE, revision };
-            let resp = self.range_request(request).await?;
-            at.get_or_insert_with(|| self.observe(resp.header.as_ref()));
-            for kv in &resp.kvs {
-                items.push(key_value(kv)?);
-            }
-            match resp.kvs.last() {
-                Some(last) if resp.more => from = [last.key.as_slice(), &[0]].concat(),
-                _ => break,
-            }
-        }
-        Ok((items, at.unwrap_or_default()))
+        self.list_at(prefix, prefix, usize::MAX, None).await
+    }
+
+    async fn snapshot(&self) -> Result<SharedSnapshot> {
+        // Any read answers with the revision etcd stands at.
+        let resp = self.range("/", Vec::new()).await?;
+        Ok(Arc::new(EtcdSnapshot { store: self.clone(), revision: self.observe(resp.header.as_ref()) }))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {

@@ -41,6 +41,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A stream of events for one watch; ends with an error if the watcher lags.
 pub type WatchStream = BoxStream<'static, Result<Event>>;
 
+/// The key space as it stood at one revision: a long list is read from one
+/// in pages, and the pages together are one consistent listing (as
+/// kube-apiserver reads every page from etcd at the first page's revision).
+#[async_trait::async_trait]
+pub trait Snapshot: Send + Sync {
+    fn revision(&self) -> Revision;
+    /// Up to `limit` keys under `prefix`, from `start` on (inclusive), sorted.
+    async fn list_from(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>>;
+}
+
+/// A snapshot as a store hands it out; pages of one list share it.
+pub type SharedSnapshot = std::sync::Arc<dyn Snapshot>;
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The revision of the last committed transaction.
@@ -48,6 +61,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// Every key under `prefix`, sorted, and the revision the listing reflects.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
+    /// The key space as it stands now, to read in pages.
+    async fn snapshot(&self) -> Result<SharedSnapshot>;
     /// Applies `txn.ops` atomically if all `txn.compares` hold.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome>;
     /// Every event on keys under `prefix` with a revision above `after`.

@@ -82,6 +82,10 @@ impl<S: Store> Store for Measured<S> {
         out
     }
 
+    async fn snapshot(&self) -> Result<crate::SharedSnapshot> {
+        self.inner.snapshot().await
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
         let started = Instant::now();
         let out = self.inner.txn(txn).await;

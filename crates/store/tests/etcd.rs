@@ -121,6 +121,7 @@ async fn shared_semantics_on_etcd() {
     semantics::compare_and_swap_guards_writes(store.as_ref(), "/t1").await;
     semantics::failed_compare_writes_none_of_the_ops(store.as_ref(), "/t2").await;
     semantics::list_is_limited_to_the_prefix(store.as_ref(), "/t3").await;
+    semantics::a_snapshot_reads_pages_as_the_store_stood(store.as_ref(), "/t6").await;
     semantics::watch_replays_then_follows_in_order(store.as_ref(), "/t4").await;
     semantics::concurrent_writers_lose_no_update(store.clone(), "/t5").await;
 }

@@ -230,6 +230,9 @@ impl wharf_store::Store for Flaky {
     async fn list(&self, prefix: &str) -> wharf_store::Result<(Vec<wharf_store::KeyValue>, wharf_store::Revision)> {
         self.inner.list(prefix).await
     }
+    async fn snapshot(&self) -> wharf_store::Result<wharf_store::SharedSnapshot> {
+        self.inner.snapshot().await
+    }
     async fn txn(&self, txn: wharf_store::Txn) -> wharf_store::Result<wharf_store::TxnOutcome> {
         let slice_write = txn.ops.iter().any(|op| op.key().starts_with("/registry/endpointslices/"));
         if slice_write && self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {

@@ -52,6 +52,37 @@ pub async fn list_is_limited_to_the_prefix(store: &dyn Store, p: &str) {
     assert!(at >= rev);
 }
 
+/// A snapshot reads the store as it stood when taken, in pages, whatever
+/// is written meanwhile; the pages together are one listing.
+pub async fn a_snapshot_reads_pages_as_the_store_stood(store: &dyn Store, p: &str) {
+    let dir = format!("{p}/d/");
+    for i in 0..5 {
+        store.txn(Txn::new().put(format!("{dir}{i}"), format!("v{i}"))).await.unwrap();
+    }
+    store.txn(Txn::new().put(format!("{p}/d0"), "beside the prefix")).await.unwrap();
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.revision(), store.revision());
+    store.txn(Txn::new().put(format!("{dir}2"), "changed").delete(format!("{dir}3")).put(format!("{dir}9"), "new")).await.unwrap();
+
+    let first = snapshot.list_from(&dir, &dir, 2).await.unwrap();
+    let next = format!("{}\0", first[1].key);
+    let rest = snapshot.list_from(&dir, &next, 10).await.unwrap();
+    let read: Vec<(String, String)> =
+        first.iter().chain(&rest).map(|kv| (kv.key.to_string(), String::from_utf8(kv.value.bytes().to_vec()).unwrap())).collect();
+    let want: Vec<(String, String)> = (0..5).map(|i| (format!("{dir}{i}"), format!("v{i}"))).collect();
+    assert_eq!(read, want, "every page as the store stood at the snapshot");
+    assert!(rest.iter().all(|kv| kv.mod_revision <= snapshot.revision()));
+    assert_eq!(snapshot.list_from(&dir, p, 1).await.unwrap()[0].key.as_ref(), format!("{dir}0"), "a start before the prefix starts at it");
+
+    let (now, _) = store.list(&dir).await.unwrap();
+    let keys: Vec<&str> = now.iter().map(|kv| kv.key.as_ref()).collect();
+    assert_eq!(
+        keys,
+        [format!("{dir}0"), format!("{dir}1"), format!("{dir}2"), format!("{dir}4"), format!("{dir}9")],
+        "a list now reads the writes"
+    );
+}
+
 pub async fn watch_replays_then_follows_in_order(store: &dyn Store, p: &str) {
     let w = |k: &str| format!("{p}/w/{k}");
     let start = committed(store.txn(Txn::new().put(w("a"), "1")).await.unwrap());
