@@ -380,6 +380,25 @@ fn config_maps_secrets_service_accounts_and_leases() {
     assert_eq!(selected.lines().collect::<Vec<_>>(), ["configmap/app", "configmap/app3"]);
     let err = w.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?limit=1&continue=bm90LWEtdG9rZW4"]);
     assert!(err.contains("continue key is not valid"), "{err}");
+    // Every page reads the first page's snapshot, whatever is written meanwhile.
+    let page = |query: &str| -> serde_json::Value {
+        serde_json::from_str(&w.kubectl_ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?{query}")])).expect("json")
+    };
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["items"].as_array().expect("items").iter().map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    let first = page("limit=2");
+    w.kubectl_ok(&["delete", "configmap", "app3"]);
+    w.kubectl_ok(&["create", "configmap", "app4"]);
+    let token = first["metadata"]["continue"].as_str().expect("more to read").to_string();
+    let rest = page(&format!("limit=10&continue={token}"));
+    assert_eq!([names(&first), names(&rest)].concat(), ["app", "app2", "app3"], "the list as it stood at the first page");
+    assert_eq!(rest["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    assert!(rest["metadata"]["continue"].as_str().unwrap_or_default().is_empty(), "{rest}");
+    // The last page read, the snapshot is let go: its token has expired.
+    let err = w.kubectl_err(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}")]);
+    assert!(err.contains("continue parameter is too old"), "{err}");
+    assert_eq!(names(&page("limit=10")), ["app", "app2", "app4"], "a new list reads the writes");
 
     // stringData is written into data and not stored.
     let out = w.apply_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\nstringData:\n  token: s3cret\n");
