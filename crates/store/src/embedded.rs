@@ -10,7 +10,7 @@
 //! a write that watchers have not been sent, and a list read in pages
 //! reads every page from the first one's snapshot.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -90,7 +90,23 @@ struct State {
     published: VecDeque<(Instant, Revision)>,
     /// Every event with a revision at or above this one is in `history`.
     history_start: Revision,
+    /// Where each key the history names stands now: its next event's
+    /// previous value is these bytes (not read from the file and packed
+    /// again) and its key this copy. Bounded by the history.
+    latest: Latest,
 }
+
+type Latest = HashMap<Arc<str>, Current>;
+
+/// A key as its last event left it.
+#[derive(Clone)]
+struct Current {
+    revision: Revision,
+    value: Stored,
+}
+
+/// A key's create revision and value as an event carries it; None: absent.
+type Stored = Option<(Revision, Value)>;
 
 /// Retained events a new watcher is fed before the live ones.
 type Backlog = VecDeque<Arc<Event>>;
@@ -172,8 +188,15 @@ impl EmbeddedStore {
         let snapshot = Arc::new(open_tables(&db)?);
         let revision = snapshot.revision;
         let (events, _) = broadcast::channel((retention.events / 4).clamp(1, BROADCAST_CAPACITY));
-        let state =
-            State { snapshot, retention, revision, history: VecDeque::new(), published: VecDeque::new(), history_start: revision + 1 };
+        let state = State {
+            snapshot,
+            retention,
+            revision,
+            history: VecDeque::new(),
+            published: VecDeque::new(),
+            history_start: revision + 1,
+            latest: Latest::new(),
+        };
         let shared = Arc::new(Shared { state: RwLock::new(state), events });
         let (sender, requests) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -290,21 +313,48 @@ fn write_loop(db: redb::Database, shared: Arc<Shared>, requests: mpsc::Receiver<
     }
 }
 
-/// What one batch did: the events in commit order, and the revision it
-/// reached; each transaction applied straight to the batch's redb write
-/// transaction, so the next one is checked against what it left.
+/// What one batch did: the events in commit order, the revision it
+/// reached, and where the keys it touched stand; each transaction applied
+/// straight to the batch's redb write transaction, so the next one is
+/// checked against what it left.
 struct Staged<'p> {
     packer: &'p mut Packer,
     events: Vec<Arc<Event>>,
     revision: Revision,
-    changed: bool,
+    latest: Latest,
 }
 
 impl Staged<'_> {
-    fn apply(&mut self, kv: &mut redb::Table<&str, Row>, txn: &Txn) -> Result<TxnOutcome> {
+    /// Where `key` stands, with the key as already held, when this batch or
+    /// the history knows it.
+    fn known<'a>(&'a self, state: &'a State, key: &str) -> Option<(&'a Arc<str>, &'a Current)> {
+        self.latest.get_key_value(key).or_else(|| state.latest.get_key_value(key))
+    }
+
+    /// Where `key` stands: known, else read from the file (its value
+    /// packed, as an event carries it).
+    fn current(&mut self, state: &State, kv: &redb::Table<&str, Row>, key: &str) -> Result<(Arc<str>, Stored)> {
+        if let Some((held, current)) = self.known(state, key) {
+            return Ok((held.clone(), current.value.clone()));
+        }
+        let row = kv.get(key).map_err(backend)?;
+        let value = row.map(|row| {
+            let (create_revision, _, value) = row.value();
+            (create_revision, self.packer.pack(value))
+        });
+        Ok((key.into(), value))
+    }
+
+    fn mod_revision(&self, state: &State, kv: &redb::Table<&str, Row>, key: &str) -> Result<Option<Revision>> {
+        match self.known(state, key) {
+            Some((_, current)) => Ok(current.value.as_ref().map(|_| current.revision)),
+            None => Ok(kv.get(key).map_err(backend)?.map(|row| row.value().1)),
+        }
+    }
+
+    fn apply(&mut self, state: &State, kv: &mut redb::Table<&str, Row>, txn: &Txn) -> Result<TxnOutcome> {
         for compare in &txn.compares {
-            let current = kv.get(compare.key()).map_err(backend)?.map(|row| row.value().1);
-            if !compare.holds(current) {
+            if !compare.holds(self.mod_revision(state, kv, compare.key())?) {
                 return Ok(TxnOutcome::Failed);
             }
         }
@@ -314,38 +364,36 @@ impl Staged<'_> {
         self.revision += 1;
         let revision = self.revision;
         for op in &txn.ops {
-            let key: Arc<str> = op.key().into();
+            let (key, prev) = self.current(state, kv, op.key())?;
             let event = match op {
                 Op::Put { value, .. } => {
-                    let prev = kv.get(&*key).map_err(backend)?.map(|row| self.replaced(row.value()));
                     let create_revision = prev.as_ref().map_or(revision, |(created, _)| *created);
                     kv.insert(&*key, (create_revision, revision, value.as_ref())).map_err(backend)?;
                     let value = self.packer.pack(value);
+                    self.latest.insert(key.clone(), Current { revision, value: Some((create_revision, value.clone())) });
                     Event { kind: EventKind::Put, key, value, revision, create_revision, prev: prev.map(|(_, value)| value) }
                 }
                 Op::Delete { .. } => {
-                    let Some((create_revision, prev)) = kv.remove(&*key).map_err(backend)?.map(|row| self.replaced(row.value())) else {
-                        continue;
-                    };
+                    let Some((create_revision, prev)) = prev else { continue };
+                    kv.remove(&*key).map_err(backend)?;
+                    self.latest.insert(key.clone(), Current { revision, value: None });
                     Event { kind: EventKind::Delete, key, value: Value::default(), revision, create_revision, prev: Some(prev) }
                 }
             };
-            self.changed = true;
             self.events.push(Arc::new(event));
         }
         Ok(TxnOutcome::Committed(revision))
     }
 
-    /// A value being replaced, as its event carries it.
-    fn replaced(&mut self, (create_revision, _, value): Row) -> (Revision, Value) {
-        (create_revision, self.packer.pack(value))
+    fn changed(&self) -> bool {
+        !self.events.is_empty()
     }
 }
 
 fn commit_batch(db: &redb::Database, shared: &Shared, packer: &mut Packer, batch: Vec<WriteRequest>) {
     let revision = shared.read().revision;
-    let mut staged = Staged { packer, events: Vec::new(), revision, changed: false };
-    match write(db, &mut staged, &batch) {
+    let mut staged = Staged { packer, events: Vec::new(), revision, latest: Latest::new() };
+    match write(db, shared, &mut staged, &batch) {
         Err(e) => {
             tracing::error!(error = %e, "store commit failed; batch rejected");
             for request in batch {
@@ -353,7 +401,7 @@ fn commit_batch(db: &redb::Database, shared: &Shared, packer: &mut Packer, batch
             }
         }
         Ok(outcomes) => {
-            if staged.changed {
+            if staged.changed() {
                 publish(db, shared, staged);
             }
             for (request, outcome) in batch.into_iter().zip(outcomes) {
@@ -365,13 +413,15 @@ fn commit_batch(db: &redb::Database, shared: &Shared, packer: &mut Packer, batch
 
 /// Applies the batch in one redb transaction, committed (one fsync) if it
 /// changed anything; any error rejects the whole batch, nothing written.
-fn write(db: &redb::Database, staged: &mut Staged, batch: &[WriteRequest]) -> Result<Vec<TxnOutcome>> {
+fn write(db: &redb::Database, shared: &Shared, staged: &mut Staged, batch: &[WriteRequest]) -> Result<Vec<TxnOutcome>> {
     let txn = db.begin_write().map_err(backend)?;
     let outcomes = {
+        // Only this thread writes the state: reading it here holds up no one.
+        let state = shared.read();
         let mut kv = txn.open_table(KV).map_err(backend)?;
-        batch.iter().map(|request| staged.apply(&mut kv, &request.txn)).collect::<Result<Vec<_>>>()?
+        batch.iter().map(|request| staged.apply(&state, &mut kv, &request.txn)).collect::<Result<Vec<_>>>()?
     };
-    if !staged.changed {
+    if !staged.changed() {
         txn.abort().map_err(backend)?;
         return Ok(outcomes);
     }
@@ -392,6 +442,7 @@ fn publish(db: &redb::Database, shared: &Shared, staged: Staged) {
         state.snapshot = Arc::new(snapshot);
     }
     state.revision = staged.revision;
+    state.latest.extend(staged.latest);
     let now = Instant::now();
     if !staged.events.is_empty() {
         state.published.push_back((now, staged.revision));
@@ -426,14 +477,28 @@ impl State {
         while self.published.front().is_some_and(|&(_, through)| through < self.history_start) {
             self.published.pop_front();
         }
+        // After a burst has aged out, give its room back.
+        if self.latest.capacity() > 4 * self.latest.len().max(floor) {
+            self.latest.shrink_to(2 * self.latest.len());
+            self.history.shrink_to(2 * self.history.len());
+        }
     }
 
     fn drop_oldest_revision(&mut self) {
         let Some(oldest) = self.history.pop_front() else { return };
-        while self.history.front().is_some_and(|e| e.revision == oldest.revision) {
-            self.history.pop_front();
+        self.forget(&oldest);
+        while let Some(event) = self.history.pop_front_if(|e| e.revision == oldest.revision) {
+            self.forget(&event);
         }
         self.history_start = oldest.revision + 1;
+    }
+
+    /// An event leaves the history: if it was its key's last, the history
+    /// no longer names the key.
+    fn forget(&mut self, event: &Event) {
+        if self.latest.get(&event.key).is_some_and(|current| current.revision == event.revision) {
+            self.latest.remove(&event.key);
+        }
     }
 
     /// How long to wait before dropping aged events: until the oldest
@@ -626,7 +691,15 @@ mod tests {
         let retention = WatchHistory { events, fresh_for: Duration::from_secs(75), floor };
         let db = redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
         let snapshot = Arc::new(open_tables(&db).unwrap());
-        State { snapshot, retention, revision: 0, history: VecDeque::new(), published: VecDeque::new(), history_start: 1 }
+        State {
+            snapshot,
+            retention,
+            revision: 0,
+            history: VecDeque::new(),
+            published: VecDeque::new(),
+            history_start: 1,
+            latest: Latest::new(),
+        }
     }
 
     /// Publishes one batch of `events` single-key revisions at `at`.
@@ -661,5 +734,41 @@ mod tests {
         state.trim_history(later + Duration::from_secs(1));
         assert_eq!((state.history.len(), state.history_start), (100, 1_901), "the floor, whole revisions");
         assert_eq!(state.next_expiry(later), None, "nothing left to age out: the writer sleeps until a write");
+    }
+
+    /// The value an event replaces is the previous event's, not a second
+    /// copy, and a key's events share one key; what the history no longer
+    /// names is forgotten, so this bookkeeping stays within the history.
+    #[tokio::test]
+    async fn events_share_what_the_history_already_holds_and_forget_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = WatchHistory { events: 4, fresh_for: Duration::from_secs(75), floor: 4 };
+        let store = EmbeddedStore::open_with(&dir.path().join("s.redb"), StoreMetrics::default(), history).unwrap();
+        let mut watch = store.watch("/k/", 0).await.unwrap();
+        let json = |n: u32| format!(r#"{{"kind":"ConfigMap","data":{{"n":"{n}","pad":"{}"}}}}"#, "x".repeat(100));
+        store.txn(Txn::new().put("/k/a", json(1))).await.unwrap();
+        store.txn(Txn::new().put("/k/a", json(2))).await.unwrap();
+        store.txn(Txn::new().delete("/k/a")).await.unwrap();
+        let again = store.txn(Txn::new().when(crate::Compare::Absent("/k/a".into())).put("/k/a", json(3))).await.unwrap();
+        let (created, updated, deleted, recreated) = (
+            watch.next().await.unwrap().unwrap(),
+            watch.next().await.unwrap().unwrap(),
+            watch.next().await.unwrap().unwrap(),
+            watch.next().await.unwrap().unwrap(),
+        );
+        assert!(updated.prev.as_ref().is_some_and(|prev| prev.shares(&created.value)), "the value replaced is the one held");
+        assert!(deleted.prev.as_ref().is_some_and(|prev| prev.shares(&updated.value)));
+        assert!(Arc::ptr_eq(&created.key, &deleted.key), "one key for the key's events");
+        assert_eq!(again, TxnOutcome::Committed(recreated.revision), "known deleted: absent");
+        assert_eq!((recreated.create_revision, recreated.prev.is_none()), (recreated.revision, true), "a new object");
+        assert_eq!(store.get("/k/a").await.unwrap().unwrap().value.bytes(), json(3));
+
+        for i in 0..20 {
+            store.txn(Txn::new().put(format!("/other/{i}"), json(i))).await.unwrap();
+        }
+        let state = store.shared.read();
+        assert_eq!(state.history.len(), 4);
+        assert!(state.latest.len() <= 4 && !state.latest.contains_key("/k/a"), "{} keys named", state.latest.len());
+        assert!(state.latest.capacity() <= 16, "room given back: {}", state.latest.capacity());
     }
 }

@@ -101,6 +101,12 @@ impl Value {
     fn is_packed(&self) -> bool {
         self.parts().0 == PACKED
     }
+
+    /// Whether both are the same bytes in memory, not two copies.
+    #[cfg(test)]
+    pub(crate) fn shares(&self, other: &Value) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl From<&[u8]> for Value {

@@ -157,7 +157,7 @@ fn oversized_and_stalled_dns_traffic_is_cut_and_bounded() {
         .collect();
     // Past the cap, connections are closed at once: once the server holds
     // the 32 (it takes them as it accepts them, so a probe tells when).
-    wait_for("the cap to be reached", Duration::from_secs(10), || {
+    wait_for("the cap to be reached", Duration::from_secs(30), || {
         TcpStream::connect(&w.dns).is_ok_and(|mut probe| closed_within(&mut probe, Duration::from_secs(1)))
     });
     let mut extra: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&w.dns).ok()).collect();
