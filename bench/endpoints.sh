@@ -14,7 +14,8 @@ trap 'kill $wharf_pid 2>/dev/null; rm -rf "$work"' EXIT
 start_wharf_up "$work" --dns-upstream none
 pid=$wharf_pid
 ./target/release/wharf-load endpoint-latency --services "$services" --pods-per-service "$per"
-rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' /proc/$pid/status; }
+# Resident memory, and of it what is the process's own (not the binary's pages).
+rss() { awk '/VmRSS/ {rss = $2} /RssAnon/ {anon = $2} END {print rss/1024 " MiB (" anon/1024 " MiB anonymous)"}' /proc/$pid/status; }
 cpu() { awk '{print ($14+$15)/100}' /proc/$pid/stat; }
 echo "server RSS: $(rss)"
 busy=$(cpu)
