@@ -337,8 +337,9 @@ impl Store for EtcdStore {
     }
 
     async fn snapshot(&self) -> Result<SharedSnapshot> {
-        // Any read answers with the revision etcd stands at.
-        let resp = self.range("/", Vec::new()).await?;
+        // Any read answers with the revision etcd stands at; this one is
+        // inside the key space an etcd user for the API server may read.
+        let resp = self.range("/registry/", Vec::new()).await?;
         Ok(Arc::new(EtcdSnapshot { store: self.clone(), revision: self.observe(resp.header.as_ref()) }))
     }
 

@@ -83,7 +83,10 @@ impl<S: Store> Store for Measured<S> {
     }
 
     async fn snapshot(&self) -> Result<crate::SharedSnapshot> {
-        self.inner.snapshot().await
+        let started = Instant::now();
+        let out = self.inner.snapshot().await;
+        self.metrics.observe("snapshot", started);
+        out
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {

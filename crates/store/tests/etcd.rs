@@ -126,6 +126,24 @@ async fn shared_semantics_on_etcd() {
     semantics::concurrent_writers_lose_no_update(store.clone(), "/t5").await;
 }
 
+/// A list's later pages read etcd at the first page's revision; once etcd
+/// has compacted it, the next page is refused as compacted (the API's 410
+/// Expired), never read at another revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_etcd_has_compacted_is_refused() {
+    let etcd = Etcd::start();
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.url), None, None).await.unwrap();
+    store.txn(Txn::new().put("/c/a", "1").put("/c/b", "1")).await.unwrap();
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.list_from("/c/", "/c/", 1).await.unwrap().len(), 1);
+    let TxnOutcome::Committed(now) = store.txn(Txn::new().put("/c/a", "2")).await.unwrap() else { panic!() };
+    etcdctl(&etcd, &["compact", &now.to_string()]);
+    match snapshot.list_from("/c/", "/c/b", 1).await {
+        Err(wharf_store::StoreError::Compacted { requested, .. }) => assert_eq!(requested, snapshot.revision()),
+        other => panic!("read a compacted revision: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_share_one_keyspace_and_revision() {
     let etcd = Etcd::start();
