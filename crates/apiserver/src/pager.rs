@@ -52,8 +52,7 @@ impl Pager {
     /// Keeps `snapshot` for the pages after the first; returns its id.
     pub fn keep(&self, snapshot: SharedSnapshot) -> u64 {
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        snapshots.retain(|s| s.taken.elapsed() < SNAPSHOT_TTL);
+        let mut snapshots = self.kept();
         if snapshots.len() >= MAX_SNAPSHOTS {
             snapshots.pop_front();
         }
@@ -67,15 +66,30 @@ impl Pager {
         if !token.start.starts_with(prefix) {
             return Err(ApiError::BadRequest("continue key is not valid: it is not for this list".into()));
         }
-        let snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        let kept = snapshots.iter().find(|s| s.id == token.id && s.snapshot.revision() == token.rv && s.taken.elapsed() < SNAPSHOT_TTL);
+        let snapshots = self.kept();
+        let kept = snapshots.iter().find(|s| s.id == token.id && s.snapshot.revision() == token.rv);
         let kept = kept.ok_or_else(expired)?;
         Ok((kept.snapshot.clone(), kept.id, token.start))
     }
 
     /// The last page of snapshot `id` was read: let it go.
     pub fn finish(&self, id: u64) {
-        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
+        self.kept().retain(|s| s.id != id);
+    }
+
+    /// Lets expired snapshots go. Called as lists and watches start, so an
+    /// abandoned list's snapshot (which keeps the store file from reusing
+    /// the pages written since) goes soon after its time even when no
+    /// other list is paged: every watch is renewed within minutes.
+    pub fn sweep(&self) {
+        drop(self.kept());
+    }
+
+    /// The snapshots still valid.
+    fn kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Kept>> {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        snapshots.retain(|s| s.taken.elapsed() < SNAPSHOT_TTL);
+        snapshots
     }
 }
 
@@ -135,6 +149,17 @@ mod tests {
         let second = pager.keep(Arc::new(At(9)));
         pager.finish(second);
         assert!(matches!(pager.resume(&encode(second, 9, "/p/"), "/p/"), Err(ApiError::Gone(_))), "finished: let go");
+    }
+
+    #[test]
+    fn expired_snapshots_go_at_the_next_sweep() {
+        let pager = Pager::default();
+        pager.keep(Arc::new(At(1)));
+        pager.keep(Arc::new(At(2)));
+        let Some(long_ago) = Instant::now().checked_sub(SNAPSHOT_TTL + Duration::from_secs(1)) else { return };
+        pager.snapshots.lock().unwrap().iter_mut().for_each(|kept| kept.taken = long_ago);
+        pager.sweep();
+        assert!(pager.snapshots.lock().unwrap().is_empty(), "an abandoned list's snapshot is let go");
     }
 
     #[test]

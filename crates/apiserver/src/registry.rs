@@ -95,8 +95,9 @@ async fn read_page(
     limit: usize,
 ) -> ApiResult<(Vec<KeyValue>, Option<String>)> {
     let limit = if limit == 0 { usize::MAX } else { limit };
-    // One more than the page, to know whether anything follows it.
-    let read = limit.saturating_add(1).min(PAGE_READ);
+    // One more than the page, to know whether anything follows it; with a
+    // filter that skips most, twice as many each time.
+    let mut read = limit.saturating_add(1).min(PAGE_READ);
     let mut page = Vec::new();
     let mut from = start;
     loop {
@@ -119,6 +120,7 @@ async fn read_page(
         if !more {
             return Ok((page, None));
         }
+        read = read.saturating_mul(2).min(PAGE_READ);
     }
 }
 
@@ -329,6 +331,7 @@ impl Registry {
         limit: usize,
         token: Option<&str>,
     ) -> ApiResult<Page> {
+        self.pager.sweep();
         let prefix = list_prefix(kind.info, namespace);
         let (snapshot, kept, start) = match token {
             Some(token) => {
@@ -710,6 +713,7 @@ impl Registry {
         filter: Filter,
         start: WatchStart,
     ) -> ApiResult<BoxStream<'static, ApiResult<WatchEvent>>> {
+        self.pager.sweep();
         let prefix = list_prefix(kind.info, namespace);
         let (initial, from) = match start {
             WatchStart::After(rv) => (Vec::new(), rv),
@@ -808,4 +812,68 @@ fn to_watch_event(event: &Event, filter: &Filter) -> ApiResult<Option<WatchEvent
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Keys `/p/00000`.. whose objects carry `tier: web` every `every`th.
+    struct Counted {
+        kvs: Vec<KeyValue>,
+        reads: AtomicUsize,
+    }
+
+    impl Counted {
+        fn new(n: usize, every: usize) -> Self {
+            let kvs = (0..n)
+                .map(|i| {
+                    let tier = if i % every == 0 { "web" } else { "db" };
+                    let object = format!(r#"{{"metadata":{{"name":"o{i}","labels":{{"tier":"{tier}"}}}}}}"#);
+                    KeyValue { key: format!("/p/{i:05}").into(), value: object.as_bytes().into(), create_revision: 1, mod_revision: 1 }
+                })
+                .collect();
+            Counted { kvs, reads: AtomicUsize::new(0) }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Snapshot for Counted {
+        fn revision(&self) -> Revision {
+            1
+        }
+        async fn list_from(&self, _: &str, start: &str, limit: usize) -> wharf_store::Result<Vec<KeyValue>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(self.kvs.iter().filter(|kv| *kv.key >= *start).take(limit).cloned().collect())
+        }
+    }
+
+    fn web() -> Filter {
+        Filter { labels: LabelSelector::parse("tier=web").unwrap(), fields: FieldSelector::default() }
+    }
+
+    #[tokio::test]
+    async fn a_page_holds_limit_selected_objects_and_says_where_the_next_starts() {
+        let snapshot = Counted::new(100, 10);
+        let (page, next) = read_page(&snapshot, "/p/", "/p/".into(), &web(), 3).await.unwrap();
+        let keys: Vec<&str> = page.iter().map(|kv| &*kv.key).collect();
+        assert_eq!((keys, next.as_deref()), (vec!["/p/00000", "/p/00010", "/p/00020"], Some("/p/00021")));
+        let (page, next) = read_page(&snapshot, "/p/", "/p/00021".into(), &web(), 0).await.unwrap();
+        assert_eq!((page.len(), next), (7, None), "no limit: the rest");
+        let (page, next) = read_page(&snapshot, "/p/", "/p/".into(), &Filter::default(), 100).await.unwrap();
+        assert_eq!((page.len(), next), (100, None), "exactly the rest: no continue");
+    }
+
+    /// A selector that matches almost nothing does not read two keys at a
+    /// time: each read doubles, up to `PAGE_READ`.
+    #[tokio::test]
+    async fn a_sparse_selector_reads_in_growing_chunks() {
+        let snapshot = Counted::new(50_000, 25_000);
+        let (page, next) = read_page(&snapshot, "/p/", "/p/".into(), &web(), 2).await.unwrap();
+        assert_eq!((page.len(), next.as_deref()), (2, Some("/p/25001")));
+        // 3, 6, ... 6,144 keys, then 10,000 at a time: 14 reads (8,334 at 3 a time).
+        let reads = snapshot.reads.load(Ordering::Relaxed);
+        assert!(reads <= 14, "{reads} reads for 25,002 keys");
+    }
 }

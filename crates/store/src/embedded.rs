@@ -118,8 +118,9 @@ struct Shared {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, State> {
-        // A poisoned lock means a panic in the writer while publishing; the
-        // map itself is always left consistent, so keep serving it.
+        // A poisoned lock means a panic in the writer while publishing; each
+        // field is whole (a snapshot, a revision, the events), so keep
+        // serving them.
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -237,32 +238,21 @@ fn open_tables(db: &redb::Database) -> Result<FileSnapshot> {
 /// The file as it stood at one revision: a redb read transaction, which
 /// keeps the pages it sees until it is dropped.
 struct FileSnapshot {
-    table: redb::ReadOnlyTable<&'static str, Row<'static>>,
+    table: Arc<Table>,
     revision: Revision,
 }
+
+type Table = redb::ReadOnlyTable<&'static str, Row<'static>>;
 
 impl FileSnapshot {
     /// The file as the last commit, at `revision`, left it.
     fn read(db: &redb::Database, revision: Revision) -> Result<Self> {
         let table = db.begin_read().map_err(backend)?.open_table(KV).map_err(backend)?;
-        Ok(FileSnapshot { table, revision })
+        Ok(FileSnapshot { table: Arc::new(table), revision })
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         Ok(self.table.get(key).map_err(backend)?.map(|row| key_value(key.into(), row.value())))
-    }
-
-    fn range(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
-        let mut items = Vec::new();
-        for row in self.table.range(start.max(prefix)..).map_err(backend)? {
-            let (key, row) = row.map_err(backend)?;
-            let key = key.value();
-            if items.len() == limit || !key.starts_with(prefix) {
-                break;
-            }
-            items.push(key_value(key.into(), row.value()));
-        }
-        Ok(items)
     }
 }
 
@@ -273,8 +263,23 @@ impl Snapshot for FileSnapshot {
     }
 
     async fn list_from(&self, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
-        self.range(prefix, start, limit)
+        let (table, prefix, start) = (self.table.clone(), prefix.to_string(), start.to_string());
+        // A long read of the file must not hold up an async worker.
+        tokio::task::spawn_blocking(move || range(&table, &prefix, &start, limit)).await.map_err(|e| StoreError::Backend(e.to_string()))?
     }
+}
+
+fn range(table: &Table, prefix: &str, start: &str, limit: usize) -> Result<Vec<KeyValue>> {
+    let mut items = Vec::new();
+    for row in table.range(start.max(prefix)..).map_err(backend)? {
+        let (key, row) = row.map_err(backend)?;
+        let key = key.value();
+        if items.len() == limit || !key.starts_with(prefix) {
+            break;
+        }
+        items.push(key_value(key.into(), row.value()));
+    }
+    Ok(items)
 }
 
 fn key_value(key: Arc<str>, (create_revision, mod_revision, value): Row) -> KeyValue {
@@ -532,11 +537,7 @@ impl Store for EmbeddedStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
         let snapshot = self.shared.snapshot();
-        let prefix = prefix.to_string();
-        // A whole listing may read much of the file: off the async workers.
-        tokio::task::spawn_blocking(move || Ok((snapshot.range(&prefix, &prefix, usize::MAX)?, snapshot.revision)))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        Ok((snapshot.list_from(prefix, prefix, usize::MAX).await?, snapshot.revision))
     }
 
     async fn snapshot(&self) -> Result<SharedSnapshot> {
