@@ -134,7 +134,8 @@ async fn serve(app: &App, caller: &Caller, method: Method, uri: &Uri, headers: &
                     Ok((page, revision))
                 })
                 .await?;
-                write_listing(kind, headers, &q, page.items(&filter), list_metadata(page.revision, page.continue_token.as_deref()))?
+                let continue_token = registry.continue_token(&page);
+                write_listing(kind, headers, &q, page.items(&filter), list_metadata(page.revision, continue_token.as_deref()))?
             } else {
                 let (stored, rv) = consistency::read_fresh(at, || async {
                     let (stored, rv) = registry.list_stored(kind, target.namespace.as_deref()).await?;

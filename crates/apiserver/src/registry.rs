@@ -13,7 +13,7 @@ use wharf_api::kinds::{self, KindInfo};
 use crate::kind::{self, Kind, Lifecycle};
 use crate::limits::MAX_OBJECT_BYTES;
 use wharf_api::selector::{FieldSelector, LabelSelector};
-use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, Snapshot, Store, Txn, TxnOutcome};
+use wharf_store::{Compare, Event, EventKind, KeyValue, Revision, SharedSnapshot, Snapshot, Store, Txn, TxnOutcome};
 
 use crate::alloc::Allocator;
 use crate::error::{ApiError, ApiResult};
@@ -63,7 +63,16 @@ pub struct Page {
     items: Vec<KeyValue>,
     /// The revision of the snapshot every page of this list reads.
     pub revision: Revision,
-    pub continue_token: Option<String>,
+    next: Option<NextPage>,
+}
+
+/// Where the next page of a list starts, and the snapshot it reads (kept
+/// for the token only once the page is served: a read retried for
+/// freshness pins nothing).
+struct NextPage {
+    snapshot: SharedSnapshot,
+    kept: Option<u64>,
+    key: String,
 }
 
 impl Page {
@@ -342,19 +351,18 @@ impl Registry {
         };
         let (items, next) = read_page(snapshot.as_ref(), &prefix, start, filter, limit).await?;
         let revision = snapshot.revision();
-        let continue_token = match next {
-            Some(next) => {
-                let id = kept.unwrap_or_else(|| self.pager.keep(snapshot));
-                Some(crate::pager::encode(id, revision, &next))
-            }
-            None => {
-                if let Some(id) = kept {
-                    self.pager.finish(id);
-                }
-                None
-            }
-        };
-        Ok(Page { items, revision, continue_token })
+        if let (None, Some(id)) = (&next, kept) {
+            self.pager.finish(id);
+        }
+        Ok(Page { items, revision, next: next.map(|key| NextPage { snapshot, kept, key }) })
+    }
+
+    /// The continue token of a page being served: its snapshot is kept
+    /// for the next page from now on.
+    pub fn continue_token(&self, page: &Page) -> Option<String> {
+        let next = page.next.as_ref()?;
+        let id = next.kept.unwrap_or_else(|| self.pager.keep(next.snapshot.clone()));
+        Some(crate::pager::encode(id, page.revision, &next.key))
     }
 
     /// Fills `apiVersion` and `kind`, refusing a body of another kind.

@@ -399,6 +399,20 @@ fn config_maps_secrets_service_accounts_and_leases() {
     let err = w.kubectl_err(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}")]);
     assert!(err.contains("continue parameter is too old"), "{err}");
     assert_eq!(names(&page("limit=10")), ["app", "app2", "app4"], "a new list reads the writes");
+    // A first page that waits for a resourceVersion the store never
+    // reaches is read a dozen times; none of those reads keeps a snapshot,
+    // so they push no one else's token out of the pager's 32.
+    let held = page("limit=1");
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let err = w.kubectl_err(&["get", "--raw", "/api/v1/namespaces/default/configmaps?limit=1&resourceVersion=999999999"]);
+                assert!(err.contains("Too large resource version"), "{err}");
+            });
+        }
+    });
+    let token = held["metadata"]["continue"].as_str().expect("more to read");
+    assert_eq!(names(&page(&format!("limit=10&continue={token}"))), ["app2", "app4"], "the token still resumes");
 
     // stringData is written into data and not stored.
     let out = w.apply_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\nstringData:\n  token: s3cret\n");
