@@ -45,9 +45,16 @@ fn c_string(s: &str) -> Result<CString, ExecError> {
     CString::new(s).map_err(|e| ExecError::Setup(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
 }
 
-/// Starts `command` in `view`; `tty` gives it a terminal of its own,
-/// otherwise its stdin, stdout and stderr are pipes.
-pub fn start(command: &[String], view: &PodView, tty: bool) -> Result<Started, ExecError> {
+/// A terminal's size as the client reports it; 0 × 0 when unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// Starts `command` in `view`; `tty` gives it a terminal of its own, of
+/// that size, otherwise its stdin, stdout and stderr are pipes.
+pub fn start(command: &[String], view: &PodView, tty: Option<TerminalSize>) -> Result<Started, ExecError> {
     let (program, args) = command.split_first().ok_or(ExecError::NoCommand)?;
     let root = nix::unistd::Uid::effective().is_root();
     // Only root can give the command its own mount namespace; otherwise it
@@ -66,8 +73,9 @@ pub fn start(command: &[String], view: &PodView, tty: bool) -> Result<Started, E
 
     let mut cmd = Command::new(program);
     cmd.args(args).env_clear().envs(view.env.iter().cloned()).current_dir(&view.workdir).kill_on_drop(true);
-    let terminal = if tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| ExecError::Setup(e.into()))?;
+    let terminal = if let Some(size) = tty {
+        let size = nix::pty::Winsize { ws_row: size.height, ws_col: size.width, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&size), None).map_err(|e| ExecError::Setup(e.into()))?;
         let child_end = pty.slave;
         let dup = |fd: &OwnedFd| fd.try_clone().map(std::process::Stdio::from).map_err(ExecError::Setup);
         cmd.stdin(dup(&child_end)?).stdout(dup(&child_end)?).stderr(dup(&child_end)?);
@@ -80,7 +88,7 @@ pub fn start(command: &[String], view: &PodView, tty: bool) -> Result<Started, E
     // run, on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if tty {
+            if tty.is_some() {
                 // Its own session, with the terminal as controlling terminal.
                 if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -108,8 +116,8 @@ pub fn start(command: &[String], view: &PodView, tty: bool) -> Result<Started, E
 }
 
 /// Sets a terminal's size.
-pub fn resize(terminal: &OwnedFd, width: u16, height: u16) {
-    let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+pub fn resize(terminal: &OwnedFd, size: TerminalSize) {
+    let size = libc::winsize { ws_row: size.height, ws_col: size.width, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize from the pointer given.
     unsafe {
         libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size);

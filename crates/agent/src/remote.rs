@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wharf_api::remote::{channel, exec_status, SessionOffer, SessionRequest};
 
-use crate::exec::{self, PodView};
+use crate::exec::{self, PodView, TerminalSize};
 use crate::probe::ProbeUser;
 
 /// What the node allows sessions to do.
@@ -205,10 +205,47 @@ fn pump(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static, channel: u
     });
 }
 
+/// A message from the client, as the socket reads it.
+type ClientMessage = Result<Message, tokio_tungstenite::tungstenite::Error>;
+
+/// How long a terminal session waits for the client's size before its
+/// command starts in a terminal of unknown size.
+const SIZE_WAIT: Duration = Duration::from_secs(1);
+
+/// kubectl sends the terminal's size as soon as the session is up: the
+/// command starts in a terminal of that size (waiting `SIZE_WAIT` at most),
+/// so it never reads a size a resize replaces a moment later. Any other
+/// first message is handed back, to be handled first.
+async fn initial_size(socket: &mut Socket) -> (TerminalSize, Option<ClientMessage>) {
+    match tokio::time::timeout(SIZE_WAIT, socket.next()).await {
+        Ok(Some(Ok(Message::Binary(frame)))) if frame.first() == Some(&channel::RESIZE) => (size_of(&frame[1..]).unwrap_or_default(), None),
+        Ok(first) => (TerminalSize::default(), first),
+        Err(_) => (TerminalSize::default(), None),
+    }
+}
+
+/// The message handed back by `initial_size`, then the client's next.
+async fn next_message<S>(early: &mut Option<ClientMessage>, from_client: &mut S) -> Option<ClientMessage>
+where
+    S: futures::Stream<Item = ClientMessage> + Unpin,
+{
+    match early.take() {
+        Some(message) => Some(message),
+        None => from_client.next().await,
+    }
+}
+
+/// A resize message's size (`{"Width":…,"Height":…}`).
+fn size_of(json: &[u8]) -> Option<TerminalSize> {
+    let size: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let dim = |k: &str| size[k].as_u64().and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
+    Some(TerminalSize { width: dim("Width"), height: dim("Height") })
+}
+
 /// Runs the command and carries its streams over the channel protocol
 /// until it exits; its exit code ends the session on the status channel.
 async fn run(
-    socket: Socket,
+    mut socket: Socket,
     command: &[String],
     view: &PodView,
     want_stdin: bool,
@@ -216,7 +253,8 @@ async fn run(
     v5: bool,
     token: CancellationToken,
 ) -> Result<(), RemoteError> {
-    let mut started = match exec::start(command, view, tty) {
+    let (size, early) = if tty { initial_size(&mut socket).await } else { (TerminalSize::default(), None) };
+    let mut started = match exec::start(command, view, tty.then_some(size)) {
         Ok(started) => started,
         Err(e) => return finish(socket, Err(e.to_string())).await,
     };
@@ -245,6 +283,7 @@ async fn run(
         stdin = None;
     }
     let (mut to_client, mut from_client) = socket.split();
+    let mut early = early;
     let mut exited: Option<i32> = None;
     loop {
         if let Some(code) = exited.filter(|_| open_outputs == 0 || terminal.is_some()) {
@@ -272,7 +311,7 @@ async fn run(
                 }
                 Some(Output::Closed) | None => open_outputs -= 1,
             },
-            message = from_client.next() => match message {
+            message = next_message(&mut early, &mut from_client) => match message {
                 Some(Ok(Message::Binary(frame))) => match frame.first().copied() {
                     Some(channel::STDIN) => {
                         if let Some(input) = stdin.as_mut() {
@@ -282,9 +321,8 @@ async fn run(
                         }
                     }
                     Some(channel::RESIZE) => {
-                        if let (Some(terminal), Ok(size)) = (&terminal, serde_json::from_slice::<serde_json::Value>(&frame[1..])) {
-                            let dim = |k: &str| size[k].as_u64().and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
-                            exec::resize(terminal, dim("Width"), dim("Height"));
+                        if let (Some(terminal), Some(size)) = (&terminal, size_of(&frame[1..])) {
+                            exec::resize(terminal, size);
                         }
                     }
                     Some(channel::CLOSE) if v5 && frame.get(1) == Some(&channel::STDIN) => {

@@ -93,10 +93,8 @@ fn a_terminal_gets_its_size_and_a_usable_shell() {
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let kubectl = support::KUBECTL;
-    // kubectl sends the size on the resize channel once the session is up,
-    // so it reaches the terminal just after the command starts (as with a
-    // CRI runtime): the command reads it a moment later, as a user's would.
-    let (code, out) = run(&format!("{kubectl} exec -it kolide-fleet-mysql-0 -- sh -c 'sleep 1; tty; stty size; read x; exit 4'"), "\n");
+    // The size is the terminal's from the start: the command reads it at once.
+    let (code, out) = run(&format!("{kubectl} exec -it kolide-fleet-mysql-0 -- sh -c 'tty; stty size; read x; exit 4'"), "\n");
     assert_eq!(code, Some(4), "{out}");
     assert!(out.contains("/dev/pts/") && out.contains("33 101"), "{out}");
     let (code, out) = run(&format!("{kubectl} exec -it kolide-fleet-mysql-0 -- sh"), "echo $((6*7))\nexit 5\n");
