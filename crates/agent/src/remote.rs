@@ -253,7 +253,7 @@ async fn run(
     v5: bool,
     token: CancellationToken,
 ) -> Result<(), RemoteError> {
-    let (size, early) = if tty { initial_size(&mut socket).await } else { (TerminalSize::default(), None) };
+    let (size, mut early) = if tty { initial_size(&mut socket).await } else { (TerminalSize::default(), None) };
     let mut started = match exec::start(command, view, tty.then_some(size)) {
         Ok(started) => started,
         Err(e) => return finish(socket, Err(e.to_string())).await,
@@ -283,7 +283,6 @@ async fn run(
         stdin = None;
     }
     let (mut to_client, mut from_client) = socket.split();
-    let mut early = early;
     let mut exited: Option<i32> = None;
     loop {
         if let Some(code) = exited.filter(|_| open_outputs == 0 || terminal.is_some()) {

@@ -117,6 +117,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn snapshot(&self) -> Arc<FileSnapshot> {
+        self.read().snapshot.clone()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // A poisoned lock means a panic in the writer while publishing; each
         // field is whole (a snapshot, a revision, the events), so keep
@@ -448,10 +452,9 @@ fn publish(db: &redb::Database, shared: &Shared, staged: Staged) {
     }
     state.revision = staged.revision;
     state.latest.extend(staged.latest);
+    // Published only when it changed something: there are events.
     let now = Instant::now();
-    if !staged.events.is_empty() {
-        state.published.push_back((now, staged.revision));
-    }
+    state.published.push_back((now, staged.revision));
     for event in staged.events {
         state.history.push_back(event.clone());
         // No receivers is fine: nobody is watching.
@@ -516,12 +519,6 @@ impl State {
         let &(at, _) = self.published.front()?;
         // A window too long to add is one that never ends.
         Some(at.checked_add(self.retention.fresh_for)?.saturating_duration_since(now).max(TRIM_EVERY))
-    }
-}
-
-impl Shared {
-    fn snapshot(&self) -> Arc<FileSnapshot> {
-        self.read().snapshot.clone()
     }
 }
 
