@@ -29,10 +29,12 @@ struct Namespace {
 }
 
 impl Namespace {
-    fn ips(&self, name: &str) -> Vec<IpAddr> {
-        match self.one_v4.get(name) {
-            Some(ip) => vec![IpAddr::V4(*ip)],
-            None => self.others.get(name).map_or_else(Vec::new, |ips| ips.to_vec()),
+    /// Whether pod `name` has exactly `ips` (none: it is not held).
+    fn has_exactly(&self, name: &str, ips: &[IpAddr]) -> bool {
+        match (self.one_v4.get(name), ips) {
+            (Some(held), [IpAddr::V4(ip)]) => held == ip,
+            (Some(_), _) => false,
+            (None, _) => self.others.get(name).map_or(&[][..], |held| held) == ips,
         }
     }
 
@@ -78,11 +80,10 @@ impl PodAddresses {
     /// Sets the addresses of pod `key` (sorted, without duplicates; none:
     /// it has none). Returns the addresses it had, or None if nothing changed.
     pub fn set(&mut self, key: &Key, ips: &[IpAddr]) -> Option<Vec<IpAddr>> {
-        let had = self.0.get(&key.namespace).map_or_else(Vec::new, |n| n.ips(&key.name));
-        if had == ips {
+        if self.0.get(&key.namespace).map_or(ips.is_empty(), |n| n.has_exactly(&key.name, ips)) {
             return None;
         }
-        self.remove(key);
+        let had = self.remove(key);
         if !ips.is_empty() {
             let namespace = self.0.entry(key.namespace.clone()).or_default();
             for ip in ips {
