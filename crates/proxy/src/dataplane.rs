@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
 
-use crate::balancer::{self, ActiveGuard, Affinity, Backend, ByAddr};
+use crate::balancer::{self, ActiveGuard, Affinity, Backend, ByAddr, EndpointAddr};
 pub use crate::claims::{Applied, Conflict, Owner};
 use crate::claims::{Claim, Claims, FrontendKey};
 use crate::metrics::{PortMetrics, ProxyMetrics};
@@ -74,7 +74,7 @@ impl PortState {
 
     /// Drops this port's metric series: the port is gone.
     fn forget_metrics(&self) {
-        let endpoints: Vec<SocketAddr> = self.all.read().unwrap_or_else(|p| p.into_inner()).iter().map(|b| b.0.addr).collect();
+        let endpoints: Vec<SocketAddr> = self.all.read().unwrap_or_else(|p| p.into_inner()).iter().map(|b| b.0.addr()).collect();
         self.metrics.forget(endpoints);
     }
 
@@ -84,7 +84,7 @@ impl PortState {
     }
 
     fn closed_signal(&self, addr: SocketAddr) -> Option<CancellationToken> {
-        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&addr).map(|b| b.0.closed(&self.metrics))
+        self.all.read().unwrap_or_else(|p| p.into_inner()).get(&EndpointAddr::from(addr)).map(|b| b.0.closed(&self.metrics))
     }
 
     pub fn affinity(&self) -> Option<Arc<Affinity>> {
@@ -102,7 +102,7 @@ impl PortState {
 
     fn is_usable(&self, addr: SocketAddr) -> bool {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
-        sets.0.iter().flat_map(|set| set.iter()).any(|b| b.addr == addr)
+        sets.0.iter().flat_map(|set| set.iter()).any(|b| b.addr() == addr)
     }
 
     /// Installs the usable endpoints of `port` on node `node`. Endpoints
@@ -111,7 +111,7 @@ impl PortState {
     /// if `drain` is zero).
     fn update(self: &Arc<Self>, port: &ServicePort, node: &str, drain: Duration, affinity_entries: usize, runtime: &Handle) {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
-        let mut get = |addr: SocketAddr| match all.get(&addr) {
+        let mut get = |addr: SocketAddr| match all.get(&EndpointAddr::from(addr)) {
             Some(held) => held.0.clone(),
             None => {
                 let new = Backend::new(addr);
@@ -120,13 +120,13 @@ impl PortState {
             }
         };
         let sets = Lane::ALL.map(|lane| backends_of(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect()));
-        let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr).collect();
-        let leaving: Vec<SocketAddr> = all.iter().map(|b| b.0.addr).filter(|a| !keep.contains(a)).collect();
+        let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr()).collect();
+        let leaving: Vec<SocketAddr> = all.iter().map(|b| b.0.addr()).filter(|a| !keep.contains(a)).collect();
         if drain.is_zero() {
             for addr in &leaving {
                 self.metrics.forget_endpoint(*addr);
             }
-            all.retain(|b| keep.contains(&b.0.addr));
+            all.retain(|b| keep.contains(&b.0.addr()));
         }
         drop(all);
         *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets(sets);
@@ -143,7 +143,7 @@ impl PortState {
                 runtime.spawn(async move {
                     tokio::time::sleep(drain).await;
                     if !state.is_usable(addr) {
-                        let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).take(&addr).map(|b| b.0);
+                        let gone = state.all.write().unwrap_or_else(|p| p.into_inner()).take(&EndpointAddr::from(addr)).map(|b| b.0);
                         if let Some(gone) = gone {
                             state.metrics.forget_endpoint(addr);
                             gone.close();
@@ -162,7 +162,7 @@ impl PortState {
             let last_error = counters.last_error();
             into.push(EndpointTraffic {
                 service_port: self.label().to_owned(),
-                endpoint: backend.addr.to_string(),
+                endpoint: backend.addr().to_string(),
                 connections: counters.connections.get(),
                 active: counters.active.get(),
                 bytes_to_endpoint: counters.to_endpoint.get(),
@@ -197,14 +197,14 @@ async fn connect(state: &PortState, lane: Lane, client: SocketAddr) -> Option<(T
     let mut tried = Vec::new();
     while tried.len() < CONNECT_ATTEMPTS {
         let backend = state.choose(lane, client.ip(), &tried)?;
-        let failure = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+        let failure = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr())).await {
             Ok(Ok(stream)) => return Some((stream, backend)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
         };
         state.metrics.series().connect_failed.inc();
         backend.counters(&state.metrics).connect_failed(failure);
-        tried.push(backend.addr);
+        tried.push(backend.addr());
     }
     None
 }
@@ -219,14 +219,14 @@ async fn serve_tcp(state: Arc<PortState>, lane: Lane, mut client: TcpStream, pee
     };
     let _ = upstream.set_nodelay(true);
     if let Some(affinity) = state.affinity() {
-        affinity.remember(peer.ip(), backend.addr);
+        affinity.remember(peer.ip(), backend.addr());
     }
     let counters = backend.counters(&state.metrics);
     counters.connections.inc();
     counters.active.inc();
     series.active.inc();
     let _guard = ActiveGuard::new(backend.clone());
-    let closed = state.closed_signal(backend.addr);
+    let closed = state.closed_signal(backend.addr());
     let drained = async {
         match &closed {
             Some(token) => token.cancelled().await,
@@ -552,7 +552,7 @@ mod tests {
             ServicePort { name, frontends: vec![], endpoints: vec![endpoint], affinity: None, internal_local: false, external_local: true };
         state.update(&port, "n1", Duration::ZERO, 16, &Handle::current());
 
-        let addrs = |lane: Lane| state.backends(lane).iter().map(|b| b.addr).collect::<Vec<_>>();
+        let addrs = |lane: Lane| state.backends(lane).iter().map(|b| b.addr()).collect::<Vec<_>>();
         assert_eq!(addrs(Lane::ALL[0]), vec![port.endpoints[0].addr], "cluster-wide IPv4 traffic reaches the endpoint");
         for lane in &Lane::ALL[1..] {
             assert!(Arc::ptr_eq(&state.backends(*lane), &NO_BACKENDS), "an empty lane shares the one empty set: {lane:?}");

@@ -55,9 +55,9 @@ impl Drop for Flow {
 }
 
 async fn open_flow(frontend: Arc<UdpSocket>, client: SocketAddr, backend: Arc<Backend>, state: &Arc<PortState>) -> std::io::Result<Flow> {
-    let bind: SocketAddr = if backend.addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let bind: SocketAddr = if backend.addr().is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
     let upstream = Arc::new(UdpSocket::bind(bind).await?);
-    upstream.connect(backend.addr).await?;
+    upstream.connect(backend.addr()).await?;
     let reply_socket = upstream.clone();
     let to_client = state.metrics().series().to_client.clone();
     let counters = backend.counters(state.metrics());
@@ -133,7 +133,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane,
         };
         let usable = state.backends(lane);
         let steer = match flows.table.get(&client) {
-            Some((flow, _)) => !usable.iter().any(|b| b.addr == flow.backend.addr),
+            Some((flow, _)) => !usable.iter().any(|b| b.addr() == flow.backend.addr()),
             None => true,
         };
         if steer {
@@ -149,7 +149,7 @@ pub async fn frontend(socket: Arc<UdpSocket>, state: Arc<PortState>, lane: Lane,
                 continue;
             };
             if let Some(affinity) = state.affinity() {
-                affinity.remember(client.ip(), backend.addr);
+                affinity.remember(client.ip(), backend.addr());
             }
             match open_flow(socket.clone(), client, backend.clone(), &state).await {
                 Ok(flow) => {
