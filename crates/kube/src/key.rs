@@ -96,7 +96,8 @@ pub trait Keyed {
 }
 
 /// Implements [`Keyed`] for compact views that carry their object's key
-/// and version as fields `key: ObjectKey` and `version: Option<u64>`.
+/// and version as fields `key: ObjectKey` and `version: Option<u64>` (or
+/// `Option<NonZeroU64>`, 8 bytes: no object's version is 0).
 #[macro_export]
 macro_rules! keyed_view {
     ($($view:ty),+ $(,)?) => {$(
@@ -110,7 +111,7 @@ macro_rules! keyed_view {
             }
 
             fn version(&self) -> Option<u64> {
-                self.version
+                self.version.map(u64::from)
             }
         }
     )+};

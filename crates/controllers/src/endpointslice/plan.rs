@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod};
@@ -39,18 +40,22 @@ const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 pub struct PodInfo {
     /// Namespace and name, shared with the tables that index the pod.
     pub key: ObjectKey,
-    pub uid: Option<Uid>,
+    /// Its uid when it is a UUID, as API servers write them: inline. Nil
+    /// when it has none, or a uid of another form, which `rare` holds.
+    uid: uuid::Uuid,
     /// Its resourceVersion. Nothing else of the pod's metadata is kept (a
     /// whole `ObjectMeta` is 360 bytes before anything is in it).
-    pub version: Option<u64>,
+    pub version: Option<NonZeroU64>,
     /// Its labels, in one allocation (`labels.rs`): a `BTreeMap` would take
     /// a 540-byte node for a single label.
     labels: Labels,
     /// Its address of each family, if it has one: as Kubernetes'
     /// controller does, a pod without an address of a slice's type is left
-    /// out of that slice.
+    /// out of that slice. `::` stands for none: it is never an endpoint's
+    /// address, and an `Option` would take the view past 112 bytes (with
+    /// its allocation, 128: one size class of the allocator lower).
     ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
+    ipv6: Ipv6Addr,
     pub ready: bool,
     /// Succeeded or Failed: no longer an endpoint.
     pub finished: bool,
@@ -68,6 +73,8 @@ pub struct PodInfo {
 /// against; a number needs no lookup.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct RareFields {
+    /// A uid that is not a UUID in its usual form (or is nil).
+    uid: Option<Box<str>>,
     hostname: Option<Box<str>>,
     subdomain: Option<Box<str>>,
     named_ports: Box<[(Box<str>, i32)]>,
@@ -92,8 +99,15 @@ impl PodInfo {
     pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
         match family {
             IpFamily::V4 => self.ipv4.map(IpAddr::V4),
-            IpFamily::V6 => self.ipv6.map(IpAddr::V6),
+            IpFamily::V6 => (!self.ipv6.is_unspecified()).then_some(IpAddr::V6(self.ipv6)),
         }
+    }
+
+    pub fn uid(&self) -> Option<String> {
+        if !self.uid.is_nil() {
+            return Some(self.uid.hyphenated().to_string());
+        }
+        self.rare.as_ref()?.uid.as_deref().map(String::from)
     }
 
     pub fn hostname(&self) -> Option<&str> {
@@ -112,24 +126,36 @@ impl PodInfo {
 /// A pod's addresses: the first of each family in `status.podIPs`, else
 /// `status.podIP`. Kept parsed, so a slice carries an address in its
 /// canonical form (the same address, whatever case or zeros the pod wrote).
-fn pod_ips_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+/// An unspecified address (`0.0.0.0`, `::`) is none: no one can reach it.
+fn pod_ips_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> (Option<Ipv4Addr>, Ipv6Addr) {
     let listed = status.into_iter().flat_map(|s| s.pod_ips.iter().flatten().map(|p| &p.ip).chain(s.pod_ip.as_ref()));
-    let (mut v4, mut v6) = (None, None);
-    for ip in listed.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+    let (mut v4, mut v6) = (None, Ipv6Addr::UNSPECIFIED);
+    for ip in listed.filter_map(|ip| ip.parse::<IpAddr>().ok()).filter(|ip| !ip.is_unspecified()) {
         match ip {
             IpAddr::V4(ip) => v4 = v4.or(Some(ip)),
-            IpAddr::V6(ip) => v6 = v6.or(Some(ip)),
+            IpAddr::V6(ip) if v6.is_unspecified() => v6 = ip,
+            IpAddr::V6(_) => {}
         }
     }
     (v4, v6)
 }
 
+/// A pod's uid as its view keeps it: a UUID inline, anything else as text.
+fn uid_of(uid: Option<&str>) -> (uuid::Uuid, Option<Box<str>>) {
+    match uid.map(Uid::new) {
+        Some(Uid::Uuid(uuid)) if !uuid.is_nil() => (uuid, None),
+        Some(other) => (uuid::Uuid::nil(), Some(other.to_string().into())),
+        None => (uuid::Uuid::nil(), None),
+    }
+}
+
 static RARE_FIELDS: Interner<RareFields> = Interner::new();
 
 /// The fields few pods set, or None; the one shared copy of them.
-fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Arc<RareFields>> {
+fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, uid: Option<Box<str>>) -> Option<Arc<RareFields>> {
     let spec = spec?;
     let rare = RareFields {
+        uid,
         hostname: spec.hostname.as_deref().map(Box::from),
         subdomain: spec.subdomain.as_deref().map(Box::from),
         named_ports: spec
@@ -142,9 +168,9 @@ fn rare_fields(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<Arc
     if rare == RareFields::default() {
         return None;
     }
-    // A pod's own hostname (a StatefulSet's) is shared by no other pod:
-    // only what a Deployment's pods have alike goes through the table.
-    if rare.hostname.is_some() {
+    // A pod's own hostname (a StatefulSet's) or uid is shared by no other
+    // pod: only what a Deployment's pods have alike goes through the table.
+    if rare.hostname.is_some() || rare.uid.is_some() {
         return Some(Arc::new(rare));
     }
     Some(RARE_FIELDS.share(&rare, |rare| Arc::new(rare.clone())))
@@ -162,10 +188,11 @@ impl From<&Pod> for PodInfo {
         let spec = pod.spec.as_ref();
         let m = &pod.metadata;
         let (ipv4, ipv6) = pod_ips_of(status);
+        let (uid, text_uid) = uid_of(m.uid.as_deref());
         PodInfo {
             key: ObjectKey::of(pod),
-            uid: m.uid.as_deref().map(Uid::new),
-            version: version_of(pod),
+            uid,
+            version: version_of(pod).and_then(NonZeroU64::new),
             labels: Labels::of(m.labels.as_ref()),
             ipv4,
             ipv6,
@@ -173,7 +200,7 @@ impl From<&Pod> for PodInfo {
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             terminating: m.deletion_timestamp.is_some(),
             node_name: spec.and_then(|s| s.node_name.as_deref()).map(shared_str::shared),
-            rare: rare_fields(spec),
+            rare: rare_fields(spec, text_uid),
         }
     }
 }
@@ -227,7 +254,7 @@ fn pod_endpoint(svc: &ServiceInfo, pod: &PodInfo, family: IpFamily) -> Option<En
             kind: Some("Pod".into()),
             namespace: Some(pod.key.namespace.to_string()),
             name: Some(pod.key.name.to_string()),
-            uid: pod.uid.as_ref().map(Uid::to_string),
+            uid: pod.uid(),
             ..Default::default()
         }),
         ..Default::default()
@@ -523,6 +550,40 @@ mod tests {
         let named = PodInfo::from(&named);
         assert_eq!((named.hostname(), named.subdomain()), (Some("h"), Some("web")));
         assert_eq!(pod_endpoint(&svc, &named, IpFamily::V6).unwrap().hostname.as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn a_pod_view_keeps_any_uid_and_no_unspecified_address_in_112_bytes() {
+        let view = |uid: &str, version: &str, ips: &[&str]| {
+            let ips: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "d", "uid": uid, "resourceVersion": version},
+                "spec": {"containers": [{"name": "c"}]},
+                "status": {"podIPs": ips}
+            }))
+            .unwrap();
+            PodInfo::from(&pod)
+        };
+        let usual = "0b5f3c1e-8d2a-4e6f-9a7b-1c2d3e4f5a6b";
+        for uid in [usual, "0B5F3C1E-8D2A-4E6F-9A7B-1C2D3E4F5A6B", "00000000-0000-0000-0000-000000000000", "pod-uid-1", ""] {
+            assert_eq!(view(uid, "1", &[]).uid().as_deref(), Some(uid));
+        }
+        assert!(view(usual, "1", &[]).rare.is_none(), "a UUID is kept inline");
+        let unset: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert_eq!(PodInfo::from(&unset).uid(), None);
+
+        use wharf_kube::Keyed;
+        assert_eq!((view(usual, "42", &[]).version(), view(usual, "0", &[]).version()), (Some(42), None));
+
+        let unspecified = view(usual, "1", &["::", "0.0.0.0"]);
+        assert_eq!((unspecified.ip(IpFamily::V4), unspecified.ip(IpFamily::V6)), (None, None), "no one can reach these");
+        let after = view(usual, "1", &["::", "0.0.0.0", "fd00::2", "127.0.0.3", "fd00::3"]);
+        assert_eq!(after.ip(IpFamily::V6), Some("fd00::2".parse().unwrap()), "the first address of a family that is one");
+        assert_eq!(after.ip(IpFamily::V4), Some("127.0.0.3".parse().unwrap()));
+
+        // One per pod, behind an `Arc`: 112 bytes and the counts fill the
+        // allocator's 128-byte class.
+        assert!(std::mem::size_of::<PodInfo>() <= 112, "{}", std::mem::size_of::<PodInfo>());
     }
 
     #[test]
