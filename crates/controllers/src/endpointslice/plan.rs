@@ -3,7 +3,7 @@
 //! grouped by port set, placed into slices of at most 100 endpoints with
 //! the least churn, and the legacy Endpoints object in step.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use wharf_api::ipfamily::IpFamily;
 use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str::{self, Interner};
 
-use super::digest::{port_key, EndpointsDigest, SliceDigest};
+use super::digest::{pod_tag, port_key, EndpointsDigest, SliceDigest};
 use super::labels::Labels;
 use super::service::ServiceInfo;
 
@@ -329,13 +329,16 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
     let owners = vec![owner(svc)];
     let mut plan = SlicePlan::default();
     let mut kept: Vec<Kept> = Vec::new();
+    // Slices keep their pods' tags, not names (`pod_tag`). A pod is in one
+    // group of the desired endpoints at most: its ports decide which.
+    let names: HashMap<NonZeroU64, String> =
+        desired.values().flat_map(|(_, wanted)| wanted.keys()).map(|name| (pod_tag(name), name.clone())).collect();
     for slice in existing {
         let Some((ports, wanted)) = desired.get_mut(&slice.ports) else {
             plan.delete.push(slice.clone());
             continue;
         };
-        let endpoints: Vec<Endpoint> =
-            slice.endpoints.iter().filter_map(|ep| ep.pod.as_deref().and_then(|pod| wanted.remove(pod))).collect();
+        let endpoints: Vec<Endpoint> = slice.endpoints.iter().filter_map(|ep| wanted.remove(names.get(&ep.pod?)?)).collect();
         let changed = !slice.holds(&endpoints) || {
             let meta = slice.meta.object_meta();
             meta.labels.as_ref() != Some(&labels) || meta.owner_references.as_ref() != Some(&owners)
@@ -648,6 +651,28 @@ mod tests {
         // Removing every pod deletes every slice.
         let plan = plan_slices(&svc, desired_endpoints(&svc, &[], IpFamily::V4), &existing, 100, IpFamily::V4);
         assert_eq!(plan.delete.len(), 3);
+    }
+
+    #[test]
+    fn pods_whose_tags_collide_still_get_one_endpoint_each() {
+        let svc = service(json!(80));
+        let pods: Vec<PodInfo> = ["a", "b", "c"].iter().map(|name| pod(name, "127.0.0.1", 80, true, false)).collect();
+        let mut written = plan_slices(&svc, desired_endpoints(&svc, &pods[..2], IpFamily::V4), &[], 100, IpFamily::V4).create.remove(0);
+        written.metadata.name = Some("web-0".into());
+        let mut digest = SliceDigest::from(written);
+        // As if "b"'s name hashed to "a"'s tag.
+        digest.endpoints[1].pod = digest.endpoints[0].pod;
+        let plan = plan_slices(&svc, desired_endpoints(&svc, &pods, IpFamily::V4), &[Arc::new(digest)], 100, IpFamily::V4);
+        let mut placed: Vec<String> = plan
+            .update
+            .iter()
+            .chain(&plan.create)
+            .flat_map(|s| &s.endpoints)
+            .map(|e| e.target_ref.as_ref().unwrap().name.clone().unwrap())
+            .collect();
+        placed.sort();
+        assert_eq!(placed, ["a", "b", "c"], "each wanted endpoint placed once, whatever the tags say");
+        assert!(plan.create.is_empty() && plan.delete.is_empty(), "the slice has room: it is updated in place");
     }
 
     #[test]
