@@ -141,7 +141,12 @@ impl<K: Keyed> Reflector<K> {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<K>> {
-        let parts = (&*key.namespace, &*key.name);
+        self.get_parts(&key.namespace, &key.name)
+    }
+
+    /// As `get`, by namespace and name.
+    pub fn get_parts(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
+        let parts = (namespace, name);
         self.items.find(self.hasher.hash_one(parts), |item| item.key_parts() == parts)
     }
 

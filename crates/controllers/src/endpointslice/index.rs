@@ -20,24 +20,26 @@ use super::service::ServiceInfo;
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
 
-/// Services or pods by selector term / label. Most terms name one service
-/// (its selector) or one pod (a StatefulSet pod's name): a `FewSet`.
+/// Services or pods by selector term / label, by name: the term holds the
+/// namespace (a key would repeat it, 16 bytes more for each pod under each
+/// of its labels). Most terms name one service (its selector) or one pod
+/// (a StatefulSet pod's name): a `FewSet`.
 #[derive(Default)]
-struct Postings(HashMap<SelectorTerm, FewSet<ObjectKey>>);
+struct Postings(HashMap<SelectorTerm, FewSet<Arc<str>>>);
 
 impl Postings {
     fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a str, &'a str)>, add: bool) {
         for (k, v) in labels {
             let term = (key.namespace.clone(), k.into(), v.into());
             if add {
-                self.0.entry(term).or_default().insert(key.clone());
+                self.0.entry(term).or_default().insert(key.name.clone());
             } else {
-                few::remove_from(&mut self.0, &term, key);
+                few::remove_from(&mut self.0, &term, &*key.name);
             }
         }
     }
 
-    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&FewSet<ObjectKey>> {
+    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&FewSet<Arc<str>>> {
         self.0.get(&(Arc::from(ns), k.into(), v.into()))
     }
 }
@@ -170,12 +172,12 @@ impl Index {
 
     /// Services whose selector the pod's labels may satisfy.
     fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
-        let ns = &*pod.key.namespace;
+        let ns = &pod.key.namespace;
         let mut seen = HashSet::new();
         for (k, v) in pod.labels() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
                 if seen.insert(svc) {
-                    out.push(svc.clone());
+                    out.push(ObjectKey::new(ns.clone(), svc.clone()));
                 }
             }
         }
@@ -213,8 +215,13 @@ impl Index {
     /// The pods a selector matches: the smallest posting list, filtered.
     fn members(&self, ns: &str, selector: &Labels) -> Vec<Arc<PodInfo>> {
         let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, FewSet::len));
-        let Some(Some(keys)) = smallest else { return Vec::new() };
-        keys.into_iter().filter_map(|k| self.pods.reflector.get(k)).filter(|p| labels_match(selector, p)).cloned().collect()
+        let Some(Some(names)) = smallest else { return Vec::new() };
+        names
+            .into_iter()
+            .filter_map(|name| self.pods.reflector.get_parts(ns, name))
+            .filter(|p| labels_match(selector, p))
+            .cloned()
+            .collect()
     }
 
     /// Every service this controller may have work for: those with a
@@ -259,5 +266,54 @@ impl Index {
             None => Some(EndpointsWrite::Put(Box::new(legacy), None)),
         };
         Work { key: key.clone(), slices, endpoints }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use serde_json::json;
+
+    fn service(ns: &str) -> ServiceInfo {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"selector": {"app": "web", "tier": "front"}, "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        svc.into()
+    }
+
+    fn pod(ns: &str, name: &str, labels: serde_json::Value) -> PodInfo {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns, "labels": labels}})).unwrap();
+        PodInfo::from(&pod)
+    }
+
+    fn names(pods: Vec<Arc<PodInfo>>) -> Vec<String> {
+        let mut names: Vec<String> = pods.iter().map(|p| p.key.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn postings_find_a_selectors_pods_in_its_own_namespace_only() {
+        let mut index = Index::default();
+        let both = json!({"app": "web", "tier": "front"});
+        for ns in ["a", "b"] {
+            assert_eq!(index.update(Update::Service(Event::Apply(service(ns)))), [ObjectKey::new(ns, "web")]);
+            index.update(Update::Pod(Event::Apply(pod(ns, "p", both.clone()))));
+        }
+        index.update(Update::Pod(Event::Apply(pod("a", "q", json!({"app": "web"})))));
+        let marked = index.update(Update::Pod(Event::Apply(pod("a", "r", both.clone()))));
+        assert_eq!(marked, [ObjectKey::new("a", "web")], "a pod marks the services of its own namespace");
+        let selector = service("a").selector().cloned().unwrap();
+        assert_eq!(names(index.members("a", &selector)), ["a/p", "a/r"]);
+        assert_eq!(names(index.members("b", &selector)), ["b/p"]);
+
+        // Relabeled out, then deleted: gone from the postings.
+        index.update(Update::Pod(Event::Apply(pod("a", "r", json!({"app": "web", "tier": "back"})))));
+        index.update(Update::Pod(Event::Delete(pod("a", "p", both))));
+        assert!(index.members("a", &selector).is_empty());
+        assert_eq!(names(index.members("b", &selector)), ["b/p"]);
     }
 }
