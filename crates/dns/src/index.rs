@@ -2,6 +2,12 @@
 //! their endpoints (from EndpointSlices), pod IPs and namespaces. Every
 //! change marks the scopes it touched in `freshness`, which tells the
 //! answer caches which of their answers are stale.
+//!
+//! Only headless services' endpoints are answered (A, SRV, PTR), so a
+//! slice of a service known to have a cluster IP or an external name keeps
+//! its ports and drops its endpoints: most services have a cluster IP, and
+//! their endpoints were most of the index. Should such a service come back
+//! headless, its slices are read again (`take_slice_relist`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -69,6 +75,8 @@ struct SliceEntry {
     service: Arc<str>,
     endpoints: Box<[EndpointEntry]>,
     ports: Box<[NamedPort]>,
+    /// Its endpoints were dropped: its service was not headless.
+    dropped: bool,
 }
 
 impl SliceEntry {
@@ -84,6 +92,11 @@ pub struct Index {
     slices: HashMap<Key, SliceEntry>,
     slices_of: HashMap<Key, FewSet<Arc<str>>>,
     by_cluster_ip: HashMap<IpAddr, FewSet<Key>>,
+    /// The slices that hold each endpoint address (PTR of headless services).
+    by_endpoint_ip: HashMap<IpAddr, FewSet<Key>>,
+    /// A service turned headless while slices of it had dropped their
+    /// endpoints: the slices must be read again.
+    slice_relist_wanted: bool,
     /// Each pod's IPs, one per family.
     pods: PodAddresses,
     namespaces: HashSet<String>,
@@ -227,7 +240,7 @@ impl Index {
     /// Headless services with an endpoint at `ip`, with its hostname.
     pub fn headless_with_endpoint(&self, ip: IpAddr) -> Vec<(Key, String)> {
         let mut out = Vec::new();
-        for (key, slice) in &self.slices {
+        for (key, slice) in self.by_endpoint_ip.get(&ip).into_iter().flatten().filter_map(|k| Some((k, self.slices.get(k)?))) {
             let svc_key = slice.owner(key);
             if !matches!(self.services.get(&svc_key).map(|s| &s.kind), Some(ServiceKind::Headless)) {
                 continue;
@@ -266,8 +279,67 @@ impl Index {
             }
         }
         let scopes = self.service_scopes(&key, &entry);
-        self.services.insert(key, entry);
+        let headless = entry.kind == ServiceKind::Headless;
+        self.services.insert(key.clone(), entry);
         self.changed(scopes);
+        let slice_keys: Vec<Key> = self
+            .slices_of
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|name| Key { namespace: key.namespace.clone(), name: name.clone() })
+            .collect();
+        if headless {
+            let dropped = slice_keys.iter().any(|k| self.slices.get(k).is_some_and(|slice| slice.dropped));
+            self.slice_relist_wanted |= dropped;
+        } else {
+            // Nothing answered changes: a service with a cluster IP or an
+            // external name answers without its endpoints.
+            for slice_key in slice_keys {
+                if let Some(slice) = self.remove_slice(&slice_key) {
+                    let slice = self.as_kept(&slice_key, slice);
+                    self.insert_slice(slice_key, slice);
+                }
+            }
+        }
+    }
+
+    /// Whether slices of `service` keep their endpoints: it is headless,
+    /// or not known yet.
+    fn keeps_endpoints(&self, service: &Key) -> bool {
+        self.services.get(service).is_none_or(|s| s.kind == ServiceKind::Headless)
+    }
+
+    /// Whether a slice's service has asked for its slices to be read
+    /// again since the last call.
+    pub fn take_slice_relist(&mut self) -> bool {
+        std::mem::take(&mut self.slice_relist_wanted)
+    }
+
+    /// A slice as the index keeps it: without its endpoints if its
+    /// service needs none.
+    fn as_kept(&self, key: &Key, mut slice: SliceEntry) -> SliceEntry {
+        if !slice.endpoints.is_empty() && !self.keeps_endpoints(&slice.owner(key)) {
+            (slice.endpoints, slice.dropped) = (Box::default(), true);
+        }
+        slice
+    }
+
+    fn insert_slice(&mut self, key: Key, slice: SliceEntry) {
+        for ep in &slice.endpoints {
+            self.by_endpoint_ip.entry(ep.ip).or_default().insert(key.clone());
+        }
+        self.slices_of.entry(slice.owner(&key)).or_default().insert(key.name.clone());
+        self.slices.insert(key, slice);
+    }
+
+    fn remove_slice(&mut self, key: &Key) -> Option<SliceEntry> {
+        let slice = self.slices.remove(key)?;
+        for ep in &slice.endpoints {
+            few::remove_from(&mut self.by_endpoint_ip, &ep.ip, key);
+        }
+        few::remove_from(&mut self.slices_of, &slice.owner(key), &*key.name);
+        Some(slice)
     }
 
     /// What a service's answers touch: its names, the reverse name of its
@@ -314,21 +386,18 @@ impl Index {
             })
             .collect();
         let ports = named_ports(slice.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), p.port)));
-        let entry = SliceEntry { service, endpoints, ports };
+        let entry = self.as_kept(&key, SliceEntry { service, endpoints, ports, dropped: false });
         if self.slices.get(&key) == Some(&entry) {
             return;
         }
         self.delete_slice(&key);
-        self.slices_of.entry(entry.owner(&key)).or_default().insert(key.name.clone());
         let scopes = slice_scopes(&key.namespace, &entry);
-        self.slices.insert(key, entry);
+        self.insert_slice(key, entry);
         self.changed(scopes);
     }
 
     pub fn delete_slice(&mut self, key: &Key) {
-        if let Some(old) = self.slices.remove(key) {
-            let owner = old.owner(key);
-            few::remove_from(&mut self.slices_of, &owner, &*key.name);
+        if let Some(old) = self.remove_slice(key) {
             self.changed(slice_scopes(&key.namespace, &old));
         }
     }
@@ -389,6 +458,61 @@ mod tests {
     fn pod(ips: &[&str]) -> Pod {
         let ips: Vec<_> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
         serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"podIPs": ips}})).unwrap()
+    }
+
+    fn service(name: &str, cluster_ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"clusterIP": cluster_ip}}))
+            .unwrap()
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "hostname": "h", "conditions": {"ready": true}}]
+        }))
+        .unwrap()
+    }
+
+    /// What the index answers of a headless service's endpoint at `ip`,
+    /// and what it holds of the slice.
+    fn held(idx: &Index, ip: &str, slice: &str) -> (Vec<(Key, String)>, usize, bool) {
+        let entry = &idx.slices[&Key::new("ns", slice)];
+        (idx.headless_with_endpoint(ip.parse().unwrap()), entry.endpoints.len(), entry.dropped)
+    }
+
+    #[test]
+    fn only_slices_of_headless_or_unknown_services_keep_their_endpoints() {
+        let mut idx = Index::default();
+        let web = Key::new("ns", "web");
+        // Before its service is known, a slice keeps its endpoints.
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], 1, false));
+        // A cluster IP: the endpoints go, nothing answered changes.
+        idx.apply_service(&service("web", "127.96.0.1"));
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], 0, true));
+        assert!(idx.endpoints("ns", "web").is_empty() && idx.by_endpoint_ip.is_empty());
+        idx.apply_slice(&slice("web-b", "web", "198.18.0.2"));
+        assert_eq!(held(&idx, "198.18.0.2", "web-b"), (vec![], 0, true), "a new slice of it keeps none either");
+        assert!(!idx.take_slice_relist());
+
+        // Gone, and back headless: its slices must be read again.
+        idx.delete_service(&web);
+        idx.apply_service(&service("web", "None"));
+        assert!(idx.take_slice_relist());
+        assert!(!idx.take_slice_relist(), "asked once");
+        // The relist gives them back.
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![(web.clone(), "h".to_string())], 1, false));
+
+        // A headless service's slices keep theirs from the start, found by address.
+        idx.apply_service(&service("db", "None"));
+        idx.apply_slice(&slice("db-a", "db", "198.18.0.1"));
+        let both = vec![(Key::new("ns", "db"), "h".to_string()), (web, "h".to_string())];
+        assert_eq!(held(&idx, "198.18.0.1", "db-a"), (both, 1, false));
+        idx.delete_slice(&Key::new("ns", "db-a"));
+        idx.delete_slice(&Key::new("ns", "web-a"));
+        assert!(idx.by_endpoint_ip.is_empty() && idx.headless_with_endpoint("198.18.0.1".parse().unwrap()).is_empty());
     }
 
     #[test]

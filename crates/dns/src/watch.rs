@@ -5,7 +5,7 @@
 //! they are buffered.
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus, Service};
@@ -106,23 +106,38 @@ impl StatusOut {
     }
 }
 
+/// The least time between two relists of the slices that the index asks
+/// for (`Index::take_slice_relist`): each reads every slice, and a user
+/// who flips a service between headless and not must not make DNS do that
+/// without pause.
+const SLICE_RELIST_GAP: Duration = Duration::from_secs(10);
+
 /// Follows the cluster until `token` is cancelled, applying every change
 /// to `index`, and sends its state to `status` now and then.
 pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: DnsMetrics, status: StatusOut, token: CancellationToken) {
     let mut tick = tokio::time::interval(status.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let updates = stream::select_all([
+    let others = stream::select_all([
         watch::watch_all::<Service>(&client).map(Update::Service).boxed(),
-        watch::watch_all::<EndpointSlice>(&client).map(Update::Slice).boxed(),
         watch::watch_all::<Pod>(&client).map(|e| Update::Pod(e.modify(strip_pod))).boxed(),
         watch::watch_all::<Namespace>(&client).map(Update::Namespace).boxed(),
     ]);
-    futures::pin_mut!(updates);
+    futures::pin_mut!(others);
+    // Apart, so that it can start over with a new list.
+    let mut slices = watch::watch_all::<EndpointSlice>(&client).boxed();
+    let (mut relist_wanted, mut relist_after) = (false, tokio::time::Instant::now());
     let mut relisters = Relisters::default();
     loop {
         let update = tokio::select! {
             _ = token.cancelled() => return,
-            Some(update) = updates.next() => update,
+            Some(event) = slices.next() => Update::Slice(event),
+            Some(update) = others.next() => update,
+            _ = tokio::time::sleep_until(relist_after), if relist_wanted => {
+                tracing::info!("reading every EndpointSlice again: a service turned headless after its slices' endpoints were dropped");
+                slices = watch::watch_all::<EndpointSlice>(&client).boxed();
+                (relist_wanted, relist_after) = (false, tokio::time::Instant::now() + SLICE_RELIST_GAP);
+                continue;
+            }
             _ = tick.tick() => {
                 status.send(&index.read().unwrap_or_else(|p| p.into_inner()));
                 continue;
@@ -131,7 +146,9 @@ pub async fn follow(client: kube::Client, index: Arc<RwLock<Index>>, metrics: Dn
         let received = Instant::now();
         let kind = {
             let mut guard = index.write().unwrap_or_else(|p| p.into_inner());
-            relisters.handle(&mut guard, update)
+            let kind = relisters.handle(&mut guard, update);
+            relist_wanted |= guard.take_slice_relist();
+            kind
         };
         metrics.programming.get_or_create(&KindLabels { kind: kind.into() }).observe(received.elapsed().as_secs_f64());
     }

@@ -324,3 +324,25 @@ fn getent_through_the_pod_search_list() {
 fn ip_of_ns(w: &Wharf, ns: &str, svc: &str) -> String {
     w.kubectl_ok(&["get", "svc", svc, "-n", ns, "-o", "jsonpath={.spec.clusterIP}"])
 }
+
+/// DNS keeps no endpoints for a service with a cluster IP; when one comes
+/// back headless, with a slice of its own that nothing rewrites, DNS reads
+/// the slices again and answers with its endpoints.
+#[test]
+fn a_service_that_comes_back_headless_answers_with_its_endpoints() {
+    let w = Wharf::start(&[]);
+    let service = |cluster_ip: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: flip\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n  - port: 80\n")
+    };
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: flip-own\n  labels:\n    kubernetes.io/service-name: flip\naddressType: IPv4\nendpoints:\n- addresses: [\"198.18.0.7\"]\n  hostname: h\n  conditions:\n    ready: true\nports:\n- port: 80\n";
+    assert!(w.apply_text(&service("\"\"")).status.success());
+    assert!(w.apply_text(slice).status.success());
+    let cluster_ip = ip_of(&w, "flip");
+    wait_for("the service's cluster IP", || dig(&w, &["flip.default.svc.cluster.local"]).data() == [cluster_ip.clone()]);
+
+    w.kubectl_ok(&["delete", "service", "flip"]);
+    assert!(w.apply_text(&service("None")).status.success());
+    wait_for("the headless service's endpoint", || dig(&w, &["flip.default.svc.cluster.local"]).data() == ["198.18.0.7"]);
+    assert_eq!(dig(&w, &["h.flip.default.svc.cluster.local"]).data(), ["198.18.0.7"]);
+    assert_eq!(dig(&w, &["7.0.18.198.in-addr.arpa", "PTR"]).data(), ["h.flip.default.svc.cluster.local."]);
+}
