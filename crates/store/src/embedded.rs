@@ -20,8 +20,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::model::{Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
-use crate::packed::{Packer, Value};
 use crate::{Result, SharedSnapshot, Snapshot, Store, StoreError, StoreMetrics, WatchStream};
+use wharf_packed::{Packer, Value};
 
 /// key -> (create_revision, mod_revision, value)
 const KV: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("kv");

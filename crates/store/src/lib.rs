@@ -12,7 +12,6 @@ mod encrypted;
 mod etcd;
 mod metrics;
 mod model;
-mod packed;
 
 pub use embedded::{EmbeddedStore, WatchHistory, DEFAULT_WATCH_HISTORY};
 pub use encrypted::{Encrypted, Encryption, EncryptionKey};

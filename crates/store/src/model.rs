@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use crate::packed::Value;
+pub use wharf_packed::Value;
 
 /// A global, strictly increasing transaction counter (etcd's revision).
 pub type Revision = u64;

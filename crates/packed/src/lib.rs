@@ -1,9 +1,11 @@
-//! Values as the embedded store holds them in memory: JSON compressed with
-//! zstd against a dictionary of typical Kubernetes objects
-//! (`dictionary.json`), so that the many small objects of a cluster, which
-//! share most of their bytes, cost a fraction of their size (a pod of
-//! 826 bytes is about 100). The file on disk keeps values as written: the
-//! dictionary can change from one build to the next.
+//! JSON kept in memory compressed with zstd against a dictionary of
+//! typical Kubernetes objects (`dictionary.json`), so that the many small
+//! objects of a cluster, which share most of their bytes, cost a fraction
+//! of their size (a pod of 826 bytes is about 100): the embedded store's
+//! values, and the metadata the EndpointSlice controller keeps of the
+//! objects it owns. Nothing packed leaves the process (the store's file
+//! keeps values as written): the dictionary can change from one build to
+//! the next.
 //!
 //! A value is unpacked only when it is read (`Value::bytes`), so a listing
 //! or a watch backlog hands out packed values without copying them.
@@ -27,6 +29,13 @@ thread_local! {
     /// One decompression context per reading thread (making one costs more
     /// than unpacking a value).
     static UNPACKER: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+    /// The packer of `pack`, for the threads that do not keep their own.
+    static PACKER: RefCell<Option<Packer>> = const { RefCell::new(None) };
+}
+
+/// `value` packed as `Packer::pack` does, with this thread's packer.
+pub fn pack(value: &[u8]) -> Value {
+    PACKER.with_borrow_mut(|slot| slot.get_or_insert_with(Packer::default).pack(value))
 }
 
 /// A stored value as a backend hands it out: a tag byte (`PLAIN` or
@@ -103,8 +112,7 @@ impl Value {
     }
 
     /// Whether both are the same bytes in memory, not two copies.
-    #[cfg(test)]
-    pub(crate) fn shares(&self, other: &Value) -> bool {
+    pub fn shares(&self, other: &Value) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
@@ -189,7 +197,7 @@ fn unpack(packed: &[u8]) -> Bytes {
     });
     match unpacked {
         Ok(bytes) => bytes.into(),
-        // Only this module packs, so this is a bug, not bad input: the
+        // Only this crate packs, so this is a bug, not bad input: the
         // reader gets an empty value and fails to decode it.
         Err(e) => {
             tracing::error!(error = %e, "a value packed in memory does not unpack");
