@@ -14,7 +14,7 @@ sizes=("$@")
 idle=${IDLE_SECONDS:-90}
 cargo build --release -q -p wharf -p wharf-bench
 work=
-trap 'kill ${wharf_pid:-} 2>/dev/null; [ -z "$work" ] || rm -rf "$work"' EXIT
+trap 'kill ${wharf_pid:-} 2>/dev/null || true; [ -z "$work" ] || rm -rf "$work"' EXIT
 points=()
 for size in "${sizes[@]}"; do
   services=${size%x*}
