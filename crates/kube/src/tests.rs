@@ -122,6 +122,27 @@ fn queue(backoff: Backoff) -> Arc<WorkQueue<u32>> {
 }
 
 #[tokio::test]
+async fn a_drained_queue_gives_back_the_room_of_its_burst() {
+    let q = queue(Backoff::default());
+    let token = CancellationToken::new();
+    for key in 0..10_000 {
+        q.add(key);
+    }
+    assert!(q.room() >= 20_000, "the burst is held: {}", q.room());
+    for _ in 0..10_000 {
+        let key = q.next(&token).await.unwrap();
+        q.done(key, true);
+    }
+    assert_eq!(q.depth(), 0);
+    assert!(q.room() <= 4 * 64, "an idle queue keeps room for a few keys, not the burst: {}", q.room());
+    // And still takes the next burst whole.
+    for key in 0..1_000 {
+        q.add(key);
+    }
+    assert_eq!(q.depth(), 1_000);
+}
+
+#[tokio::test]
 async fn a_key_is_queued_once_and_never_runs_twice_at_once() {
     let q = queue(Backoff::default());
     let token = CancellationToken::new();
