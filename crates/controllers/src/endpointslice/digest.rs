@@ -13,12 +13,14 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use wharf_kube::key::{version_in, Keyed, ObjectKey};
+use wharf_kube::shared_str;
 use wharf_packed::Value;
 
 /// A digest is kept by the same reflector as any object: its key and
@@ -168,9 +170,11 @@ pub struct SliceDigest {
     /// The slice's metadata without its managed fields: an update starts
     /// from it, so nothing the controller does not set is lost.
     pub meta: KeptMeta,
-    pub address_type: String,
-    /// `port_key` of its ports.
-    pub ports: String,
+    /// Its address type and the `port_key` of its ports, each one copy
+    /// shared by the slices that have the same (`shared_str`): nearly
+    /// every service names the same few ports.
+    pub address_type: Arc<str>,
+    pub ports: Arc<str>,
     /// Its endpoints in order.
     pub endpoints: Vec<EndpointDigest>,
 }
@@ -179,8 +183,8 @@ impl From<EndpointSlice> for SliceDigest {
     fn from(slice: EndpointSlice) -> Self {
         Self {
             meta: slice.metadata.into(),
-            address_type: slice.address_type,
-            ports: port_key(slice.ports.as_deref().unwrap_or_default()),
+            address_type: shared_str::shared(&slice.address_type),
+            ports: shared_str::shared(&port_key(slice.ports.as_deref().unwrap_or_default())),
             endpoints: slice.endpoints.iter().map(EndpointDigest::from).collect(),
         }
     }
@@ -244,7 +248,12 @@ mod tests {
         assert_eq!(digest.endpoints[0].pod, Some(pod_tag("a")));
         assert_ne!(pod_tag("a"), pod_tag("b"));
         assert_eq!(std::mem::size_of::<EndpointDigest>(), 16, "one per endpoint the controller wrote");
-        assert_eq!(digest.ports, port_key(original.ports.as_deref().unwrap()));
+        assert_eq!(*digest.ports, port_key(original.ports.as_deref().unwrap()));
+        let again = SliceDigest::from(original.clone());
+        assert!(
+            Arc::ptr_eq(&digest.ports, &again.ports) && Arc::ptr_eq(&digest.address_type, &again.address_type),
+            "slices share their ports"
+        );
         let meta = digest.meta.object_meta();
         assert_eq!((meta.name.as_deref(), meta.namespace.as_deref()), (Some("web-x"), Some("d")));
         assert_eq!((digest.meta.version, meta.resource_version.as_deref()), (Some(7), Some("7")));

@@ -250,13 +250,13 @@ impl Index {
         let families = svc.families();
         let mut legacy = None;
         let mut slices = SlicePlan {
-            delete: existing.iter().filter(|s| !families.iter().any(|f| f.as_str() == s.address_type)).cloned().collect(),
+            delete: existing.iter().filter(|s| !families.iter().any(|f| f.as_str() == &*s.address_type)).cloned().collect(),
             ..Default::default()
         };
         for family in families {
             let desired = plan::desired_endpoints(svc, members.iter().map(|p| p.as_ref()), family);
             legacy.get_or_insert_with(|| plan::legacy_endpoints(svc, &desired));
-            let of_family: Vec<Arc<SliceDigest>> = existing.iter().filter(|s| s.address_type == family.as_str()).cloned().collect();
+            let of_family: Vec<Arc<SliceDigest>> = existing.iter().filter(|s| &*s.address_type == family.as_str()).cloned().collect();
             slices = slices.merge(plan::plan_slices(svc, desired, &of_family, MAX_ENDPOINTS_PER_SLICE, family));
         }
         let legacy = legacy.unwrap_or_else(|| plan::legacy_endpoints(svc, &Default::default()));

@@ -347,7 +347,7 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
     let names: HashMap<NonZeroU64, String> =
         desired.values().flat_map(|(_, wanted)| wanted.keys()).map(|name| (pod_tag(name), name.clone())).collect();
     for slice in existing {
-        let Some((ports, wanted)) = desired.get_mut(&slice.ports) else {
+        let Some((ports, wanted)) = desired.get_mut(&*slice.ports) else {
             plan.delete.push(slice.clone());
             continue;
         };
@@ -361,7 +361,7 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
     for (key, (ports, wanted)) in desired {
         let mut rest: VecDeque<Endpoint> = wanted.into_values().collect();
         // Slices being written anyway first, then the fullest with room.
-        let mut order: Vec<usize> = (0..kept.len()).filter(|&i| kept[i].slice.ports == key).collect();
+        let mut order: Vec<usize> = (0..kept.len()).filter(|&i| *kept[i].slice.ports == *key).collect();
         order.sort_by_key(|&i| (!kept[i].changed, std::cmp::Reverse(kept[i].endpoints.len())));
         for i in order {
             while kept[i].endpoints.len() < max {
@@ -392,7 +392,7 @@ pub fn plan_slices(svc: &ServiceInfo, mut desired: Desired, existing: &[Arc<Slic
         } else if changed {
             plan.update.push(EndpointSlice {
                 metadata: ObjectMeta { labels: Some(labels.clone()), owner_references: Some(owners.clone()), ..slice.meta.object_meta() },
-                address_type: slice.address_type.clone(),
+                address_type: slice.address_type.to_string(),
                 endpoints,
                 ports: Some(ports),
             });
