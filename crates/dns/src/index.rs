@@ -292,10 +292,13 @@ impl Index {
         if headless {
             let dropped = slice_keys.iter().any(|k| self.slices.get(k).is_some_and(|slice| slice.dropped));
             self.slice_relist_wanted |= dropped;
-        } else {
-            // Nothing answered changes: a service with a cluster IP or an
-            // external name answers without its endpoints.
-            for slice_key in slice_keys {
+            return;
+        }
+        // Nothing answered changes: a service with a cluster IP or an
+        // external name answers without its endpoints. Slices that dropped
+        // theirs at an earlier change of the service stay as they are.
+        for slice_key in slice_keys {
+            if self.slices.get(&slice_key).is_some_and(|slice| !slice.endpoints.is_empty()) {
                 if let Some(slice) = self.remove_slice(&slice_key) {
                     let slice = self.as_kept(&slice_key, slice);
                     self.insert_slice(slice_key, slice);
