@@ -25,12 +25,14 @@ for size in "${sizes[@]}"; do
   # Past the store's 75 s window of watch history: what stays.
   sleep "$idle"
   rss=$(awk '/VmRSS/ {print $2 * 1024}' /proc/$wharf_pid/status)
+  # The binary's pages (file) apart from the heap and stacks (anon).
+  split=$(awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {printf "anon %d MiB, binary %d MiB", a / 1024, f / 1024}' /proc/$wharf_pid/status)
   kill "$wharf_pid"
   wait "$wharf_pid" || true
   rm -rf "$work"
   work=
   endpoints=$((services * per))
-  echo "$services services, $endpoints endpoints: RSS $((rss >> 20)) MiB after ${idle} s idle ($((rss / endpoints)) bytes an endpoint)"
+  echo "$services services, $endpoints endpoints: RSS $((rss >> 20)) MiB after ${idle} s idle ($split; $((rss / endpoints)) bytes an endpoint)"
   points+=("$services $endpoints $rss")
 done
 # Solves the normal equations of the three-term fit (Gauss-Jordan).

@@ -50,8 +50,9 @@ const PROGRESS_EVERY: usize = 256;
 const BROADCAST_CAPACITY: usize = 16_384;
 /// Reads come from the file through the kernel's page cache (not the
 /// process's memory); redb's own cache only has to hold the upper levels of
-/// the tree.
-const REDB_CACHE_BYTES: usize = 4 << 20;
+/// the tree. 1 MiB, not 4: 4-5 MiB less RSS at 100,000 endpoints, with the
+/// same CPU and latency (docs/BENCHMARKS.md, ninth round).
+const REDB_CACHE_BYTES: usize = 1 << 20;
 /// Upper bound of transactions committed with one fsync.
 const MAX_BATCH: usize = 512;
 
