@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive (kubectl is preinstalled): dig, ip and
+# Debian packages the build needs (make, for jemalloc) and the tests
+# drive (kubectl is preinstalled): dig, ip and
 # ss, nft (reads the proxy's nftables rules back), curl, python3 (backend processes), etcd and etcdctl (the store's and the
 # several-node tests) and
 # script (a terminal for `kubectl exec -t`); the official Python client;
 # npm (and node) for the official JavaScript client; Chromium, its
 # WebDriver and Selenium for the dashboard's browser test.
 missing=()
+command -v make >/dev/null || missing+=(make)
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)

@@ -19,13 +19,20 @@ mod why;
 
 use clap::Parser;
 
-/// mimalloc returns memory after a large list response; glibc's
-/// per-thread arenas kept several times the live size. Built without
-/// transparent huge pages (`no_thp`): a 2 MiB page is resident whole once
-/// touched, which was a fifth of the process at 100,000 endpoints.
-#[cfg(feature = "mimalloc")]
+/// jemalloc: at 100,000 endpoints an idle `wharf up` holds 16 MiB (12%)
+/// less than with mimalloc, for the same CPU; glibc's per-thread arenas
+/// kept several times the live size (docs/BENCHMARKS.md, ninth round).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (`malloc_conf`, by its name in the prefixed build):
+/// background threads give freed pages back to the system a second after
+/// they were last used, so an idle server returns what a burst took
+/// without an allocation to prompt it.
+#[cfg(feature = "jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()

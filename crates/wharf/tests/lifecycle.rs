@@ -95,3 +95,18 @@ fn a_second_signal_exits_at_once() {
     w.sigterm();
     assert_eq!(w.wait_exit(Duration::from_secs(5)), Some(130), "the second signal did not end wharf at once");
 }
+
+/// The allocator is jemalloc, run with its options (`MALLOC_CONF` in
+/// main.rs): its background threads return freed memory while the server
+/// is idle. Without the options, or with another allocator, there are none.
+#[test]
+fn the_allocator_gives_memory_back_from_its_own_threads() {
+    let w = Wharf::start(&[]);
+    let allocator_threads = || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", w.pid())).ok()?;
+        let names = tasks.filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok());
+        let count = names.filter(|name| name.trim() == "jemalloc_bg_thd").count();
+        (count > 0).then_some(count)
+    };
+    assert!(support::eventually(Duration::from_secs(10), allocator_threads).is_some(), "no jemalloc background thread in wharf up");
+}
