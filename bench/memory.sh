@@ -24,9 +24,9 @@ for size in "${sizes[@]}"; do
   ./target/release/wharf-load endpoint-latency --services "$services" --pods-per-service "$per" >/dev/null
   # Past the store's 75 s window of watch history: what stays.
   sleep "$idle"
-  rss=$(awk '/VmRSS/ {print $2 * 1024}' /proc/$wharf_pid/status)
-  # The binary's pages (file) apart from the heap and stacks (anon).
-  split=$(awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {printf "anon %d MiB, binary %d MiB", a / 1024, f / 1024}' /proc/$wharf_pid/status)
+  # RSS in bytes, then the heap and stacks (anon) apart from the binary's pages (file).
+  read -r rss split < <(awk '/VmRSS/ {r = $2} /RssAnon/ {a = $2} /RssFile/ {f = $2}
+    END {printf "%d anon %d MiB, binary %d MiB\n", r * 1024, a / 1024, f / 1024}' /proc/$wharf_pid/status)
   kill "$wharf_pid"
   wait "$wharf_pid" || true
   rm -rf "$work"
