@@ -4,7 +4,7 @@
 //! condition when it changes. A terminating pod is removed when its grace
 //! period ends, or as soon as a probe says its workload stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -88,8 +88,9 @@ impl Table<Pod> for PodManager {
         }
     }
 
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.workers.keys().cloned().collect()
+    fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
+        let held = self.workers.keys().cloned().collect();
+        wharf_kube::delete_missing(self, held, listed);
     }
 }
 

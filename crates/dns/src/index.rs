@@ -443,13 +443,19 @@ impl Index {
         }
     }
 
-    /// Keys of everything of one source, for relists.
+    /// Keys of everything of one source but pods, for relists.
     pub fn keys(&self, source: &str) -> Vec<Key> {
         match source {
             "services" => self.services.keys().cloned().collect(),
             "endpointslices" => self.slices.keys().cloned().collect(),
-            "pods" => self.pods.keys(),
             _ => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
+        }
+    }
+
+    /// Forgets the pods a relist did not list.
+    pub fn delete_unlisted_pods(&mut self, listed: &HashSet<Key>) {
+        for (ns, had) in self.pods.retain_listed(listed) {
+            self.pods_changed(&ns, had);
         }
     }
 }

@@ -1,30 +1,37 @@
 //! Pods' addresses, for the records `1-2-3-4.<ns>.pod.<zone>` answered
 //! only for a pod that exists (CoreDNS's `pods verified`). Kept per
-//! namespace: a pod is its name and addresses, an address how many pods
-//! hold it, so neither repeats the namespace. Against a map keyed by
-//! namespace and name and another by namespace and address, this took
-//! 5 MiB off `wharf up` at 100,000 pods.
+//! namespace: a pod is a hash of its name and its addresses, an address
+//! how many pods hold it, so neither repeats the namespace. Against a map
+//! keyed by namespace and name and another by namespace and address, this
+//! took 5 MiB off `wharf up` at 100,000 pods, and the names' hashes 3 MiB
+//! more.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::index::Key;
 
+/// A pod's name, hashed with this process's random key. DNS only needs to
+/// tell a namespace's pods apart, to release the addresses a pod had: two
+/// names of one namespace that hash alike (about one chance in 10^9 at a
+/// million pods in one namespace, and not one a client can aim for, the
+/// key being secret) would share one entry. A name of 5 to 40 bytes in a
+/// box of its own cost 16 to 48 bytes more a pod.
+type NameHash = u64;
+
 /// One namespace's pods. Nearly every pod has one IPv4 address: those are
 /// kept in 4 bytes, apart from the others (IPv6, dual-stack), and an
 /// IPv4 address's count in a map of 8-byte entries. As one map of
 /// `IpAddr` sets and one of `IpAddr` counts, a pod cost 32 bytes more
-/// (4.5 MB at 100,000 pods). A pod's name is its own copy, not the watch
-/// key's shared one: no one else holds it, and an `Arc`'s counts are 16
-/// bytes more per pod.
+/// (4.5 MB at 100,000 pods).
 #[derive(Debug, Default)]
 struct Namespace {
     /// Pods whose one address is IPv4.
-    one_v4: HashMap<Box<str>, Ipv4Addr>,
+    one_v4: HashMap<NameHash, Ipv4Addr>,
     /// Every other pod with addresses, its addresses sorted.
-    others: HashMap<Box<str>, Box<[IpAddr]>>,
+    others: HashMap<NameHash, Box<[IpAddr]>>,
     /// Pods holding each address (several share a node's address).
     holders_v4: HashMap<Ipv4Addr, u32>,
     holders_v6: HashMap<Ipv6Addr, u32>,
@@ -32,11 +39,11 @@ struct Namespace {
 
 impl Namespace {
     /// Whether pod `name` has exactly `ips` (none: it is not held).
-    fn has_exactly(&self, name: &str, ips: &[IpAddr]) -> bool {
-        match (self.one_v4.get(name), ips) {
+    fn has_exactly(&self, name: NameHash, ips: &[IpAddr]) -> bool {
+        match (self.one_v4.get(&name), ips) {
             (Some(held), [IpAddr::V4(ip)]) => held == ip,
             (Some(_), _) => false,
-            (None, _) => self.others.get(name).map_or(&[][..], |held| held) == ips,
+            (None, _) => self.others.get(&name).map_or(&[][..], |held| held) == ips,
         }
     }
 
@@ -65,38 +72,63 @@ impl Namespace {
             IpAddr::V6(ip) => release_in(&mut self.holders_v6, ip),
         }
     }
+
+    /// Forgets pod `name`; returns the addresses it had.
+    fn remove(&mut self, name: NameHash) -> Vec<IpAddr> {
+        let ips = match self.one_v4.remove(&name) {
+            Some(ip) => vec![IpAddr::V4(ip)],
+            None => self.others.remove(&name).map_or_else(Vec::new, Vec::from),
+        };
+        for ip in &ips {
+            self.release(*ip);
+        }
+        ips
+    }
+
+    /// The pods held, by name hash.
+    fn names(&self) -> Vec<NameHash> {
+        self.one_v4.keys().chain(self.others.keys()).copied().collect()
+    }
 }
 
 /// Every pod's addresses, by namespace.
 #[derive(Debug, Default)]
-pub struct PodAddresses(HashMap<Arc<str>, Namespace>);
+pub struct PodAddresses {
+    namespaces: HashMap<Arc<str>, Namespace>,
+    names: RandomState,
+}
 
 impl PodAddresses {
     pub fn has(&self, ns: &str, ip: IpAddr) -> bool {
-        self.0.get(ns).is_some_and(|n| match ip {
+        self.namespaces.get(ns).is_some_and(|n| match ip {
             IpAddr::V4(ip) => n.holders_v4.contains_key(&ip),
             IpAddr::V6(ip) => n.holders_v6.contains_key(&ip),
         })
     }
 
+    fn name_hash(&self, name: &str) -> NameHash {
+        self.names.hash_one(name)
+    }
+
     /// Sets the addresses of pod `key` (sorted, without duplicates; none:
     /// it has none). Returns the addresses it had, or None if nothing changed.
     pub fn set(&mut self, key: &Key, ips: &[IpAddr]) -> Option<Vec<IpAddr>> {
-        if self.0.get(&key.namespace).map_or(ips.is_empty(), |n| n.has_exactly(&key.name, ips)) {
+        let name = self.name_hash(&key.name);
+        if self.namespaces.get(&key.namespace).map_or(ips.is_empty(), |n| n.has_exactly(name, ips)) {
             return None;
         }
         let had = self.remove(key);
         if !ips.is_empty() {
-            let namespace = self.0.entry(key.namespace.clone()).or_default();
+            let namespace = self.namespaces.entry(key.namespace.clone()).or_default();
             for ip in ips {
                 namespace.hold(*ip);
             }
             match *ips {
                 [IpAddr::V4(one)] => {
-                    namespace.one_v4.insert(Box::from(&*key.name), one);
+                    namespace.one_v4.insert(name, one);
                 }
                 _ => {
-                    namespace.others.insert(Box::from(&*key.name), ips.into());
+                    namespace.others.insert(name, ips.into());
                 }
             }
         }
@@ -105,28 +137,43 @@ impl PodAddresses {
 
     /// Forgets pod `key`; returns the addresses it had.
     pub fn remove(&mut self, key: &Key) -> Vec<IpAddr> {
-        let Some(namespace) = self.0.get_mut(&key.namespace) else { return Vec::new() };
-        let ips = match namespace.one_v4.remove(&*key.name) {
-            Some(ip) => vec![IpAddr::V4(ip)],
-            None => namespace.others.remove(&*key.name).map_or_else(Vec::new, Vec::from),
-        };
-        for ip in &ips {
-            namespace.release(*ip);
-        }
+        let name = self.name_hash(&key.name);
+        let Some(namespace) = self.namespaces.get_mut(&key.namespace) else { return Vec::new() };
+        let ips = namespace.remove(name);
         if namespace.is_empty() {
-            self.0.remove(&key.namespace);
+            self.namespaces.remove(&key.namespace);
         }
         ips
     }
 
-    pub fn keys(&self) -> Vec<Key> {
-        let pods = self.0.iter().flat_map(|(ns, n)| n.one_v4.keys().chain(n.others.keys()).map(move |name| (ns, name)));
-        pods.map(|(ns, name)| Key { namespace: ns.clone(), name: Arc::from(&**name) }).collect()
+    /// Forgets every pod not in `listed` (a relist ended); returns the
+    /// addresses each namespace's forgotten pods had.
+    pub fn retain_listed(&mut self, listed: &HashSet<Key>) -> Vec<(Arc<str>, Vec<IpAddr>)> {
+        let mut kept: HashMap<&str, HashSet<NameHash>> = HashMap::new();
+        for key in listed {
+            kept.entry(&*key.namespace).or_default().insert(self.name_hash(&key.name));
+        }
+        let mut released = Vec::new();
+        for (ns, namespace) in &mut self.namespaces {
+            let names = kept.get(&**ns);
+            let gone: Vec<IpAddr> =
+                namespace.names().into_iter().filter(|n| !names.is_some_and(|k| k.contains(n))).flat_map(|n| namespace.remove(n)).collect();
+            if !gone.is_empty() {
+                released.push((ns.clone(), gone));
+            }
+        }
+        self.namespaces.retain(|_, n| !n.is_empty());
+        released
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.namespaces.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.namespaces.values().map(|n| n.one_v4.len() + n.others.len()).sum()
     }
 }
 
@@ -152,9 +199,7 @@ mod tests {
         assert!(pods.has("ns", node), "b still has it");
         assert_eq!(pods.set(&b, &[]), Some(vec![node, ip("fd00::1")]));
         assert!(!pods.has("ns", node) && !pods.has("ns", ip("fd00::1")));
-        let mut keys = pods.keys();
-        keys.sort();
-        assert_eq!(keys, vec![other.clone()]);
+        assert_eq!(pods.len(), 1, "only the other namespace's pod is left");
         pods.remove(&other);
         assert!(pods.is_empty(), "a namespace without pods is dropped");
     }
@@ -171,9 +216,27 @@ mod tests {
         assert!(!pods.has("ns", v4) && pods.has("ns", v6));
         assert_eq!(pods.set(&a, &[other_v4]), Some(vec![v6]));
         assert!(!pods.has("ns", v6) && pods.has("ns", other_v4));
-        assert_eq!(pods.keys(), vec![a.clone()], "held once, in one of the maps");
-        assert_eq!(Arc::strong_count(&a.name), 1, "the table keeps its own copy of the name, not the key's");
+        assert_eq!(pods.len(), 1, "held once, in one of the maps");
+        assert_eq!(Arc::strong_count(&a.name), 1, "the table keeps no copy of the name");
         assert_eq!(pods.remove(&a), vec![other_v4]);
         assert!(!pods.has("ns", other_v4) && pods.is_empty());
+    }
+
+    #[test]
+    fn a_relist_forgets_the_pods_it_did_not_list_and_releases_their_addresses() {
+        let mut pods = PodAddresses::default();
+        let (kept, gone, gone_elsewhere) = (Key::new("ns", "kept"), Key::new("ns", "gone"), Key::new("other", "gone"));
+        let (shared, own, far) = (ip("127.0.0.1"), ip("fd00::2"), ip("127.0.0.3"));
+        pods.set(&kept, &[shared]);
+        pods.set(&gone, &[shared, own]);
+        pods.set(&gone_elsewhere, &[far]);
+        let listed: HashSet<Key> = [kept.clone(), Key::new("new", "unknown")].into();
+        let mut released = pods.retain_listed(&listed);
+        released.sort();
+        assert_eq!(released, vec![(Arc::from("ns"), vec![shared, own]), (Arc::from("other"), vec![far])]);
+        assert!(pods.has("ns", shared), "the listed pod still holds the shared address");
+        assert!(!pods.has("ns", own) && !pods.has("other", far));
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods.set(&kept, &[shared]), None, "the listed pod is as it was");
     }
 }

@@ -4,6 +4,7 @@
 //! `wharf_kube`'s relister, and pods are cut down to what DNS reads before
 //! they are buffered.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,10 @@ use crate::index::{Index, Key};
 use crate::metrics::{DnsMetrics, KindLabels};
 
 /// The index as the table of each watched kind.
+/// (The index keeps pods by a hash of their name: it deletes those a
+/// relist did not list by their hashes.)
 macro_rules! index_table {
-    ($kind:ty, $source:literal, $apply:ident, $delete:expr) => {
+    ($kind:ty, $source:literal, $apply:ident, $delete:expr, $delete_unlisted:expr) => {
         impl Table<$kind> for Index {
             fn apply(&mut self, obj: $kind) {
                 self.$apply(&obj);
@@ -29,19 +32,26 @@ macro_rules! index_table {
                 let delete: fn(&mut Index, &Key) = $delete;
                 delete(self, key);
             }
-            fn keys(&self) -> Vec<Key> {
-                Index::keys(self, $source)
+            fn delete_unlisted(&mut self, listed: &HashSet<Key>) {
+                let delete_unlisted: fn(&mut Index, &HashSet<Key>) = $delete_unlisted;
+                delete_unlisted(self, listed);
             }
             fn relist_done(&mut self) {
                 self.mark_synced($source);
             }
         }
     };
+    ($kind:ty, $source:literal, $apply:ident, $delete:expr) => {
+        index_table!($kind, $source, $apply, $delete, |i, listed| {
+            let held = i.keys($source);
+            wharf_kube::delete_missing::<$kind, _>(i, held, listed)
+        });
+    };
 }
 
 index_table!(Service, "services", apply_service, |i, k| i.delete_service(k));
 index_table!(EndpointSlice, "endpointslices", apply_slice, |i, k| i.delete_slice(k));
-index_table!(Pod, "pods", apply_pod, |i, k| i.delete_pod(k));
+index_table!(Pod, "pods", apply_pod, |i, k| i.delete_pod(k), |i, listed| i.delete_unlisted_pods(listed));
 index_table!(Namespace, "namespaces", apply_namespace, |i, k| i.delete_namespace(&k.name));
 
 /// A pod as the index reads it: its name and IP.

@@ -21,7 +21,7 @@ pub use controller::run_workers;
 pub use key::{Keyed, ObjectKey, Uid};
 pub use metrics::{ControllerMetrics, QueueHandles};
 pub use queue::{Backoff, WorkQueue};
-pub use reflector::{Change, Reflector, Relister, Table, Watched};
+pub use reflector::{delete_missing, Change, Reflector, Relister, Table, Watched};
 pub use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ use crate::key::{Keyed, ObjectKey};
 pub trait Table<K> {
     fn apply(&mut self, obj: K);
     fn delete(&mut self, key: &ObjectKey);
-    /// The keys held, so that a finished relist can delete the missing.
-    fn keys(&self) -> Vec<ObjectKey>;
+    /// Deletes what it holds that a finished relist did not list (a table
+    /// that lists its keys: [`delete_missing`]; one that keeps only a hash
+    /// of each name deletes by the hashes of `listed`).
+    fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>);
     fn relist_started(&mut self) {}
     /// A relist was applied: the table now matches the store.
     fn relist_done(&mut self) {}
@@ -61,12 +63,17 @@ impl<K: Keyed> Relister<K> {
                 for obj in listed {
                     table.apply(obj);
                 }
-                for key in table.keys().into_iter().filter(|k| !keys.contains(k)) {
-                    table.delete(&key);
-                }
+                table.delete_unlisted(&keys);
                 table.relist_done();
             }
         }
+    }
+}
+
+/// `Table::delete_unlisted` of a table that can list the keys it `held`.
+pub fn delete_missing<K, T: Table<K>>(table: &mut T, held: Vec<ObjectKey>, listed: &HashSet<ObjectKey>) {
+    for key in held.into_iter().filter(|k| !listed.contains(k)) {
+        table.delete(&key);
     }
 }
 
@@ -238,8 +245,9 @@ impl<K: Keyed> Table<K> for Reflector<K> {
         }
     }
 
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.items.iter().map(|item| item.key()).filter(|k| !self.recorded_during_relist.contains(k)).collect()
+    fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
+        let held = self.items.iter().map(|item| item.key()).filter(|k| !self.recorded_during_relist.contains(k)).collect();
+        delete_missing(self, held, listed);
     }
 
     fn relist_started(&mut self) {

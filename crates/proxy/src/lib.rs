@@ -119,8 +119,9 @@ impl Table<ServiceView> for Model {
             self.touched.insert(key.clone());
         }
     }
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.services.keys().cloned().collect()
+    fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
+        let held = self.services.keys().cloned().collect();
+        wharf_kube::delete_missing::<ServiceView, _>(self, held, listed);
     }
     fn relist_done(&mut self) {
         self.synced.insert("services");
@@ -139,8 +140,9 @@ impl Table<SliceView> for Model {
     fn delete(&mut self, key: &ObjectKey) {
         self.remove_slice(key);
     }
-    fn keys(&self) -> Vec<ObjectKey> {
-        self.slices.keys().cloned().collect()
+    fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
+        let held = self.slices.keys().cloned().collect();
+        wharf_kube::delete_missing::<SliceView, _>(self, held, listed);
     }
     fn relist_done(&mut self) {
         self.synced.insert("slices");

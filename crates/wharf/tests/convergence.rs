@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 const SLICE_LABEL: &str = "kubernetes.io/service-name";
 
@@ -160,12 +160,18 @@ async fn a_consumer_behind_by_more_than_the_watch_history_relists_and_converges(
     let client = wharf_kube::client::from_kubeconfig_text(&std::fs::read_to_string(&kubeconfig).unwrap()).await.unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // The early pods have addresses of their own, for DNS's pod records.
+    let early_ip = |i: usize| format!("127.{slot}.251.{}", i + 1);
+    let pod_record = |i: usize| format!("{}.default.pod.cluster.local", early_ip(i).replace('.', "-"));
     for i in 0..5 {
         services.create(&PostParams::default(), &service(&format!("early-{i}"))).await.unwrap();
         pods.create(&PostParams::default(), &pod(&format!("early-{i}-0"), &format!("early-{i}"), "node-a")).await.unwrap();
+        let status = serde_json::json!({"status": {"podIP": early_ip(i), "podIPs": [{"ip": early_ip(i)}]}});
+        pods.patch_status(&format!("early-{i}-0"), &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
     }
     converge("the first services", Duration::from_secs(60), async || slices_match(&client).await && !in_slices(&client).await.is_empty())
         .await;
+    converge("the early pods' records", Duration::from_secs(60), async || (0..5).all(|i| dig(&dns, &pod_record(i)) == early_ip(i))).await;
 
     // The agent stops for a burst of ten times the watch history.
     signal(&agent, "-STOP");
@@ -185,6 +191,7 @@ async fn a_consumer_behind_by_more_than_the_watch_history_relists_and_converges(
         .await;
     for i in 0..3 {
         services.delete(&format!("early-{i}"), &DeleteParams::default()).await.unwrap();
+        pods.delete(&format!("early-{i}-0"), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
     }
     assert!(created.load(Ordering::Relaxed) >= 540, "the burst must outrun the 64-event history");
     signal(&agent, "-CONT");
@@ -206,6 +213,8 @@ async fn a_consumer_behind_by_more_than_the_watch_history_relists_and_converges(
     converge("DNS", Duration::from_secs(60), async || {
         want.keys().all(|svc| dig(&dns, &format!("{svc}.default.svc.cluster.local")) == ips[svc])
             && (0..3).all(|i| dig(&dns, &format!("early-{i}.default.svc.cluster.local")).is_empty())
+            // The pods deleted in the gap are forgotten; the others' records stay.
+            && (0..5).all(|i| dig(&dns, &pod_record(i)) == if i < 3 { String::new() } else { early_ip(i) })
     })
     .await;
     converge("proxy frontends", Duration::from_secs(60), async || want.keys().all(|svc| listening(&format!("{}:80", ips[svc])))).await;
