@@ -101,12 +101,19 @@ pub async fn accept(listener: &tokio::net::TcpListener, what: &'static str) -> (
     loop {
         match std::future::poll_fn(|cx| listener.poll_accept(cx)).await {
             Ok(conn) => return conn,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                reached("open_files", "RLIMIT_NOFILE", &format!("{what}: cannot accept: {e}"));
-            }
-            Err(e) => tracing::warn!(error = %e, "{what}: accept failed"),
+            Err(e) => accept_failed(&e, what),
         }
         Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)).await;
+    }
+}
+
+/// Reports a failed accept: out of open files is a limit reached, anything
+/// else a warning. The caller tries again after `ACCEPT_BACKOFF`.
+pub fn accept_failed(e: &std::io::Error, what: &str) {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        reached("open_files", "RLIMIT_NOFILE", &format!("{what}: cannot accept: {e}"));
+    } else {
+        tracing::warn!(error = %e, "{what}: accept failed");
     }
 }
 

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
 
+use crate::accept::{self, Acceptor, Listening};
 use crate::balancer::{self, ActiveGuard, Affinity, Backend, ByAddr, EndpointAddr};
 pub use crate::claims::{Applied, Conflict, Owner};
 use crate::claims::{Claim, Claims, FrontendKey};
@@ -201,7 +202,7 @@ impl PortState {
 }
 
 /// Refuses a connection with a reset: nothing to send it to.
-fn reset(client: TcpStream) {
+fn reset(client: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
     drop(client);
 }
@@ -311,44 +312,25 @@ struct TcpFrontend {
     next: AtomicUsize,
 }
 
-impl TcpFrontend {
-    /// Hands an accepted connection to the next worker (on one worker,
-    /// it stays where it is).
-    fn dispatch(self: &Arc<Self>, client: TcpStream, peer: SocketAddr) {
+impl accept::Accepted for TcpFrontend {
+    /// Hands an accepted connection to the next worker in turn.
+    fn accepted(&self, client: std::net::TcpStream, peer: SocketAddr) {
         let (Some(own), Some(all)) = (self.own.take(&format!("reset {peer}")), self.all.take(&format!("reset {peer}"))) else {
             reset(client);
             return;
         };
         let (state, lane, timeouts) = (self.state.clone(), self.lane, self.timeouts);
-        let serve = move |client| async move {
-            let _slots = (own, all);
-            serve_tcp(state, lane, client, peer, timeouts).await;
-        };
-        if self.workers.len() == 1 {
-            self.connections.spawn(serve(client));
-            return;
-        }
         let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        match client.into_std() {
-            Ok(client) => {
-                self.connections.spawn_on(
-                    async move {
-                        if let Ok(client) = TcpStream::from_std(client) {
-                            serve(client).await;
-                        }
-                    },
-                    worker,
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, "handing a connection to a worker failed"),
-        }
-    }
-}
-
-async fn tcp_listener(listener: TcpListener, frontend: Arc<TcpFrontend>) {
-    loop {
-        let (client, peer) = wharf_limits::accept(&listener, "service proxy").await;
-        frontend.dispatch(client, peer);
+        self.connections.spawn_on(
+            async move {
+                let _slots = (own, all);
+                match TcpStream::from_std(client) {
+                    Ok(client) => serve_tcp(state, lane, client, peer, timeouts).await,
+                    Err(e) => tracing::warn!(error = %e, "service proxy: taking a connection on a worker failed"),
+                }
+            },
+            worker,
+        );
     }
 }
 
@@ -385,6 +367,29 @@ fn frontend_socket(addr: SocketAddr, kind: socket2::Type, freebind: bool) -> std
     Ok(socket)
 }
 
+/// A frontend's listening socket: a TCP one in its worker's acceptor, a
+/// UDP one with its task.
+enum Listener {
+    Tcp { worker: usize, listening: Listening },
+    Udp(tokio::task::JoinHandle<()>),
+}
+
+impl Listener {
+    fn is_running(&self) -> bool {
+        match self {
+            Listener::Tcp { .. } => true,
+            Listener::Udp(task) => !task.is_finished(),
+        }
+    }
+
+    fn stop(self, acceptors: &[Acceptor<TcpFrontend>]) {
+        match self {
+            Listener::Tcp { worker, listening } => acceptors[worker].remove(listening),
+            Listener::Udp(task) => task.abort(),
+        }
+    }
+}
+
 /// All listeners of this node and the ports they serve.
 pub struct Dataplane {
     /// One single-threaded runtime per worker thread.
@@ -394,7 +399,9 @@ pub struct Dataplane {
     metrics: Arc<ProxyMetrics>,
     ports: HashMap<ServicePortName, Arc<PortState>>,
     claims: Claims,
-    listeners: HashMap<FrontendKey, tokio::task::JoinHandle<()>>,
+    /// Each worker's TCP listeners (`accept.rs`).
+    acceptors: Vec<Acceptor<TcpFrontend>>,
+    listeners: HashMap<FrontendKey, Listener>,
     /// Every proxied TCP connection, so that shutdown can wait for them.
     connections: TaskTracker,
     all_connections: wharf_limits::Slots,
@@ -404,8 +411,16 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn new(workers: Vec<Handle>, node: String, limits: ProxyLimits, metrics: ProxyMetrics, local_ranges: Vec<ipnet::IpNet>) -> Self {
-        Self {
+    pub fn new(
+        workers: Vec<Handle>,
+        node: String,
+        limits: ProxyLimits,
+        metrics: ProxyMetrics,
+        local_ranges: Vec<ipnet::IpNet>,
+    ) -> std::io::Result<Self> {
+        let acceptors = workers.iter().map(|worker| Acceptor::start(worker, "service proxy")).collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            acceptors,
             local_ranges,
             workers: workers.into(),
             node,
@@ -417,7 +432,7 @@ impl Dataplane {
             connections: TaskTracker::new(),
             all_connections: wharf_limits::Slots::new("proxy_connections", limits.connections),
             udp_flows: wharf_limits::Slots::new("proxy_udp_flows", limits.udp_flows),
-        }
+        })
     }
 
     /// The open connections (for shutdown).
@@ -427,8 +442,8 @@ impl Dataplane {
 
     /// Stops every listener; open connections go on.
     pub fn stop_listening(&mut self) {
-        for (_, task) in self.listeners.drain() {
-            task.abort();
+        for (_, listener) in self.listeners.drain() {
+            listener.stop(&self.acceptors);
         }
         self.claims.clear();
     }
@@ -442,11 +457,11 @@ impl Dataplane {
         self.listeners.len()
     }
 
-    /// The worker a frontend's listener runs on: spread by address.
-    fn worker_for(&self, addr: SocketAddr) -> &Handle {
+    /// The worker a frontend's listener is on: spread by address.
+    fn worker_for(&self, addr: SocketAddr) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&addr, &mut hasher);
-        &self.workers[(std::hash::Hasher::finish(&hasher) % self.workers.len() as u64) as usize]
+        (std::hash::Hasher::finish(&hasher) % self.workers.len() as u64) as usize
     }
 
     /// Every endpoint's traffic on this node (those that carried any).
@@ -481,14 +496,14 @@ impl Dataplane {
                         applied.conflicts.push(conflict);
                         continue;
                     }
-                    Claim::Held if self.listeners.get(&key).is_some_and(|task| !task.is_finished()) => {}
+                    Claim::Held if self.listeners.get(&key).is_some_and(Listener::is_running) => {}
                     Claim::Held | Claim::Granted { .. } => {
-                        if let Some(task) = self.listeners.remove(&key) {
-                            task.abort();
+                        if let Some(listener) = self.listeners.remove(&key) {
+                            listener.stop(&self.acceptors);
                         }
                         match self.start_listener(frontend, &state) {
-                            Ok(task) => {
-                                self.listeners.insert(key, task);
+                            Ok(listener) => {
+                                self.listeners.insert(key, listener);
                             }
                             Err(e) => {
                                 tracing::warn!(service = %state.label(), addr = %frontend.addr, error = %e, "cannot listen");
@@ -501,8 +516,8 @@ impl Dataplane {
             }
         }
         for key in self.claims.settle(&owner.service, wanted, &mut applied) {
-            if let Some(task) = self.listeners.remove(&key) {
-                task.abort();
+            if let Some(listener) = self.listeners.remove(&key) {
+                listener.stop(&self.acceptors);
             }
         }
         let names: HashSet<&ServicePortName> = ports.iter().map(|p| &p.name).collect();
@@ -516,13 +531,12 @@ impl Dataplane {
         applied
     }
 
-    fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    fn start_listener(&self, frontend: &Frontend, state: &Arc<PortState>) -> std::io::Result<Listener> {
         let worker = self.worker_for(frontend.addr);
-        let _entered = worker.enter();
         match frontend.protocol {
             Protocol::Tcp => {
-                let listener = TcpListener::from_std(bind_tcp(frontend.addr, self.freebind(frontend.addr))?)?;
-                let shared = Arc::new(TcpFrontend {
+                let socket = bind_tcp(frontend.addr, self.freebind(frontend.addr))?;
+                let to = Arc::new(TcpFrontend {
                     state: state.clone(),
                     lane: frontend.lane(),
                     own: wharf_limits::Slots::new("proxy_connections_per_frontend", self.limits.connections_per_frontend),
@@ -532,12 +546,14 @@ impl Dataplane {
                     workers: self.workers.clone(),
                     next: AtomicUsize::new(0),
                 });
-                Ok(worker.spawn(tcp_listener(listener, shared)))
+                Ok(Listener::Tcp { worker, listening: self.acceptors[worker].add(socket, to)? })
             }
             Protocol::Udp => {
+                let handle = &self.workers[worker];
+                let _entered = handle.enter();
                 let socket = Arc::new(UdpSocket::from_std(bind_udp(frontend.addr, self.freebind(frontend.addr))?)?);
                 let flows = udp::Flows::new(self.limits.udp_idle, self.udp_flows.clone());
-                Ok(worker.spawn(udp::frontend(socket, state.clone(), frontend.lane(), flows)))
+                Ok(Listener::Udp(handle.spawn(udp::frontend(socket, state.clone(), frontend.lane(), flows))))
             }
         }
     }

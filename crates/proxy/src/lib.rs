@@ -8,6 +8,7 @@
 //! data, `udp`: flow table, `balancer` chooses endpoints), or `nftables`,
 //! kernel rules. `health` answers health check node ports in both.
 
+mod accept;
 pub mod balancer;
 pub mod claims;
 pub mod copy;
@@ -305,7 +306,7 @@ pub async fn run(
     };
     // Removed again when this goes out of scope, on every way out.
     let local_ranges = localroute::LocalRanges::make(config.service_cidrs.iter());
-    let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics, local_ranges.ranges());
+    let userspace = dataplane::Dataplane::new(workers, config.node_name.clone(), config.limits, metrics, local_ranges.ranges())?;
     let connections = userspace.connections();
     let families = config.service_cidrs.iter().map(|range| IpFamily::of(&range.addr())).collect();
     let (dataplane, why) = forwarding::Forwarding::choose(config.mode, &config.node_name, families, config.limits.drain, userspace)?;

@@ -160,17 +160,20 @@ async fn a_consumer_behind_by_more_than_the_watch_history_relists_and_converges(
     let client = wharf_kube::client::from_kubeconfig_text(&std::fs::read_to_string(&kubeconfig).unwrap()).await.unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    // The early pods have addresses of their own, for DNS's pod records.
-    let early_ip = |i: usize| format!("127.{slot}.251.{}", i + 1);
-    let pod_record = |i: usize| format!("{}.default.pod.cluster.local", early_ip(i).replace('.', "-"));
     for i in 0..5 {
         services.create(&PostParams::default(), &service(&format!("early-{i}"))).await.unwrap();
         pods.create(&PostParams::default(), &pod(&format!("early-{i}-0"), &format!("early-{i}"), "node-a")).await.unwrap();
-        let status = serde_json::json!({"status": {"podIP": early_ip(i), "podIPs": [{"ip": early_ip(i)}]}});
-        pods.patch_status(&format!("early-{i}-0"), &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
     }
     converge("the first services", Duration::from_secs(60), async || slices_match(&client).await && !in_slices(&client).await.is_empty())
         .await;
+    // The early pods get addresses of their own, for DNS's pod records
+    // (once the agent has written their status: it keeps a pod's address).
+    let early_ip = |i: usize| format!("127.{slot}.251.{}", i + 1);
+    let pod_record = |i: usize| format!("{}.default.pod.cluster.local", early_ip(i).replace('.', "-"));
+    for i in 0..5 {
+        let status = serde_json::json!({"status": {"podIP": early_ip(i), "podIPs": [{"ip": early_ip(i)}]}});
+        pods.patch_status(&format!("early-{i}-0"), &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    }
     converge("the early pods' records", Duration::from_secs(60), async || (0..5).all(|i| dig(&dns, &pod_record(i)) == early_ip(i))).await;
 
     // The agent stops for a burst of ten times the watch history.
