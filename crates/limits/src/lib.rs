@@ -95,8 +95,7 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 ///
 /// A waiting accept is small: `poll_accept` keeps no future of its own
 /// (`accept()`'s is 184 bytes) and the backoff's timer is boxed, made
-/// only after a failure. The proxy has one accept loop per frontend, each
-/// a task that holds this future. Only one task may wait on a listener.
+/// only after a failure. Only one task may wait on a listener.
 pub async fn accept(listener: &tokio::net::TcpListener, what: &'static str) -> (tokio::net::TcpStream, std::net::SocketAddr) {
     loop {
         match std::future::poll_fn(|cx| listener.poll_accept(cx)).await {

@@ -304,7 +304,13 @@ struct TcpFrontend {
     state: Arc<PortState>,
     lane: Lane,
     own: wharf_limits::Slots,
-    all: wharf_limits::Slots,
+    /// One copy for every frontend: 80 bytes a frontend less.
+    all: Arc<TcpShared>,
+}
+
+/// What the connections of every TCP frontend share.
+struct TcpShared {
+    slots: wharf_limits::Slots,
     timeouts: copy::Timeouts,
     connections: TaskTracker,
     /// Workers to hand connections to, in turn.
@@ -315,13 +321,14 @@ struct TcpFrontend {
 impl accept::Accepted for TcpFrontend {
     /// Hands an accepted connection to the next worker in turn.
     fn accepted(&self, client: std::net::TcpStream, peer: SocketAddr) {
-        let (Some(own), Some(all)) = (self.own.take(&format!("reset {peer}")), self.all.take(&format!("reset {peer}"))) else {
+        let shared = &*self.all;
+        let (Some(own), Some(all)) = (self.own.take(&format!("reset {peer}")), shared.slots.take(&format!("reset {peer}"))) else {
             reset(client);
             return;
         };
-        let (state, lane, timeouts) = (self.state.clone(), self.lane, self.timeouts);
-        let worker = &self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-        self.connections.spawn_on(
+        let (state, lane, timeouts) = (self.state.clone(), self.lane, shared.timeouts);
+        let worker = &shared.workers[shared.next.fetch_add(1, Ordering::Relaxed) % shared.workers.len()];
+        shared.connections.spawn_on(
             async move {
                 let _slots = (own, all);
                 match TcpStream::from_std(client) {
@@ -402,9 +409,9 @@ pub struct Dataplane {
     /// Each worker's TCP listeners (`accept.rs`).
     acceptors: Vec<Acceptor<TcpFrontend>>,
     listeners: HashMap<FrontendKey, Listener>,
-    /// Every proxied TCP connection, so that shutdown can wait for them.
-    connections: TaskTracker,
-    all_connections: wharf_limits::Slots,
+    /// What every TCP frontend's connections share (the tracker of
+    /// every proxied connection, for shutdown to wait for them).
+    tcp: Arc<TcpShared>,
     udp_flows: wharf_limits::Slots,
     /// Ranges made local on `lo`: their addresses bind with IPV6_FREEBIND.
     local_ranges: Vec<ipnet::IpNet>,
@@ -419,25 +426,32 @@ impl Dataplane {
         local_ranges: Vec<ipnet::IpNet>,
     ) -> std::io::Result<Self> {
         let acceptors = workers.iter().map(|worker| Acceptor::start(worker, "service proxy")).collect::<std::io::Result<_>>()?;
+        let workers: Arc<[Handle]> = workers.into();
+        let tcp = Arc::new(TcpShared {
+            slots: wharf_limits::Slots::new("proxy_connections", limits.connections),
+            timeouts: limits.tcp,
+            connections: TaskTracker::new(),
+            workers: workers.clone(),
+            next: AtomicUsize::new(0),
+        });
         Ok(Self {
             acceptors,
             local_ranges,
-            workers: workers.into(),
+            workers,
+            tcp,
             node,
             limits,
             metrics: Arc::new(metrics),
             ports: HashMap::new(),
             claims: Claims::default(),
             listeners: HashMap::new(),
-            connections: TaskTracker::new(),
-            all_connections: wharf_limits::Slots::new("proxy_connections", limits.connections),
             udp_flows: wharf_limits::Slots::new("proxy_udp_flows", limits.udp_flows),
         })
     }
 
     /// The open connections (for shutdown).
     pub fn connections(&self) -> TaskTracker {
-        self.connections.clone()
+        self.tcp.connections.clone()
     }
 
     /// Stops every listener; open connections go on.
@@ -540,11 +554,7 @@ impl Dataplane {
                     state: state.clone(),
                     lane: frontend.lane(),
                     own: wharf_limits::Slots::new("proxy_connections_per_frontend", self.limits.connections_per_frontend),
-                    all: self.all_connections.clone(),
-                    timeouts: self.limits.tcp,
-                    connections: self.connections.clone(),
-                    workers: self.workers.clone(),
-                    next: AtomicUsize::new(0),
+                    all: self.tcp.clone(),
                 });
                 Ok(Listener::Tcp { worker, listening: self.acceptors[worker].add(socket, to)? })
             }
