@@ -443,12 +443,14 @@ impl Index {
         }
     }
 
-    /// Keys of everything of one source but pods, for relists.
+    /// Keys of everything of one source, for relists; none of pods, which
+    /// are kept by a hash of their name (`delete_unlisted_pods`).
     pub fn keys(&self, source: &str) -> Vec<Key> {
         match source {
             "services" => self.services.keys().cloned().collect(),
             "endpointslices" => self.slices.keys().cloned().collect(),
-            _ => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
+            "namespaces" => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
+            _ => Vec::new(),
         }
     }
 

@@ -15,9 +15,9 @@ use crate::index::Key;
 
 /// A pod's name, hashed with this process's random key. DNS only needs to
 /// tell a namespace's pods apart, to release the addresses a pod had: two
-/// names of one namespace that hash alike (about one chance in 10^9 at a
-/// million pods in one namespace, and not one a client can aim for, the
-/// key being secret) would share one entry. A name of 5 to 40 bytes in a
+/// names of one namespace that hash alike (about one chance in 4 * 10^9
+/// with 100,000 pods in one namespace, and not one a client can aim for,
+/// the key being secret) would share one entry. A name of 5 to 40 bytes in a
 /// box of its own cost 16 to 48 bytes more a pod.
 type NameHash = u64;
 
@@ -117,7 +117,7 @@ impl PodAddresses {
         if self.namespaces.get(&key.namespace).map_or(ips.is_empty(), |n| n.has_exactly(name, ips)) {
             return None;
         }
-        let had = self.remove(key);
+        let had = self.remove_hashed(&key.namespace, name);
         if !ips.is_empty() {
             let namespace = self.namespaces.entry(key.namespace.clone()).or_default();
             for ip in ips {
@@ -137,11 +137,14 @@ impl PodAddresses {
 
     /// Forgets pod `key`; returns the addresses it had.
     pub fn remove(&mut self, key: &Key) -> Vec<IpAddr> {
-        let name = self.name_hash(&key.name);
-        let Some(namespace) = self.namespaces.get_mut(&key.namespace) else { return Vec::new() };
+        self.remove_hashed(&key.namespace, self.name_hash(&key.name))
+    }
+
+    fn remove_hashed(&mut self, ns: &str, name: NameHash) -> Vec<IpAddr> {
+        let Some(namespace) = self.namespaces.get_mut(ns) else { return Vec::new() };
         let ips = namespace.remove(name);
         if namespace.is_empty() {
-            self.namespaces.remove(&key.namespace);
+            self.namespaces.remove(ns);
         }
         ips
     }
@@ -230,7 +233,8 @@ mod tests {
         pods.set(&kept, &[shared]);
         pods.set(&gone, &[shared, own]);
         pods.set(&gone_elsewhere, &[far]);
-        let listed: HashSet<Key> = [kept.clone(), Key::new("new", "unknown")].into();
+        // `gone` is listed in another namespace only: still gone from `ns`.
+        let listed: HashSet<Key> = [kept.clone(), Key::new("new", "unknown"), Key::new("elsewhere", "gone")].into();
         let mut released = pods.retain_listed(&listed);
         released.sort();
         assert_eq!(released, vec![(Arc::from("ns"), vec![shared, own]), (Arc::from("other"), vec![far])]);
