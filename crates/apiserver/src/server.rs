@@ -80,7 +80,7 @@ async fn limit_in_flight(State(in_flight): State<InFlight>, request: Request, ne
         return next.run(request).await;
     }
     let slots = if request.method() == axum::http::Method::GET { &in_flight.reads } else { &in_flight.writes };
-    let Some(_slot) = slots.take(&format!("answered {} {} with 429", request.method(), request.uri().path())) else {
+    let Some(_slot) = slots.take(format_args!("answered {} {} with 429", request.method(), request.uri().path())) else {
         return ApiError::TooManyRequests.into_response();
     };
     next.run(request).await
@@ -188,7 +188,7 @@ pub async fn serve(config: ApiServerConfig, app: App, creds: &Credentials) -> Re
                 _ = token.cancelled() => break,
                 accepted = wharf_limits::accept(&listener, "API server") => accepted,
             };
-            let Some(slot) = connections.take(&format!("closed an API connection from {peer}")) else { continue };
+            let Some(slot) = connections.take(format_args!("closed an API connection from {peer}")) else { continue };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let router = router.clone();

@@ -265,7 +265,7 @@ pub async fn tcp_server(handler: Arc<Handler>, listener: tokio::net::TcpListener
             _ = token.cancelled() => return,
             accepted = limits::accept(&listener, "DNS over TCP") => accepted,
         };
-        let Some(slot) = slots.take(&format!("closed a TCP connection from {peer}")) else { continue };
+        let Some(slot) = slots.take(format_args!("closed a TCP connection from {peer}")) else { continue };
         let (handler, token) = (handler.clone(), token.clone());
         tokio::spawn(async move {
             let _slot = slot;

@@ -73,11 +73,13 @@ impl Slots {
         Self { limit, bound, free: std::sync::Arc::new(tokio::sync::Semaphore::new(bound)) }
     }
 
-    /// A slot, or None (reported) when all are taken.
-    pub fn take(&self, what: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// A slot, or None (reported, `what` saying what was refused) when all
+    /// are taken. `what` is written out only then: a slot is taken for
+    /// every connection and flow.
+    pub fn take(&self, what: std::fmt::Arguments<'_>) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slot = self.free.clone().try_acquire_owned().ok();
         if slot.is_none() {
-            reached(self.limit, self.bound, what);
+            reached(self.limit, self.bound, &what.to_string());
         }
         slot
     }
@@ -157,12 +159,12 @@ mod tests {
     #[tokio::test]
     async fn slots_are_bounded_and_freed_with_their_permits() {
         let slots = Slots::new("test_slots", 2);
-        let a = slots.take("a").unwrap();
-        let _b = slots.take("b").unwrap();
-        assert!(slots.take("c").is_none());
+        let a = slots.take(format_args!("a")).unwrap();
+        let _b = slots.take(format_args!("b")).unwrap();
+        assert!(slots.take(format_args!("c")).is_none());
         assert_eq!(count("test_slots"), 1);
         drop(a);
-        assert!(slots.take("d").is_some());
+        assert!(slots.take(format_args!("d")).is_some());
     }
 
     #[tokio::test]

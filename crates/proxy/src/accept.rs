@@ -191,29 +191,28 @@ async fn accept_loop<A: Accepted>(poll: &mut AsyncFd<PollFd>, listeners: &Mutex<
 /// Waits until a listener is ready; returns the ready ones. (It waits
 /// only before it reads the set: cancelled, it loses no readiness.)
 async fn ready_listeners(poll: &mut AsyncFd<PollFd>, events: &mut Events) -> std::io::Result<Vec<Token>> {
-    loop {
-        let mut ready = poll.readable_mut().await?;
-        match ready.get_inner_mut().0.poll(events, Some(std::time::Duration::ZERO)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-        // A full batch may have left more behind: look again at once
-        // (the kernel would wake the reactor for them too, a turn later).
-        if tokens.len() < EVENTS {
-            ready.clear_ready();
-        }
-        return Ok(tokens);
+    let mut ready = poll.readable_mut().await?;
+    let tokens = read_set(&mut ready.get_inner_mut().0, events)?;
+    // A full batch may have left more behind: look again at once
+    // (the kernel would wake the reactor for them too, a turn later).
+    if tokens.len() < EVENTS {
+        ready.clear_ready();
     }
+    Ok(tokens)
 }
 
 /// The listeners ready now, without waiting.
 fn ready_now(poll: &mut AsyncFd<PollFd>, events: &mut Events) -> std::io::Result<Vec<Token>> {
-    match poll.get_mut().0.poll(events, Some(std::time::Duration::ZERO)) {
-        Ok(()) => Ok(events.iter().map(|e| e.token()).collect()),
-        Err(e) if e.kind() == ErrorKind::Interrupted => Ok(Vec::new()),
-        Err(e) => Err(e),
+    read_set(&mut poll.get_mut().0, events)
+}
+
+fn read_set(poll: &mut Poll, events: &mut Events) -> std::io::Result<Vec<Token>> {
+    loop {
+        match poll.poll(events, Some(std::time::Duration::ZERO)) {
+            Ok(()) => return Ok(events.iter().map(|e| e.token()).collect()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

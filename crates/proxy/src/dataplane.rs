@@ -322,7 +322,7 @@ impl accept::Accepted for TcpFrontend {
     /// Hands an accepted connection to the next worker in turn.
     fn accepted(&self, client: std::net::TcpStream, peer: SocketAddr) {
         let shared = &*self.all;
-        let (Some(own), Some(all)) = (self.own.take(&format!("reset {peer}")), shared.slots.take(&format!("reset {peer}"))) else {
+        let (Some(own), Some(all)) = (self.own.take(format_args!("reset {peer}")), shared.slots.take(format_args!("reset {peer}"))) else {
             reset(client);
             return;
         };

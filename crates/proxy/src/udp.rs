@@ -95,7 +95,7 @@ impl Flows {
 
     /// A slot for a new flow, making room if need be.
     fn slot(&mut self, client: SocketAddr) -> Option<OwnedSemaphorePermit> {
-        if let Some(slot) = self.slots.take(&format!("evicting flows for {client}")) {
+        if let Some(slot) = self.slots.take(format_args!("evicting flows for {client}")) {
             return Some(slot);
         }
         self.sweep();
@@ -107,7 +107,7 @@ impl Flows {
                 self.table.remove(c);
             }
         }
-        self.slots.take(&format!("dropped a packet from {client}"))
+        self.slots.take(format_args!("dropped a packet from {client}"))
     }
 }
 
