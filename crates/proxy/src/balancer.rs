@@ -37,8 +37,8 @@ pub struct Backend {
 /// An endpoint's address and port in 20 bytes: a `SocketAddr` is 32, with
 /// room for an IPv6 flow label and scope that no endpoint has. One per
 /// backend, and a large cluster has 100,000.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct EndpointAddr {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointAddr {
     ip: IpAddr,
     port: u16,
 }
@@ -56,31 +56,6 @@ struct Used {
     /// Cancelled when open connections must close (drain timeout).
     closed: CancellationToken,
 }
-
-/// A backend in a set of them, found by its address: the set holds the
-/// address once, inside the backend (a map keyed by it held it twice).
-#[derive(Clone)]
-pub struct ByAddr(pub Arc<Backend>);
-
-impl std::borrow::Borrow<EndpointAddr> for ByAddr {
-    fn borrow(&self) -> &EndpointAddr {
-        &self.0.addr
-    }
-}
-
-impl std::hash::Hash for ByAddr {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.addr.hash(state)
-    }
-}
-
-impl PartialEq for ByAddr {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.addr == other.0.addr
-    }
-}
-
-impl Eq for ByAddr {}
 
 impl Backend {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
@@ -220,19 +195,6 @@ mod tests {
 
     fn backends(n: u16) -> Vec<Arc<Backend>> {
         (0..n).map(|i| Backend::new(SocketAddr::from(([127, 0, 0, 1], 8000 + i)))).collect()
-    }
-
-    #[test]
-    #[allow(clippy::mutable_key_type)] // hashed by the address alone, which never changes
-    fn a_backend_set_finds_a_backend_by_its_address() {
-        let all = backends(3);
-        let set: std::collections::HashSet<ByAddr> = all.iter().cloned().map(ByAddr).collect();
-        let found = set.get(&all[1].addr).map(|b| b.0.clone());
-        assert!(found.is_some_and(|b| Arc::ptr_eq(&b, &all[1])));
-        assert!(!set.contains(&EndpointAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)))));
-        // The same address is one member, whichever backend carries it.
-        let again: std::collections::HashSet<ByAddr> = [ByAddr(all[0].clone()), ByAddr(Backend::new(all[0].addr()))].into_iter().collect();
-        assert_eq!(again.len(), 1);
     }
 
     #[test]
