@@ -142,8 +142,11 @@ impl PortState {
         let mut held = self.held(&leaving);
         let mut get = |addr: SocketAddr| held.entry(addr).or_insert_with(|| Backend::new(addr)).clone();
         let sets = shared_lanes(Lane::ALL.map(|lane| backends_of(port.usable_in(lane, node).iter().map(|e| get(e.addr)).collect())));
-        let keep: HashSet<SocketAddr> = sets.iter().flat_map(|set| set.iter()).map(|b| b.addr()).collect();
-        let gone: Vec<Arc<Backend>> = held.into_values().filter(|b| !keep.contains(&b.addr())).collect();
+        // What is held and in no lane now has left.
+        for backend in sets.iter().flat_map(|set| set.iter()) {
+            held.remove(&backend.addr());
+        }
+        let gone: Vec<Arc<Backend>> = held.into_values().collect();
         *self.sets.write().unwrap_or_else(|p| p.into_inner()) = BackendSets(sets);
         if drain.is_zero() {
             for backend in &gone {
@@ -620,6 +623,7 @@ mod tests {
         assert_eq!(addrs(Lane::ALL[2]), vec![cluster.endpoints[0].addr]);
         assert!(Arc::ptr_eq(&internal, &external), "equal lanes share one set");
     }
+
     #[tokio::test]
     async fn a_leaving_endpoint_drains_unless_it_comes_back() {
         let metrics = Arc::new(ProxyMetrics::default());
