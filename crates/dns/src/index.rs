@@ -376,6 +376,9 @@ impl Index {
             self.delete_slice(&key);
             return;
         };
+        // The name as the service's own key holds it: one copy.
+        let owner = Key { namespace: key.namespace.clone(), name: service };
+        let service = self.services.get_key_value(&owner).map_or(owner.name, |(held, _)| held.name.clone());
         let endpoints = slice
             .endpoints
             .iter()
@@ -524,6 +527,15 @@ mod tests {
         idx.delete_slice(&Key::new("ns", "db-a"));
         idx.delete_slice(&Key::new("ns", "web-a"));
         assert!(idx.by_endpoint_ip.is_empty() && idx.headless_with_endpoint("198.18.0.1".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_slice_names_its_service_with_the_services_own_copy() {
+        let mut idx = Index::default();
+        idx.apply_service(&service("web", "127.96.0.1"));
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        let (held, _) = idx.services.get_key_value(&Key::new("ns", "web")).unwrap();
+        assert!(Arc::ptr_eq(&idx.slices[&Key::new("ns", "web-a")].service, &held.name), "one copy of the name, not one per slice");
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub trait Keyed {
     fn key_parts(&self) -> (&str, &str);
     /// As [`version_of`].
     fn version(&self) -> Option<u64>;
+    /// Takes the key strings of `held`, the version of this object a table
+    /// already holds: the indexes that name the object keep the first
+    /// copy, and each update's own copy would be one more per object.
+    fn share_key(&mut self, _held: &Self) {}
 }
 
 /// Implements [`Keyed`] for compact views that carry their object's key
@@ -112,6 +116,12 @@ macro_rules! keyed_view {
 
             fn version(&self) -> Option<u64> {
                 self.version.map(u64::from)
+            }
+
+            fn share_key(&mut self, held: &Self) {
+                if self.key == held.key {
+                    self.key = held.key.clone();
+                }
             }
         }
     )+};

@@ -198,7 +198,7 @@ impl<K: Keyed> Reflector<K> {
         self.remove(key)
     }
 
-    fn upsert(&mut self, obj: K) -> Option<Change<K>> {
+    fn upsert(&mut self, mut obj: K) -> Option<Change<K>> {
         let version = obj.version();
         if !self.tombstones.is_empty() {
             let key = obj.key();
@@ -217,6 +217,7 @@ impl<K: Keyed> Reflector<K> {
         let (new, old) = match entry {
             Entry::Occupied(held) if !newer(version, held.get().version()) => return None,
             Entry::Occupied(mut held) => {
+                obj.share_key(held.get());
                 let new = Arc::new(obj);
                 let old = std::mem::replace(held.get_mut(), new.clone());
                 (new, Some(old))

@@ -89,6 +89,10 @@ fn a_reflector_finds_views_by_their_own_key_and_keeps_no_copy() {
     r.apply(View { key: key(7), version: Some(5000) });
     r.apply(View { key: key(7), version: Some(4000) });
     assert_eq!((r.len(), r.get(&key(7)).and_then(|v| v.version)), (1000, Some(5000)), "replaced in place, never by an older one");
+    assert!(
+        r.get(&key(7)).is_some_and(|v| Arc::ptr_eq(&v.key.name, &names[7].name)),
+        "an update keeps the strings of the key it replaced (indexes hold those), not a second copy"
+    );
     r.delete(&key(7));
     assert!(r.get(&key(7)).is_none() && r.len() == 999);
     r.delete_unlisted(&names[..500].iter().cloned().collect());

@@ -34,7 +34,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::few::{self, FewSet};
-use wharf_kube::{watch, ObjectKey, Relister, Table};
+use wharf_kube::{watch, Keyed, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
@@ -97,11 +97,13 @@ impl Model {
         self.synced.len() == 2
     }
 
-    fn remove_slice(&mut self, key: &ObjectKey) {
-        if let Some(owner) = self.slices.remove(key).and_then(|slice| slice.owner) {
-            few::remove_from(&mut self.slices_of, &owner, key);
-            self.touched.insert(owner);
+    fn remove_slice(&mut self, key: &ObjectKey) -> Option<Box<SliceView>> {
+        let slice = self.slices.remove(key)?;
+        if let Some(owner) = &slice.owner {
+            few::remove_from(&mut self.slices_of, owner, key);
+            self.touched.insert(owner.clone());
         }
+        Some(slice)
     }
 
     fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
@@ -110,7 +112,10 @@ impl Model {
 }
 
 impl Table<ServiceView> for Model {
-    fn apply(&mut self, svc: ServiceView) {
+    fn apply(&mut self, mut svc: ServiceView) {
+        if let Some(held) = self.services.get(&svc.key) {
+            svc.share_key(held);
+        }
         let key = svc.key.clone();
         self.services.insert(key.clone(), Box::new(svc));
         self.touched.insert(key);
@@ -130,9 +135,17 @@ impl Table<ServiceView> for Model {
 }
 
 impl Table<SliceView> for Model {
-    fn apply(&mut self, slice: SliceView) {
+    fn apply(&mut self, mut slice: SliceView) {
+        if let Some(held) = self.remove_slice(&slice.key) {
+            slice.share_key(&held);
+        }
+        // The owner's name as the service's own key holds it.
+        if let Some(owner) = &mut slice.owner {
+            if let Some((held, _)) = self.services.get_key_value(owner) {
+                *owner = held.clone();
+            }
+        }
         let key = slice.key.clone();
-        self.remove_slice(&key);
         let Some(owner) = slice.owner.clone() else { return };
         self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
         self.touched.insert(owner);
@@ -374,4 +387,41 @@ pub async fn run(
         tracing::warn!(open = connections.len(), ?grace, "proxied connections still open after the shutdown grace; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service() -> ServiceView {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "d", "resourceVersion": "1"},
+            "spec": {"clusterIP": "127.96.0.9", "ports": [{"name": "http", "port": 80}]}}))
+        .unwrap();
+        svc.into()
+    }
+
+    fn slice(version: &str) -> SliceView {
+        let slice: EndpointSlice =
+            serde_json::from_value(json!({"metadata": {"name": "web-a", "namespace": "d", "resourceVersion": version,
+            "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "IPv4", "endpoints": []}))
+            .unwrap();
+        slice.into()
+    }
+
+    #[test]
+    fn the_model_keeps_one_copy_of_each_name_across_updates() {
+        let mut model = Model::default();
+        model.apply(service());
+        model.apply(slice("2"));
+        let first = model.slices[&ObjectKey::new("d", "web-a")].key.clone();
+        model.apply(service());
+        model.apply(slice("3"));
+        let (service_key, svc) = model.services.get_key_value(&ObjectKey::new("d", "web")).unwrap();
+        assert!(Arc::ptr_eq(&svc.key.name, &service_key.name), "an update keeps the name the table's key holds");
+        let slice = &model.slices[&first];
+        assert!(Arc::ptr_eq(&slice.key.name, &first.name), "an updated slice keeps its first copy of its name");
+        let owner = slice.owner.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&owner.name, &service_key.name), "a slice names its service with the service's own copy");
+    }
 }

@@ -232,7 +232,8 @@ impl From<Service> for ServiceView {
             .flatten()
             .filter_map(|p| {
                 Some(PortSpec {
-                    name: p.name.as_deref().unwrap_or_default().into(),
+                    // Port names repeat across services ("http"): one copy.
+                    name: shared_str::shared(p.name.as_deref().unwrap_or_default()),
                     protocol: Protocol::parse(p.protocol.as_deref())?,
                     port: u16::try_from(p.port).ok()?,
                     node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0),

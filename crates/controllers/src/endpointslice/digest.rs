@@ -39,6 +39,12 @@ macro_rules! keyed_by_meta {
             fn version(&self) -> Option<u64> {
                 self.meta.version
             }
+
+            fn share_key(&mut self, held: &Self) {
+                if self.meta.key == held.meta.key {
+                    self.meta.key = held.meta.key.clone();
+                }
+            }
         }
     )*};
 }
