@@ -109,4 +109,9 @@ fn the_allocator_gives_memory_back_from_its_own_threads() {
         (count > 0).then_some(count)
     };
     assert!(support::eventually(Duration::from_secs(10), allocator_threads).is_some(), "no jemalloc background thread in wharf up");
+    // jemalloc reads its options at the first allocation and tells of one
+    // it does not take (a slab size it rejects) on stderr, then goes on without it.
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_wharf")).arg("--version").output().expect("wharf --version");
+    let stderr = String::from_utf8_lossy(&version.stderr);
+    assert!(version.status.success() && !stderr.contains("<jemalloc>"), "jemalloc refused an option: {stderr}");
 }
