@@ -35,10 +35,11 @@ fn ingress_ip(svc: &Service) -> Option<Ipv4Addr> {
 }
 
 /// What the controller keeps of a service: the whole object only when it
-/// is of type LoadBalancer; of any other (most, at scale: a decoded
-/// Service is 1.4 KB), whether it still shows an address to clear. Boxed:
-/// inline, the `None` of every other service would be as large as a
-/// Service (about 900 bytes).
+/// is of type LoadBalancer; of any other, whether it still shows an address
+/// to clear, and only while it does (`concerns_us`): most services, at
+/// scale, are neither, and a decoded Service is 1.4 KB. Boxed: inline, the
+/// `None` of every other service would be as large as a Service (about
+/// 900 bytes).
 #[derive(Debug)]
 pub struct ServiceView {
     key: ObjectKey,
@@ -71,6 +72,12 @@ impl ServiceView {
     /// one of another class keeps what its implementation wrote.
     fn has_stale_address(&self) -> bool {
         self.has_ingress && self.load_balancer.is_none()
+    }
+
+    /// Whether the controller may have work for it: the others are held as
+    /// missing, which asks for nothing but releasing an address.
+    fn concerns_us(&self) -> bool {
+        self.load_balancer.is_some() || self.has_ingress
     }
 }
 
@@ -150,7 +157,9 @@ impl LoadBalancerController {
 
     /// Runs until `token` is cancelled.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
-        let events = watch::watch_all::<Service>(&self.client).map(watch::kept::<Service, ServiceView>);
+        let events = watch::watch_all::<Service>(&self.client)
+            .map(watch::kept::<Service, ServiceView>)
+            .filter_map(|e| std::future::ready(watch::only_wanted(e, ServiceView::concerns_us)));
         futures::pin_mut!(events);
         let mut workers = None;
         loop {
@@ -219,7 +228,8 @@ impl LoadBalancerController {
         let Some(write) = self.decide(&key) else { return Ok(()) };
         let status = match write {
             Write::Ingress(ip) => serde_json::json!({"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}),
-            Write::Clear => serde_json::json!({"loadBalancer": {}}),
+            // A merge patch removes a field only by naming it null.
+            Write::Clear => serde_json::json!({"loadBalancer": {"ingress": null}}),
         };
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
         let written = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await?;
@@ -267,13 +277,17 @@ mod tests {
         let view = ServiceView::from(cluster_ip);
         assert!(view.load_balancer.is_none() && view.has_stale_address(), "an address left after a type change is cleared");
         assert!(!ServiceView::from(lb("b", None, None)).has_stale_address());
+        let mut plain = lb("p", None, None);
+        plain.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        assert!(!ServiceView::from(plain).concerns_us(), "a service of no concern is not held");
+        assert!(ServiceView::from(lb("b", None, None)).concerns_us() && view.concerns_us(), "a load balancer, and an address to clear");
         let mut other_class = lb("c", Some("127.240.0.2"), None);
         other_class.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
         let view = ServiceView::from(other_class);
         assert!(view.ours().is_none() && !view.has_stale_address(), "another implementation's address is left alone");
         let view = ServiceView::from(lb("d", Some("127.240.0.3"), None));
         assert_eq!(view.ours().and_then(ingress_ip), Some("127.240.0.3".parse().unwrap()));
-        // Kept for every service: a Service inline would make each ~1 KB.
+        // One per service it concerns: a Service inline would make each ~1 KB.
         assert!(std::mem::size_of::<ServiceView>() <= 64, "{} bytes", std::mem::size_of::<ServiceView>());
     }
 

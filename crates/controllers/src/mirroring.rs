@@ -29,7 +29,8 @@ const MAX_MIRRORED: usize = 1000;
 const WORKERS: usize = 2;
 
 /// What mirroring reads of a Service: whether it selects pods. The
-/// controller keeps one per service, not the decoded Service (1.4 KB).
+/// controller keeps one per service without a selector (those it may
+/// mirror), not the decoded Service (1.4 KB).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirroredService {
     key: ObjectKey,
@@ -154,7 +155,10 @@ impl MirroringController {
     /// Runs until `token` is cancelled; workers start once all three
     /// watches have listed.
     pub async fn run(self: Arc<Self>, token: CancellationToken) {
-        let services = watch::watch_all::<Service>(&self.client).map(watch::kept::<Service, MirroredService>);
+        // A service that selects pods is never mirrored: as good as missing.
+        let services = watch::watch_all::<Service>(&self.client)
+            .map(watch::kept::<Service, MirroredService>)
+            .filter_map(|e| std::future::ready(watch::only_wanted(e, |s: &MirroredService| !s.selects)));
         // Endpoints that opt out (every one the EndpointSlice controller
         // writes) are never sent: at 100,000 endpoints that is most of them.
         // One that opts out later arrives as a deletion.

@@ -283,3 +283,24 @@ async fn a_key_added_while_running_runs_again_after() {
     token.cancel();
     assert_eq!(q.next(&token).await, None);
 }
+
+#[test]
+fn a_consumer_holds_only_the_objects_it_wants() {
+    // Wanted: services with a label; the others are held as missing.
+    let wanted = |s: &Service| s.metadata.labels.is_some();
+    let labelled = |name: &str, rv: u64| {
+        let mut s = svc(name, rv);
+        s.metadata.labels = Some([("mirror".to_string(), "yes".to_string())].into());
+        s
+    };
+    let mut r = Watched::default();
+    let handle = |r: &mut Watched<Service>, e: Event<Service>| watch::only_wanted(e, wanted).map(|e| r.handle(e)).unwrap_or_default();
+    assert!(handle(&mut r, Event::Init).is_empty());
+    handle(&mut r, Event::InitApply(labelled("a", 1)));
+    handle(&mut r, Event::InitApply(svc("b", 2)));
+    assert_eq!(names(&handle(&mut r, Event::InitDone)), ["+a@1"], "a relist leaves out what is not wanted");
+    assert!(handle(&mut r, Event::Apply(svc("c", 3))).is_empty(), "an unwanted object is not held");
+    assert_eq!(names(&handle(&mut r, Event::Apply(svc("a", 4)))), ["-a"], "an update that makes it unwanted is its deletion");
+    assert_eq!(names(&handle(&mut r, Event::Apply(labelled("c", 5)))), ["+c@5"], "one that makes it wanted applies it");
+    assert_eq!(r.reflector.len(), 1);
+}

@@ -59,3 +59,17 @@ pub fn kept<K, T: From<K>>(event: Event<K>) -> Event<T> {
         Event::InitDone => Event::InitDone,
     }
 }
+
+/// A watch event for a consumer that has nothing to do with the objects
+/// `wanted` refuses (the mirroring controller and services that select
+/// pods): it holds them as missing. An update that makes an object
+/// unwanted comes out as its deletion, and a relist leaves it out (None:
+/// nothing to pass on), so at 10,000 services it holds only the few it
+/// acts on. A later update that makes it wanted again applies it.
+pub fn only_wanted<T>(event: Event<T>, wanted: impl Fn(&T) -> bool) -> Option<Event<T>> {
+    match event {
+        Event::Apply(o) if !wanted(&o) => Some(Event::Delete(o)),
+        Event::InitApply(o) if !wanted(&o) => None,
+        event => Some(event),
+    }
+}

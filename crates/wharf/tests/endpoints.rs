@@ -285,4 +285,20 @@ fn hand_written_endpoints_of_a_selectorless_service_are_mirrored() {
     w.kubectl_ok(&["delete", "endpoints", "external-db"]);
     let gone = support::eventually(Duration::from_secs(20), || slices().trim().is_empty().then_some(()));
     assert!(gone.is_some(), "the mirror outlived its Endpoints");
+
+    // Back, then given a selector: a selecting service is not mirrored
+    // (the mirroring controller holds it as missing, and the EndpointSlice
+    // controller takes over its Endpoints and slices).
+    let out = w.apply_text(&manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mirrors = || {
+        let selector =
+            "kubernetes.io/service-name=external-db,endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io";
+        w.kubectl_ok(&["get", "endpointslices", "-l", selector, "-o", "name"])
+    };
+    let back = support::eventually(Duration::from_secs(20), || (!mirrors().trim().is_empty()).then_some(()));
+    assert!(back.is_some(), "no mirror after the Endpoints came back");
+    w.kubectl_ok(&["patch", "service", "external-db", "-p", r#"{"spec":{"selector":{"app":"external-db"}}}"#]);
+    let unmirrored = support::eventually(Duration::from_secs(20), || mirrors().trim().is_empty().then_some(()));
+    assert!(unmirrored.is_some(), "the mirror outlived the service's new selector");
 }

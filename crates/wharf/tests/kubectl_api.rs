@@ -534,3 +534,23 @@ fn explain_reads_the_schemas_and_client_side_apply_keeps_allocated_node_ports() 
     assert!(err.contains("unknown field \"spec.sessionAfinity\""), "{err}");
     assert_eq!(w.kubectl_ok(&["get", "svc", "np", "-o", "jsonpath={.metadata.labels.v}"]), "b");
 }
+
+/// A service that stops being a load balancer loses its address; one that
+/// becomes one again gets one (the controller held it as none of its
+/// concern in between).
+#[test]
+fn a_load_balancer_address_follows_the_service_type() {
+    let w = Wharf::start(&[]);
+    let out =
+        w.apply_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: edge\nspec:\n  type: LoadBalancer\n  ports:\n  - {port: 80}\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ingress = || w.kubectl_ok(&["get", "svc", "edge", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"]);
+    let assigned = support::eventually(Duration::from_secs(20), || Some(ingress()).filter(|ip| !ip.is_empty()));
+    assert!(assigned.is_some(), "no load-balancer address");
+    w.kubectl_ok(&["patch", "svc", "edge", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]);
+    let cleared = support::eventually(Duration::from_secs(20), || ingress().is_empty().then_some(()));
+    assert!(cleared.is_some(), "a ClusterIP service kept its load-balancer address: {}", ingress());
+    w.kubectl_ok(&["patch", "svc", "edge", "-p", r#"{"spec":{"type":"LoadBalancer"}}"#]);
+    let again = support::eventually(Duration::from_secs(20), || Some(ingress()).filter(|ip| !ip.is_empty()));
+    assert!(again.is_some(), "no address after it became a load balancer again");
+}
