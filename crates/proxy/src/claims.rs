@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wharf_kube::ObjectKey;
@@ -50,7 +51,8 @@ pub struct Applied {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Holder {
     owner: Owner,
-    port: ServicePortName,
+    /// The port's name: its namespace and service are the owner's.
+    port: Arc<str>,
     scope: Scope,
 }
 
@@ -80,13 +82,13 @@ impl Claims {
     /// Asks for `frontend` for `owner`'s port `port`.
     pub fn claim(&mut self, owner: &Owner, port: &ServicePortName, frontend: &Frontend) -> Claim {
         let key = (frontend.addr, frontend.protocol);
-        let wanted = Holder { owner: owner.clone(), port: port.clone(), scope: frontend.scope };
+        let wanted = Holder { owner: owner.clone(), port: port.port.clone(), scope: frontend.scope };
         let mut taken_from = None;
         if let Some(existing) = self.holders.get(&key) {
             if existing.owner.service != owner.service && !owner.precedes(&existing.owner) {
                 return Claim::Refused(Conflict { frontend: key, owner: existing.owner.service.clone(), refused: owner.service.clone() });
             }
-            if existing.owner.service == owner.service && existing.port == *port && existing.scope == frontend.scope {
+            if existing.owner.service == owner.service && existing.port == port.port && existing.scope == frontend.scope {
                 return Claim::Held;
             }
             if existing.owner.service != owner.service {
