@@ -94,8 +94,9 @@ pub trait Keyed {
     /// As [`version_of`].
     fn version(&self) -> Option<u64>;
     /// Takes the key strings of `held`, the version of this object a table
-    /// already holds: the indexes that name the object keep the first
-    /// copy, and each update's own copy would be one more per object.
+    /// already holds (found by this key, so the keys are equal): the
+    /// indexes that name the object keep the first copy, and each update's
+    /// own copy would be one more per object.
     fn share_key(&mut self, _held: &Self) {}
 }
 
@@ -119,9 +120,7 @@ macro_rules! keyed_view {
             }
 
             fn share_key(&mut self, held: &Self) {
-                if self.key == held.key {
-                    self.key = held.key.clone();
-                }
+                self.key = held.key.clone();
             }
         }
     )+};

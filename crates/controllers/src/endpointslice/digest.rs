@@ -41,9 +41,7 @@ macro_rules! keyed_by_meta {
             }
 
             fn share_key(&mut self, held: &Self) {
-                if self.meta.key == held.meta.key {
-                    self.meta.key = held.meta.key.clone();
-                }
+                self.meta.key = held.meta.key.clone();
             }
         }
     )*};
