@@ -3,11 +3,12 @@
 //! change marks the scopes it touched in `freshness`, which tells the
 //! answer caches which of their answers are stale.
 //!
-//! Only headless services' endpoints are answered (A, SRV, PTR), so a
-//! slice of a service known to have a cluster IP or an external name keeps
-//! its ports and drops its endpoints: most services have a cluster IP, and
-//! their endpoints were most of the index. Should such a service come back
-//! headless, its slices are read again (`take_slice_relist`).
+//! Only headless services' slices are answered (A, SRV, PTR), so a slice
+//! of a service known to have a cluster IP or an external name is not
+//! kept: most services have a cluster IP, and their slices were most of
+//! the index. The service remembers that it had one dropped; should it come
+//! back headless, even after a deletion, the slices are read again
+//! (`take_slice_relist`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +40,8 @@ pub struct ServiceEntry {
     pub kind: ServiceKind,
     /// At their exact length: a collected vector keeps room for four.
     pub ports: Box<[NamedPort]>,
+    /// A slice of it was not kept, as it was not headless.
+    slices_dropped: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +78,6 @@ struct SliceEntry {
     service: Arc<str>,
     endpoints: Box<[EndpointEntry]>,
     ports: Box<[NamedPort]>,
-    /// Its endpoints were dropped: its service was not headless.
-    dropped: bool,
 }
 
 impl SliceEntry {
@@ -94,9 +95,12 @@ pub struct Index {
     by_cluster_ip: HashMap<IpAddr, FewSet<Key>>,
     /// The slices that hold each endpoint address (PTR of headless services).
     by_endpoint_ip: HashMap<IpAddr, FewSet<Key>>,
-    /// A service turned headless while slices of it had dropped their
-    /// endpoints: the slices must be read again.
+    /// A service turned headless after slices of it were dropped: the
+    /// slices must be read again.
     slice_relist_wanted: bool,
+    /// Services deleted after slices of theirs were dropped, until the
+    /// slices are read again (those slices may outlive them).
+    dropped_of_deleted: DroppedOfDeleted,
     /// Each pod's IPs, one per family.
     pods: PodAddresses,
     namespaces: HashSet<String>,
@@ -105,6 +109,33 @@ pub struct Index {
     /// Unix time of the last change (the SOA serial).
     pub serial: u32,
     synced: HashSet<&'static str>,
+}
+
+/// The most deleted services `DroppedOfDeleted` names one by one.
+const MAX_DELETED_NAMED: usize = 4096;
+
+/// Deleted services whose slices were dropped: by name up to
+/// `MAX_DELETED_NAMED`, then all at once (any headless service that
+/// appears then has the slices read again).
+#[derive(Default)]
+struct DroppedOfDeleted {
+    named: HashSet<Key>,
+    overflowed: bool,
+}
+
+impl DroppedOfDeleted {
+    fn insert(&mut self, key: Key) {
+        if self.named.len() < MAX_DELETED_NAMED {
+            self.named.insert(key);
+        } else {
+            (self.named, self.overflowed) = (HashSet::new(), true);
+        }
+    }
+
+    /// Whether slices of `key` may have been dropped; it is forgotten.
+    fn take(&mut self, key: &Key) -> bool {
+        self.named.remove(key) || self.overflowed
+    }
 }
 
 /// The watches whose initial lists must be complete before the index
@@ -175,7 +206,12 @@ impl Index {
         self.serial = u32::try_from(now).unwrap_or(u32::MAX);
     }
 
+    /// A relist of `source` is applied.
     pub fn mark_synced(&mut self, source: &'static str) {
+        if source == "endpointslices" {
+            // Every slice of a deleted service was read again.
+            self.dropped_of_deleted = DroppedOfDeleted::default();
+        }
         self.synced.insert(source);
         self.freshness.all_changed();
         self.changed([]);
@@ -268,64 +304,60 @@ impl Index {
             }
         };
         let ports = named_ports(spec.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port))));
-        let entry = ServiceEntry { kind, ports };
+        // Slices dropped while it was not headless, or while a service of
+        // its name that was deleted was not, are still in the cluster.
+        let slices_dropped = match self.services.get(&key) {
+            Some(old) => old.slices_dropped,
+            None => self.dropped_of_deleted.take(&key),
+        };
+        let mut entry = ServiceEntry { kind, ports, slices_dropped };
         if self.services.get(&key) == Some(&entry) {
             return;
         }
-        self.delete_service(&key);
+        self.remove_service(&key);
+        if entry.kind == ServiceKind::Headless {
+            self.slice_relist_wanted |= entry.slices_dropped;
+            entry.slices_dropped = false;
+        } else {
+            // Its answers need none of its slices.
+            let kept: Vec<Key> = self.slice_keys_of(&key).collect();
+            for slice_key in &kept {
+                self.remove_slice(slice_key);
+            }
+            entry.slices_dropped |= !kept.is_empty();
+        }
         if let ServiceKind::ClusterIp(ips) = &entry.kind {
             for ip in ips {
                 self.by_cluster_ip.entry(*ip).or_default().insert(key.clone());
             }
         }
         let scopes = self.service_scopes(&key, &entry);
-        let headless = entry.kind == ServiceKind::Headless;
-        self.services.insert(key.clone(), entry);
+        self.services.insert(key, entry);
         self.changed(scopes);
-        let slice_keys: Vec<Key> = self
-            .slices_of
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .map(|name| Key { namespace: key.namespace.clone(), name: name.clone() })
-            .collect();
-        if headless {
-            let dropped = slice_keys.iter().any(|k| self.slices.get(k).is_some_and(|slice| slice.dropped));
-            self.slice_relist_wanted |= dropped;
-            return;
-        }
-        // Nothing answered changes: a service with a cluster IP or an
-        // external name answers without its endpoints. Slices that dropped
-        // theirs at an earlier change of the service stay as they are.
-        for slice_key in slice_keys {
-            if self.slices.get(&slice_key).is_some_and(|slice| !slice.endpoints.is_empty()) {
-                if let Some(slice) = self.remove_slice(&slice_key) {
-                    let slice = self.as_kept(&slice_key, slice);
-                    self.insert_slice(slice_key, slice);
-                }
-            }
-        }
     }
 
-    /// Whether slices of `service` keep their endpoints: it is headless,
-    /// or not known yet.
-    fn keeps_endpoints(&self, service: &Key) -> bool {
-        self.services.get(service).is_none_or(|s| s.kind == ServiceKind::Headless)
+    /// The keys of the slices kept of `service`.
+    fn slice_keys_of<'a>(&'a self, service: &'a Key) -> impl Iterator<Item = Key> + 'a {
+        let names = self.slices_of.get(service).into_iter().flatten();
+        names.map(|name| Key { namespace: service.namespace.clone(), name: name.clone() })
+    }
+
+    /// Whether slices of `service` are kept: it is headless, or not known
+    /// yet. Of any other, the service remembers that one was dropped.
+    fn keeps_slices_of(&mut self, service: &Key) -> bool {
+        match self.services.get_mut(service) {
+            Some(entry) if entry.kind != ServiceKind::Headless => {
+                entry.slices_dropped = true;
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Whether a slice's service has asked for its slices to be read
     /// again since the last call.
     pub fn take_slice_relist(&mut self) -> bool {
         std::mem::take(&mut self.slice_relist_wanted)
-    }
-
-    /// A slice as the index keeps it: without its endpoints if its
-    /// service needs none.
-    fn as_kept(&self, key: &Key, mut slice: SliceEntry) -> SliceEntry {
-        if !slice.endpoints.is_empty() && !self.keeps_endpoints(&slice.owner(key)) {
-            (slice.endpoints, slice.dropped) = (Box::default(), true);
-        }
-        slice
     }
 
     fn insert_slice(&mut self, key: Key, slice: SliceEntry) {
@@ -357,15 +389,21 @@ impl Index {
     }
 
     pub fn delete_service(&mut self, key: &Key) {
-        if let Some(old) = self.services.remove(key) {
-            if let ServiceKind::ClusterIp(ips) = &old.kind {
-                for ip in ips {
-                    few::remove_from(&mut self.by_cluster_ip, ip, key);
-                }
-            }
-            let scopes = self.service_scopes(key, &old);
-            self.changed(scopes);
+        if self.remove_service(key).is_some_and(|old| old.slices_dropped) {
+            self.dropped_of_deleted.insert(key.clone());
         }
+    }
+
+    fn remove_service(&mut self, key: &Key) -> Option<ServiceEntry> {
+        let old = self.services.remove(key)?;
+        if let ServiceKind::ClusterIp(ips) = &old.kind {
+            for ip in ips {
+                few::remove_from(&mut self.by_cluster_ip, ip, key);
+            }
+        }
+        let scopes = self.service_scopes(key, &old);
+        self.changed(scopes);
+        Some(old)
     }
 
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
@@ -378,6 +416,10 @@ impl Index {
         };
         // The name as the service's own key holds it: one copy.
         let owner = Key { namespace: key.namespace.clone(), name: service };
+        if !self.keeps_slices_of(&owner) {
+            self.delete_slice(&key);
+            return;
+        }
         let service = self.services.get_key_value(&owner).map_or(owner.name, |(held, _)| held.name.clone());
         let endpoints = slice
             .endpoints
@@ -392,7 +434,7 @@ impl Index {
             })
             .collect();
         let ports = named_ports(slice.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), p.port)));
-        let entry = self.as_kept(&key, SliceEntry { service, endpoints, ports, dropped: false });
+        let entry = SliceEntry { service, endpoints, ports };
         if self.slices.get(&key) == Some(&entry) {
             return;
         }
@@ -489,50 +531,90 @@ mod tests {
     }
 
     /// What the index answers of a headless service's endpoint at `ip`,
-    /// and what it holds of the slice.
-    fn held(idx: &Index, ip: &str, slice: &str) -> (Vec<(Key, String)>, usize, bool) {
-        let entry = &idx.slices[&Key::new("ns", slice)];
-        (idx.headless_with_endpoint(ip.parse().unwrap()), entry.endpoints.len(), entry.dropped)
+    /// and how many endpoints it holds of the slice, if it holds it.
+    fn held(idx: &Index, ip: &str, slice: &str) -> (Vec<(Key, String)>, Option<usize>) {
+        let entry = idx.slices.get(&Key::new("ns", slice));
+        (idx.headless_with_endpoint(ip.parse().unwrap()), entry.map(|e| e.endpoints.len()))
     }
 
     #[test]
-    fn only_slices_of_headless_or_unknown_services_keep_their_endpoints() {
+    fn only_slices_of_headless_or_unknown_services_are_kept() {
         let mut idx = Index::default();
         let web = Key::new("ns", "web");
-        // Before its service is known, a slice keeps its endpoints.
+        // Before its service is known, a slice is kept.
         idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
-        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], 1, false));
-        // A cluster IP: the endpoints go, nothing answered changes.
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], Some(1)));
+        // A cluster IP: the slices go, nothing answered changes.
         idx.apply_service(&service("web", "127.96.0.1"));
-        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], 0, true));
-        assert!(idx.endpoints("ns", "web").is_empty() && idx.by_endpoint_ip.is_empty());
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![], None));
+        assert!(idx.endpoints("ns", "web").is_empty() && idx.by_endpoint_ip.is_empty() && idx.slices_of.is_empty());
         idx.apply_slice(&slice("web-b", "web", "198.18.0.2"));
-        assert_eq!(held(&idx, "198.18.0.2", "web-b"), (vec![], 0, true), "a new slice of it keeps none either");
-        assert!(!idx.take_slice_relist());
+        assert_eq!(held(&idx, "198.18.0.2", "web-b"), (vec![], None), "nor is a new slice of it");
+        idx.apply_service(&service("web", "127.96.0.2"));
+        assert!(!idx.take_slice_relist(), "nothing to read while it has a cluster IP");
 
-        // Gone, and back headless: its slices must be read again.
-        idx.delete_service(&web);
+        // Turned headless: its slices must be read again.
         idx.apply_service(&service("web", "None"));
         assert!(idx.take_slice_relist());
         assert!(!idx.take_slice_relist(), "asked once");
         // The relist gives them back.
         idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
-        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![(web.clone(), "h".to_string())], 1, false));
+        assert_eq!(held(&idx, "198.18.0.1", "web-a"), (vec![(web.clone(), "h".to_string())], Some(1)));
 
-        // A headless service's slices keep theirs from the start, found by address.
+        // A headless service's slices are kept from the start, found by address.
         idx.apply_service(&service("db", "None"));
         idx.apply_slice(&slice("db-a", "db", "198.18.0.1"));
         let both = vec![(Key::new("ns", "db"), "h".to_string()), (web, "h".to_string())];
-        assert_eq!(held(&idx, "198.18.0.1", "db-a"), (both, 1, false));
+        assert_eq!(held(&idx, "198.18.0.1", "db-a"), (both, Some(1)));
         idx.delete_slice(&Key::new("ns", "db-a"));
         idx.delete_slice(&Key::new("ns", "web-a"));
         assert!(idx.by_endpoint_ip.is_empty() && idx.headless_with_endpoint("198.18.0.1".parse().unwrap()).is_empty());
+        assert!(!idx.take_slice_relist(), "a headless service whose slices were all kept reads none again");
+    }
+
+    #[test]
+    fn slices_dropped_for_a_deleted_service_are_read_again_for_its_successor() {
+        let mut idx = Index::default();
+        let web = Key::new("ns", "web");
+        idx.apply_service(&service("web", "127.96.0.1"));
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        // Deleted, and back headless: its slices may still be in the cluster.
+        idx.delete_service(&web);
+        idx.apply_service(&service("web", "None"));
+        assert!(idx.take_slice_relist());
+        // Deleted, back with a cluster IP, then headless.
+        idx.apply_service(&service("web", "127.96.0.1"));
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        idx.delete_service(&web);
+        idx.apply_service(&service("web", "127.96.0.3"));
+        idx.apply_service(&service("web", "None"));
+        assert!(idx.take_slice_relist());
+        // A relist of the slices forgets the deleted services.
+        idx.apply_service(&service("web", "127.96.0.1"));
+        idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
+        idx.delete_service(&web);
+        idx.mark_synced("endpointslices");
+        idx.apply_service(&service("web", "None"));
+        assert!(!idx.take_slice_relist());
+    }
+
+    #[test]
+    fn deleted_services_are_named_up_to_a_bound_then_counted_as_all() {
+        let mut dropped = DroppedOfDeleted::default();
+        for i in 0..=MAX_DELETED_NAMED {
+            dropped.insert(Key::new("ns", format!("s{i}")));
+        }
+        assert!(dropped.named.len() <= MAX_DELETED_NAMED);
+        assert!(dropped.take(&Key::new("ns", "never-deleted")), "past the bound, any service may have had its slices dropped");
+        let mut few = DroppedOfDeleted::default();
+        few.insert(Key::new("ns", "a"));
+        assert!(few.take(&Key::new("ns", "a")) && !few.take(&Key::new("ns", "a")) && !few.take(&Key::new("ns", "b")));
     }
 
     #[test]
     fn a_slice_names_its_service_with_the_services_own_copy() {
         let mut idx = Index::default();
-        idx.apply_service(&service("web", "127.96.0.1"));
+        idx.apply_service(&service("web", "None"));
         idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
         let (held, _) = idx.services.get_key_value(&Key::new("ns", "web")).unwrap();
         assert!(Arc::ptr_eq(&idx.slices[&Key::new("ns", "web-a")].service, &held.name), "one copy of the name, not one per slice");
