@@ -13,6 +13,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 use wharf_api::node_status::EndpointTraffic;
+use wharf_kube::ObjectKey;
 
 use crate::accept::{self, Acceptor, Listening};
 use crate::balancer::{self, ActiveGuard, Affinity, Backend};
@@ -416,7 +417,9 @@ pub struct Dataplane {
     node: String,
     limits: ProxyLimits,
     metrics: Arc<ProxyMetrics>,
-    ports: HashMap<ServicePortName, Arc<PortState>>,
+    /// Each service's ports: an update looks at its own, never at every
+    /// service's.
+    ports: HashMap<ObjectKey, Box<[Arc<PortState>]>>,
     claims: Claims,
     /// Each worker's TCP listeners (`accept.rs`).
     acceptors: Vec<Acceptor<TcpFrontend>>,
@@ -493,7 +496,7 @@ impl Dataplane {
     /// Every endpoint's traffic on this node (those that carried any).
     pub fn traffic(&self) -> Vec<EndpointTraffic> {
         let mut traffic = Vec::new();
-        for port in self.ports.values() {
+        for port in self.ports.values().flatten() {
             port.traffic(&mut traffic);
         }
         traffic
@@ -501,19 +504,23 @@ impl Dataplane {
 
     /// Service ports known.
     pub fn service_ports(&self) -> usize {
-        self.ports.len()
-    }
-
-    pub fn port(&self, name: &ServicePortName) -> Option<Arc<PortState>> {
-        self.ports.get(name).cloned()
+        self.ports.values().map(|ports| ports.len()).sum()
     }
 
     /// Brings one service's listeners and endpoints to `ports`.
     pub fn apply(&mut self, owner: Owner, ports: &[ServicePort]) -> Applied {
         let mut applied = Applied::default();
         let mut wanted: Vec<FrontendKey> = Vec::new();
+        let previous = self.ports.remove(&owner.service).unwrap_or_default();
+        let mut states: Vec<Arc<PortState>> = Vec::with_capacity(ports.len());
         for port in ports {
-            let state = self.ports.entry(port.name.clone()).or_insert_with(|| PortState::new(port.name.clone(), &self.metrics)).clone();
+            let state = match states.iter().chain(previous.iter()).find(|state| state.name == port.name) {
+                Some(held) => held.clone(),
+                None => PortState::new(port.name.clone(), &self.metrics),
+            };
+            if !states.iter().any(|held| Arc::ptr_eq(held, &state)) {
+                states.push(state.clone());
+            }
             state.update(port, &self.node, self.limits.drain, self.limits.affinity_entries, &self.workers[0]);
             for frontend in &port.frontends {
                 let key = (frontend.addr, frontend.protocol);
@@ -546,14 +553,12 @@ impl Dataplane {
                 listener.stop(&self.acceptors);
             }
         }
-        let names: HashSet<&ServicePortName> = ports.iter().map(|p| &p.name).collect();
-        self.ports.retain(|name, state| {
-            let kept = (*name.namespace != *owner.service.namespace || *name.service != *owner.service.name) || names.contains(name);
-            if !kept {
-                state.forget_metrics();
-            }
-            kept
-        });
+        for gone in previous.iter().filter(|held| !states.iter().any(|state| Arc::ptr_eq(state, held))) {
+            gone.forget_metrics();
+        }
+        if !states.is_empty() {
+            self.ports.insert(owner.service, states.into_boxed_slice());
+        }
         applied
     }
 
@@ -622,6 +627,33 @@ mod tests {
         let (internal, external) = (state.backends(Lane::ALL[0]), state.backends(Lane::ALL[2]));
         assert_eq!(addrs(Lane::ALL[2]), vec![cluster.endpoints[0].addr]);
         assert!(Arc::ptr_eq(&internal, &external), "equal lanes share one set");
+    }
+
+    #[tokio::test]
+    async fn a_service_update_keeps_its_own_ports_and_touches_no_other() {
+        let mut dataplane =
+            Dataplane::new(vec![Handle::current()], "n1".into(), ProxyLimits::default(), ProxyMetrics::default(), vec![]).unwrap();
+        let owner = |service: &str| Owner { service: ObjectKey::new("default", service), created: None };
+        let port = |service: &str, port: &str| ServicePort {
+            name: ServicePortName { namespace: "default".into(), service: service.into(), port: port.into() },
+            frontends: vec![],
+            endpoints: vec![],
+            affinity: None,
+            internal_local: false,
+            external_local: false,
+        };
+        dataplane.apply(owner("web"), &[port("web", "http"), port("web", "metrics")]);
+        dataplane.apply(owner("db"), &[port("db", "sql")]);
+        let held = |dataplane: &Dataplane, service: &str| dataplane.ports[&ObjectKey::new("default", service)].to_vec();
+        let (http, sql) = (held(&dataplane, "web")[0].clone(), held(&dataplane, "db")[0].clone());
+        assert_eq!(dataplane.service_ports(), 3);
+
+        dataplane.apply(owner("web"), &[port("web", "http")]);
+        assert_eq!(dataplane.service_ports(), 2, "the port the service no longer has is gone");
+        assert!(Arc::ptr_eq(&held(&dataplane, "web")[0], &http), "the port it keeps is the state held: its counters go on");
+        assert!(Arc::ptr_eq(&held(&dataplane, "db")[0], &sql), "another service's port is untouched");
+        dataplane.apply(owner("web"), &[]);
+        assert!(!dataplane.ports.contains_key(&ObjectKey::new("default", "web")) && dataplane.service_ports() == 1);
     }
 
     #[tokio::test]
