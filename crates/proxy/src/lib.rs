@@ -87,7 +87,8 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
 struct Model {
     services: HashMap<ObjectKey, Box<ServiceView>>,
     slices: HashMap<ObjectKey, Box<SliceView>>,
-    slices_of: HashMap<ObjectKey, FewSet<ObjectKey>>,
+    /// Each service's slices, by name (their namespace is the service's).
+    slices_of: HashMap<ObjectKey, FewSet<Arc<str>>>,
     touched: HashSet<ObjectKey>,
     synced: HashSet<&'static str>,
 }
@@ -99,15 +100,16 @@ impl Model {
 
     fn remove_slice(&mut self, key: &ObjectKey) -> Option<Box<SliceView>> {
         let slice = self.slices.remove(key)?;
-        if let Some(owner) = &slice.owner {
-            few::remove_from(&mut self.slices_of, owner, key);
-            self.touched.insert(owner.clone());
+        if let Some(owner) = slice.owner() {
+            few::remove_from(&mut self.slices_of, &owner, &*key.name);
+            self.touched.insert(owner);
         }
         Some(slice)
     }
 
     fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
-        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k).map(|slice| &**slice))
+        let (names, namespace) = (self.slices_of.get(key).into_iter().flatten(), key.namespace.clone());
+        names.filter_map(move |name| self.slices.get(&ObjectKey { namespace: namespace.clone(), name: name.clone() }).map(|slice| &**slice))
     }
 }
 
@@ -139,15 +141,12 @@ impl Table<SliceView> for Model {
         if let Some(held) = self.remove_slice(&slice.key) {
             slice.share_key(&held);
         }
-        // The owner's name as the service's own key holds it.
-        if let Some(owner) = &mut slice.owner {
-            if let Some((held, _)) = self.services.get_key_value(owner) {
-                *owner = held.clone();
-            }
-        }
         let key = slice.key.clone();
-        let Some(owner) = slice.owner.clone() else { return };
-        self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
+        let Some(owner) = slice.owner() else { return };
+        // The owner's name as the service's own key holds it.
+        let owner = self.services.get_key_value(&owner).map_or(owner, |(held, _)| held.clone());
+        slice.share_owner(&owner);
+        self.slices_of.entry(owner.clone()).or_default().insert(key.name.clone());
         self.touched.insert(owner);
         self.slices.insert(key, Box::new(slice));
     }
@@ -421,7 +420,7 @@ mod tests {
         assert!(Arc::ptr_eq(&svc.key.name, &service_key.name), "an update keeps the name the table's key holds");
         let slice = &model.slices[&first];
         assert!(Arc::ptr_eq(&slice.key.name, &first.name), "an updated slice keeps its first copy of its name");
-        let owner = slice.owner.as_ref().unwrap();
+        let owner = slice.owner().unwrap();
         assert!(Arc::ptr_eq(&owner.name, &service_key.name), "a slice names its service with the service's own copy");
     }
 }

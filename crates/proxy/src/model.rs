@@ -4,7 +4,8 @@
 //! (userspace sockets today, kernel rules later) only carries it out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -325,26 +326,47 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
 
 /// An EndpointSlice as the proxy keeps it: which it is and whose, its
 /// ports and, per endpoint, its first address, conditions and node. A
-/// decoded slice costs about 450 bytes an endpoint; this costs 24.
-/// Its lists are boxed slices: a collected `Vec` keeps up to twice the room.
+/// decoded slice costs about 450 bytes an endpoint; this costs 12 (IPv4)
+/// or 24 (IPv6). Its lists are boxed slices: a collected `Vec` keeps up to
+/// twice the room. With its box, 128 bytes: the allocator's class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceView {
     pub key: ObjectKey,
-    version: Option<u64>,
-    /// The service it belongs to (`kubernetes.io/service-name`).
-    pub owner: Option<ObjectKey>,
+    version: Option<NonZeroU64>,
+    /// The name of the service it belongs to (`kubernetes.io/service-name`),
+    /// in its own namespace.
+    owner: Option<Arc<str>>,
     /// (name, protocol, number) of each port it can carry.
-    ports: Box<[(String, Protocol, u16)]>,
-    endpoints: Box<[SliceEndpoint]>,
+    ports: Box<[(Arc<str>, Protocol, u16)]>,
+    /// Each endpoint's first address: the API calls an endpoint's
+    /// addresses fungible and lets a consumer use only the first, as
+    /// kube-proxy does.
+    addresses: Addresses,
+    /// Each endpoint's conditions and node, in the order of `addresses`.
+    endpoints: Box<[EndpointState]>,
     /// The nodes its endpoints name, each once.
     nodes: Box<[Arc<str>]>,
 }
 
+/// A slice's addresses, all of its one family: an IPv4 address takes 4
+/// bytes, where an `IpAddr` takes 17.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct SliceEndpoint {
-    /// The first address: the API calls an endpoint's addresses fungible
-    /// and lets a consumer use only the first, as kube-proxy does.
-    address: IpAddr,
+enum Addresses {
+    V4(Box<[Ipv4Addr]>),
+    V6(Box<[Ipv6Addr]>),
+}
+
+impl Addresses {
+    fn get(&self, i: usize) -> Option<IpAddr> {
+        match self {
+            Addresses::V4(all) => all.get(i).copied().map(IpAddr::V4),
+            Addresses::V6(all) => all.get(i).copied().map(IpAddr::V6),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EndpointState {
     ready: bool,
     serving: bool,
     terminating: bool,
@@ -354,52 +376,84 @@ struct SliceEndpoint {
     node: Option<u16>,
 }
 
+impl SliceView {
+    /// The service it belongs to.
+    pub fn owner(&self) -> Option<ObjectKey> {
+        Some(ObjectKey { namespace: self.key.namespace.clone(), name: self.owner.clone()? })
+    }
+
+    /// Names its service with `held`'s copy of the name.
+    pub fn share_owner(&mut self, held: &ObjectKey) {
+        if self.owner.as_deref() == Some(&*held.name) {
+            self.owner = Some(held.name.clone());
+        }
+    }
+
+    /// Each endpoint's address and state.
+    fn endpoints(&self) -> impl Iterator<Item = (IpAddr, &EndpointState)> + '_ {
+        self.endpoints.iter().enumerate().filter_map(|(i, state)| Some((self.addresses.get(i)?, state)))
+    }
+}
+
 impl From<EndpointSlice> for SliceView {
     fn from(slice: EndpointSlice) -> Self {
         let meta = &slice.metadata;
         let key = ObjectKey::of_meta(meta);
-        let owner = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
-        let owner = owner.map(|name| ObjectKey::new(key.namespace.clone(), name.as_str()));
-        let mut view =
-            SliceView { key, version: version_in(meta), owner, ports: Box::default(), endpoints: Box::default(), nodes: Box::default() };
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            return view; // FQDN slices carry nothing a proxy can dial
-        }
+        let owner = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(|name| Arc::from(name.as_str()));
+        let mut view = SliceView {
+            key,
+            version: version_in(meta).and_then(NonZeroU64::new),
+            owner,
+            ports: Box::default(),
+            addresses: Addresses::V4(Box::default()),
+            endpoints: Box::default(),
+            nodes: Box::default(),
+        };
+        let v6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => return view, // FQDN slices carry nothing a proxy can dial
+        };
         view.ports = slice
             .ports
             .iter()
             .flatten()
             .filter_map(|sp| {
                 let number = sp.port.and_then(|n| u16::try_from(n).ok())?;
-                Some((sp.name.clone().unwrap_or_default(), Protocol::parse(sp.protocol.as_deref())?, number))
+                Some((shared_str::shared(sp.name.as_deref().unwrap_or_default()), Protocol::parse(sp.protocol.as_deref())?, number))
             })
             .collect();
         let mut nodes: Vec<Arc<str>> = Vec::new();
         let mut node_index: HashMap<&str, u16> = HashMap::new();
-        view.endpoints = slice
-            .endpoints
-            .iter()
-            .filter_map(|ep| {
-                let cond = ep.conditions.clone().unwrap_or_default();
-                let node = ep.node_name.as_deref().and_then(|name| match node_index.get(name) {
-                    Some(&i) => Some(i),
-                    None => {
-                        let i = u16::try_from(nodes.len()).ok()?;
-                        nodes.push(shared_str::shared(name));
-                        node_index.insert(name, i);
-                        Some(i)
-                    }
-                });
-                Some(SliceEndpoint {
-                    address: ep.addresses.first()?.parse().ok()?,
-                    // Unset conditions mean ready (and so serving), as in the API.
-                    ready: cond.ready.unwrap_or(true),
-                    serving: cond.serving.or(cond.ready).unwrap_or(true),
-                    terminating: cond.terminating.unwrap_or(false),
-                    node,
-                })
-            })
-            .collect();
+        let (mut v4s, mut v6s, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
+        for ep in &slice.endpoints {
+            match ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) {
+                Some(IpAddr::V4(address)) if !v6 => v4s.push(address),
+                Some(IpAddr::V6(address)) if v6 => v6s.push(address),
+                _ => continue, // none, or of the other family: not the slice's
+            }
+            let node = ep.node_name.as_deref().and_then(|name| match node_index.get(name) {
+                Some(&i) => Some(i),
+                None => {
+                    let i = u16::try_from(nodes.len()).ok()?;
+                    nodes.push(shared_str::shared(name));
+                    node_index.insert(name, i);
+                    Some(i)
+                }
+            });
+            let cond = ep.conditions.as_ref();
+            let (ready, serving, terminating) =
+                (cond.and_then(|c| c.ready), cond.and_then(|c| c.serving), cond.and_then(|c| c.terminating));
+            endpoints.push(EndpointState {
+                // Unset conditions mean ready (and so serving), as in the API.
+                ready: ready.unwrap_or(true),
+                serving: serving.or(ready).unwrap_or(true),
+                terminating: terminating.unwrap_or(false),
+                node,
+            });
+        }
+        view.addresses = if v6 { Addresses::V6(v6s.into()) } else { Addresses::V4(v4s.into()) };
+        view.endpoints = endpoints.into();
         view.nodes = nodes.into();
         view
     }
@@ -418,9 +472,9 @@ pub fn attach_endpoints<'a>(
             let protocol = protocol_of(port);
             let matching = slice.ports.iter().find(|(name, p, _)| **name == *port.name.port && *p == protocol);
             let Some(&(_, _, number)) = matching else { continue };
-            for ep in &slice.endpoints {
+            for (address, ep) in slice.endpoints() {
                 found.entry(i).or_default().insert(Endpoint {
-                    addr: SocketAddr::new(ep.address, number),
+                    addr: SocketAddr::new(address, number),
                     ready: ep.ready,
                     serving: ep.serving,
                     terminating: ep.terminating,
@@ -492,10 +546,7 @@ mod tests {
             "labels": {"kubernetes.io/service-name": "web"}}, "addressType": "FQDN", "endpoints": []}))
         .unwrap();
         let view = SliceView::from(slice);
-        assert_eq!(
-            (view.key(), view.version(), view.owner.clone()),
-            (ObjectKey::new("d", "web-x"), Some(9), Some(ObjectKey::new("d", "web")))
-        );
+        assert_eq!((view.key(), view.version(), view.owner()), (ObjectKey::new("d", "web-x"), Some(9), Some(ObjectKey::new("d", "web"))));
         assert!(view.ports.is_empty() && view.endpoints.is_empty(), "an FQDN slice carries nothing to dial");
     }
 
@@ -539,11 +590,25 @@ mod tests {
                 ("127.0.0.4:8080".to_string(), Some("n1"))
             ]
         );
-        assert!(
-            std::mem::size_of::<SliceEndpoint>() <= 24,
-            "an endpoint of a slice view is {} bytes",
-            std::mem::size_of::<SliceEndpoint>()
-        );
+        // 24 bytes an endpoint when each held an `IpAddr`; the view grew
+        // by the addresses' family, its owner shrank to a name.
+        assert!(matches!(&s.addresses, Addresses::V4(all) if all.len() == 4), "IPv4 addresses at 4 bytes each");
+        assert!(std::mem::size_of::<EndpointState>() <= 8, "an endpoint's state is {} bytes", std::mem::size_of::<EndpointState>());
+        assert!(std::mem::size_of::<SliceView>() <= 128, "a slice view is {} bytes", std::mem::size_of::<SliceView>());
+    }
+
+    #[test]
+    fn an_ipv6_slice_dials_its_ipv6_addresses_only() {
+        let mut ports = service_ports(&fleet(), &node());
+        let s: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "s"}, "addressType": "IPv6",
+            "endpoints": [{"addresses": ["fd00::7"], "nodeName": "n1"}, {"addresses": ["127.0.0.8"], "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+        .unwrap();
+        let s = SliceView::from(s);
+        assert!(matches!(&s.addresses, Addresses::V6(all) if all.len() == 1), "an address of the other family is not the slice's");
+        attach_endpoints(&mut ports, [&s], |p| p.frontends[0].protocol);
+        let all: Vec<(String, Option<&str>)> = ports[0].endpoints.iter().map(|e| (e.addr.to_string(), e.node.as_deref())).collect();
+        assert_eq!(all, [("[fd00::7]:8080".to_string(), Some("n1"))]);
     }
 
     #[test]
