@@ -2,13 +2,17 @@
 //! the port's one shared copy, and its direction or reason a constant. A
 //! port's series appear when it first carries traffic (or fails to).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use once_cell::race::OnceBox;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::model::ServicePortName;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -72,12 +76,15 @@ impl ProxyMetrics {
 pub struct PortMetrics {
     /// Shared: the families are seven handles (112 bytes a copy).
     family: Arc<ProxyMetrics>,
-    service: Arc<str>,
-    series: OnceLock<Box<PortSeries>>,
+    name: ServicePortName,
+    series: OnceBox<PortSeries>,
 }
 
 /// A port's series, looked up once so the data path only does atomic adds.
 pub struct PortSeries {
+    /// The port's name as its series label it (`namespace/service:port`):
+    /// made with them, as most ports never need it.
+    service: Arc<str>,
     pub active: Gauge,
     pub to_endpoint: Counter,
     pub to_client: Counter,
@@ -89,7 +96,7 @@ pub struct PortSeries {
 }
 
 impl PortSeries {
-    fn new(family: &ProxyMetrics, service: &Arc<str>) -> Self {
+    fn new(family: &ProxyMetrics, service: Arc<str>) -> Self {
         let bytes = |direction| family.bytes.get_or_create(&DirectionLabels { service: service.clone(), direction }).clone();
         let error = |reason| family.errors.get_or_create(&ErrorLabels { service: service.clone(), reason }).clone();
         PortSeries {
@@ -101,6 +108,7 @@ impl PortSeries {
             drained: error("drained"),
             idle_timeout: error("idle_timeout"),
             half_closed_timeout: error("half_closed_timeout"),
+            service,
         }
     }
 
@@ -114,37 +122,38 @@ impl PortSeries {
 }
 
 impl PortMetrics {
-    pub fn new(family: &Arc<ProxyMetrics>, service: &str) -> Self {
-        PortMetrics { family: family.clone(), service: service.into(), series: OnceLock::new() }
+    pub fn new(family: &Arc<ProxyMetrics>, name: ServicePortName) -> Self {
+        PortMetrics { family: family.clone(), name, series: OnceBox::new() }
     }
 
-    /// The port's name as its series label it (`namespace/service:port`).
-    pub fn service(&self) -> &str {
-        &self.service
+    pub fn name(&self) -> &ServicePortName {
+        &self.name
     }
 
     /// The port's series, made on first use.
     pub fn series(&self) -> &PortSeries {
-        self.series.get_or_init(|| Box::new(PortSeries::new(&self.family, &self.service)))
+        self.series.get_or_init(|| Box::new(PortSeries::new(&self.family, self.name.to_string().into())))
     }
 
-    fn endpoint_labels(&self, endpoint: std::net::SocketAddr) -> EndpointLabels {
-        EndpointLabels { service: self.service.clone(), endpoint: endpoint.to_string() }
+    fn endpoint_labels(service: &Arc<str>, endpoint: std::net::SocketAddr) -> EndpointLabels {
+        EndpointLabels { service: service.clone(), endpoint: endpoint.to_string() }
     }
 
-    fn direction_labels(&self, endpoint: std::net::SocketAddr, direction: &'static str) -> EndpointDirectionLabels {
-        EndpointDirectionLabels { service: self.service.clone(), endpoint: endpoint.to_string(), direction }
+    fn direction_labels(service: &Arc<str>, endpoint: std::net::SocketAddr, direction: &'static str) -> EndpointDirectionLabels {
+        EndpointDirectionLabels { service: service.clone(), endpoint: endpoint.to_string(), direction }
     }
 
-    /// One endpoint's series, created when it first carries traffic.
+    /// One endpoint's series, created when it first carries traffic (the
+    /// port's are made then too: an endpoint's never outlive them).
     pub fn endpoint(&self, endpoint: std::net::SocketAddr) -> EndpointCounters {
-        let labels = self.endpoint_labels(endpoint);
+        let service = &self.series().service;
+        let labels = Self::endpoint_labels(service, endpoint);
         // One statement each: a family's guard lives to the end of its
         // statement, and a second insert into it would wait for it forever.
         let connections = self.family.connections.get_or_create(&labels).clone();
         let active = self.family.endpoint_active.get_or_create(&labels).clone();
-        let to_endpoint = self.family.endpoint_bytes.get_or_create(&self.direction_labels(endpoint, "to_endpoint")).clone();
-        let to_client = self.family.endpoint_bytes.get_or_create(&self.direction_labels(endpoint, "to_client")).clone();
+        let to_endpoint = self.family.endpoint_bytes.get_or_create(&Self::direction_labels(service, endpoint, "to_endpoint")).clone();
+        let to_client = self.family.endpoint_bytes.get_or_create(&Self::direction_labels(service, endpoint, "to_client")).clone();
         let connect_errors = self.family.endpoint_connect_errors.get_or_create(&labels).clone();
         EndpointCounters { connections, active, to_endpoint, to_client, connect_errors, last_error: std::sync::Mutex::default() }
     }
@@ -152,22 +161,24 @@ impl PortMetrics {
     /// Drops the series of an endpoint that left, so churn of pods does not
     /// grow the metrics without bound.
     pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr) {
-        let labels = self.endpoint_labels(endpoint);
+        let Some(series) = self.series.get() else { return };
+        let labels = Self::endpoint_labels(&series.service, endpoint);
         self.family.connections.remove(&labels);
         self.family.endpoint_active.remove(&labels);
         self.family.endpoint_connect_errors.remove(&labels);
         for direction in ["to_endpoint", "to_client"] {
-            self.family.endpoint_bytes.remove(&self.direction_labels(endpoint, direction));
+            self.family.endpoint_bytes.remove(&Self::direction_labels(&series.service, endpoint, direction));
         }
     }
 
     /// Drops every series of this service port (it is gone), with those of
     /// its `endpoints`.
     pub fn forget(&self, endpoints: impl IntoIterator<Item = std::net::SocketAddr>) {
+        let Some(series) = self.series.get() else { return };
         for endpoint in endpoints {
             self.forget_endpoint(endpoint);
         }
-        let service = || self.service.clone();
+        let service = || series.service.clone();
         self.family.active.remove(&ServiceLabels { service: service() });
         for direction in ["to_endpoint", "to_client"] {
             self.family.bytes.remove(&DirectionLabels { service: service(), direction });
@@ -217,10 +228,13 @@ mod tests {
         let family = Arc::new(ProxyMetrics::default());
         let mut registry = Registry::default();
         family.register(&mut registry);
-        let port = PortMetrics::new(&family, "default/web:http");
+        let name = ServicePortName { namespace: "default".into(), service: "web".into(), port: "http".into() };
+        let port = PortMetrics::new(&family, name);
         assert!(!exported(&registry).contains("default/web:http"), "no series before the port is used");
+        port.forget_endpoint("10.0.0.1:80".parse().unwrap());
+        assert!(port.series.get().is_none(), "forgetting what was never made makes nothing");
         port.series().no_endpoint.inc();
-        assert_eq!(Arc::strong_count(&port.service), 9, "the port and its eight series share one service name");
+        assert_eq!(Arc::strong_count(&port.series().service), 9, "the port's eight series and the port share one service name");
         assert!(exported(&registry).contains(r#"wharf_proxy_errors_total{service="default/web:http",reason="no_endpoint"} 1"#));
         let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
         port.endpoint(a).connections.inc();

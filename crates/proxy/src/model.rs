@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,22 +185,33 @@ pub struct NodeView {
 pub struct ServiceView {
     pub key: ObjectKey,
     uid: Option<Uid>,
-    version: Option<u64>,
+    version: Option<NonZeroU64>,
     pub created: Option<Time>,
     /// ExternalName: a DNS alias, nothing to proxy.
     external_name: bool,
     cluster_ips: Box<[IpAddr]>,
-    /// `spec.ipFamilies`; empty when not listed.
-    families: Box<[IpFamily]>,
-    /// Load-balancer ingress addresses (type LoadBalancer only).
-    lb_ips: Box<[IpAddr]>,
-    external_ips: Box<[IpAddr]>,
-    affinity: Option<Duration>,
+    /// `spec.ipFamilies` (at most two); none when not listed.
+    families: [Option<IpFamily>; 2],
+    /// Load-balancer ingress addresses (type LoadBalancer only) and
+    /// external IPs: one list, empty for most services.
+    external: Box<[ExternalIp]>,
+    /// The ClientIP affinity timeout in seconds (the API bounds it to a
+    /// day), if affinity is on.
+    affinity: Option<NonZeroU32>,
     ports: Box<[PortSpec]>,
     internal_local: bool,
     external_local: bool,
     /// `healthCheckNodePort`, served only with `externalTrafficPolicy: Local`.
     pub health_check_port: Option<u16>,
+}
+
+/// An address outside the cluster's ranges that a service answers on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ExternalIp {
+    /// A load-balancer ingress address: served on every node.
+    LoadBalancer(IpAddr),
+    /// `spec.externalIPs`: served where the address is local.
+    External(IpAddr),
 }
 
 /// One port of a service the proxy can carry.
@@ -212,6 +223,9 @@ struct PortSpec {
     node_port: Option<u16>,
 }
 
+/// Kubernetes' ClientIP affinity timeout when none is given: three hours.
+const DEFAULT_AFFINITY_SECONDS: NonZeroU32 = NonZeroU32::new(10_800).unwrap();
+
 fn addresses<'a>(ips: impl IntoIterator<Item = &'a str>) -> Box<[IpAddr]> {
     ips.into_iter().filter_map(|ip| ip.parse().ok()).collect()
 }
@@ -222,11 +236,14 @@ impl From<Service> for ServiceView {
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
         let ingress = svc.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
         let lb_ips = if ty == "LoadBalancer" { addresses(ingress.iter().filter_map(|i| i.ip.as_deref())) } else { Box::default() };
+        let external_ips = addresses(spec.external_ips.iter().flatten().map(String::as_str));
+        let external = lb_ips.iter().map(|ip| ExternalIp::LoadBalancer(*ip)).chain(external_ips.iter().map(|ip| ExternalIp::External(*ip)));
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             let secs =
                 spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
-            Duration::from_secs(u64::try_from(secs).unwrap_or(10800))
+            u32::try_from(secs).ok().and_then(NonZeroU32::new).unwrap_or(DEFAULT_AFFINITY_SECONDS)
         });
+        let mut families = spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f));
         let ports = spec
             .ports
             .iter()
@@ -245,13 +262,12 @@ impl From<Service> for ServiceView {
         ServiceView {
             key: ObjectKey::of_meta(&svc.metadata),
             uid: svc.metadata.uid.as_deref().map(Uid::new),
-            version: version_in(&svc.metadata),
+            version: version_in(&svc.metadata).and_then(NonZeroU64::new),
             created: svc.metadata.creation_timestamp,
             external_name: ty == "ExternalName",
             cluster_ips: addresses(wharf_api::service::cluster_ips(&spec)),
-            families: spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f)).collect(),
-            lb_ips,
-            external_ips: addresses(spec.external_ips.iter().flatten().map(String::as_str)),
+            families: [families.next(), families.next()],
+            external: external.collect(),
             affinity,
             ports,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
@@ -285,10 +301,19 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
         return Vec::new();
     }
     // Node ports on the node's address of each family the service has.
-    let families: Vec<IpFamily> = if svc.families.is_empty() { vec![IpFamily::of(&node.ips.primary())] } else { svc.families.to_vec() };
-    let node_ips: Vec<IpAddr> = families.iter().filter_map(|f| node.ips.get(*f)).collect();
-    let external_ips = svc.external_ips.iter().copied().filter(|ip| (node.is_local)(*ip));
-    let external: Vec<IpAddr> = svc.lb_ips.iter().copied().chain(external_ips).collect();
+    let families = match svc.families {
+        [None, _] => [Some(IpFamily::of(&node.ips.primary())), None],
+        listed => listed,
+    };
+    let node_ips: Vec<IpAddr> = families.iter().flatten().filter_map(|f| node.ips.get(*f)).collect();
+    let external: Vec<IpAddr> = svc
+        .external
+        .iter()
+        .filter_map(|ip| match *ip {
+            ExternalIp::LoadBalancer(ip) => Some(ip),
+            ExternalIp::External(ip) => (node.is_local)(ip).then_some(ip),
+        })
+        .collect();
     let mut out = Vec::new();
     for p in svc.ports.iter() {
         let mut frontends = Vec::new();
@@ -316,7 +341,7 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
             name: ServicePortName { namespace: svc.key.namespace.clone(), service: svc.key.name.clone(), port: p.name.clone() },
             frontends,
             endpoints: Vec::new(),
-            affinity: svc.affinity,
+            affinity: svc.affinity.map(|secs| Duration::from_secs(secs.get().into())),
             internal_local: svc.internal_local,
             external_local: svc.external_local,
         });
@@ -538,6 +563,10 @@ mod tests {
             (Some("Service"), Some("d"), Some("web"), Some("u1"))
         );
         assert_eq!(svc("Cluster").health_check_port, None, "served only for externalTrafficPolicy: Local");
+        // One per service: 200 bytes (the allocator's 224-byte class, and a
+        // list of families apart) before its families, outside addresses
+        // and affinity were made compact.
+        assert!(std::mem::size_of::<ServiceView>() <= 160, "a service view is {} bytes", std::mem::size_of::<ServiceView>());
     }
 
     #[test]
