@@ -11,7 +11,6 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as LegacyPort, EndpointSubset, Endpoints, ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wharf_api::ipfamily::IpFamily;
 
 use wharf_kube::key::{version_of, ObjectKey, Uid};
@@ -19,7 +18,7 @@ use wharf_kube::shared_str::Interner;
 
 use super::digest::{pod_tag, port_key, EndpointsDigest, SliceDigest};
 use super::labels::Labels;
-use super::service::ServiceInfo;
+use super::service::{ServiceInfo, Target};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -219,10 +218,10 @@ impl From<&Pod> for PodInfo {
 }
 
 /// The container port `target` names or numbers, for this pod.
-fn resolve_port(pod: &PodInfo, target: &IntOrString) -> Option<i32> {
+fn resolve_port(pod: &PodInfo, target: &Target) -> Option<i32> {
     match target {
-        IntOrString::Int(n) => Some(*n),
-        IntOrString::String(name) => pod.named_ports().iter().find(|(n, _)| **n == *name).map(|(_, port)| *port),
+        Target::Number(n) => Some(*n),
+        Target::Name(name) => pod.named_ports().iter().find(|(n, _)| **n == **name).map(|(_, port)| *port),
     }
 }
 
