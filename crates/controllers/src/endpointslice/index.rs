@@ -172,7 +172,7 @@ impl Index {
 
     /// Services whose selector the pod's labels may satisfy.
     fn services_selecting(&self, pod: &PodInfo, out: &mut Vec<ObjectKey>) {
-        let ns = &pod.key.namespace;
+        let ns = pod.namespace();
         let mut seen = HashSet::new();
         for (k, v) in pod.labels() {
             for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn names(pods: Vec<Arc<PodInfo>>) -> Vec<String> {
-        let mut names: Vec<String> = pods.iter().map(|p| p.key.to_string()).collect();
+        let mut names: Vec<String> = pods.iter().map(|p| p.key().to_string()).collect();
         names.sort();
         names
     }

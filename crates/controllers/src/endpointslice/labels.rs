@@ -11,7 +11,7 @@ use wharf_kube::shared_str::Interner;
 /// Pairs sorted by key, each written as its key's and its value's length
 /// (u32, little endian), then the key and the value. A thin pointer, 8
 /// bytes in every pod's view: the box behind it is one per distinct set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Arc<Box<[u8]>>);
 
 static LABEL_SETS: Interner<Box<[u8]>> = Interner::new();
