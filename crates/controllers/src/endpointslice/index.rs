@@ -83,7 +83,9 @@ pub struct Index {
     pub endpoints: Watched<EndpointsDigest>,
     services_by_term: Postings,
     pods_by_label: Postings,
-    slices_of: HashMap<ObjectKey, FewSet<ObjectKey>>,
+    /// A service's slices, by name: a managed slice is in its service's
+    /// namespace.
+    slices_of: HashMap<ObjectKey, FewSet<Arc<str>>>,
 }
 
 /// What a reconcile decided, computed under the index lock and carried
@@ -190,10 +192,10 @@ impl Index {
             Change::Deleted(old) => (service_of_slice(old), None),
         };
         if let Some(owner) = &old {
-            few::remove_from(&mut self.slices_of, owner, &key);
+            few::remove_from(&mut self.slices_of, owner, &*key.name);
         }
         if let Some(owner) = &new {
-            self.slices_of.entry(owner.clone()).or_default().insert(key);
+            self.slices_of.entry(owner.clone()).or_default().insert(key.name);
         }
         old.into_iter().chain(new).collect()
     }
@@ -235,8 +237,13 @@ impl Index {
 
     /// Decides what to write for one service.
     pub fn plan(&self, key: &ObjectKey) -> Work {
-        let existing: Vec<Arc<SliceDigest>> =
-            self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.reflector.get(k).cloned()).collect();
+        let existing: Vec<Arc<SliceDigest>> = self
+            .slices_of
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.reflector.get_parts(&key.namespace, name).cloned())
+            .collect();
         let current_ep = self.endpoints.reflector.get(key);
         let service = self.services.reflector.get(key);
         let Some((svc, sel)) = service.and_then(|s| s.selector().map(|sel| (s, sel))) else {
