@@ -56,6 +56,25 @@ impl IpFamily {
     }
 }
 
+/// A service's `spec.ipFamilies` as the parts' views keep it: the first two
+/// listed (the API allows no more; unknown names left out), inline, where a
+/// list was 16 bytes and an allocation in every view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListedFamilies([Option<IpFamily>; 2]);
+
+impl ListedFamilies {
+    pub fn of(spec: &ServiceSpec) -> Self {
+        let mut listed = spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f));
+        ListedFamilies([listed.next(), listed.next()])
+    }
+
+    /// The listed families in order, or `unlisted` alone when none is.
+    pub fn or(self, unlisted: IpFamily) -> impl Iterator<Item = IpFamily> {
+        let listed = if self.0[0].is_none() { [Some(unlisted), None] } else { self.0 };
+        listed.into_iter().flatten()
+    }
+}
+
 /// The family of an address written as text, if it is one.
 pub fn family_of(ip: &str) -> Option<IpFamily> {
     ip.parse::<IpAddr>().ok().map(|ip| IpFamily::of(&ip))

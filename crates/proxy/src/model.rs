@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wharf_api::ipfamily::{IpFamily, NodeIps};
+use wharf_api::ipfamily::{IpFamily, ListedFamilies, NodeIps};
 use wharf_kube::key::{version_in, Uid};
 use wharf_kube::{shared_str, ObjectKey};
 
@@ -190,8 +190,8 @@ pub struct ServiceView {
     /// ExternalName: a DNS alias, nothing to proxy.
     external_name: bool,
     cluster_ips: Box<[IpAddr]>,
-    /// `spec.ipFamilies` (at most two); none when not listed.
-    families: [Option<IpFamily>; 2],
+    /// `spec.ipFamilies`.
+    families: ListedFamilies,
     /// Load-balancer ingress addresses (type LoadBalancer only) and
     /// external IPs: one list, empty for most services.
     external: Box<[ExternalIp]>,
@@ -243,7 +243,6 @@ impl From<Service> for ServiceView {
                 spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10800);
             u32::try_from(secs).ok().and_then(NonZeroU32::new).unwrap_or(DEFAULT_AFFINITY_SECONDS)
         });
-        let mut families = spec.ip_families.iter().flatten().filter_map(|f| IpFamily::parse(f));
         let ports = spec
             .ports
             .iter()
@@ -266,7 +265,7 @@ impl From<Service> for ServiceView {
             created: svc.metadata.creation_timestamp,
             external_name: ty == "ExternalName",
             cluster_ips: addresses(wharf_api::service::cluster_ips(&spec)),
-            families: [families.next(), families.next()],
+            families: ListedFamilies::of(&spec),
             external: external.collect(),
             affinity,
             ports,
@@ -301,11 +300,7 @@ pub fn service_ports(svc: &ServiceView, node: &NodeView) -> Vec<ServicePort> {
         return Vec::new();
     }
     // Node ports on the node's address of each family the service has.
-    let families = match svc.families {
-        [None, _] => [Some(IpFamily::of(&node.ips.primary())), None],
-        listed => listed,
-    };
-    let node_ips: Vec<IpAddr> = families.iter().flatten().filter_map(|f| node.ips.get(*f)).collect();
+    let node_ips: Vec<IpAddr> = svc.families.or(IpFamily::of(&node.ips.primary())).filter_map(|f| node.ips.get(f)).collect();
     let external: Vec<IpAddr> = svc
         .external
         .iter()

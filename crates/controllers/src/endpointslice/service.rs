@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use wharf_api::ipfamily::IpFamily;
+use wharf_api::ipfamily::{IpFamily, ListedFamilies};
 use wharf_kube::key::{version_of, ObjectKey, Uid};
 use wharf_kube::shared_str;
 
@@ -23,9 +23,7 @@ pub struct ServiceInfo {
     selector: Labels,
     pub ports: Box<[PortInfo]>,
     pub publish_not_ready_addresses: bool,
-    /// `spec.ipFamilies` as listed (unknown names left out; the API
-    /// allows two).
-    ip_families: [Option<IpFamily>; 2],
+    ip_families: ListedFamilies,
 }
 
 wharf_kube::keyed_view!(ServiceInfo);
@@ -63,7 +61,6 @@ impl From<Service> for ServiceInfo {
     fn from(svc: Service) -> Self {
         let meta = &svc.metadata;
         let spec = svc.spec.as_ref();
-        let mut families = spec.and_then(|s| s.ip_families.as_ref()).into_iter().flatten().filter_map(|f| IpFamily::parse(f));
         ServiceInfo {
             key: ObjectKey::of_meta(meta),
             version: version_of(&svc),
@@ -82,7 +79,7 @@ impl From<Service> for ServiceInfo {
                 })
                 .collect(),
             publish_not_ready_addresses: spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false),
-            ip_families: [families.next(), families.next()],
+            ip_families: spec.map(ListedFamilies::of).unwrap_or_default(),
         }
     }
 }
@@ -112,10 +109,7 @@ impl ServiceInfo {
     /// The families its endpoints are published for: its `ipFamilies`,
     /// the primary first (IPv4 where none is set).
     pub fn families(&self) -> Vec<IpFamily> {
-        match self.ip_families {
-            [None, _] => vec![IpFamily::V4],
-            listed => listed.into_iter().flatten().collect(),
-        }
+        self.ip_families.or(IpFamily::V4).collect()
     }
 }
 
