@@ -20,27 +20,63 @@ use super::service::ServiceInfo;
 /// (namespace, label key, label value)
 type SelectorTerm = (Arc<str>, Box<str>, Box<str>);
 
-/// Services or pods by selector term / label, by name: the term holds the
-/// namespace (a key would repeat it, 16 bytes more for each pod under each
-/// of its labels). Most terms name one service (its selector) or one pod
-/// (a StatefulSet pod's name): a `FewSet`.
+/// The services whose selector holds each term, and the pods whose labels
+/// do, by name: the term holds the namespace (a key would repeat it, 16
+/// bytes more for each pod under each of its labels). One entry serves
+/// both: every term a service selects on is a label of its pods, and two
+/// maps kept each such term twice (its key, its strings, its slot: 1 MB at
+/// 10,000 services). A term only pods carry (`pod-template-hash`) holds an
+/// empty set of services, 16 bytes. Most terms name one service (its
+/// selector) or one pod (a StatefulSet pod's name): `FewSet`s.
 #[derive(Default)]
-struct Postings(HashMap<SelectorTerm, FewSet<Arc<str>>>);
+struct Postings(HashMap<SelectorTerm, Members>);
+
+#[derive(Default)]
+struct Members {
+    services: FewSet<Arc<str>>,
+    pods: FewSet<Arc<str>>,
+}
+
+/// Which side of a term's members.
+#[derive(Clone, Copy)]
+enum Side {
+    Services,
+    Pods,
+}
+
+impl Members {
+    fn side(&self, side: Side) -> &FewSet<Arc<str>> {
+        match side {
+            Side::Services => &self.services,
+            Side::Pods => &self.pods,
+        }
+    }
+
+    fn side_mut(&mut self, side: Side) -> &mut FewSet<Arc<str>> {
+        match side {
+            Side::Services => &mut self.services,
+            Side::Pods => &mut self.pods,
+        }
+    }
+}
 
 impl Postings {
-    fn update<'a>(&mut self, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a str, &'a str)>, add: bool) {
+    fn update<'a>(&mut self, side: Side, key: &ObjectKey, labels: impl IntoIterator<Item = (&'a str, &'a str)>, add: bool) {
         for (k, v) in labels {
             let term = (key.namespace.clone(), k.into(), v.into());
             if add {
-                self.0.entry(term).or_default().insert(key.name.clone());
-            } else {
-                few::remove_from(&mut self.0, &term, &*key.name);
+                self.0.entry(term).or_default().side_mut(side).insert(key.name.clone());
+            } else if let Some(members) = self.0.get_mut(&term) {
+                members.side_mut(side).remove(&*key.name);
+                if members.services.is_empty() && members.pods.is_empty() {
+                    self.0.remove(&term);
+                }
             }
         }
     }
 
-    fn get(&self, ns: &str, k: &str, v: &str) -> Option<&FewSet<Arc<str>>> {
-        self.0.get(&(Arc::from(ns), k.into(), v.into()))
+    fn get(&self, side: Side, ns: &str, k: &str, v: &str) -> Option<&FewSet<Arc<str>>> {
+        self.0.get(&(Arc::from(ns), k.into(), v.into())).map(|members| members.side(side))
     }
 }
 
@@ -81,8 +117,7 @@ pub struct Index {
     pub pods: Watched<PodInfo>,
     pub slices: Watched<SliceDigest>,
     pub endpoints: Watched<EndpointsDigest>,
-    services_by_term: Postings,
-    pods_by_label: Postings,
+    postings: Postings,
     /// A service's slices, by name: a managed slice is in its service's
     /// namespace.
     slices_of: HashMap<ObjectKey, FewSet<Arc<str>>>,
@@ -153,8 +188,8 @@ impl Index {
             Change::Applied { old, new } => (old.as_deref(), Some(new.as_ref())),
             Change::Deleted(old) => (Some(old.as_ref()), None),
         };
-        self.services_by_term.update(&key, selector_terms(old), false);
-        self.services_by_term.update(&key, selector_terms(new), true);
+        self.postings.update(Side::Services, &key, selector_terms(old), false);
+        self.postings.update(Side::Services, &key, selector_terms(new), true);
     }
 
     fn pod_changed(&mut self, change: &Change<PodInfo>, marked: &mut Vec<ObjectKey>) {
@@ -167,8 +202,8 @@ impl Index {
             self.services_selecting(pod, marked);
         }
         if old.map(PodInfo::labels) != new.map(PodInfo::labels) {
-            self.pods_by_label.update(&key, pod_labels(old), false);
-            self.pods_by_label.update(&key, pod_labels(new), true);
+            self.postings.update(Side::Pods, &key, pod_labels(old), false);
+            self.postings.update(Side::Pods, &key, pod_labels(new), true);
         }
     }
 
@@ -177,7 +212,7 @@ impl Index {
         let ns = pod.namespace();
         let mut seen = HashSet::new();
         for (k, v) in pod.labels() {
-            for svc in self.services_by_term.get(ns, k, v).into_iter().flatten() {
+            for svc in self.postings.get(Side::Services, ns, k, v).into_iter().flatten() {
                 if seen.insert(svc) {
                     out.push(ObjectKey::new(ns.clone(), svc.clone()));
                 }
@@ -216,7 +251,7 @@ impl Index {
 
     /// The pods a selector matches: the smallest posting list, filtered.
     fn members(&self, ns: &str, selector: &Labels) -> Vec<Arc<PodInfo>> {
-        let smallest = selector.iter().map(|(k, v)| self.pods_by_label.get(ns, k, v)).min_by_key(|s| s.map_or(0, FewSet::len));
+        let smallest = selector.iter().map(|(k, v)| self.postings.get(Side::Pods, ns, k, v)).min_by_key(|s| s.map_or(0, FewSet::len));
         let Some(Some(names)) = smallest else { return Vec::new() };
         names
             .into_iter()
@@ -322,5 +357,20 @@ mod tests {
         index.update(Update::Pod(Event::Delete(pod("a", "p", both))));
         assert!(index.members("a", &selector).is_empty());
         assert_eq!(names(index.members("b", &selector)), ["b/p"]);
+    }
+
+    #[test]
+    fn a_term_is_one_entry_for_its_services_and_pods_until_neither_has_it() {
+        let mut index = Index::default();
+        let terms = |index: &Index| index.postings.0.len();
+        index.update(Update::Service(Event::Apply(service("a"))));
+        assert_eq!(terms(&index), 2, "app=web and tier=front");
+        index.update(Update::Pod(Event::Apply(pod("a", "p", json!({"app": "web", "tier": "front", "hash": "1"})))));
+        assert_eq!(terms(&index), 3, "the service's two terms are shared; the pod adds hash=1");
+        index.update(Update::Service(Event::Delete(service("a"))));
+        assert_eq!(terms(&index), 3, "the pod still has all three");
+        assert!(index.postings.get(Side::Services, "a", "app", "web").is_some_and(FewSet::is_empty));
+        index.update(Update::Pod(Event::Delete(pod("a", "p", json!({})))));
+        assert_eq!(terms(&index), 0, "a term neither side has is gone");
     }
 }
