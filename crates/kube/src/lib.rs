@@ -10,6 +10,7 @@ pub mod controller;
 pub mod events;
 pub mod few;
 pub mod key;
+pub mod keyed_table;
 pub mod metrics;
 pub mod node_status;
 pub mod queue;
@@ -19,6 +20,7 @@ pub mod watch;
 
 pub use controller::run_workers;
 pub use key::{Keyed, ObjectKey, Uid};
+pub use keyed_table::KeyedTable;
 pub use metrics::{ControllerMetrics, QueueHandles};
 pub use queue::{Backoff, WorkQueue};
 pub use reflector::{delete_missing, Change, Reflector, Relister, Table, Watched};

@@ -14,14 +14,14 @@
 //! made cannot be undone by an older event.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use hashbrown::hash_table::{Entry, HashTable};
+use hashbrown::hash_table::Entry;
 
 use kube::runtime::watcher::Event;
 
 use crate::key::{Keyed, ObjectKey};
+use crate::keyed_table::KeyedTable;
 
 /// What a watch of kind `K` keeps current.
 pub trait Table<K> {
@@ -105,10 +105,7 @@ impl<K: Keyed> Change<K> {
 
 /// Whole objects of one kind, and the changes not yet taken by its owner.
 pub struct Reflector<K> {
-    /// Found by their own key (`Keyed::key_parts`): a map keyed by a copy
-    /// of it spent 32 bytes more per object.
-    items: HashTable<Arc<K>>,
-    hasher: RandomState,
+    items: KeyedTable<Arc<K>>,
     changes: Vec<Change<K>>,
     relisting: bool,
     /// Objects this side wrote since the relist began: the list may predate
@@ -122,8 +119,7 @@ pub struct Reflector<K> {
 impl<K> Default for Reflector<K> {
     fn default() -> Self {
         Self {
-            items: HashTable::new(),
-            hasher: RandomState::new(),
+            items: KeyedTable::default(),
             changes: Vec::new(),
             relisting: false,
             recorded_during_relist: HashSet::new(),
@@ -148,23 +144,20 @@ impl<K: Keyed> Reflector<K> {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<K>> {
-        self.get_parts(&key.namespace, &key.name)
+        self.items.get(key)
     }
 
     /// As `get`, by namespace and name.
     pub fn get_parts(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
-        let parts = (namespace, name);
-        self.items.find(self.hasher.hash_one(parts), |item| item.key_parts() == parts)
+        self.items.get_parts(namespace, name)
     }
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
-        let parts = (&*key.namespace, &*key.name);
-        let found = self.items.find_entry(self.hasher.hash_one(parts), |item| item.key_parts() == parts).ok()?;
-        Some(found.remove().0)
+        self.items.remove(key)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Arc<K>> {
-        self.items.iter()
+        self.items.values()
     }
 
     pub fn len(&self) -> usize {
@@ -209,9 +202,8 @@ impl<K: Keyed> Reflector<K> {
                 self.tombstones.remove(&key);
             }
         }
-        let hasher = &self.hasher;
-        let parts = obj.key_parts();
-        let entry = self.items.entry(hasher.hash_one(parts), |item| item.key_parts() == parts, |item| hasher.hash_one(item.key_parts()));
+        let (namespace, name) = obj.key_parts();
+        let entry = self.items.entry(namespace, name);
         // The object is shared only once it is taken: the echo of an own
         // write, which every write has, is dropped as it is.
         let (new, old) = match entry {
@@ -247,7 +239,7 @@ impl<K: Keyed> Table<K> for Reflector<K> {
     }
 
     fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
-        let held = self.items.iter().map(|item| item.key()).filter(|k| !self.recorded_during_relist.contains(k)).collect();
+        let held = self.items.values().map(|item| item.key()).filter(|k| !self.recorded_during_relist.contains(k)).collect();
         delete_missing(self, held, listed);
     }
 

@@ -34,7 +34,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use tokio_util::sync::CancellationToken;
 use wharf_kube::few::{self, FewSet};
-use wharf_kube::{watch, Keyed, ObjectKey, Relister, Table};
+use wharf_kube::{watch, Keyed, KeyedTable, ObjectKey, Relister, Table};
 
 pub use forwarding::ProxyMode;
 pub use metrics::ProxyMetrics;
@@ -81,12 +81,11 @@ fn data_workers(workers: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> 
 /// The Services and EndpointSlices the proxy follows, with the services
 /// each change touched; the table of both watches.
 ///
-/// Views are boxed: a table sized for its keys holds up to twice as many
-/// slots as views, and a slot holds only a pointer.
+/// Views are boxed and found by their own key: a slot is one pointer.
 #[derive(Default)]
 struct Model {
-    services: HashMap<ObjectKey, Box<ServiceView>>,
-    slices: HashMap<ObjectKey, Box<SliceView>>,
+    services: KeyedTable<Box<ServiceView>>,
+    slices: KeyedTable<Box<SliceView>>,
     /// Each service's slices, by name (their namespace is the service's).
     slices_of: HashMap<ObjectKey, FewSet<Arc<str>>>,
     touched: HashSet<ObjectKey>,
@@ -109,7 +108,7 @@ impl Model {
 
     fn slices_for<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a SliceView> + 'a {
         let (names, namespace) = (self.slices_of.get(key).into_iter().flatten(), key.namespace.clone());
-        names.filter_map(move |name| self.slices.get(&ObjectKey { namespace: namespace.clone(), name: name.clone() }).map(|slice| &**slice))
+        names.filter_map(move |name| self.slices.get_parts(&namespace, name).map(|slice| &**slice))
     }
 }
 
@@ -119,7 +118,7 @@ impl Table<ServiceView> for Model {
             svc.share_key(held);
         }
         let key = svc.key.clone();
-        self.services.insert(key.clone(), Box::new(svc));
+        self.services.insert(Box::new(svc));
         self.touched.insert(key);
     }
     fn delete(&mut self, key: &ObjectKey) {
@@ -128,7 +127,7 @@ impl Table<ServiceView> for Model {
         }
     }
     fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
-        let held = self.services.keys().cloned().collect();
+        let held = self.services.keys();
         wharf_kube::delete_missing::<ServiceView, _>(self, held, listed);
     }
     fn relist_done(&mut self) {
@@ -144,17 +143,17 @@ impl Table<SliceView> for Model {
         let key = slice.key.clone();
         let Some(owner) = slice.owner() else { return };
         // The owner's name as the service's own key holds it.
-        let owner = self.services.get_key_value(&owner).map_or(owner, |(held, _)| held.clone());
+        let owner = self.services.get(&owner).map_or(owner, |held| held.key.clone());
         slice.share_owner(&owner);
         self.slices_of.entry(owner.clone()).or_default().insert(key.name.clone());
         self.touched.insert(owner);
-        self.slices.insert(key, Box::new(slice));
+        self.slices.insert(Box::new(slice));
     }
     fn delete(&mut self, key: &ObjectKey) {
         self.remove_slice(key);
     }
     fn delete_unlisted(&mut self, listed: &HashSet<ObjectKey>) {
-        let held = self.slices.keys().cloned().collect();
+        let held = self.slices.keys();
         wharf_kube::delete_missing::<SliceView, _>(self, held, listed);
     }
     fn relist_done(&mut self) {
@@ -413,14 +412,16 @@ mod tests {
         let mut model = Model::default();
         model.apply(service());
         model.apply(slice("2"));
-        let first = model.slices[&ObjectKey::new("d", "web-a")].key.clone();
+        let first = model.slices.get(&ObjectKey::new("d", "web-a")).unwrap().key.clone();
+        let first_service = model.services.get(&ObjectKey::new("d", "web")).unwrap().key.clone();
         model.apply(service());
         model.apply(slice("3"));
-        let (service_key, svc) = model.services.get_key_value(&ObjectKey::new("d", "web")).unwrap();
-        assert!(Arc::ptr_eq(&svc.key.name, &service_key.name), "an update keeps the name the table's key holds");
-        let slice = &model.slices[&first];
+        let svc = model.services.get(&first_service).unwrap();
+        assert!(Arc::ptr_eq(&svc.key.name, &first_service.name), "an updated service keeps its first copy of its name");
+        let slice = model.slices.get(&first).unwrap();
         assert!(Arc::ptr_eq(&slice.key.name, &first.name), "an updated slice keeps its first copy of its name");
         let owner = slice.owner().unwrap();
-        assert!(Arc::ptr_eq(&owner.name, &service_key.name), "a slice names its service with the service's own copy");
+        assert!(Arc::ptr_eq(&owner.name, &svc.key.name), "a slice names its service with the service's own copy");
+        assert_eq!((model.services.len(), model.slices.len()), (1, 1));
     }
 }
