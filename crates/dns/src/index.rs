@@ -21,6 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::freshness::{Freshness, Scope};
 use crate::pods::PodAddresses;
 use wharf_kube::few::{self, FewSet};
+use wharf_kube::{Keyed, KeyedTable};
 
 pub use wharf_kube::ObjectKey as Key;
 
@@ -37,11 +38,30 @@ pub type NamedPort = (Box<str>, &'static str, u16);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
+    /// Its own key: the index finds it by this (`KeyedTable`), a slot of
+    /// the table one pointer.
+    key: Key,
     pub kind: ServiceKind,
     /// At their exact length: a collected vector keeps room for four.
     pub ports: Box<[NamedPort]>,
     /// A slice of it was not kept, as it was not headless.
     slices_dropped: bool,
+}
+
+/// Found by its key only: DNS keeps no version (nothing it holds is
+/// compared by one).
+impl Keyed for ServiceEntry {
+    fn key(&self) -> Key {
+        self.key.clone()
+    }
+
+    fn key_parts(&self) -> (&str, &str) {
+        (&self.key.namespace, &self.key.name)
+    }
+
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +109,7 @@ impl SliceEntry {
 
 #[derive(Default)]
 pub struct Index {
-    services: HashMap<Key, ServiceEntry>,
+    services: KeyedTable<Box<ServiceEntry>>,
     slices: HashMap<Key, SliceEntry>,
     slices_of: HashMap<Key, FewSet<Arc<str>>>,
     by_cluster_ip: HashMap<IpAddr, FewSet<Key>>,
@@ -227,7 +247,7 @@ impl Index {
     }
 
     pub fn service(&self, ns: &str, name: &str) -> Option<&ServiceEntry> {
-        self.services.get(&Key::new(ns, name))
+        self.services.get_parts(ns, name).map(|entry| &**entry)
     }
 
     pub fn has_namespace(&self, ns: &str) -> bool {
@@ -292,6 +312,8 @@ impl Index {
 
     pub fn apply_service(&mut self, svc: &Service) {
         let key = Key::of(svc);
+        // The copy of the name it was first kept with: its slices hold it.
+        let key = self.services.get(&key).map_or(key, |held| held.key.clone());
         let Some(spec) = &svc.spec else { return };
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
@@ -310,8 +332,8 @@ impl Index {
             Some(old) => old.slices_dropped,
             None => self.dropped_of_deleted.take(&key),
         };
-        let mut entry = ServiceEntry { kind, ports, slices_dropped };
-        if self.services.get(&key) == Some(&entry) {
+        let mut entry = ServiceEntry { key: key.clone(), kind, ports, slices_dropped };
+        if self.services.get(&key).is_some_and(|held| **held == entry) {
             return;
         }
         self.remove_service(&key);
@@ -332,7 +354,7 @@ impl Index {
             }
         }
         let scopes = self.service_scopes(&key, &entry);
-        self.services.insert(key, entry);
+        self.services.insert(Box::new(entry));
         self.changed(scopes);
     }
 
@@ -394,7 +416,7 @@ impl Index {
         }
     }
 
-    fn remove_service(&mut self, key: &Key) -> Option<ServiceEntry> {
+    fn remove_service(&mut self, key: &Key) -> Option<Box<ServiceEntry>> {
         let old = self.services.remove(key)?;
         if let ServiceKind::ClusterIp(ips) = &old.kind {
             for ip in ips {
@@ -420,7 +442,7 @@ impl Index {
             self.delete_slice(&key);
             return;
         }
-        let service = self.services.get_key_value(&owner).map_or(owner.name, |(held, _)| held.name.clone());
+        let service = self.services.get(&owner).map_or(owner.name, |held| held.key.name.clone());
         let endpoints = slice
             .endpoints
             .iter()
@@ -492,7 +514,7 @@ impl Index {
     /// are kept by a hash of their name (`delete_unlisted_pods`).
     pub fn keys(&self, source: &str) -> Vec<Key> {
         match source {
-            "services" => self.services.keys().cloned().collect(),
+            "services" => self.services.keys(),
             "endpointslices" => self.slices.keys().cloned().collect(),
             "namespaces" => self.namespaces.iter().map(|n| Key::new("", n.as_str())).collect(),
             _ => Vec::new(),
@@ -616,7 +638,14 @@ mod tests {
         let mut idx = Index::default();
         idx.apply_service(&service("web", "None"));
         idx.apply_slice(&slice("web-a", "web", "198.18.0.1"));
-        let (held, _) = idx.services.get_key_value(&Key::new("ns", "web")).unwrap();
+        idx.apply_service(&service("web", "None"));
+        let changed: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns"}, "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap();
+        idx.apply_service(&changed);
+        assert_eq!(idx.service("ns", "web").map(|s| s.ports.len()), Some(1), "the change was applied");
+        let held = &idx.services.get(&Key::new("ns", "web")).unwrap().key;
         assert!(Arc::ptr_eq(&idx.slices[&Key::new("ns", "web-a")].service, &held.name), "one copy of the name, not one per slice");
     }
 

@@ -32,6 +32,12 @@ impl<P: Deref<Target: Keyed>> KeyedTable<P> {
         self.items.find(self.hasher.hash_one(parts), |item| item.key_parts() == parts)
     }
 
+    /// The object of `key`, to change anything but its key.
+    pub fn get_mut(&mut self, key: &ObjectKey) -> Option<&mut P> {
+        let parts = (&*key.namespace, &*key.name);
+        self.items.find_mut(self.hasher.hash_one(parts), |item| item.key_parts() == parts)
+    }
+
     /// The slot of the object named so, held or not.
     pub fn entry(&mut self, namespace: &str, name: &str) -> Entry<'_, P> {
         let (hasher, parts) = (&self.hasher, (namespace, name));
