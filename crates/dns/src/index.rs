@@ -312,8 +312,6 @@ impl Index {
 
     pub fn apply_service(&mut self, svc: &Service) {
         let key = Key::of(svc);
-        // The copy of the name it was first kept with: its slices hold it.
-        let key = self.services.get(&key).map_or(key, |held| held.key.clone());
         let Some(spec) = &svc.spec else { return };
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             ServiceKind::ExternalName(spec.external_name.clone().unwrap_or_default().trim_end_matches('.').to_lowercase())
@@ -326,16 +324,19 @@ impl Index {
             }
         };
         let ports = named_ports(spec.ports.iter().flatten().map(|p| (p.name.as_ref(), p.protocol.as_ref(), Some(p.port))));
-        // Slices dropped while it was not headless, or while a service of
-        // its name that was deleted was not, are still in the cluster.
-        let slices_dropped = match self.services.get(&key) {
-            Some(old) => old.slices_dropped,
-            None => self.dropped_of_deleted.take(&key),
+        // A held service keeps the copy of the name it was first kept with
+        // (its slices hold it). Slices dropped while it was not headless, or
+        // while a service of its name that was deleted was not, are still in
+        // the cluster.
+        let (key, slices_dropped) = match self.services.get(&key) {
+            Some(held) if held.kind == kind && held.ports == ports => return,
+            Some(held) => (held.key.clone(), held.slices_dropped),
+            None => {
+                let dropped = self.dropped_of_deleted.take(&key);
+                (key, dropped)
+            }
         };
         let mut entry = ServiceEntry { key: key.clone(), kind, ports, slices_dropped };
-        if self.services.get(&key).is_some_and(|held| **held == entry) {
-            return;
-        }
         self.remove_service(&key);
         if entry.kind == ServiceKind::Headless {
             self.slice_relist_wanted |= entry.slices_dropped;

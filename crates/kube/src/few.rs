@@ -3,9 +3,9 @@
 //! selector term) but may hold many (the pods of a label). Up to `FEW`
 //! items it is a boxed slice at its exact length: one small allocation,
 //! where a hash set's smallest table is about 150 bytes, and a linear
-//! lookup that at these sizes beats hashing. Past `FEW` it becomes a hash set, so a
-//! large set (100,000 pods under one label, or a hostile service with
-//! thousands of slices) never makes an insert or a removal linear.
+//! lookup that at these sizes beats hashing. Past `FEW` it becomes a hash
+//! set, so a large set (100,000 pods under one label, or a hostile service
+//! with thousands of slices) never makes an insert or a removal linear.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -68,12 +68,14 @@ impl<T: Eq + Hash> FewSet<T> {
         T: Borrow<Q>,
     {
         match &mut self.0 {
-            Repr::Few(items) if items.iter().any(|held| held.borrow() == item) => {
-                let mut kept = Vec::from(std::mem::take(items));
-                kept.retain(|held| held.borrow() != item);
-                *items = kept.into_boxed_slice();
+            Repr::Few(items) => {
+                // A set holds an item once; its order is none.
+                if let Some(at) = items.iter().position(|held| held.borrow() == item) {
+                    let mut kept = Vec::from(std::mem::take(items));
+                    kept.swap_remove(at);
+                    *items = kept.into_boxed_slice();
+                }
             }
-            Repr::Few(_) => {}
             Repr::Many(many) => {
                 many.remove(item);
                 if many.len() <= FEW / 2 {
