@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Writes crates/wharf/link-order.txt: every function of the release binary
+# that `wharf up` executes through startup, a small endpoint load, kubectl
+# and DNS queries, as callgrind saw them run. The linker places these
+# first (crates/wharf/build.rs). Run it again after large changes: a name
+# it no longer finds costs memory, never correctness. It prints how much
+# of the list the binary it was made from resolves.
+# Usage: bench/link-order.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
+cargo build --release -q --locked -p wharf -p wharf-bench
+work=$(mktemp -d)
+trap 'kill $wharf_pid 2>/dev/null; rm -rf "$work"' EXIT
+valgrind --tool=callgrind --demangle=no --dump-instr=no --callgrind-out-file="$work/callgrind.out" \
+  ./target/release/wharf up --data-dir "$work/data" --api-listen 127.0.0.1:0 --node-name bench \
+  --metrics-listen 127.0.0.1:0 --dns-upstream none >"$work/wharf.out" 2>&1 &
+wharf_pid=$!
+until grep -q "kubectl get services" "$work/wharf.out" 2>/dev/null; do
+  kill -0 "$wharf_pid" 2>/dev/null || { echo "wharf up did not start:" >&2; head -3 "$work/wharf.out" >&2; exit 1; }
+  sleep 0.5
+done
+export KUBECONFIG="$work/data/admin.kubeconfig" KUBECACHEDIR="$work/cache"
+dns=$(sed -n 's/^ *Cluster DNS: *\([0-9.]*\):53 .*/\1/p' "$work/wharf.out")
+./target/release/wharf-load endpoint-latency --services 20 --pods-per-service 5
+kubectl get services,endpointslices,pods --all-namespaces >/dev/null
+kubectl describe service kubernetes >/dev/null
+dig +short +tries=1 @"$dns" kubernetes.default.svc.cluster.local A >/dev/null
+dig +short +tries=1 @"$dns" kubernetes.default.svc.cluster.local AAAA >/dev/null
+kill -TERM "$wharf_pid"
+wait "$wharf_pid" || true
+# Executed functions, by their symbol names (callgrind names a function in
+# full the first time, then by number), kept in the order first seen when
+# the binary defines them.
+nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/defined"
+sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work/callgrind.out" | sed "s/'[0-9]*$//" |
+  awk 'NR == FNR {defined[$0] = 1; next} defined[$0] && !seen[$0]++' "$work/defined" - \
+    >crates/wharf/link-order.txt
+echo "crates/wharf/link-order.txt: $(wc -l <crates/wharf/link-order.txt) functions"
