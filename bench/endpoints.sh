@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 services=${1:-1000}
 per=${2:-10}
 cargo build --release -q -p wharf -p wharf-bench
+report_link_order
 work=$(mktemp -d)
 trap 'kill $wharf_pid 2>/dev/null; rm -rf "$work"' EXIT
 start_wharf_up "$work" --dns-upstream none

@@ -10,6 +10,17 @@ need_packages() {
   if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 }
 
+# report_link_order: how much of crates/wharf/link-order.txt the release
+# binary defines. The memory figures hold with all of it; a list that a
+# large change left behind places less and maps more code
+# (bench/link-order.sh writes it anew).
+report_link_order() {
+  local found
+  found=$(nm --defined-only ./target/release/wharf | awk '{print $3}' |
+    awk 'NR == FNR {listed[$0] = 1; next} listed[$0]' crates/wharf/link-order.txt - | sort -u | wc -l)
+  echo "link order: $found of $(wc -l <crates/wharf/link-order.txt) listed functions in the binary"
+}
+
 # start_wharf_up DIR [FLAGS...]: starts `wharf up` (release) in DIR on a free
 # API port, waits until it is up, exports KUBECONFIG, sets $wharf_pid.
 start_wharf_up() {

@@ -3,13 +3,13 @@
 # that `wharf up` executes through startup, a small endpoint load, kubectl
 # and DNS queries, as callgrind saw them run. The linker places these
 # first (crates/wharf/build.rs). Run it again after large changes: a name
-# it no longer finds costs memory, never correctness. It prints how much
-# of the list the binary it was made from resolves.
+# it no longer finds costs memory, never correctness. bench/endpoints.sh
+# and bench/memory.sh report how much of the list a binary defines.
 # Usage: bench/link-order.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
+need_packages valgrind:valgrind dig:dnsutils
 cargo build --release -q --locked -p wharf -p wharf-bench
 work=$(mktemp -d)
 trap 'kill $wharf_pid 2>/dev/null; rm -rf "$work"' EXIT
@@ -37,4 +37,4 @@ nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | so
 sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work/callgrind.out" | sed "s/'[0-9]*$//" |
   awk 'NR == FNR {defined[$0] = 1; next} defined[$0] && !seen[$0]++' "$work/defined" - \
     >crates/wharf/link-order.txt
-echo "crates/wharf/link-order.txt: $(wc -l <crates/wharf/link-order.txt) functions"
+report_link_order

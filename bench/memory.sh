@@ -13,6 +13,7 @@ sizes=("$@")
 [ ${#sizes[@]} -ge 3 ] || { echo "the fit needs three sizes or more" >&2; exit 2; }
 idle=${IDLE_SECONDS:-90}
 cargo build --release -q -p wharf -p wharf-bench
+report_link_order
 work=
 trap 'kill ${wharf_pid:-} 2>/dev/null || true; [ -z "$work" ] || rm -rf "$work"' EXIT
 points=()
