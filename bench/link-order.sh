@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Writes crates/wharf/link-order.txt: every function of the release binary
-# that `wharf up` executes through startup, a small endpoint load, kubectl
-# and DNS queries, as callgrind saw them run. The linker places these
+# that `wharf up` executes through startup, a small endpoint load,
+# connections through the proxy, kubectl and DNS queries, as callgrind saw
+# them run. The linker places these
 # first (crates/wharf/build.rs). Run it again after large changes: a name
 # it no longer finds costs memory, never correctness. bench/endpoints.sh
 # and bench/memory.sh report how much of the list a binary defines.
@@ -24,6 +25,9 @@ done
 export KUBECONFIG="$work/data/admin.kubeconfig" KUBECACHEDIR="$work/cache"
 dns=$(sed -n 's/^ *Cluster DNS: *\([0-9.]*\):53 .*/\1/p' "$work/wharf.out")
 ./target/release/wharf-load endpoint-latency --services 20 --pods-per-service 5
+# Both loads name their services svc-0, svc-1, …
+kubectl delete $(kubectl get services -o name | grep '^service/svc-') >/dev/null
+./target/release/wharf-load proxy-sync --services 20 --changes 10
 kubectl get services,endpointslices,pods --all-namespaces >/dev/null
 kubectl describe service kubernetes >/dev/null
 dig +short +tries=1 @"$dns" kubernetes.default.svc.cluster.local A >/dev/null
@@ -31,10 +35,10 @@ dig +short +tries=1 @"$dns" kubernetes.default.svc.cluster.local AAAA >/dev/null
 kill -TERM "$wharf_pid"
 wait "$wharf_pid" || true
 # Executed functions, by their symbol names (callgrind names a function in
-# full the first time, then by number), kept in the order first seen when
-# the binary defines them.
-nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | sort -u >"$work/defined"
-sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work/callgrind.out" | sed "s/'[0-9]*$//" |
-  awk 'NR == FNR {defined[$0] = 1; next} defined[$0] && !seen[$0]++' "$work/defined" - \
-    >crates/wharf/link-order.txt
+# full the first time, then by number), that the binary defines. Sorted:
+# where each goes among them changes nothing mapped, and a list made
+# again differs only by what runs.
+nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | LC_ALL=C sort -u >"$work/defined"
+sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work/callgrind.out" | sed "s/'[0-9]*$//" | LC_ALL=C sort -u |
+  LC_ALL=C comm -12 "$work/defined" - >crates/wharf/link-order.txt
 report_link_order
