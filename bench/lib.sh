@@ -11,9 +11,9 @@ need_packages() {
 }
 
 # report_link_order: how much of crates/wharf/link-order.txt the release
-# binary defines. The memory figures hold with all of it; a list that a
-# large change left behind places less and maps more code
-# (bench/link-order.sh writes it anew).
+# binary defines. docs/BENCHMARKS.md's memory figures were measured with
+# every listed function found; a list that a large change left behind
+# places less and maps more code (bench/link-order.sh writes it anew).
 report_link_order() {
   local found
   found=$(nm --defined-only ./target/release/wharf | awk '{print $3}' |
@@ -23,10 +23,13 @@ report_link_order() {
 
 # start_wharf_up DIR [FLAGS...]: starts `wharf up` (release) in DIR on a free
 # API port, waits until it is up, exports KUBECONFIG, sets $wharf_pid.
+# WHARF_WRAP, when set, is the command that runs it (e.g. valgrind and its
+# options, split at spaces).
 start_wharf_up() {
   local dir=$1
   shift
-  ./target/release/wharf up --data-dir "$dir/data" --api-listen 127.0.0.1:0 --node-name bench \
+  # shellcheck disable=SC2086 # the wrapper's words, split on purpose
+  ${WHARF_WRAP:-} ./target/release/wharf up --data-dir "$dir/data" --api-listen 127.0.0.1:0 --node-name bench \
     --metrics-listen 127.0.0.1:0 "$@" >"$dir/wharf.out" 2>&1 &
   wharf_pid=$!
   until grep -q "kubectl get services" "$dir/wharf.out" 2>/dev/null; do

@@ -1,22 +1,23 @@
-//! The build script's reading of the build machine's glibc, which decides
-//! whether the binary is linked with packed relocations (glibc 2.36+).
+//! The build script's reading of the compiler's version, which decides
+//! whether the linker is LLD and is given the list of functions to place
+//! first (GNU ld would refuse it and fail the build).
 
 #[allow(dead_code)]
 #[path = "../build.rs"]
 mod build_script;
 
-use build_script::glibc_version;
+use build_script::minor_version;
 
 #[test]
-fn a_glibc_version_is_read_as_getconf_prints_it() {
-    assert_eq!(glibc_version("glibc 2.36\n"), Some((2, 36)));
-    assert_eq!(glibc_version("glibc 2.41.9000"), Some((2, 41)));
-    assert!(glibc_version("glibc 2.31").is_some_and(|version| version < (2, 36)));
+fn the_compiler_version_is_read_as_rustc_prints_it() {
+    assert_eq!(minor_version("rustc 1.95.0 (59807616e 2026-04-14)\n"), Some(95));
+    assert_eq!(minor_version("rustc 1.96.0-nightly (abc 2026-05-01)"), Some(96));
+    assert!(minor_version("rustc 1.89.0 (29483883e 2025-08-04)").is_some_and(|minor| minor < 90));
 }
 
 #[test]
-fn anything_else_is_no_glibc_and_no_packed_relocations() {
-    for text in ["", "musl 1.2.4", "glibc", "glibc 2", "glibc two.36", "glibc 2.x"] {
-        assert_eq!(glibc_version(text), None, "{text:?}");
+fn anything_else_is_no_version_and_no_list() {
+    for text in ["", "rustc", "rustc 2.0.0", "rustc 1.x.0", "gcc 12.2.0"] {
+        assert_eq!(minor_version(text), None, "{text:?}");
     }
 }
