@@ -16,9 +16,14 @@ need_packages() {
 # places less and maps more code (bench/link-order.sh writes it anew).
 report_link_order() {
   local found
-  found=$(nm --defined-only ./target/release/wharf | awk '{print $3}' |
-    awk 'NR == FNR {listed[$0] = 1; next} listed[$0]' crates/wharf/link-order.txt - | sort -u | wc -l)
+  found=$(binary_functions | LC_ALL=C comm -12 - <(LC_ALL=C sort -u crates/wharf/link-order.txt) | wc -l)
   echo "link order: $found of $(wc -l <crates/wharf/link-order.txt) listed functions in the binary"
+}
+
+# binary_functions: the symbol names of the functions the release binary
+# defines, sorted as `comm` wants them.
+binary_functions() {
+  nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | LC_ALL=C sort -u
 }
 
 # start_wharf_up DIR [FLAGS...]: starts `wharf up` (release) in DIR on a free

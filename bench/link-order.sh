@@ -33,7 +33,7 @@ wait "$wharf_pid" || true
 # full the first time, then by number), that the binary defines. Sorted:
 # where each goes among them changes nothing mapped, and a list made
 # again differs only by what ran. Written whole or not at all.
-nm --defined-only ./target/release/wharf | awk '$2 ~ /^[tTwW]$/ {print $3}' | LC_ALL=C sort -u >"$work/defined"
+binary_functions >"$work/defined"
 sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work/callgrind.out" | sed "s/'[0-9]*$//" | LC_ALL=C sort -u |
   LC_ALL=C comm -12 "$work/defined" - >"$work/order"
 [ -s "$work/order" ] || { echo "callgrind saw no function of the binary run" >&2; exit 1; }
